@@ -1,0 +1,137 @@
+//! Controller configuration: a TOML file plus `DG_*` environment overrides (figment). Validated once at
+//! start; nothing else reads the environment.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::MasterKey;
+
+/// Everything the controller is configured with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Config {
+    /// PostgreSQL URL of the controller's own database.
+    pub database_url: String,
+    /// Master key as 64 hex characters (prefer `master_key_file`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key: Option<String>,
+    /// File holding the master key as 64 hex characters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub master_key_file: Option<PathBuf>,
+    /// Redis URL (queue wake-ups, presence, scheduler leader lock).
+    pub redis_url: String,
+    /// Operator API and agent enrollment (TLS, no client certificate).
+    pub api_listen: SocketAddr,
+    /// Agent sessions (mTLS, client certificate from the controller CA required).
+    pub agent_listen: SocketAddr,
+    /// Address agents are told to open their session on; empty: `https://<first server name>:<agent port>`.
+    pub agent_endpoint: String,
+    /// Names and addresses in the controller's TLS certificate.
+    pub server_names: Vec<String>,
+    /// Operator session lifetime.
+    pub session_ttl_secs: u64,
+    /// Agent client certificate lifetime.
+    pub agent_cert_ttl_secs: u64,
+    /// Interval agents send heartbeats at.
+    pub heartbeat_interval_secs: u64,
+    /// A running execution is failed when its agent is silent this long.
+    pub lease_secs: u64,
+    /// Stored chunk size agents cut backups into.
+    pub chunk_size_bytes: u64,
+    /// "text" or "json".
+    pub log_format: String,
+    /// OTLP gRPC endpoint for traces; none disables export.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// Admin user created at start when no admin exists and a password is configured.
+    pub admin_username: String,
+    /// Password of that bootstrap admin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_password: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/dataguardian".into(),
+            master_key: None,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            master_key_file: None,
+            api_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            agent_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
+            agent_endpoint: String::new(),
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            session_ttl_secs: 12 * 3600,
+            agent_cert_ttl_secs: 24 * 3600,
+            heartbeat_interval_secs: 10,
+            lease_secs: 60,
+            chunk_size_bytes: 8 * 1024 * 1024,
+            log_format: "text".into(),
+            otlp_endpoint: None,
+            admin_username: "admin".into(),
+            admin_password: None,
+        }
+    }
+}
+
+/// Configuration could not be loaded or is invalid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Parse failure from the file or the environment.
+    #[error("configuration: {0}")]
+    Load(String),
+    /// A value is out of range.
+    #[error("configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Defaults, then the file (when given), then `DG_*` environment variables.
+    pub fn load(file: Option<&std::path::Path>) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        let cfg: Config = fig.merge(Env::prefixed("DG_")).extract().map_err(|e| ConfigError::Load(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server_names.is_empty() {
+            return Err(ConfigError::Invalid("server_names must not be empty".into()));
+        }
+        if self.agent_cert_ttl_secs < 10 || self.session_ttl_secs < 10 {
+            return Err(ConfigError::Invalid("ttl values must be at least 10 seconds".into()));
+        }
+        if !(1024 * 1024..=256 * 1024 * 1024).contains(&self.chunk_size_bytes) {
+            return Err(ConfigError::Invalid("chunk_size_bytes must be between 1 MiB and 256 MiB".into()));
+        }
+        if self.log_format != "text" && self.log_format != "json" {
+            return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));
+        }
+        Ok(())
+    }
+
+    /// The master key, from `master_key` or `master_key_file`.
+    pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
+        let hex_key = match (&self.master_key, &self.master_key_file) {
+            (Some(k), _) => k.trim().to_owned(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::Load(format!("master_key_file {}: {e}", path.display())))?
+                .trim()
+                .to_owned(),
+            (None, None) => return Err(ConfigError::Invalid("master_key or master_key_file is required".into())),
+        };
+        MasterKey::from_hex(&hex_key).map_err(|e| ConfigError::Invalid(format!("master key: {e}")))
+    }
+
+    /// Heartbeat interval.
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_interval_secs.max(1))
+    }
+}

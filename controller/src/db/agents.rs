@@ -1,0 +1,167 @@
+//! Persistence of agents, join tokens and issued certificates.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{DbErr, TransactionTrait};
+use uuid::Uuid;
+
+use super::{Db, Page, execute, fetch_all, fetch_one};
+use crate::model::Agent;
+
+const AGENT_COLS: &str =
+    "id, hostname, version, tools, enrolled_at, last_heartbeat_at, connected, cert_expires_at, revoked_at";
+
+/// A certificate to record.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// Serial (hex).
+    pub serial: String,
+    /// Validity start.
+    pub not_before: DateTime<Utc>,
+    /// Validity end.
+    pub not_after: DateTime<Utc>,
+}
+
+impl Db {
+    /// Stores a join token.
+    pub async fn create_join_token(
+        &self,
+        token_hash: Vec<u8>,
+        description: &str,
+        expires_at: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "INSERT INTO join_token (id, token_hash, description, expires_at) VALUES ($1, $2, $3, $4)",
+            [Uuid::now_v7().into(), token_hash.into(), description.into(), expires_at.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Atomically consumes a join token and creates the agent with its first certificate. Returns false (and
+    /// changes nothing) when the token is unknown, expired or already used.
+    pub async fn enroll_agent(
+        &self,
+        token_hash: Vec<u8>,
+        agent_id: Uuid,
+        hostname: &str,
+        version: &str,
+        cert: &IssuedCert,
+    ) -> Result<bool, DbErr> {
+        let txn = self.conn.begin().await?;
+        let used = execute(
+            &txn,
+            "UPDATE join_token SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
+            [token_hash.clone().into()],
+        )
+        .await?;
+        if used != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        execute(
+            &txn,
+            "INSERT INTO agent (id, hostname, version, cert_expires_at) VALUES ($1, $2, $3, $4)",
+            [agent_id.into(), hostname.into(), version.into(), cert.not_after.into()],
+        )
+        .await?;
+        execute(&txn, "UPDATE join_token SET used_by_agent = $1 WHERE token_hash = $2", [
+            agent_id.into(),
+            token_hash.into(),
+        ])
+        .await?;
+        insert_cert(&txn, agent_id, cert).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// Records a renewed certificate of a non-revoked agent; false when the agent is revoked or unknown.
+    pub async fn record_renewal(&self, agent_id: Uuid, cert: &IssuedCert) -> Result<bool, DbErr> {
+        let txn = self.conn.begin().await?;
+        let n = execute(&txn, "UPDATE agent SET cert_expires_at = $2 WHERE id = $1 AND revoked_at IS NULL", [
+            agent_id.into(),
+            cert.not_after.into(),
+        ])
+        .await?;
+        if n != 1 {
+            txn.rollback().await?;
+            return Ok(false);
+        }
+        insert_cert(&txn, agent_id, cert).await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// One agent.
+    pub async fn agent(&self, id: Uuid) -> Result<Option<Agent>, DbErr> {
+        fetch_one(&self.conn, &format!("SELECT {AGENT_COLS} FROM agent WHERE id = $1"), [id.into()]).await
+    }
+
+    /// Agents, oldest enrollment first.
+    pub async fn list_agents(&self, page: Page) -> Result<Vec<Agent>, DbErr> {
+        fetch_all(
+            &self.conn,
+            &format!("SELECT {AGENT_COLS} FROM agent ORDER BY enrolled_at, id OFFSET $1 LIMIT $2"),
+            [page.offset.into(), page.limit.into()],
+        )
+        .await
+    }
+
+    /// Marks an agent revoked; false when unknown.
+    pub async fn revoke_agent(&self, id: Uuid) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE agent SET revoked_at = COALESCE(revoked_at, now()), connected = false WHERE id = $1",
+            [id.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Session opened: stores what the agent reported.
+    pub async fn agent_connected(
+        &self,
+        id: Uuid,
+        hostname: &str,
+        version: &str,
+        tools: serde_json::Value,
+    ) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "UPDATE agent SET hostname = $2, version = $3, tools = $4, connected = true, last_heartbeat_at = now() \
+             WHERE id = $1",
+            [id.into(), hostname.into(), version.into(), tools.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Heartbeat: refreshes liveness and extends the lease of the agent's running executions.
+    pub async fn agent_heartbeat(&self, id: Uuid, lease_secs: i64) -> Result<(), DbErr> {
+        execute(&self.conn, "UPDATE agent SET last_heartbeat_at = now(), connected = true WHERE id = $1", [id.into()])
+            .await?;
+        execute(
+            &self.conn,
+            "UPDATE execution SET lease_until = now() + make_interval(secs => $2) \
+             WHERE agent_id = $1 AND status = 'running'",
+            [id.into(), (lease_secs as f64).into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Session closed.
+    pub async fn agent_disconnected(&self, id: Uuid) -> Result<(), DbErr> {
+        execute(&self.conn, "UPDATE agent SET connected = false WHERE id = $1", [id.into()]).await.map(|_| ())
+    }
+}
+
+async fn insert_cert(c: &impl sea_orm::ConnectionTrait, agent_id: Uuid, cert: &IssuedCert) -> Result<(), DbErr> {
+    execute(
+        c,
+        "INSERT INTO issued_cert (serial, agent_id, not_before, not_after) VALUES ($1, $2, $3, $4)",
+        [cert.serial.clone().into(), agent_id.into(), cert.not_before.into(), cert.not_after.into()],
+    )
+    .await
+    .map(|_| ())
+}

@@ -1,0 +1,388 @@
+//! Persistence of executions, their chunks, copies and logs. Every transition is a compare-and-set on
+//! `(id, status, attempt)`; a report for a stale attempt changes nothing.
+
+use sea_orm::{DbErr, TransactionTrait, Value};
+use uuid::Uuid;
+
+use super::{Db, Page, execute, fetch_all, fetch_one};
+use crate::model::{Chunk, Execution, LogLine, Operation, Status};
+
+const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
+                       started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
+                       source_backup_id, target_database, options";
+
+/// A new execution.
+#[derive(Debug, Clone)]
+pub struct NewExecution {
+    /// Operation.
+    pub operation: Operation,
+    /// Producing job (backups).
+    pub job_id: Option<Uuid>,
+    /// Datasource backed up or restored into.
+    pub datasource_id: Uuid,
+    /// Agent that will run it.
+    pub agent_id: Uuid,
+    /// Restore: source backup.
+    pub source_backup_id: Option<Uuid>,
+    /// Restore: target database.
+    pub target_database: Option<String>,
+    /// Options (JSON).
+    pub options: serde_json::Value,
+}
+
+/// Filters of an execution listing.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    /// Job.
+    pub job_id: Option<Uuid>,
+    /// Datasource.
+    pub datasource_id: Option<Uuid>,
+    /// Status.
+    pub status: Option<Status>,
+    /// Operation.
+    pub operation: Option<Operation>,
+}
+
+/// A chunk an agent reported.
+#[derive(Debug, Clone)]
+pub struct ChunkReport {
+    /// Execution.
+    pub execution_id: Uuid,
+    /// Attempt.
+    pub attempt: i32,
+    /// Storage.
+    pub storage_id: Uuid,
+    /// Position.
+    pub seq: i32,
+    /// Object key.
+    pub key: String,
+    /// Stored size.
+    pub size: i64,
+    /// Hex sha256.
+    pub sha256: String,
+    /// Uncompressed bytes carried.
+    pub raw_bytes: i64,
+}
+
+/// The outcome a backup reported.
+#[derive(Debug, Clone)]
+pub struct BackupOutcome {
+    /// Uncompressed bytes.
+    pub raw_bytes: i64,
+    /// Stored bytes of one copy.
+    pub stored_bytes: i64,
+    /// Chunks of one copy.
+    pub chunk_count: i32,
+    /// Whole-stream sha256.
+    pub sha256: String,
+    /// Manifest key.
+    pub manifest_key: String,
+    /// Storages with a complete copy.
+    pub storage_ids: Vec<Uuid>,
+    /// Dump tool version.
+    pub tool_version: String,
+    /// Server version.
+    pub server_version: String,
+}
+
+impl Db {
+    /// Queues an execution.
+    pub async fn insert_execution(&self, n: &NewExecution) -> Result<Execution, DbErr> {
+        fetch_one(
+            &self.conn,
+            &format!(
+                "INSERT INTO execution (id, operation, status, job_id, datasource_id, agent_id, source_backup_id, \
+                 target_database, options) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING {EX_COLS}"
+            ),
+            [
+                Uuid::now_v7().into(),
+                n.operation.into(),
+                n.job_id.into(),
+                n.datasource_id.into(),
+                n.agent_id.into(),
+                n.source_backup_id.into(),
+                n.target_database.clone().into(),
+                n.options.clone().into(),
+            ],
+        )
+        .await?
+        .ok_or(DbErr::RecordNotInserted)
+    }
+
+    /// One execution.
+    pub async fn execution(&self, id: Uuid) -> Result<Option<Execution>, DbErr> {
+        fetch_one(&self.conn, &format!("SELECT {EX_COLS} FROM execution WHERE id = $1"), [id.into()]).await
+    }
+
+    /// Executions matching `f`, newest first.
+    pub async fn list_executions(&self, f: &ExecutionFilter, page: Page) -> Result<Vec<Execution>, DbErr> {
+        let mut sql = format!("SELECT {EX_COLS} FROM execution WHERE true");
+        let mut values: Vec<Value> = Vec::new();
+        let mut push = |cond: &str, v: Value, values: &mut Vec<Value>| {
+            values.push(v);
+            sql.push_str(&format!(" AND {cond} = ${}", values.len()));
+        };
+        if let Some(j) = f.job_id {
+            push("job_id", j.into(), &mut values);
+        }
+        if let Some(d) = f.datasource_id {
+            push("datasource_id", d.into(), &mut values);
+        }
+        if let Some(s) = f.status {
+            push("status", s.into(), &mut values);
+        }
+        if let Some(o) = f.operation {
+            push("operation", o.into(), &mut values);
+        }
+        let n = values.len();
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC OFFSET ${} LIMIT ${}", n + 1, n + 2));
+        values.push(page.offset.into());
+        values.push(page.limit.into());
+        fetch_all(&self.conn, &sql, values).await
+    }
+
+    /// The oldest queued executions of an agent.
+    pub async fn queued_for_agent(&self, agent_id: Uuid, limit: i64) -> Result<Vec<Execution>, DbErr> {
+        fetch_all(
+            &self.conn,
+            &format!(
+                "SELECT {EX_COLS} FROM execution WHERE agent_id = $1 AND status = 'queued' \
+                 ORDER BY created_at LIMIT $2"
+            ),
+            [agent_id.into(), limit.into()],
+        )
+        .await
+    }
+
+    /// Executions running on an agent.
+    pub async fn running_for_agent(&self, agent_id: Uuid) -> Result<Vec<Execution>, DbErr> {
+        fetch_all(
+            &self.conn,
+            &format!("SELECT {EX_COLS} FROM execution WHERE agent_id = $1 AND status = 'running'"),
+            [agent_id.into()],
+        )
+        .await
+    }
+
+    /// Claims a queued execution: `queued -> running` with the next attempt number and a lease. `None` when
+    /// another replica claimed it first.
+    pub async fn claim(&self, id: Uuid, lease_secs: i64) -> Result<Option<Execution>, DbErr> {
+        fetch_one(
+            &self.conn,
+            &format!(
+                "UPDATE execution SET status = 'running', attempt = attempt + 1, started_at = now(), \
+                 lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'queued' \
+                 RETURNING {EX_COLS}"
+            ),
+            [id.into(), (lease_secs as f64).into()],
+        )
+        .await
+    }
+
+    /// Records a reported chunk if the attempt is current. Returns false for a stale attempt.
+    pub async fn record_chunk(&self, c: &ChunkReport) -> Result<bool, DbErr> {
+        let n = execute(
+            &self.conn,
+            "INSERT INTO backup_chunk (execution_id, attempt, storage_id, seq, object_key, size, sha256, raw_bytes) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM execution \
+             WHERE id = $1 AND attempt = $2 AND status = 'running' AND operation = 'backup') \
+             ON CONFLICT (execution_id, attempt, storage_id, seq) DO UPDATE SET object_key = EXCLUDED.object_key, \
+             size = EXCLUDED.size, sha256 = EXCLUDED.sha256, raw_bytes = EXCLUDED.raw_bytes",
+            [
+                c.execution_id.into(),
+                c.attempt.into(),
+                c.storage_id.into(),
+                c.seq.into(),
+                c.key.clone().into(),
+                c.size.into(),
+                c.sha256.clone().into(),
+                c.raw_bytes.into(),
+            ],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Commits a backup: every storage claimed complete must hold exactly `chunk_count` recorded chunks
+    /// summing to `stored_bytes`; then `running -> completed`. Returns `Err(reason)` inside `Ok` when the
+    /// records do not match (the caller fails the execution).
+    pub async fn complete_backup(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        o: &BackupOutcome,
+    ) -> Result<Result<(), String>, DbErr> {
+        let txn = self.conn.begin().await?;
+        if o.storage_ids.is_empty() {
+            return Ok(Err("no storage holds a complete copy".into()));
+        }
+        for sid in &o.storage_ids {
+            #[derive(sea_orm::FromQueryResult)]
+            struct Sum {
+                n: i64,
+                bytes: Option<i64>,
+                max_seq: Option<i32>,
+            }
+            let s: Option<Sum> = fetch_one(
+                &txn,
+                "SELECT count(*) AS n, sum(size)::bigint AS bytes, max(seq) AS max_seq FROM backup_chunk \
+                 WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3",
+                [id.into(), attempt.into(), (*sid).into()],
+            )
+            .await?;
+            let s = s.ok_or(DbErr::RecordNotFound("chunk summary".into()))?;
+            let expected_max = o.chunk_count - 1;
+            if s.n != i64::from(o.chunk_count)
+                || s.bytes.unwrap_or(0) != o.stored_bytes
+                || s.max_seq.unwrap_or(-1) != expected_max
+            {
+                txn.rollback().await?;
+                return Ok(Err(format!(
+                    "storage {sid}: {} chunks / {} bytes recorded, agent reported {} / {}",
+                    s.n,
+                    s.bytes.unwrap_or(0),
+                    o.chunk_count,
+                    o.stored_bytes
+                )));
+            }
+            execute(&txn, "INSERT INTO backup_copy (execution_id, storage_id, complete) VALUES ($1, $2, true)", [
+                id.into(),
+                (*sid).into(),
+            ])
+            .await?;
+        }
+        let n = execute(
+            &txn,
+            "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3, \
+             stored_bytes = $4, chunk_count = $5, sha256 = $6, manifest_key = $7, tool_version = $8, \
+             server_version = $9 WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [
+                id.into(),
+                attempt.into(),
+                o.raw_bytes.into(),
+                o.stored_bytes.into(),
+                o.chunk_count.into(),
+                o.sha256.clone().into(),
+                o.manifest_key.clone().into(),
+                o.tool_version.clone().into(),
+                o.server_version.clone().into(),
+            ],
+        )
+        .await?;
+        if n != 1 {
+            txn.rollback().await?;
+            return Ok(Err("stale attempt".into()));
+        }
+        txn.commit().await?;
+        Ok(Ok(()))
+    }
+
+    /// `running -> completed` for a restore.
+    pub async fn complete_restore(&self, id: Uuid, attempt: i32, raw_bytes: i64) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3 \
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into(), raw_bytes.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// `running -> failed|cancelled` for the current attempt (or any attempt when `attempt` is None).
+    pub async fn finish_failed(
+        &self,
+        id: Uuid,
+        attempt: Option<i32>,
+        error: &str,
+        cancelled: bool,
+    ) -> Result<bool, DbErr> {
+        let status = if cancelled { Status::Cancelled } else { Status::Failed };
+        Ok(execute(
+            &self.conn,
+            "UPDATE execution SET status = $3, error = $4, finished_at = now(), lease_until = NULL \
+             WHERE id = $1 AND ($2::int IS NULL OR attempt = $2) AND status IN ('running', 'queued')",
+            [id.into(), attempt.into(), status.into(), error.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Fails every running execution whose lease expired (agent silent). Returns their ids.
+    pub async fn reap_expired(&self) -> Result<Vec<Uuid>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Id {
+            id: Uuid,
+        }
+        let rows: Vec<Id> = fetch_all(
+            &self.conn,
+            "UPDATE execution SET status = 'failed', finished_at = now(), lease_until = NULL, \
+             error = 'agent lost: no heartbeat before the lease expired' \
+             WHERE status = 'running' AND lease_until < now() RETURNING id",
+            [],
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
+    /// Appends a log line.
+    pub async fn append_log(&self, id: Uuid, level: &str, message: &str) -> Result<(), DbErr> {
+        execute(&self.conn, "INSERT INTO execution_log (execution_id, level, message) VALUES ($1, $2, $3)", [
+            id.into(),
+            level.into(),
+            message.into(),
+        ])
+        .await
+        .map(|_| ())
+    }
+
+    /// Log lines after row id `after`, oldest first.
+    pub async fn logs(&self, id: Uuid, after: i64, limit: i64) -> Result<Vec<LogLine>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT id, at, level, message FROM execution_log WHERE execution_id = $1 AND id > $2 \
+             ORDER BY id LIMIT $3",
+            [id.into(), after.into(), limit.into()],
+        )
+        .await
+    }
+
+    /// Completed backups, newest first.
+    pub async fn list_backups(&self, datasource: Option<Uuid>, page: Page) -> Result<Vec<Execution>, DbErr> {
+        fetch_all(
+            &self.conn,
+            &format!(
+                "SELECT {EX_COLS} FROM execution WHERE operation = 'backup' AND status = 'completed' \
+                 AND ($1::uuid IS NULL OR datasource_id = $1) ORDER BY finished_at DESC, id DESC OFFSET $2 LIMIT $3"
+            ),
+            [datasource.into(), page.offset.into(), page.limit.into()],
+        )
+        .await
+    }
+
+    /// Storages holding a complete copy of a backup.
+    pub async fn backup_storage_ids(&self, id: Uuid) -> Result<Vec<Uuid>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Sid {
+            storage_id: Uuid,
+        }
+        let rows: Vec<Sid> = fetch_all(
+            &self.conn,
+            "SELECT storage_id FROM backup_copy WHERE execution_id = $1 AND complete ORDER BY storage_id",
+            [id.into()],
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| r.storage_id).collect())
+    }
+
+    /// Chunks of one attempt, by storage then position.
+    pub async fn chunks(&self, id: Uuid, attempt: i32) -> Result<Vec<Chunk>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT storage_id, seq, object_key, size, sha256 FROM backup_chunk \
+             WHERE execution_id = $1 AND attempt = $2 ORDER BY storage_id, seq",
+            [id.into(), attempt.into()],
+        )
+        .await
+    }
+}

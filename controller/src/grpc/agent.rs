@@ -1,0 +1,267 @@
+//! Agent-facing services. `Enroll` is served on the operator port (the agent has only a join token);
+//! `Renew` and `Session` on the agent port, where TLS requires a client certificate from the controller CA and
+//! the agent id is read from that certificate, never from a message.
+
+use std::{pin::Pin, time::Duration};
+
+use dg_common::{error::FieldError, ids::AgentId, tls};
+use dg_proto::{
+    AGENT_PROTOCOL_VERSION,
+    v1::{self as pb, agent_enrollment_service_server, agent_session_service_server},
+};
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+use uuid::Uuid;
+
+use super::{Ctx, convert};
+use crate::{
+    db::{BackupOutcome, ChunkReport},
+    error::ControllerResult,
+};
+
+/// Enrollment handler.
+#[derive(Clone, Debug)]
+pub struct EnrollmentSvc {
+    ctx: Ctx,
+}
+
+impl EnrollmentSvc {
+    /// New handler.
+    pub fn new(ctx: Ctx) -> Self {
+        Self { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let r = req.into_inner();
+        if r.join_token.is_empty() {
+            return Err(FieldError::new("join_token", "is required").into());
+        }
+        if r.csr_pem.is_empty() || r.csr_pem.len() > 16 * 1024 {
+            return Err(FieldError::new("csr_pem", "must be a PEM CSR of at most 16 KiB").into());
+        }
+        let hostname: String = r.hostname.chars().filter(|c| !c.is_control()).take(253).collect();
+        let version: String = r.agent_version.chars().filter(|c| !c.is_control()).take(64).collect();
+        let e = self.ctx.agents.enroll(&r.join_token, &r.csr_pem, &hostname, &version).await?;
+        Ok(Response::new(pb::EnrollResponse {
+            agent_id: e.agent_id.to_string(),
+            certificate_pem: e.certificate_pem,
+            ca_certificate_pem: e.ca_pem,
+            agent_endpoint: e.agent_endpoint,
+            not_after: Some(convert::ts(e.not_after)),
+        }))
+    }
+}
+
+/// Session handler.
+#[derive(Clone, Debug)]
+pub struct SessionSvc {
+    ctx: Ctx,
+    shutdown: CancellationToken,
+}
+
+impl SessionSvc {
+    /// New handler; `shutdown` closes every session.
+    pub fn new(ctx: Ctx, shutdown: CancellationToken) -> Self {
+        Self { ctx, shutdown }
+    }
+}
+
+/// The agent id in the request's verified client certificate.
+fn peer_agent<T>(req: &Request<T>) -> Result<AgentId, Status> {
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    tls::agent_id_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl agent_session_service_server::AgentSessionService for SessionSvc {
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
+        let agent = peer_agent(&req)?;
+        let r = req.into_inner();
+        if r.csr_pem.is_empty() || r.csr_pem.len() > 16 * 1024 {
+            return Err(FieldError::new("csr_pem", "must be a PEM CSR of at most 16 KiB").into());
+        }
+        let (pem, not_after) = self.ctx.agents.renew(agent, &r.csr_pem).await?;
+        Ok(Response::new(pb::RenewResponse { certificate_pem: pem, not_after: Some(convert::ts(not_after)) }))
+    }
+
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let agent = peer_agent(&req)?;
+        self.ctx.agents.active(agent.0).await?;
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
+            Ok(Ok(Some(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(h)) }))) => h,
+            Ok(Ok(_)) => return Err(Status::invalid_argument("hello: the first message must be Hello")),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("hello: not received within 15 s")),
+        };
+        if hello.protocol_version != AGENT_PROTOCOL_VERSION {
+            return Err(Status::failed_precondition(format!(
+                "protocol_version: agent speaks {}, controller speaks {AGENT_PROTOCOL_VERSION}",
+                hello.protocol_version
+            )));
+        }
+        let tools: Vec<convert::ToolJson> = hello
+            .tools
+            .iter()
+            .take(32)
+            .map(|t| convert::ToolJson { name: t.name.clone(), version: t.version.clone(), path: t.path.clone() })
+            .collect();
+        self.ctx
+            .agents
+            .connected(agent.0, &hello.hostname, &hello.agent_version, serde_json::to_value(&tools).unwrap_or_default())
+            .await?;
+        let running: Vec<(Uuid, i32)> = hello
+            .running
+            .iter()
+            .filter_map(|r| Some((r.execution_id.parse().ok()?, i32::try_from(r.attempt).ok()?)))
+            .collect();
+        self.ctx.executions.reconcile(agent.0, &running).await?;
+
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = pb::ControllerMessage {
+            kind: Some(pb::controller_message::Kind::Welcome(pb::Welcome {
+                protocol_version: AGENT_PROTOCOL_VERSION,
+                agent_id: agent.to_string(),
+                heartbeat_interval: Some(prost_types::Duration {
+                    seconds: i64::try_from(self.ctx.agent_settings.heartbeat.as_secs()).unwrap_or(10),
+                    nanos: 0,
+                }),
+            })),
+        };
+        tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("session closed"))?;
+        let cancel = self.shutdown.child_token();
+        let session = self.ctx.registry.register(agent.0, tx, cancel.clone());
+        info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
+
+        let ctx = self.ctx.clone();
+        tokio::spawn(
+            async move {
+                read_loop(&ctx, agent, &mut inbound, cancel).await;
+                if ctx.registry.unregister(agent.0, session)
+                    && let Err(e) = ctx.agents.disconnected(agent.0).await
+                {
+                    warn!(error = %e, "cannot record disconnect");
+                }
+                info!("agent session closed");
+            }
+            .instrument(info_span!("agent_session", agent_id = %agent)),
+        );
+        // The agent may have queued work.
+        self.ctx.executions.wake();
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SessionStream))
+    }
+}
+
+async fn read_loop(ctx: &Ctx, agent: AgentId, inbound: &mut Streaming<pb::AgentMessage>, cancel: CancellationToken) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            m = inbound.message() => m,
+        };
+        match msg {
+            Ok(Some(m)) => {
+                if let Err(e) = handle(ctx, agent, m).await {
+                    warn!(error = %e, "agent report rejected");
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!(error = %e, "agent stream error");
+                break;
+            }
+        }
+    }
+}
+
+fn exec_ref(r: Option<pb::ExecutionRef>) -> Result<(Uuid, i32), FieldError> {
+    let r = r.ok_or_else(|| FieldError::new("execution", "is required"))?;
+    let id = convert::id("execution.execution_id", &r.execution_id)?;
+    let attempt = i32::try_from(r.attempt).map_err(|_| FieldError::new("execution.attempt", "out of range"))?;
+    Ok((id, attempt))
+}
+
+async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerResult<()> {
+    use pb::agent_message::Kind;
+    let a = agent.0;
+    match m.kind {
+        Some(Kind::Heartbeat(_)) => ctx.agents.heartbeat(a, ctx.agent_settings.lease_secs).await?,
+        Some(Kind::ChunkReported(c)) => {
+            let (id, attempt) = exec_ref(c.execution)?;
+            ctx.executions
+                .report_chunk(a, ChunkReport {
+                    execution_id: id,
+                    attempt,
+                    storage_id: convert::id("storage_id", &c.storage_id)?,
+                    seq: i32::try_from(c.seq).map_err(|_| FieldError::new("seq", "out of range"))?,
+                    key: c.key,
+                    size: i64::try_from(c.size).map_err(|_| FieldError::new("size", "out of range"))?,
+                    sha256: c.sha256,
+                    raw_bytes: i64::try_from(c.raw_bytes).unwrap_or(i64::MAX),
+                })
+                .await?;
+        }
+        Some(Kind::Progress(p)) => {
+            let (id, _) = exec_ref(p.execution)?;
+            debug!(execution_id = %id, raw = p.raw_bytes, stored = p.stored_bytes, chunks = p.chunks, "progress");
+        }
+        Some(Kind::Log(l)) => {
+            let (id, _) = exec_ref(l.execution)?;
+            let msg: String = l.message.chars().take(8192).collect();
+            ctx.executions.report_log(a, id, &l.level, &msg).await?;
+        }
+        Some(Kind::Completed(c)) => {
+            let (id, attempt) = exec_ref(c.execution)?;
+            match c.result {
+                Some(pb::completed::Result::Backup(b)) => {
+                    let storage_ids = b
+                        .storage_ids
+                        .iter()
+                        .map(|s| convert::id("storage_ids", s))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    ctx.executions
+                        .report_backup_completed(a, id, attempt, BackupOutcome {
+                            raw_bytes: i64::try_from(b.raw_bytes).unwrap_or(i64::MAX),
+                            stored_bytes: i64::try_from(b.stored_bytes).unwrap_or(i64::MAX),
+                            chunk_count: i32::try_from(b.chunk_count).unwrap_or(i32::MAX),
+                            sha256: b.sha256,
+                            manifest_key: b.manifest_key,
+                            storage_ids,
+                            tool_version: b.tool_version,
+                            server_version: b.server_version,
+                        })
+                        .await?;
+                }
+                Some(pb::completed::Result::Restore(r)) => {
+                    ctx.executions
+                        .report_restore_completed(a, id, attempt, i64::try_from(r.raw_bytes).unwrap_or(i64::MAX))
+                        .await?;
+                }
+                None => return Err(FieldError::new("result", "is required").into()),
+            }
+        }
+        Some(Kind::Failed(f)) => {
+            let (id, attempt) = exec_ref(f.execution)?;
+            let error: String = f.error.chars().take(8192).collect();
+            ctx.executions.report_failed(a, id, attempt, &error, f.cancelled).await?;
+        }
+        Some(Kind::Hello(_)) => return Err(FieldError::new("hello", "sent twice").into()),
+        None => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! gRPC edge: the operator services (TLS, bearer session tokens checked by [`auth_layer`]), the enrollment
+//! service (same port, no client certificate), and the agent session service (its own port, mTLS required).
+//! Handlers convert, call a domain service, convert back.
+
+pub mod agent;
+pub mod auth_layer;
+pub mod convert;
+pub mod operator;
+
+use std::sync::Arc;
+
+use crate::{
+    model::Session,
+    service::{
+        agents::AgentsService, auth::AuthService, catalog::CatalogService, executions::ExecutionsService,
+        registry::AgentRegistry,
+    },
+};
+
+/// Everything handlers need; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Ctx {
+    /// Authentication.
+    pub auth: AuthService,
+    /// Agents.
+    pub agents: AgentsService,
+    /// Catalog.
+    pub catalog: CatalogService,
+    /// Executions.
+    pub executions: ExecutionsService,
+    /// Sessions on this replica.
+    pub registry: AgentRegistry,
+    /// Settings agents get.
+    pub agent_settings: Arc<AgentSettings>,
+    /// Audit writer.
+    pub db: crate::db::Db,
+}
+
+/// Session settings sent to agents.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    /// Heartbeat interval.
+    pub heartbeat: std::time::Duration,
+    /// Lease extended by each heartbeat.
+    pub lease_secs: i64,
+}
+
+/// The authenticated operator of a request (inserted by the auth layer).
+pub fn actor<T>(req: &tonic::Request<T>) -> String {
+    req.extensions().get::<Session>().map(|s| s.username.clone()).unwrap_or_else(|| "unknown".into())
+}

@@ -1,0 +1,12 @@
+//! DataGuardian controller: keeps all state in PostgreSQL, serves the operator API (TLS, session tokens) and
+//! the agent API (mTLS), signs agent certificates with its own CA, and dispatches executions to agents.
+
+pub mod app;
+pub mod config;
+pub mod crypto;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod model;
+pub mod pki;
+pub mod service;

@@ -1,0 +1,277 @@
+//! Domain records of the controller. They are what persistence returns and services work with; the
+//! `FromQueryResult` derive is the only persistence concern they carry (rows map onto them by column name).
+//! Enums are stored as lowercase strings.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{ColIdx, DbErr, FromQueryResult, QueryResult, TryGetError, TryGetable};
+use uuid::Uuid;
+
+macro_rules! string_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident = $s:literal),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name { $($(#[$vdoc])* $variant),* }
+
+        impl $name {
+            /// The stored spelling.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),* }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s { $($s => Ok($name::$variant),)* other => Err(format!("unknown {}: {other}", stringify!($name))) }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl TryGetable for $name {
+            fn try_get_by<I: ColIdx>(res: &QueryResult, idx: I) -> Result<Self, TryGetError> {
+                let s = String::try_get_by(res, idx)?;
+                s.parse().map_err(|e: String| TryGetError::DbErr(DbErr::Type(e)))
+            }
+        }
+
+        impl From<$name> for sea_orm::Value {
+            fn from(v: $name) -> Self {
+                v.as_str().into()
+            }
+        }
+    };
+}
+
+string_enum!(
+    /// Database engine.
+    Engine { Postgres = "postgres", Mysql = "mysql", Mariadb = "mariadb" }
+);
+string_enum!(
+    /// TLS mode towards a database.
+    TlsMode { Disable = "disable", Prefer = "prefer", Require = "require", VerifyFull = "verify-full" }
+);
+string_enum!(
+    /// Object store kind.
+    StorageKind { Local = "local", S3 = "s3", Gcs = "gcs", Azure = "azure" }
+);
+string_enum!(
+    /// Storage strategy of a job.
+    Strategy { Fallback = "fallback", Replicate = "replicate" }
+);
+string_enum!(
+    /// What an execution does.
+    Operation { Backup = "backup", Restore = "restore", Verify = "verify" }
+);
+string_enum!(
+    /// Execution lifecycle state.
+    Status { Queued = "queued", Running = "running", Completed = "completed", Failed = "failed", Cancelled = "cancelled" }
+);
+
+impl Status {
+    /// Whether the execution has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// The single admin user.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct AdminUser {
+    /// Row id.
+    pub id: Uuid,
+    /// User name.
+    pub username: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+}
+
+/// A live operator session.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Session {
+    /// Row id.
+    pub id: Uuid,
+    /// Owner.
+    pub username: String,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// An enrolled agent.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Agent {
+    /// Agent id.
+    pub id: Uuid,
+    /// Reported host name.
+    pub hostname: String,
+    /// Reported version.
+    pub version: String,
+    /// Reported tools as JSON `[{name, version, path}]`.
+    pub tools: serde_json::Value,
+    /// Enrollment time.
+    pub enrolled_at: DateTime<Utc>,
+    /// Last heartbeat.
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// Whether a session stream is open on some replica.
+    pub connected: bool,
+    /// Newest certificate expiry.
+    pub cert_expires_at: Option<DateTime<Utc>>,
+    /// Revocation time.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A datasource with its encrypted password.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Datasource {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Engine.
+    pub engine: Engine,
+    /// Host as seen from the agent.
+    pub host: String,
+    /// Port.
+    pub port: i32,
+    /// Database name.
+    pub database_name: String,
+    /// Login user.
+    pub username: String,
+    /// AES-256-GCM ciphertext of the password (row id as AAD).
+    pub password_ciphertext: Option<Vec<u8>>,
+    /// TLS mode.
+    pub tls_mode: TlsMode,
+    /// Bound agent.
+    pub agent_id: Uuid,
+    /// Labels as a JSON object.
+    pub labels: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A storage.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Storage {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Kind.
+    pub kind: StorageKind,
+    /// Kind-specific configuration (JSON).
+    pub config: serde_json::Value,
+    /// Agent that hosts a local storage.
+    pub agent_id: Option<Uuid>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A backup job (storage targets loaded separately, in order).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct BackupJob {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Datasource backed up.
+    pub datasource_id: Uuid,
+    /// Cron expression (empty: on demand only).
+    pub cron: String,
+    /// IANA time zone.
+    pub time_zone: String,
+    /// Retention: max backups (0 = use keep_*).
+    pub max_backups: i32,
+    /// Retention: daily.
+    pub keep_daily: i32,
+    /// Retention: weekly.
+    pub keep_weekly: i32,
+    /// Retention: monthly.
+    pub keep_monthly: i32,
+    /// Strategy.
+    pub storage_strategy: Strategy,
+    /// zstd level.
+    pub compression_level: i32,
+    /// Enabled for scheduling.
+    pub enabled: bool,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// One execution.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Execution {
+    /// Id.
+    pub id: Uuid,
+    /// Operation.
+    pub operation: Operation,
+    /// State.
+    pub status: Status,
+    /// Producing job.
+    pub job_id: Option<Uuid>,
+    /// Datasource backed up or restored into.
+    pub datasource_id: Uuid,
+    /// Agent running it.
+    pub agent_id: Uuid,
+    /// Current attempt.
+    pub attempt: i32,
+    /// Lease expiry while running.
+    pub lease_until: Option<DateTime<Utc>>,
+    /// Queue time.
+    pub created_at: DateTime<Utc>,
+    /// Claim time.
+    pub started_at: Option<DateTime<Utc>>,
+    /// End time.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Failure text.
+    pub error: Option<String>,
+    /// Uncompressed bytes.
+    pub raw_bytes: i64,
+    /// Stored bytes (one copy).
+    pub stored_bytes: i64,
+    /// Chunks (one copy).
+    pub chunk_count: i32,
+    /// Whole-stream sha256.
+    pub sha256: Option<String>,
+    /// Manifest key.
+    pub manifest_key: Option<String>,
+    /// Restore: source backup.
+    pub source_backup_id: Option<Uuid>,
+    /// Restore: target database.
+    pub target_database: Option<String>,
+    /// Restore options and other per-execution options (JSON).
+    pub options: serde_json::Value,
+}
+
+/// One stored chunk copy.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct Chunk {
+    /// Storage holding it.
+    pub storage_id: Uuid,
+    /// Position.
+    pub seq: i32,
+    /// Object key.
+    pub object_key: String,
+    /// Stored size.
+    pub size: i64,
+    /// Hex sha256.
+    pub sha256: String,
+}
+
+/// One execution log line.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct LogLine {
+    /// Row id (ordering and paging key).
+    pub id: i64,
+    /// Time.
+    pub at: DateTime<Utc>,
+    /// Level.
+    pub level: String,
+    /// Text.
+    pub message: String,
+}

@@ -1,0 +1,133 @@
+//! Operator authentication: the single admin user (argon2), session tokens (random, stored as sha256,
+//! expiring, revocable).
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dg_common::error::FieldError;
+
+use crate::{
+    crypto,
+    db::Db,
+    error::{ControllerError, ControllerResult},
+    model::Session,
+};
+
+/// A freshly issued session token (shown once).
+#[derive(Debug)]
+pub struct IssuedSession {
+    /// The bearer token.
+    pub token: String,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Authentication service.
+#[derive(Clone, Debug)]
+pub struct AuthService {
+    db: Db,
+    session_ttl: Duration,
+}
+
+const BAD_CREDENTIALS: &str = "invalid user name or password";
+
+impl AuthService {
+    /// New service.
+    pub fn new(db: Db, session_ttl: Duration) -> Self {
+        Self { db, session_ttl }
+    }
+
+    /// Creates the configured admin when none exists (start-up bootstrap).
+    pub async fn bootstrap(&self, username: &str, password: &str) -> ControllerResult<()> {
+        if !self.db.admin_exists().await? {
+            validate_credentials(username, password)?;
+            let hash = hash(password).await?;
+            if self.db.create_admin(username, &hash).await?.is_some() {
+                tracing::info!(%username, "created the admin user from configuration");
+            }
+        }
+        Ok(())
+    }
+
+    /// First-run setup: creates the admin (once) and logs in.
+    pub async fn setup(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
+        validate_credentials(username, password)?;
+        if self.db.admin_exists().await? {
+            return Err(ControllerError::FailedPrecondition("setup is already done; log in instead".into()));
+        }
+        let hash = hash(password).await?;
+        let id = self
+            .db
+            .create_admin(username, &hash)
+            .await?
+            .ok_or_else(|| ControllerError::FailedPrecondition("setup is already done; log in instead".into()))?;
+        self.db.audit(username, "auth.setup", "admin_user", Some(id.to_string()), "ok").await?;
+        self.issue(id).await
+    }
+
+    /// Exchanges credentials for a session.
+    pub async fn login(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
+        let user = self.db.admin_by_name(username).await?;
+        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let pw = password.to_owned();
+        // Verify even for an unknown user so timing does not reveal which names exist.
+        let ok = tokio::task::spawn_blocking(move || match phc {
+            Some(h) => crypto::verify_password(&pw, &h),
+            None => {
+                let _ = crypto::verify_password(&pw, DUMMY_HASH);
+                false
+            }
+        })
+        .await
+        .unwrap_or(false);
+        match user {
+            Some(u) if ok => self.issue(u.id).await,
+            _ => Err(ControllerError::Unauthenticated(BAD_CREDENTIALS.into())),
+        }
+    }
+
+    /// The live session for a bearer token.
+    pub async fn authenticate(&self, token: &str) -> ControllerResult<Session> {
+        self.db
+            .live_session(crypto::token_hash(token))
+            .await?
+            .ok_or_else(|| ControllerError::Unauthenticated("session token is invalid, expired or revoked".into()))
+    }
+
+    /// Revokes a session.
+    pub async fn logout(&self, session: &Session) -> ControllerResult<()> {
+        self.db.revoke_session(session.id).await?;
+        Ok(())
+    }
+
+    async fn issue(&self, user_id: uuid::Uuid) -> ControllerResult<IssuedSession> {
+        let token = crypto::new_token("dgs");
+        let expires_at = Utc::now() + self.session_ttl;
+        self.db.create_session(user_id, crypto::token_hash(&token), expires_at).await?;
+        Ok(IssuedSession { token, expires_at })
+    }
+}
+
+/// A valid argon2id hash of a random string, verified against for unknown users.
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+
+async fn hash(password: &str) -> ControllerResult<String> {
+    let pw = password.to_owned();
+    tokio::task::spawn_blocking(move || crypto::hash_password(&pw))
+        .await
+        .map_err(|_| ControllerError::Cancelled)?
+        .map_err(Into::into)
+}
+
+fn validate_credentials(username: &str, password: &str) -> Result<(), FieldError> {
+    if username.is_empty()
+        || username.len() > 64
+        || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        return Err(FieldError::new("username", "must be 1-64 characters of [A-Za-z0-9._-]"));
+    }
+    if password.chars().count() < 12 {
+        return Err(FieldError::new("password", "must be at least 12 characters"));
+    }
+    Ok(())
+}

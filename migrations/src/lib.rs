@@ -1,0 +1,17 @@
+//! Controller schema migrations (sea-orm-migration). Applied at controller start under a PostgreSQL advisory
+//! lock, so replicas starting together do not race, and by `dg-controller migrate`. Migrations are plain SQL:
+//! additive, never edited once released.
+
+use sea_orm_migration::prelude::*;
+
+mod m0001_initial;
+
+/// The ordered list of migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m0001_initial::Migration)]
+    }
+}
