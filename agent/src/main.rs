@@ -1,1 +1,87 @@
-fn main(){}
+//! `dg-agent`: enroll (once) and run.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use dg_agent::{enroll, session, state::StateDir};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "dg-agent", version, about = "DataGuardian agent")]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    /// OTLP gRPC endpoint for traces.
+    #[arg(long, global = true, env = "DG_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enroll with a one-time join token; writes key, certificate and CA into the state directory.
+    Enroll {
+        /// Controller API endpoint, e.g. https://controller.example.com:7443.
+        #[arg(long)]
+        controller: String,
+        /// One-time join token from AgentService/CreateJoinToken.
+        #[arg(long, env = "DG_JOIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Pinned CA fingerprint ("sha256:<hex>") from the same response.
+        #[arg(long)]
+        ca_fingerprint: String,
+        /// State directory.
+        #[arg(long, default_value = "/var/lib/dataguardian-agent")]
+        state_dir: PathBuf,
+    },
+    /// Connect to the controller and run assigned jobs until stopped.
+    Run {
+        /// State directory written by `enroll`.
+        #[arg(long, default_value = "/var/lib/dataguardian-agent")]
+        state_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    dg_common::tls::install_crypto_provider();
+    let _telemetry = dg_common::telemetry::init("dg-agent", cli.log_json, cli.otlp_endpoint.as_deref())?;
+    match cli.command {
+        Command::Enroll { controller, token, ca_fingerprint, state_dir } => {
+            let dir = StateDir::open(&state_dir)?;
+            let id = enroll::enroll(&controller, &token, &ca_fingerprint, &dir).await?;
+            eprintln!("enrolled; state written to {}", state_dir.display());
+            println!("{id}");
+            Ok(())
+        }
+        Command::Run { state_dir } => {
+            let dir = StateDir::open(&state_dir)?;
+            let cancel = CancellationToken::new();
+            let c = cancel.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                tracing::info!("shutdown requested");
+                c.cancel();
+            });
+            session::run(dir, session::RunOptions::default(), cancel).await?;
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

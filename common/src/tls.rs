@@ -69,8 +69,13 @@ pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, TlsError> {
         .ok_or(TlsError::NoAgentIdentity)
 }
 
-/// `not_after` of a DER certificate as a unix timestamp.
-pub fn not_after_unix(der: &[u8]) -> Result<i64, TlsError> {
+/// `(not_before, not_after)` of a DER certificate as unix timestamps.
+pub fn validity_unix(der: &[u8]) -> Result<(i64, i64), TlsError> {
     let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::InvalidCertificate(e.to_string()))?;
-    Ok(cert.validity().not_after.timestamp())
+    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+}
+
+/// When a certificate valid over `[not_before, not_after]` should be renewed: two thirds into its life.
+pub fn renewal_due_unix(not_before: i64, not_after: i64) -> i64 {
+    not_before + (not_after - not_before) * 2 / 3
 }

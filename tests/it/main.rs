@@ -1,0 +1,7 @@
+//! End-to-end tests through the public gRPC API against real PostgreSQL, real `pg_dump`/`pg_restore`,
+//! real mTLS agents and real `grpcurl`.
+
+mod backup_restore;
+mod failures;
+mod grpcurl;
+mod security;

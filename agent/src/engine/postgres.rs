@@ -1,0 +1,173 @@
+//! PostgreSQL: connection test (sqlx), `pg_dump` in custom format and `pg_restore`. Connection parameters
+//! reach the tools through libpq environment variables and a 0600 passfile; the only argv value derived from
+//! user input is `--dbname=dbname='…'`, which cannot be read as an option.
+
+use std::{io::Write, time::Duration};
+
+use dg_proto::v1::{DatabaseTarget, TlsMode};
+use sqlx::{
+    ConnectOptions, Connection, Row,
+    postgres::{PgConnectOptions, PgSslMode},
+};
+use tokio::process::Command;
+
+use crate::error::{PipelineError, PipelineResult};
+
+/// What the connection test learned.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// `server_version`, e.g. "15.19 (Debian 15.19-0+deb12u1)".
+    pub version: String,
+    /// Major version number.
+    pub major: u32,
+    /// Round-trip of connect + query.
+    pub latency: Duration,
+}
+
+fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
+    match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+        TlsMode::Disable => (PgSslMode::Disable, "disable"),
+        TlsMode::Unspecified | TlsMode::Prefer => (PgSslMode::Prefer, "prefer"),
+        TlsMode::Require => (PgSslMode::Require, "require"),
+        TlsMode::VerifyFull => (PgSslMode::VerifyFull, "verify-full"),
+    }
+}
+
+fn options(t: &DatabaseTarget, database: &str) -> PgConnectOptions {
+    let mut o = PgConnectOptions::new_without_pgpass()
+        .host(&t.host)
+        .port(u16::try_from(t.port).unwrap_or(5432))
+        .username(&t.username)
+        .database(database)
+        .ssl_mode(ssl_mode(t).0)
+        .application_name("dataguardian-agent")
+        .disable_statement_logging();
+    if !t.password.is_empty() {
+        o = o.password(&t.password);
+    }
+    o
+}
+
+/// Connects to `database` and reads the server version.
+pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
+    let started = std::time::Instant::now();
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, database).connect())
+        .await
+        .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
+        .map_err(|e| fail(e.to_string()))?;
+    let row = sqlx::query("SELECT current_setting('server_version') AS v, current_setting('server_version_num')::int AS n")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    let version: String = row.try_get("v").map_err(|e| fail(e.to_string()))?;
+    let num: i32 = row.try_get("n").map_err(|e| fail(e.to_string()))?;
+    let _ = conn.close().await;
+    Ok(ServerInfo { version, major: u32::try_from(num / 10000).unwrap_or(0), latency: started.elapsed() })
+}
+
+/// Creates `database` on the target server unless it exists (through the `postgres` maintenance database).
+pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, "postgres").connect())
+        .await
+        .map_err(|_| fail("maintenance database did not answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
+        .bind(database)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .is_some();
+    if !exists {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(database))))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| PipelineError::Tool(format!("create database: {e}")))?;
+    }
+    let _ = conn.close().await;
+    Ok(!exists)
+}
+
+/// `"name"` with embedded quotes doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A libpq conninfo value, single-quoted with `\` and `'` escaped.
+pub fn conninfo_value(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A 0600 passfile holding the target's password; removed on drop.
+pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
+    let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
+    let mut f = tempfile::Builder::new().prefix("dg-pgpass-").tempfile()?;
+    // tempfile creates files with mode 0600.
+    writeln!(f, "{}:{}:*:{}:{}", esc(&t.host), t.port, esc(&t.username), esc(&t.password))?;
+    f.flush()?;
+    Ok(f)
+}
+
+/// A command for a libpq tool with connection parameters in the environment.
+pub fn command(tool: &str, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
+    let mut c = Command::new(tool);
+    for var in ["PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR"] {
+        c.env_remove(var);
+    }
+    c.env("PGHOST", &t.host)
+        .env("PGPORT", t.port.to_string())
+        .env("PGUSER", &t.username)
+        .env("PGPASSFILE", passfile)
+        .env("PGSSLMODE", ssl_mode(t).1)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGAPPNAME", "dataguardian-agent")
+        .kill_on_drop(true);
+    c
+}
+
+/// `pg_dump` of the target database in custom format, uncompressed (the pipeline compresses).
+pub fn dump_command(t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
+    let mut c = command("pg_dump", t, passfile);
+    c.arg("--format=custom")
+        .arg("--compress=0")
+        .arg("--no-password")
+        .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
+    c
+}
+
+/// `pg_restore` reading a custom-format archive from stdin into the target database.
+pub fn restore_command(t: &DatabaseTarget, passfile: &std::path::Path, drop_existing: bool) -> Command {
+    let mut c = command("pg_restore", t, passfile);
+    c.arg("--no-password").arg("--exit-on-error");
+    if drop_existing {
+        c.arg("--clean").arg("--if-exists");
+    }
+    c.arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
+    c
+}
+
+/// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.
+pub fn check_dump_compat(tool_version: &str, server_major: u32) -> PipelineResult<()> {
+    let tool_major: u32 = tool_version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if tool_major != 0 && server_major > tool_major {
+        return Err(PipelineError::Tool(format!(
+            "pg_dump {tool_version} cannot dump a PostgreSQL {server_major} server; install pg_dump {server_major} or newer on the agent host"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(conninfo_value("it's\\"), "'it\\'s\\\\'");
+        assert!(check_dump_compat("15.19", 16).is_err());
+        assert!(check_dump_compat("15.19", 15).is_ok());
+        assert!(check_dump_compat("16.1", 12).is_ok());
+    }
+}

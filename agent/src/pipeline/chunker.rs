@@ -1,0 +1,220 @@
+//! Compression and chunking on a blocking thread: raw blocks in, zstd-compressed chunks of a fixed size out,
+//! each with its sha256, plus the sha256 of the whole stored stream. And the reverse: compressed chunks in,
+//! decompressed blocks out.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// One sealed chunk, ready to upload.
+#[derive(Debug, Clone)]
+pub struct SealedChunk {
+    /// Position from 0.
+    pub seq: u32,
+    /// Compressed bytes.
+    pub data: Bytes,
+    /// Hex sha256 of `data`.
+    pub sha256: String,
+    /// Raw bytes consumed since the previous chunk (approximate).
+    pub raw_bytes: u64,
+}
+
+/// Totals of a compressed stream.
+#[derive(Debug, Clone)]
+pub struct StreamTotals {
+    /// Raw bytes in.
+    pub raw_bytes: u64,
+    /// Compressed bytes out.
+    pub stored_bytes: u64,
+    /// Chunks out.
+    pub chunks: u32,
+    /// Hex sha256 of all compressed bytes in order.
+    pub sha256: String,
+}
+
+struct ChunkWriter {
+    buf: Vec<u8>,
+    chunk_size: usize,
+    seq: u32,
+    tx: mpsc::Sender<SealedChunk>,
+    total: Sha256,
+    stored: u64,
+    raw_seen: u64,
+    raw_reported: u64,
+}
+
+impl ChunkWriter {
+    fn seal(&mut self) -> std::io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        self.total.update(&data);
+        self.stored += data.len() as u64;
+        let chunk = SealedChunk {
+            seq: self.seq,
+            sha256: hex::encode(Sha256::digest(&data)),
+            data: Bytes::from(data),
+            raw_bytes: self.raw_seen - self.raw_reported,
+        };
+        self.raw_reported = self.raw_seen;
+        self.seq += 1;
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "upload side stopped"))
+    }
+}
+
+impl Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let room = self.chunk_size - self.buf.len();
+        let n = room.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == self.chunk_size {
+            self.seal()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Compresses every block from `rx` and emits chunks of `chunk_size` (the last one shorter) on `tx`.
+/// Runs on a blocking thread. Stops with an error when `tx` closes.
+pub fn compress(
+    mut rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<SealedChunk>,
+    level: i32,
+    workers: u32,
+    chunk_size: usize,
+) -> std::io::Result<StreamTotals> {
+    let writer = ChunkWriter {
+        buf: Vec::with_capacity(chunk_size),
+        chunk_size,
+        seq: 0,
+        tx,
+        total: Sha256::new(),
+        stored: 0,
+        raw_seen: 0,
+        raw_reported: 0,
+    };
+    let mut enc = zstd::stream::write::Encoder::new(writer, level)?;
+    if workers > 0 {
+        enc.multithread(workers)?;
+    }
+    enc.include_checksum(true)?;
+    while let Some(block) = rx.blocking_recv() {
+        enc.get_mut().raw_seen += block.len() as u64;
+        enc.write_all(&block)?;
+    }
+    let mut w = enc.finish()?;
+    if !w.buf.is_empty() || w.seq == 0 {
+        w.seal()?;
+    }
+    Ok(StreamTotals { raw_bytes: w.raw_seen, stored_bytes: w.stored, chunks: w.seq, sha256: hex::encode(w.total.finalize()) })
+}
+
+struct BlockWriter {
+    buf: Vec<u8>,
+    block: usize,
+    tx: mpsc::Sender<Bytes>,
+    written: u64,
+}
+
+impl BlockWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block));
+        self.written += data.len() as u64;
+        self.tx
+            .blocking_send(Bytes::from(data))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "restore tool stopped reading"))
+    }
+}
+
+impl Write for BlockWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= self.block {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Decompresses verified chunks from `rx` into blocks on `tx`. Runs on a blocking thread; returns the
+/// number of decompressed bytes.
+pub fn decompress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, block: usize) -> std::io::Result<u64> {
+    let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0 };
+    let mut dec = zstd::stream::write::Decoder::new(writer)?;
+    while let Some(chunk) = rx.blocking_recv() {
+        dec.write_all(&chunk)?;
+    }
+    dec.flush()?;
+    let mut w = dec.into_inner();
+    w.send()?;
+    Ok(w.written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_round_trip_and_hash() {
+        // Pseudo-random bytes (an LCG) so the compressed stream spans many chunks.
+        let mut x: u32 = 12345;
+        let data: Vec<u8> = (0..2_000_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                (x >> 16) as u8
+            })
+            .collect();
+        let (raw_tx, raw_rx) = mpsc::channel(4);
+        let (chunk_tx, mut chunk_rx) = mpsc::channel(64);
+        let input = data.clone();
+        let feeder = std::thread::spawn(move || {
+            for block in input.chunks(100_000) {
+                raw_tx.blocking_send(Bytes::copy_from_slice(block)).expect("send");
+            }
+        });
+        let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024));
+        feeder.join().expect("feeder");
+        let totals = comp.join().expect("thread").expect("compress");
+        let mut chunks = Vec::new();
+        while let Ok(c) = chunk_rx.try_recv() {
+            chunks.push(c);
+        }
+        assert_eq!(totals.raw_bytes, data.len() as u64);
+        assert_eq!(chunks.len() as u32, totals.chunks);
+        assert!(chunks.len() > 1, "several chunks expected");
+        assert!(chunks[..chunks.len() - 1].iter().all(|c| c.data.len() == 64 * 1024));
+        let mut whole = Sha256::new();
+        for c in &chunks {
+            assert_eq!(hex::encode(Sha256::digest(&c.data)), c.sha256);
+            whole.update(&c.data);
+        }
+        assert_eq!(hex::encode(whole.finalize()), totals.sha256);
+
+        let (ctx, crx) = mpsc::channel(64);
+        let (btx, mut brx) = mpsc::channel(1024);
+        for c in chunks {
+            ctx.blocking_send(c.data).expect("send");
+        }
+        drop(ctx);
+        let n = decompress(crx, btx, 32 * 1024).expect("decompress");
+        let mut out = Vec::new();
+        while let Ok(b) = brx.try_recv() {
+            out.extend_from_slice(&b);
+        }
+        assert_eq!(n, data.len() as u64);
+        assert!(out == data, "round trip must be exact");
+    }
+}

@@ -1,0 +1,43 @@
+//! The data path. Backup: dump tool stdout -> zstd (blocking thread) -> fixed-size chunks with sha256 ->
+//! concurrent uploads -> manifest last. Restore: verify every chunk against its sha256 first, then download
+//! again (verifying each chunk before use) -> zstd decoder -> restore tool stdin. Memory is bounded by channel
+//! capacities: at most a few chunks are ever held at once, never the whole dump.
+
+pub mod backup;
+pub mod chunker;
+pub mod restore;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::executor::Reporter;
+
+/// How many stderr lines of a tool are kept for the error message.
+const STDERR_TAIL: usize = 20;
+
+/// Forwards a tool's stderr to the execution log (secrets redacted) and returns its last lines.
+pub async fn forward_stderr(
+    stderr: Option<tokio::process::ChildStderr>,
+    tool: &'static str,
+    rep: Reporter,
+    secrets: Vec<String>,
+) -> Vec<String> {
+    let Some(stderr) = stderr else { return Vec::new() };
+    let mut lines = BufReader::new(stderr).lines();
+    let mut tail = std::collections::VecDeque::new();
+    let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let line = dg_common::redact::redact(&line, &refs);
+        rep.log("warn", format!("{tool}: {line}")).await;
+        if tail.len() == STDERR_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    tail.into_iter().collect()
+}
+
+/// Describes a failed tool run from its exit status and stderr tail.
+pub fn tool_failure(tool: &str, status: std::process::ExitStatus, tail: &[String]) -> String {
+    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+    if last.is_empty() { format!("{tool} failed ({status})") } else { format!("{tool} failed ({status}): {last}") }
+}

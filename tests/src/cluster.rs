@@ -1,0 +1,330 @@
+//! A controller with its own database plus helpers to drive it through the public gRPC API the way an
+//! operator or an agent would.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use dg_agent::{enroll, session, state::StateDir};
+use dg_controller::{app::RunningController, config::Config};
+use dg_proto::v1::{
+    self as pb, agent_service_client::AgentServiceClient, auth_service_client::AuthServiceClient,
+    backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
+    datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
+    storage_service_client::StorageServiceClient,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Request,
+    transport::{Certificate, Channel, ClientTlsConfig},
+};
+
+use crate::{init_logging, pg::TestDb, suffix};
+
+/// Password of the admin every cluster bootstraps.
+pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
+
+/// Options of a test cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// Stored chunk size.
+    pub chunk_size: u64,
+    /// Agent certificate lifetime.
+    pub agent_cert_ttl_secs: u64,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600 }
+    }
+}
+
+/// A running controller.
+pub struct Cluster {
+    /// The controller.
+    pub controller: Option<RunningController>,
+    /// Its database.
+    pub db: TestDb,
+    /// Scratch directory (agent state, local storages).
+    pub dir: tempfile::TempDir,
+    /// Operator API address.
+    pub api_addr: SocketAddr,
+    /// Agent address.
+    pub agent_addr: SocketAddr,
+    /// CA (PEM).
+    pub ca_pem: String,
+    /// CA file (for grpcurl -cacert).
+    pub ca_file: PathBuf,
+    /// The configuration it runs with.
+    pub config: Config,
+}
+
+/// An in-process agent.
+pub struct AgentHandle {
+    /// Agent id.
+    pub id: String,
+    /// State directory.
+    pub state_dir: PathBuf,
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AgentHandle {
+    /// Stops the agent.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.task).await;
+    }
+}
+
+/// Adds the bearer token to a request.
+pub fn authed<T>(msg: T, token: &str) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Ok(v) = format!("Bearer {token}").parse() {
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+impl Cluster {
+    /// Starts a controller with default options.
+    pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(ClusterOptions::default()).await
+    }
+
+    /// Starts a controller.
+    pub async fn start_with(opts: ClusterOptions) -> anyhow::Result<Self> {
+        init_logging();
+        let db = TestDb::create("ctl").await?;
+        let dir = tempfile::Builder::new().prefix("dg-test-").tempdir()?;
+        let config = Config {
+            database_url: db.url(),
+            master_key: Some(hex::encode(rand_bytes())),
+            api_listen: "127.0.0.1:0".parse()?,
+            agent_listen: "127.0.0.1:0".parse()?,
+            server_names: vec!["localhost".into(), "127.0.0.1".into()],
+            chunk_size_bytes: opts.chunk_size,
+            agent_cert_ttl_secs: opts.agent_cert_ttl_secs,
+            heartbeat_interval_secs: 2,
+            admin_password: Some(ADMIN_PASSWORD.into()),
+            ..Config::default()
+        };
+        let controller = dg_controller::app::start(config.clone()).await?;
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &controller.ca_pem)?;
+        Ok(Self {
+            api_addr: controller.api_addr,
+            agent_addr: controller.agent_addr,
+            ca_pem: controller.ca_pem.clone(),
+            ca_file,
+            controller: Some(controller),
+            db,
+            dir,
+            config,
+        })
+    }
+
+    /// Stops the controller (the database is dropped with the cluster).
+    pub async fn stop(&mut self) {
+        if let Some(c) = self.controller.take() {
+            c.shutdown().await;
+        }
+    }
+
+    /// `https://127.0.0.1:<api port>`.
+    pub fn api_endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.api_addr.port())
+    }
+
+    /// CA fingerprint.
+    pub fn ca_fingerprint(&self) -> String {
+        self.controller.as_ref().map(|c| c.ca_fingerprint.clone()).unwrap_or_default()
+    }
+
+    /// A TLS channel to the operator API.
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("127.0.0.1");
+        Ok(Channel::from_shared(self.api_endpoint())?.tls_config(tls)?.connect().await?)
+    }
+
+    /// Logs in as the bootstrap admin and returns the token.
+    pub async fn login(&self) -> anyhow::Result<String> {
+        let mut c = AuthServiceClient::new(self.channel().await?);
+        let r = c
+            .login(pb::LoginRequest { username: "admin".into(), password: ADMIN_PASSWORD.into() })
+            .await?
+            .into_inner();
+        Ok(r.token)
+    }
+
+    /// Operator clients on one channel.
+    pub async fn clients(&self) -> anyhow::Result<Clients> {
+        let ch = self.channel().await?;
+        Ok(Clients {
+            token: self.login().await?,
+            agents: AgentServiceClient::new(ch.clone()),
+            datasources: DatasourceServiceClient::new(ch.clone()),
+            storages: StorageServiceClient::new(ch.clone()),
+            jobs: BackupJobServiceClient::new(ch.clone()),
+            executions: ExecutionServiceClient::new(ch.clone()),
+            backups: BackupServiceClient::new(ch),
+        })
+    }
+
+    /// Creates a join token, enrolls an agent with it and runs the agent in-process until it is online.
+    pub async fn start_agent(&self, c: &mut Clients) -> anyhow::Result<AgentHandle> {
+        let jt = c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &c.token)).await?.into_inner();
+        let state_dir = self.dir.path().join(format!("agent-{}", suffix()));
+        let dir = StateDir::open(&state_dir)?;
+        let id = enroll::enroll(&self.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
+        let cancel = CancellationToken::new();
+        let opts = session::RunOptions { min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2) };
+        let c2 = cancel.clone();
+        let task = tokio::spawn(async move {
+            let _ = session::run(dir, opts, c2).await;
+        });
+        let handle = AgentHandle { id, state_dir, cancel, task };
+        c.wait_agent_status(&handle.id, pb::AgentStatus::Online, Duration::from_secs(30)).await?;
+        Ok(handle)
+    }
+}
+
+fn rand_bytes() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    let a = uuid::Uuid::new_v4();
+    let c = uuid::Uuid::new_v4();
+    b[..16].copy_from_slice(a.as_bytes());
+    b[16..].copy_from_slice(c.as_bytes());
+    b
+}
+
+/// Authenticated operator clients.
+pub struct Clients {
+    /// Session token.
+    pub token: String,
+    /// AgentService.
+    pub agents: AgentServiceClient<Channel>,
+    /// DatasourceService.
+    pub datasources: DatasourceServiceClient<Channel>,
+    /// StorageService.
+    pub storages: StorageServiceClient<Channel>,
+    /// BackupJobService.
+    pub jobs: BackupJobServiceClient<Channel>,
+    /// ExecutionService.
+    pub executions: ExecutionServiceClient<Channel>,
+    /// BackupService.
+    pub backups: BackupServiceClient<Channel>,
+}
+
+impl Clients {
+    /// Waits until an agent reports `status`.
+    pub async fn wait_agent_status(&mut self, id: &str, status: pb::AgentStatus, limit: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let a = self.agents.get_agent(authed(pb::GetAgentRequest { id: id.into() }, &self.token)).await?.into_inner();
+            if a.status == status as i32 {
+                return Ok(());
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "agent {id} not {status:?} in time");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until an execution ends; returns it.
+    pub async fn wait_execution(&mut self, id: &str, limit: Duration) -> anyhow::Result<pb::Execution> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let e = self
+                .executions
+                .get_execution(authed(pb::GetExecutionRequest { id: id.into() }, &self.token))
+                .await?
+                .into_inner();
+            if matches!(
+                pb::ExecutionStatus::try_from(e.status),
+                Ok(pb::ExecutionStatus::Completed | pb::ExecutionStatus::Failed | pb::ExecutionStatus::Cancelled)
+            ) {
+                return Ok(e);
+            }
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "execution {id} still {} after {limit:?}", e.status);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The execution's log as text.
+    pub async fn logs(&mut self, id: &str) -> anyhow::Result<String> {
+        let r = self
+            .executions
+            .list_execution_logs(authed(
+                pb::ListExecutionLogsRequest { execution_id: id.into(), page_size: 1000, page_token: String::new() },
+                &self.token,
+            ))
+            .await?
+            .into_inner();
+        Ok(r.lines.iter().map(|l| format!("[{}] {}", l.level, l.message)).collect::<Vec<_>>().join("\n"))
+    }
+
+    /// Creates a local storage on an agent, a PostgreSQL datasource on the same agent and a job using both.
+    pub async fn setup_pg_job(
+        &mut self,
+        agent: &str,
+        storage_dir: &std::path::Path,
+        database: &str,
+        port: u16,
+        password: &str,
+    ) -> anyhow::Result<(pb::Datasource, pb::Storage, pb::BackupJob)> {
+        let t = self.token.clone();
+        let storage = self
+            .storages
+            .create_storage(authed(
+                pb::CreateStorageRequest {
+                    name: format!("local-{}", suffix()),
+                    config: Some(pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
+                        path: storage_dir.to_string_lossy().into_owned(),
+                        agent_id: agent.into(),
+                    })),
+                },
+                &t,
+            ))
+            .await?
+            .into_inner();
+        let ds = self
+            .datasources
+            .create_datasource(authed(
+                pb::CreateDatasourceRequest {
+                    name: format!("pg-{}", suffix()),
+                    engine: pb::Engine::Postgres as i32,
+                    host: "127.0.0.1".into(),
+                    port: u32::from(port),
+                    database: database.into(),
+                    username: "postgres".into(),
+                    password: password.into(),
+                    tls_mode: pb::TlsMode::Disable as i32,
+                    agent_id: agent.into(),
+                    labels: Default::default(),
+                },
+                &t,
+            ))
+            .await?
+            .into_inner();
+        let job = self
+            .jobs
+            .create_backup_job(authed(
+                pb::CreateBackupJobRequest {
+                    name: format!("job-{}", suffix()),
+                    datasource_id: ds.id.clone(),
+                    storage_ids: vec![storage.id.clone()],
+                    storage_strategy: pb::StorageStrategy::Fallback as i32,
+                    compression_level: 3,
+                    ..Default::default()
+                },
+                &t,
+            ))
+            .await?
+            .into_inner();
+        Ok((ds, storage, job))
+    }
+
+    /// RunNow and wait for the end.
+    pub async fn run_job(&mut self, job: &str) -> anyhow::Result<pb::Execution> {
+        let ex = self.jobs.run_now(authed(pb::RunNowRequest { job_id: job.into() }, &self.token)).await?.into_inner();
+        self.wait_execution(&ex.id, Duration::from_secs(300)).await
+    }
+}
