@@ -89,11 +89,14 @@ fn free_port() -> anyhow::Result<u16> {
 impl ScramPostgres {
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let exe = self.bin.join(tool);
-        let status = if self.as_postgres {
-            Command::new("runuser").arg("-u").arg("postgres").arg("--").arg(exe).args(args).status()?
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(exe);
+            c
         } else {
-            Command::new(exe).args(args).status()?
+            Command::new(exe)
         };
+        let status = cmd.args(args).stdout(std::process::Stdio::null()).status()?;
         anyhow::ensure!(status.success(), "{tool} failed: {status}");
         Ok(())
     }
