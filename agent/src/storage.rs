@@ -19,19 +19,35 @@ pub struct OpenStorage {
 
 /// Opens a storage target.
 pub fn open(t: &StorageTarget) -> PipelineResult<OpenStorage> {
-    let err = |m: String| PipelineError::Storage { storage: t.storage_id.clone(), message: m };
+    let err = |m: String| PipelineError::Storage {
+        storage: t.storage_id.clone(),
+        message: m,
+    };
     match &t.config {
         Some(Config::Local(l)) => {
             let path = Path::new(&l.path);
-            if !path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                return Err(err("local path must be absolute and must not contain '..'".into()));
+            if !path.is_absolute()
+                || path
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(err(
+                    "local path must be absolute and must not contain '..'".into()
+                ));
             }
-            if path.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            if path
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
                 return Err(err("local path is a symlink; refusing it".into()));
             }
-            std::fs::create_dir_all(path).map_err(|e| err(format!("create {}: {e}", path.display())))?;
+            std::fs::create_dir_all(path)
+                .map_err(|e| err(format!("create {}: {e}", path.display())))?;
             let fs = LocalFileSystem::new_with_prefix(path).map_err(|e| err(e.to_string()))?;
-            Ok(OpenStorage { id: t.storage_id.clone(), store: Arc::new(fs) })
+            Ok(OpenStorage {
+                id: t.storage_id.clone(),
+                store: Arc::new(fs),
+            })
         }
         None => Err(err("no storage configuration".into())),
     }

@@ -27,8 +27,17 @@ mod tests {
             .collect();
         assert_eq!(delays.len(), 50, "never gives up");
         // Jitter adds at most the delay itself on top of the capped delay.
-        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
-        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100)), "{delays:?}");
-        assert!(delays[20] >= Duration::from_secs(5), "grows to the cap: {delays:?}");
+        assert!(
+            delays.iter().all(|d| *d <= Duration::from_secs(10)),
+            "{delays:?}"
+        );
+        assert!(
+            delays.iter().all(|d| *d >= Duration::from_millis(100)),
+            "{delays:?}"
+        );
+        assert!(
+            delays[20] >= Duration::from_secs(5),
+            "grows to the cap: {delays:?}"
+        );
     }
 }

@@ -77,7 +77,10 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self { field, reason: reason.into() }
+        Self {
+            field,
+            reason: reason.into(),
+        }
     }
 }
 

@@ -116,8 +116,8 @@ impl Manifest {
         if hex::encode(Sha256::digest(env.body.get().as_bytes())) != env.body_sha256 {
             return Err(ManifestError::ChecksumMismatch);
         }
-        let m: Manifest =
-            serde_json::from_str(env.body.get()).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let m: Manifest = serde_json::from_str(env.body.get())
+            .map_err(|e| ManifestError::Malformed(e.to_string()))?;
         if m.format > MANIFEST_FORMAT {
             return Err(ManifestError::UnsupportedFormat(m.format));
         }
@@ -145,7 +145,12 @@ mod tests {
             raw_bytes: 10,
             stored_bytes: 5,
             sha256: "ab".into(),
-            chunks: vec![ManifestChunk { seq: 0, key: "k".into(), size: 5, sha256: "ab".into() }],
+            chunks: vec![ManifestChunk {
+                seq: 0,
+                key: "k".into(),
+                size: 5,
+                sha256: "ab".into(),
+            }],
             encryption_key_id: None,
         }
     }
@@ -155,9 +160,17 @@ mod tests {
         let m = sample();
         let bytes = m.to_bytes();
         assert_eq!(Manifest::from_bytes(&bytes).expect("valid"), m);
-        let tampered = String::from_utf8(bytes).expect("utf8").replace("\"size\":5", "\"size\":6");
-        assert!(matches!(Manifest::from_bytes(tampered.as_bytes()), Err(ManifestError::ChecksumMismatch)));
-        assert!(matches!(Manifest::from_bytes(b"{}"), Err(ManifestError::Malformed(_))));
+        let tampered = String::from_utf8(bytes)
+            .expect("utf8")
+            .replace("\"size\":5", "\"size\":6");
+        assert!(matches!(
+            Manifest::from_bytes(tampered.as_bytes()),
+            Err(ManifestError::ChecksumMismatch)
+        ));
+        assert!(matches!(
+            Manifest::from_bytes(b"{}"),
+            Err(ManifestError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -96,23 +96,34 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let cfg: Config = fig.merge(Env::prefixed("DG_")).extract().map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = fig
+            .merge(Env::prefixed("DG_"))
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.server_names.is_empty() {
-            return Err(ConfigError::Invalid("server_names must not be empty".into()));
+            return Err(ConfigError::Invalid(
+                "server_names must not be empty".into(),
+            ));
         }
         if self.agent_cert_ttl_secs < 10 || self.session_ttl_secs < 10 {
-            return Err(ConfigError::Invalid("ttl values must be at least 10 seconds".into()));
+            return Err(ConfigError::Invalid(
+                "ttl values must be at least 10 seconds".into(),
+            ));
         }
         if !(1024 * 1024..=256 * 1024 * 1024).contains(&self.chunk_size_bytes) {
-            return Err(ConfigError::Invalid("chunk_size_bytes must be between 1 MiB and 256 MiB".into()));
+            return Err(ConfigError::Invalid(
+                "chunk_size_bytes must be between 1 MiB and 256 MiB".into(),
+            ));
         }
         if self.log_format != "text" && self.log_format != "json" {
-            return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));
+            return Err(ConfigError::Invalid(
+                "log_format must be \"text\" or \"json\"".into(),
+            ));
         }
         Ok(())
     }
@@ -125,7 +136,11 @@ impl Config {
                 .map_err(|e| ConfigError::Load(format!("master_key_file {}: {e}", path.display())))?
                 .trim()
                 .to_owned(),
-            (None, None) => return Err(ConfigError::Invalid("master_key or master_key_file is required".into())),
+            (None, None) => {
+                return Err(ConfigError::Invalid(
+                    "master_key or master_key_file is required".into(),
+                ));
+            }
         };
         MasterKey::from_hex(&hex_key).map_err(|e| ConfigError::Invalid(format!("master key: {e}")))
     }

@@ -53,7 +53,13 @@ impl MasterKey {
         rand::rng().fill_bytes(&mut nonce);
         let ct = self
             .0
-            .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Decrypt)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
@@ -68,7 +74,9 @@ impl MasterKey {
         }
         let (nonce, ct) = data.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Decrypt)?;
-        self.0.decrypt(&Nonce::from(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Decrypt)
+        self.0
+            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -94,7 +102,11 @@ pub fn hash_password(password: &str) -> Result<String, CryptoError> {
 
 /// Whether `password` matches the PHC string. Malformed hashes never match.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+    PasswordHash::new(phc).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
 }
 
 #[cfg(test)]
@@ -107,9 +119,15 @@ mod tests {
         let ct = k.encrypt(b"row-1", b"s3cret").expect("encrypt");
         assert!(!ct.windows(6).any(|w| w == b"s3cret"));
         assert_eq!(k.decrypt(b"row-1", &ct).expect("decrypt"), b"s3cret");
-        assert!(k.decrypt(b"row-2", &ct).is_err(), "another row's id must not decrypt");
+        assert!(
+            k.decrypt(b"row-2", &ct).is_err(),
+            "another row's id must not decrypt"
+        );
         let other = MasterKey::from_hex(&"22".repeat(32)).expect("key");
-        assert!(other.decrypt(b"row-1", &ct).is_err(), "another key must not decrypt");
+        assert!(
+            other.decrypt(b"row-1", &ct).is_err(),
+            "another key must not decrypt"
+        );
         assert!(MasterKey::from_hex("abcd").is_err());
     }
 

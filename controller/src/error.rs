@@ -52,9 +52,9 @@ impl From<DbErr> for ControllerError {
             Some(SqlErr::UniqueConstraintViolation(_)) => {
                 ControllerError::AlreadyExists("an object with this name already exists".into())
             }
-            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
-                ControllerError::FailedPrecondition("a referenced object does not exist or is still in use".into())
-            }
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => ControllerError::FailedPrecondition(
+                "a referenced object does not exist or is still in use".into(),
+            ),
             _ => ControllerError::Database(e),
         }
     }

@@ -112,7 +112,12 @@ pub fn compress(
     if !w.buf.is_empty() || w.seq == 0 {
         w.seal()?;
     }
-    Ok(StreamTotals { raw_bytes: w.raw_seen, stored_bytes: w.stored, chunks: w.seq, sha256: hex::encode(w.total.finalize()) })
+    Ok(StreamTotals {
+        raw_bytes: w.raw_seen,
+        stored_bytes: w.stored,
+        chunks: w.seq,
+        sha256: hex::encode(w.total.finalize()),
+    })
 }
 
 struct BlockWriter {
@@ -129,9 +134,12 @@ impl BlockWriter {
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block));
         self.written += data.len() as u64;
-        self.tx
-            .blocking_send(Bytes::from(data))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "restore tool stopped reading"))
+        self.tx.blocking_send(Bytes::from(data)).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::BrokenPipe,
+                "restore tool stopped reading",
+            )
+        })
     }
 }
 
@@ -151,8 +159,17 @@ impl Write for BlockWriter {
 
 /// Decompresses verified chunks from `rx` into blocks on `tx`. Runs on a blocking thread; returns the
 /// number of decompressed bytes.
-pub fn decompress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, block: usize) -> std::io::Result<u64> {
-    let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0 };
+pub fn decompress(
+    mut rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    block: usize,
+) -> std::io::Result<u64> {
+    let writer = BlockWriter {
+        buf: Vec::with_capacity(block),
+        block,
+        tx,
+        written: 0,
+    };
     let mut dec = zstd::stream::write::Decoder::new(writer)?;
     while let Some(chunk) = rx.blocking_recv() {
         dec.write_all(&chunk)?;
@@ -182,7 +199,9 @@ mod tests {
         let input = data.clone();
         let feeder = std::thread::spawn(move || {
             for block in input.chunks(100_000) {
-                raw_tx.blocking_send(Bytes::copy_from_slice(block)).expect("send");
+                raw_tx
+                    .blocking_send(Bytes::copy_from_slice(block))
+                    .expect("send");
             }
         });
         let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024));
@@ -195,7 +214,11 @@ mod tests {
         assert_eq!(totals.raw_bytes, data.len() as u64);
         assert_eq!(chunks.len() as u32, totals.chunks);
         assert!(chunks.len() > 1, "several chunks expected");
-        assert!(chunks[..chunks.len() - 1].iter().all(|c| c.data.len() == 64 * 1024));
+        assert!(
+            chunks[..chunks.len() - 1]
+                .iter()
+                .all(|c| c.data.len() == 64 * 1024)
+        );
         let mut whole = Sha256::new();
         for c in &chunks {
             assert_eq!(hex::encode(Sha256::digest(&c.data)), c.sha256);

@@ -21,7 +21,9 @@ pub async fn forward_stderr(
     rep: Reporter,
     secrets: Vec<String>,
 ) -> Vec<String> {
-    let Some(stderr) = stderr else { return Vec::new() };
+    let Some(stderr) = stderr else {
+        return Vec::new();
+    };
     let mut lines = BufReader::new(stderr).lines();
     let mut tail = std::collections::VecDeque::new();
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
@@ -38,6 +40,15 @@ pub async fn forward_stderr(
 
 /// Describes a failed tool run from its exit status and stderr tail.
 pub fn tool_failure(tool: &str, status: std::process::ExitStatus, tail: &[String]) -> String {
-    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
-    if last.is_empty() { format!("{tool} failed ({status})") } else { format!("{tool} failed ({status}): {last}") }
+    let last = tail
+        .iter()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .cloned()
+        .unwrap_or_default();
+    if last.is_empty() {
+        format!("{tool} failed ({status})")
+    } else {
+        format!("{tool} failed ({status}): {last}")
+    }
 }

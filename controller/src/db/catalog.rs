@@ -41,7 +41,12 @@ impl Db {
 
     /// One datasource.
     pub async fn datasource(&self, id: Uuid) -> Result<Option<Datasource>, DbErr> {
-        fetch_one(&self.conn, &format!("SELECT {DS_COLS} FROM datasource WHERE id = $1"), [id.into()]).await
+        fetch_one(
+            &self.conn,
+            &format!("SELECT {DS_COLS} FROM datasource WHERE id = $1"),
+            [id.into()],
+        )
+        .await
     }
 
     /// Datasources by name.
@@ -69,7 +74,12 @@ impl Db {
 
     /// One storage.
     pub async fn storage(&self, id: Uuid) -> Result<Option<Storage>, DbErr> {
-        fetch_one(&self.conn, &format!("SELECT {ST_COLS} FROM storage WHERE id = $1"), [id.into()]).await
+        fetch_one(
+            &self.conn,
+            &format!("SELECT {ST_COLS} FROM storage WHERE id = $1"),
+            [id.into()],
+        )
+        .await
     }
 
     /// Storages by name.
@@ -83,7 +93,11 @@ impl Db {
     }
 
     /// Inserts a job and its ordered storage targets in one transaction.
-    pub async fn insert_job(&self, j: &BackupJob, storage_ids: &[Uuid]) -> Result<BackupJob, DbErr> {
+    pub async fn insert_job(
+        &self,
+        j: &BackupJob,
+        storage_ids: &[Uuid],
+    ) -> Result<BackupJob, DbErr> {
         let txn = self.conn.begin().await?;
         let row: Option<BackupJob> = fetch_one(
             &txn,
@@ -110,11 +124,11 @@ impl Db {
         .await?;
         let row = row.ok_or(DbErr::RecordNotInserted)?;
         for (pos, sid) in storage_ids.iter().enumerate() {
-            execute(&txn, "INSERT INTO backup_job_storage (job_id, position, storage_id) VALUES ($1, $2, $3)", [
-                j.id.into(),
-                (pos as i32).into(),
-                (*sid).into(),
-            ])
+            execute(
+                &txn,
+                "INSERT INTO backup_job_storage (job_id, position, storage_id) VALUES ($1, $2, $3)",
+                [j.id.into(), (pos as i32).into(), (*sid).into()],
+            )
             .await?;
         }
         txn.commit().await?;
@@ -123,7 +137,12 @@ impl Db {
 
     /// One job.
     pub async fn job(&self, id: Uuid) -> Result<Option<BackupJob>, DbErr> {
-        fetch_one(&self.conn, &format!("SELECT {JOB_COLS} FROM backup_job WHERE id = $1"), [id.into()]).await
+        fetch_one(
+            &self.conn,
+            &format!("SELECT {JOB_COLS} FROM backup_job WHERE id = $1"),
+            [id.into()],
+        )
+        .await
     }
 
     /// A job's storages, in the job's order.

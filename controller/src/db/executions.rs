@@ -111,11 +111,20 @@ impl Db {
 
     /// One execution.
     pub async fn execution(&self, id: Uuid) -> Result<Option<Execution>, DbErr> {
-        fetch_one(&self.conn, &format!("SELECT {EX_COLS} FROM execution WHERE id = $1"), [id.into()]).await
+        fetch_one(
+            &self.conn,
+            &format!("SELECT {EX_COLS} FROM execution WHERE id = $1"),
+            [id.into()],
+        )
+        .await
     }
 
     /// Executions matching `f`, newest first.
-    pub async fn list_executions(&self, f: &ExecutionFilter, page: Page) -> Result<Vec<Execution>, DbErr> {
+    pub async fn list_executions(
+        &self,
+        f: &ExecutionFilter,
+        page: Page,
+    ) -> Result<Vec<Execution>, DbErr> {
         let mut sql = format!("SELECT {EX_COLS} FROM execution WHERE true");
         let mut values: Vec<Value> = Vec::new();
         let mut push = |cond: &str, v: Value, values: &mut Vec<Value>| {
@@ -135,14 +144,22 @@ impl Db {
             push("operation", o.into(), &mut values);
         }
         let n = values.len();
-        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC OFFSET ${} LIMIT ${}", n + 1, n + 2));
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC OFFSET ${} LIMIT ${}",
+            n + 1,
+            n + 2
+        ));
         values.push(page.offset.into());
         values.push(page.limit.into());
         fetch_all(&self.conn, &sql, values).await
     }
 
     /// The oldest queued executions of an agent.
-    pub async fn queued_for_agent(&self, agent_id: Uuid, limit: i64) -> Result<Vec<Execution>, DbErr> {
+    pub async fn queued_for_agent(
+        &self,
+        agent_id: Uuid,
+        limit: i64,
+    ) -> Result<Vec<Execution>, DbErr> {
         fetch_all(
             &self.conn,
             &format!(
@@ -278,7 +295,12 @@ impl Db {
     }
 
     /// `running -> completed` for a restore.
-    pub async fn complete_restore(&self, id: Uuid, attempt: i32, raw_bytes: i64) -> Result<bool, DbErr> {
+    pub async fn complete_restore(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        raw_bytes: i64,
+    ) -> Result<bool, DbErr> {
         Ok(execute(
             &self.conn,
             "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3 \
@@ -297,7 +319,11 @@ impl Db {
         error: &str,
         cancelled: bool,
     ) -> Result<bool, DbErr> {
-        let status = if cancelled { Status::Cancelled } else { Status::Failed };
+        let status = if cancelled {
+            Status::Cancelled
+        } else {
+            Status::Failed
+        };
         Ok(execute(
             &self.conn,
             "UPDATE execution SET status = $3, error = $4, finished_at = now(), lease_until = NULL \
@@ -327,11 +353,11 @@ impl Db {
 
     /// Appends a log line.
     pub async fn append_log(&self, id: Uuid, level: &str, message: &str) -> Result<(), DbErr> {
-        execute(&self.conn, "INSERT INTO execution_log (execution_id, level, message) VALUES ($1, $2, $3)", [
-            id.into(),
-            level.into(),
-            message.into(),
-        ])
+        execute(
+            &self.conn,
+            "INSERT INTO execution_log (execution_id, level, message) VALUES ($1, $2, $3)",
+            [id.into(), level.into(), message.into()],
+        )
         .await
         .map(|_| ())
     }
@@ -348,7 +374,11 @@ impl Db {
     }
 
     /// Completed backups, newest first.
-    pub async fn list_backups(&self, datasource: Option<Uuid>, page: Page) -> Result<Vec<Execution>, DbErr> {
+    pub async fn list_backups(
+        &self,
+        datasource: Option<Uuid>,
+        page: Page,
+    ) -> Result<Vec<Execution>, DbErr> {
         fetch_all(
             &self.conn,
             &format!(

@@ -22,7 +22,10 @@ type V<T> = Result<T, FieldError>;
 
 /// A timestamp for responses.
 pub fn ts(t: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: t.timestamp(), nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0) }
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
 }
 
 fn ots(t: Option<DateTime<Utc>>) -> Option<prost_types::Timestamp> {
@@ -39,7 +42,11 @@ pub fn id(field: &'static str, s: &str) -> V<Uuid> {
 
 /// An optional UUID field (empty = none).
 pub fn opt_id(field: &'static str, s: &str) -> V<Option<Uuid>> {
-    if s.is_empty() { Ok(None) } else { id(field, s).map(Some) }
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        id(field, s).map(Some)
+    }
 }
 
 /// Page size and token.
@@ -76,7 +83,10 @@ pub fn tool_arg(field: &'static str, s: &str, max: usize) -> V<String> {
         return Err(FieldError::new(field, "is required"));
     }
     if s.len() > max || s.chars().any(char::is_control) {
-        return Err(FieldError::new(field, format!("must be at most {max} printable characters")));
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} printable characters"),
+        ));
     }
     if s.starts_with('-') {
         return Err(FieldError::new(field, "must not start with '-'"));
@@ -86,8 +96,13 @@ pub fn tool_arg(field: &'static str, s: &str, max: usize) -> V<String> {
 
 fn host(s: &str) -> V<String> {
     let h = tool_arg("host", s, 253)?;
-    if h.chars().any(|c| c.is_whitespace() || c == '/' || c == '\\') {
-        return Err(FieldError::new("host", "must be a host name or an IP address"));
+    if h.chars()
+        .any(|c| c.is_whitespace() || c == '/' || c == '\\')
+    {
+        return Err(FieldError::new(
+            "host",
+            "must be a host name or an IP address",
+        ));
     }
     Ok(h)
 }
@@ -137,8 +152,15 @@ impl TryFrom<pb::CreateDatasourceRequest> for NewDatasource {
         if r.password.len() > 1024 {
             return Err(FieldError::new("password", "must be at most 1024 bytes"));
         }
-        if r.labels.len() > 64 || r.labels.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 256) {
-            return Err(FieldError::new("labels", "at most 64 labels, keys 1-63 and values up to 256 characters"));
+        if r.labels.len() > 64
+            || r.labels
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 256)
+        {
+            return Err(FieldError::new(
+                "labels",
+                "at most 64 labels, keys 1-63 and values up to 256 characters",
+            ));
         }
         Ok(NewDatasource {
             name: name("name", &r.name)?,
@@ -159,11 +181,17 @@ impl TryFrom<pb::CreateDatasourceRequest> for NewDatasource {
 pub fn new_storage(r: pb::CreateStorageRequest) -> V<(String, NewStorageConfig)> {
     let n = name("name", &r.name)?;
     match r.config {
-        Some(pb::create_storage_request::Config::Local(l)) => Ok((n, NewStorageConfig::Local {
-            path: local_path("local.path", &l.path)?,
-            agent_id: id("local.agent_id", &l.agent_id)?,
-        })),
-        None => Err(FieldError::new("config", "one of local, s3, gcs, azure is required")),
+        Some(pb::create_storage_request::Config::Local(l)) => Ok((
+            n,
+            NewStorageConfig::Local {
+                path: local_path("local.path", &l.path)?,
+                agent_id: id("local.agent_id", &l.agent_id)?,
+            },
+        )),
+        None => Err(FieldError::new(
+            "config",
+            "one of local, s3, gcs, azure is required",
+        )),
     }
 }
 
@@ -174,7 +202,10 @@ fn cron(s: &str) -> V<String> {
     }
     let fields = s.split_whitespace().count();
     if s.len() > 128 || !(5..=6).contains(&fields) || s.chars().any(char::is_control) {
-        return Err(FieldError::new("cron", "must be a cron expression of 5 or 6 fields"));
+        return Err(FieldError::new(
+            "cron",
+            "must be a cron expression of 5 or 6 fields",
+        ));
     }
     Ok(s.split_whitespace().collect::<Vec<_>>().join(" "))
 }
@@ -183,8 +214,15 @@ fn time_zone(s: &str) -> V<String> {
     if s.is_empty() {
         return Ok("UTC".into());
     }
-    if s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c)) {
-        return Err(FieldError::new("time_zone", "must be an IANA time zone name"));
+    if s.len() > 64
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c))
+    {
+        return Err(FieldError::new(
+            "time_zone",
+            "must be an IANA time zone name",
+        ));
     }
     Ok(s.to_owned())
 }
@@ -193,12 +231,17 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
     type Error = FieldError;
     fn try_from(r: pb::CreateBackupJobRequest) -> V<Self> {
         let strategy = match pb::StorageStrategy::try_from(r.storage_strategy) {
-            Ok(pb::StorageStrategy::Unspecified | pb::StorageStrategy::Fallback) => Strategy::Fallback,
+            Ok(pb::StorageStrategy::Unspecified | pb::StorageStrategy::Fallback) => {
+                Strategy::Fallback
+            }
             Ok(pb::StorageStrategy::Replicate) => Strategy::Replicate,
             Err(_) => return Err(FieldError::new("storage_strategy", "unknown strategy")),
         };
         if r.storage_ids.is_empty() {
-            return Err(FieldError::new("storage_ids", "at least one storage is required"));
+            return Err(FieldError::new(
+                "storage_ids",
+                "at least one storage is required",
+            ));
         }
         if r.storage_ids.len() > 16 {
             return Err(FieldError::new("storage_ids", "at most 16 storages"));
@@ -226,7 +269,10 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
         } else {
             (ret.keep_daily, ret.keep_weekly, ret.keep_monthly)
         };
-        if [ret.max_backups, keep_daily, keep_weekly, keep_monthly].iter().any(|v| *v > 10_000) {
+        if [ret.max_backups, keep_daily, keep_weekly, keep_monthly]
+            .iter()
+            .any(|v| *v > 10_000)
+        {
             return Err(FieldError::new("retention", "values must be at most 10000"));
         }
         Ok(NewJob {
@@ -250,7 +296,10 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
     type Error = FieldError;
     fn try_from(r: pb::RestoreBackupRequest) -> V<Self> {
         if r.confirm_target_database.is_empty() {
-            return Err(FieldError::new("confirm_target_database", "is required: repeat the target database name"));
+            return Err(FieldError::new(
+                "confirm_target_database",
+                "is required: repeat the target database name",
+            ));
         }
         Ok(RestoreRequest {
             backup_id: id("backup_id", &r.backup_id)?,
@@ -269,24 +318,32 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
 
 /// Execution status filter.
 pub fn status_filter(v: i32) -> V<Option<Status>> {
-    Ok(match pb::ExecutionStatus::try_from(v).map_err(|_| FieldError::new("status", "unknown status"))? {
-        pb::ExecutionStatus::Unspecified => None,
-        pb::ExecutionStatus::Queued => Some(Status::Queued),
-        pb::ExecutionStatus::Running => Some(Status::Running),
-        pb::ExecutionStatus::Completed => Some(Status::Completed),
-        pb::ExecutionStatus::Failed => Some(Status::Failed),
-        pb::ExecutionStatus::Cancelled => Some(Status::Cancelled),
-    })
+    Ok(
+        match pb::ExecutionStatus::try_from(v)
+            .map_err(|_| FieldError::new("status", "unknown status"))?
+        {
+            pb::ExecutionStatus::Unspecified => None,
+            pb::ExecutionStatus::Queued => Some(Status::Queued),
+            pb::ExecutionStatus::Running => Some(Status::Running),
+            pb::ExecutionStatus::Completed => Some(Status::Completed),
+            pb::ExecutionStatus::Failed => Some(Status::Failed),
+            pb::ExecutionStatus::Cancelled => Some(Status::Cancelled),
+        },
+    )
 }
 
 /// Operation filter.
 pub fn operation_filter(v: i32) -> V<Option<model::Operation>> {
-    Ok(match pb::Operation::try_from(v).map_err(|_| FieldError::new("operation", "unknown operation"))? {
-        pb::Operation::Unspecified => None,
-        pb::Operation::Backup => Some(model::Operation::Backup),
-        pb::Operation::Restore => Some(model::Operation::Restore),
-        pb::Operation::Verify => Some(model::Operation::Verify),
-    })
+    Ok(
+        match pb::Operation::try_from(v)
+            .map_err(|_| FieldError::new("operation", "unknown operation"))?
+        {
+            pb::Operation::Unspecified => None,
+            pb::Operation::Backup => Some(model::Operation::Backup),
+            pb::Operation::Restore => Some(model::Operation::Restore),
+            pb::Operation::Verify => Some(model::Operation::Verify),
+        },
+    )
 }
 
 // ---- responses ---------------------------------------------------------------------------------------------
@@ -306,7 +363,14 @@ pub fn agent(a: &model::Agent) -> pb::Agent {
         hostname: a.hostname.clone(),
         status: status as i32,
         version: a.version.clone(),
-        tools: tools.into_iter().map(|t| pb::ToolInfo { name: t.name, version: t.version, path: t.path }).collect(),
+        tools: tools
+            .into_iter()
+            .map(|t| pb::ToolInfo {
+                name: t.name,
+                version: t.version,
+                path: t.path,
+            })
+            .collect(),
         last_heartbeat_at: ots(a.last_heartbeat_at),
         enrolled_at: Some(ts(a.enrolled_at)),
         certificate_expires_at: ots(a.cert_expires_at),
@@ -354,7 +418,12 @@ pub fn storage(s: &model::Storage) -> pb::Storage {
         model::StorageKind::Local => (
             pb::StorageKind::Local,
             Some(pb::storage::Config::Local(pb::LocalStorageConfig {
-                path: s.config.get("path").and_then(|p| p.as_str()).unwrap_or_default().to_owned(),
+                path: s
+                    .config
+                    .get("path")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
                 agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
             })),
         ),
@@ -362,7 +431,13 @@ pub fn storage(s: &model::Storage) -> pb::Storage {
         model::StorageKind::Gcs => (pb::StorageKind::Gcs, None),
         model::StorageKind::Azure => (pb::StorageKind::Azure, None),
     };
-    pb::Storage { id: s.id.to_string(), name: s.name.clone(), kind: kind as i32, config, created_at: Some(ts(s.created_at)) }
+    pb::Storage {
+        id: s.id.to_string(),
+        name: s.name.clone(),
+        kind: kind as i32,
+        config,
+        created_at: Some(ts(s.created_at)),
+    }
 }
 
 /// Job response.
@@ -419,7 +494,10 @@ pub fn execution(e: &model::Execution) -> pb::Execution {
         stored_bytes: u64::try_from(e.stored_bytes).unwrap_or_default(),
         chunk_count: u32::try_from(e.chunk_count).unwrap_or_default(),
         sha256: e.sha256.clone().unwrap_or_default(),
-        source_backup_id: e.source_backup_id.map(|j| j.to_string()).unwrap_or_default(),
+        source_backup_id: e
+            .source_backup_id
+            .map(|j| j.to_string())
+            .unwrap_or_default(),
         target_database: e.target_database.clone().unwrap_or_default(),
     }
 }
@@ -482,7 +560,10 @@ mod tests {
             ("engine", Box::new(|r| r.engine = 99)),
             ("host", Box::new(|r| r.host = "a b".into())),
             ("port", Box::new(|r| r.port = 70000)),
-            ("database", Box::new(|r| r.database = "--file=/etc/passwd".into())),
+            (
+                "database",
+                Box::new(|r| r.database = "--file=/etc/passwd".into()),
+            ),
             ("database", Box::new(|r| r.database.clear())),
             ("username", Box::new(|r| r.username = "-U".into())),
             ("agent_id", Box::new(|r| r.agent_id = "nope".into())),
@@ -504,8 +585,14 @@ mod tests {
         assert_eq!(page(0, "", 50, 500).expect("page").limit, 50);
         assert_eq!(page(10_000, "o20", 50, 500).expect("page").offset, 20);
         assert_eq!(page(10_000, "", 50, 500).expect("page").limit, 500);
-        assert_eq!(page(1, "zz", 50, 500).expect_err("token").field, "page_token");
-        let p = Page { offset: 0, limit: 2 };
+        assert_eq!(
+            page(1, "zz", 50, 500).expect_err("token").field,
+            "page_token"
+        );
+        let p = Page {
+            offset: 0,
+            limit: 2,
+        };
         assert_eq!(p.next_token(2), "o2");
         assert_eq!(p.next_token(1), "");
     }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use crate::{
     model::Session,
     service::{
-        agents::AgentsService, auth::AuthService, catalog::CatalogService, executions::ExecutionsService,
-        registry::AgentRegistry,
+        agents::AgentsService, auth::AuthService, catalog::CatalogService,
+        executions::ExecutionsService, registry::AgentRegistry,
     },
 };
 
@@ -47,5 +47,8 @@ pub struct AgentSettings {
 
 /// The authenticated operator of a request (inserted by the auth layer).
 pub fn actor<T>(req: &tonic::Request<T>) -> String {
-    req.extensions().get::<Session>().map(|s| s.username.clone()).unwrap_or_else(|| "unknown".into())
+    req.extensions()
+        .get::<Session>()
+        .map(|s| s.username.clone())
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -53,15 +53,27 @@ impl AuthService {
     pub async fn setup(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
         validate_credentials(username, password)?;
         if self.db.admin_exists().await? {
-            return Err(ControllerError::FailedPrecondition("setup is already done; log in instead".into()));
+            return Err(ControllerError::FailedPrecondition(
+                "setup is already done; log in instead".into(),
+            ));
         }
         let hash = hash(password).await?;
         let id = self
             .db
             .create_admin(username, &hash)
             .await?
-            .ok_or_else(|| ControllerError::FailedPrecondition("setup is already done; log in instead".into()))?;
-        self.db.audit(username, "auth.setup", "admin_user", Some(id.to_string()), "ok").await?;
+            .ok_or_else(|| {
+                ControllerError::FailedPrecondition("setup is already done; log in instead".into())
+            })?;
+        self.db
+            .audit(
+                username,
+                "auth.setup",
+                "admin_user",
+                Some(id.to_string()),
+                "ok",
+            )
+            .await?;
         self.issue(id).await
     }
 
@@ -91,7 +103,11 @@ impl AuthService {
         self.db
             .live_session(crypto::token_hash(token))
             .await?
-            .ok_or_else(|| ControllerError::Unauthenticated("session token is invalid, expired or revoked".into()))
+            .ok_or_else(|| {
+                ControllerError::Unauthenticated(
+                    "session token is invalid, expired or revoked".into(),
+                )
+            })
     }
 
     /// Revokes a session.
@@ -103,13 +119,16 @@ impl AuthService {
     async fn issue(&self, user_id: uuid::Uuid) -> ControllerResult<IssuedSession> {
         let token = crypto::new_token("dgs");
         let expires_at = Utc::now() + self.session_ttl;
-        self.db.create_session(user_id, crypto::token_hash(&token), expires_at).await?;
+        self.db
+            .create_session(user_id, crypto::token_hash(&token), expires_at)
+            .await?;
         Ok(IssuedSession { token, expires_at })
     }
 }
 
 /// A valid argon2id hash of a random string, verified against for unknown users.
-const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
 
 async fn hash(password: &str) -> ControllerResult<String> {
     let pw = password.to_owned();
@@ -122,12 +141,20 @@ async fn hash(password: &str) -> ControllerResult<String> {
 fn validate_credentials(username: &str, password: &str) -> Result<(), FieldError> {
     if username.is_empty()
         || username.len() > 64
-        || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || !username
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(FieldError::new("username", "must be 1-64 characters of [A-Za-z0-9._-]"));
+        return Err(FieldError::new(
+            "username",
+            "must be 1-64 characters of [A-Za-z0-9._-]",
+        ));
     }
     if password.chars().count() < 12 {
-        return Err(FieldError::new("password", "must be at least 12 characters"));
+        return Err(FieldError::new(
+            "password",
+            "must be at least 12 characters",
+        ));
     }
     Ok(())
 }

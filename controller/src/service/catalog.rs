@@ -94,7 +94,9 @@ impl CatalogService {
     async fn require_agent(&self, id: Uuid) -> ControllerResult<()> {
         match self.db.agent(id).await? {
             Some(a) if a.revoked_at.is_none() => Ok(()),
-            Some(_) => Err(ControllerError::FailedPrecondition(format!("agent {id} is revoked"))),
+            Some(_) => Err(ControllerError::FailedPrecondition(format!(
+                "agent {id} is revoked"
+            ))),
             None => Err(ControllerError::NotFound(format!("agent {id}"))),
         }
     }
@@ -128,7 +130,10 @@ impl CatalogService {
 
     /// One datasource.
     pub async fn datasource(&self, id: Uuid) -> ControllerResult<Datasource> {
-        self.db.datasource(id).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
+        self.db
+            .datasource(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
     }
 
     /// A page of datasources.
@@ -137,20 +142,38 @@ impl CatalogService {
     }
 
     /// Creates a storage.
-    pub async fn create_storage(&self, name: String, cfg: NewStorageConfig) -> ControllerResult<Storage> {
+    pub async fn create_storage(
+        &self,
+        name: String,
+        cfg: NewStorageConfig,
+    ) -> ControllerResult<Storage> {
         let (kind, config, agent_id) = match cfg {
             NewStorageConfig::Local { path, agent_id } => {
                 self.require_agent(agent_id).await?;
-                (StorageKind::Local, serde_json::json!({ "path": path }), Some(agent_id))
+                (
+                    StorageKind::Local,
+                    serde_json::json!({ "path": path }),
+                    Some(agent_id),
+                )
             }
         };
-        let s = Storage { id: Uuid::now_v7(), name, kind, config, agent_id, created_at: chrono::Utc::now() };
+        let s = Storage {
+            id: Uuid::now_v7(),
+            name,
+            kind,
+            config,
+            agent_id,
+            created_at: chrono::Utc::now(),
+        };
         Ok(self.db.insert_storage(&s).await?)
     }
 
     /// One storage.
     pub async fn storage(&self, id: Uuid) -> ControllerResult<Storage> {
-        self.db.storage(id).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
+        self.db
+            .storage(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
     }
 
     /// A page of storages.
@@ -192,8 +215,18 @@ impl CatalogService {
 
     /// One job with its ordered storage ids.
     pub async fn job(&self, id: Uuid) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
-        let job = self.db.job(id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))?;
-        let storages = self.db.job_storages(id).await?.into_iter().map(|s| s.id).collect();
+        let job = self
+            .db
+            .job(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))?;
+        let storages = self
+            .db
+            .job_storages(id)
+            .await?
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
         Ok((job, storages))
     }
 
@@ -201,7 +234,13 @@ impl CatalogService {
     pub async fn list_jobs(&self, page: Page) -> ControllerResult<Vec<(BackupJob, Vec<Uuid>)>> {
         let mut out = Vec::new();
         for job in self.db.list_jobs(page).await? {
-            let storages = self.db.job_storages(job.id).await?.into_iter().map(|s| s.id).collect();
+            let storages = self
+                .db
+                .job_storages(job.id)
+                .await?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
             out.push((job, storages));
         }
         Ok(out)

@@ -57,7 +57,13 @@ impl DispatchTask {
         waker: DispatchWaker,
         settings: DispatchSettings,
     ) -> Self {
-        Self { db, key, registry, waker, settings }
+        Self {
+            db,
+            key,
+            registry,
+            waker,
+            settings,
+        }
     }
 
     /// Runs until cancelled: a round on every wake-up and every two seconds.
@@ -83,7 +89,8 @@ impl DispatchTask {
                 continue;
             }
             for queued in self.db.queued_for_agent(agent, 1).await? {
-                let Some(claimed) = self.db.claim(queued.id, self.settings.lease_secs).await? else {
+                let Some(claimed) = self.db.claim(queued.id, self.settings.lease_secs).await?
+                else {
                     continue; // another replica claimed it
                 };
                 self.assign(claimed).await?;
@@ -100,7 +107,9 @@ impl DispatchTask {
                 Ok(m) => m,
                 Err(e) => {
                     let text = match &e {
-                        ControllerError::Database(_) | ControllerError::Crypto(_) => "internal error".to_owned(),
+                        ControllerError::Database(_) | ControllerError::Crypto(_) => {
+                            "internal error".to_owned()
+                        }
                         other => other.to_string(),
                     };
                     warn!(error = %e, "cannot assign execution");
@@ -115,10 +124,23 @@ impl DispatchTask {
             };
             if sent {
                 info!(agent_id = %ex.agent_id, "assigned");
-                self.db.append_log(ex.id, "info", &format!("assigned to agent {} (attempt {})", ex.agent_id, ex.attempt)).await?;
+                self.db
+                    .append_log(
+                        ex.id,
+                        "info",
+                        &format!("assigned to agent {} (attempt {})", ex.agent_id, ex.attempt),
+                    )
+                    .await?;
             } else {
                 // The agent left between claim and send: fail this attempt; nothing was started.
-                self.db.finish_failed(ex.id, attempt, "agent disconnected before the assignment", false).await?;
+                self.db
+                    .finish_failed(
+                        ex.id,
+                        attempt,
+                        "agent disconnected before the assignment",
+                        false,
+                    )
+                    .await?;
             }
             Ok(())
         }
@@ -127,93 +149,109 @@ impl DispatchTask {
     }
 
     async fn build_assign(&self, ex: &Execution) -> ControllerResult<pb::ControllerMessage> {
-        let ds = self
-            .db
-            .datasource(ex.datasource_id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", ex.datasource_id)))?;
-        let task = match ex.operation {
-            Operation::Backup => {
-                let job_id = ex.job_id.ok_or_else(|| ControllerError::FailedPrecondition("backup without job".into()))?;
-                let job = self
-                    .db
-                    .job(job_id)
-                    .await?
-                    .ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
-                let storages = self.db.job_storages(job_id).await?;
-                let prefix = manifest::attempt_prefix(
-                    ds.id.into(),
-                    ex.id.into(),
-                    u32::try_from(ex.attempt).unwrap_or_default(),
-                );
-                pb::assign::Task::Backup(pb::BackupTask {
-                    source: Some(self.database_target(&ds, None)?),
-                    storages: storages.iter().map(|s| storage_target(s, ex.agent_id)).collect::<Result<_, _>>()?,
-                    strategy: match job.storage_strategy {
-                        crate::model::Strategy::Fallback => pb::StorageStrategy::Fallback,
-                        crate::model::Strategy::Replicate => pb::StorageStrategy::Replicate,
-                    } as i32,
-                    key_prefix: prefix,
-                    compression_level: job.compression_level,
-                    chunk_size: self.settings.chunk_size,
-                })
-            }
-            Operation::Restore => {
-                let backup_id = ex
-                    .source_backup_id
-                    .ok_or_else(|| ControllerError::FailedPrecondition("restore without backup".into()))?;
-                let backup = self
-                    .db
-                    .execution(backup_id)
-                    .await?
-                    .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
-                let source_ds = self
-                    .db
-                    .datasource(backup.datasource_id)
-                    .await?
-                    .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", backup.datasource_id)))?;
-                let copies = self.db.backup_storage_ids(backup_id).await?;
-                let all_chunks = self.db.chunks(backup_id, backup.attempt).await?;
-                let mut storages = Vec::new();
-                for sid in &copies {
-                    if let Some(s) = self.db.storage(*sid).await?
-                        && let Ok(t) = storage_target(&s, ex.agent_id)
-                    {
-                        storages.push(t);
-                    }
+        let ds =
+            self.db.datasource(ex.datasource_id).await?.ok_or_else(|| {
+                ControllerError::NotFound(format!("datasource {}", ex.datasource_id))
+            })?;
+        let task =
+            match ex.operation {
+                Operation::Backup => {
+                    let job_id = ex.job_id.ok_or_else(|| {
+                        ControllerError::FailedPrecondition("backup without job".into())
+                    })?;
+                    let job =
+                        self.db.job(job_id).await?.ok_or_else(|| {
+                            ControllerError::NotFound(format!("backup job {job_id}"))
+                        })?;
+                    let storages = self.db.job_storages(job_id).await?;
+                    let prefix = manifest::attempt_prefix(
+                        ds.id.into(),
+                        ex.id.into(),
+                        u32::try_from(ex.attempt).unwrap_or_default(),
+                    );
+                    pb::assign::Task::Backup(pb::BackupTask {
+                        source: Some(self.database_target(&ds, None)?),
+                        storages: storages
+                            .iter()
+                            .map(|s| storage_target(s, ex.agent_id))
+                            .collect::<Result<_, _>>()?,
+                        strategy: match job.storage_strategy {
+                            crate::model::Strategy::Fallback => pb::StorageStrategy::Fallback,
+                            crate::model::Strategy::Replicate => pb::StorageStrategy::Replicate,
+                        } as i32,
+                        key_prefix: prefix,
+                        compression_level: job.compression_level,
+                        chunk_size: self.settings.chunk_size,
+                    })
                 }
-                if storages.is_empty() {
+                Operation::Restore => {
+                    let backup_id = ex.source_backup_id.ok_or_else(|| {
+                        ControllerError::FailedPrecondition("restore without backup".into())
+                    })?;
+                    let backup =
+                        self.db.execution(backup_id).await?.ok_or_else(|| {
+                            ControllerError::NotFound(format!("backup {backup_id}"))
+                        })?;
+                    let source_ds =
+                        self.db
+                            .datasource(backup.datasource_id)
+                            .await?
+                            .ok_or_else(|| {
+                                ControllerError::NotFound(format!(
+                                    "datasource {}",
+                                    backup.datasource_id
+                                ))
+                            })?;
+                    let copies = self.db.backup_storage_ids(backup_id).await?;
+                    let all_chunks = self.db.chunks(backup_id, backup.attempt).await?;
+                    let mut storages = Vec::new();
+                    for sid in &copies {
+                        if let Some(s) = self.db.storage(*sid).await?
+                            && let Ok(t) = storage_target(&s, ex.agent_id)
+                        {
+                            storages.push(t);
+                        }
+                    }
+                    if storages.is_empty() {
+                        return Err(ControllerError::FailedPrecondition(
+                            "no storage holding this backup is reachable from the target's agent"
+                                .into(),
+                        ));
+                    }
+                    // Chunk keys and checksums are identical in every copy; take the first copy's list.
+                    let first = copies.first().copied().unwrap_or_default();
+                    let chunks = all_chunks
+                        .iter()
+                        .filter(|c| c.storage_id == first)
+                        .map(|c| pb::ChunkRef {
+                            seq: u32::try_from(c.seq).unwrap_or_default(),
+                            key: c.object_key.clone(),
+                            size: u64::try_from(c.size).unwrap_or_default(),
+                            sha256: c.sha256.clone(),
+                        })
+                        .collect();
+                    let opt = |k: &str| {
+                        ex.options
+                            .get(k)
+                            .and_then(serde_json::Value::as_bool)
+                            .unwrap_or(false)
+                    };
+                    pb::assign::Task::Restore(pb::RestoreTask {
+                        target: Some(self.database_target(&ds, ex.target_database.clone())?),
+                        storages,
+                        chunks,
+                        sha256: backup.sha256.clone().unwrap_or_default(),
+                        create_database: opt("create_database"),
+                        drop_existing: opt("drop_existing"),
+                        source_engine: engine_pb(source_ds.engine) as i32,
+                    })
+                }
+                Operation::Verify => {
                     return Err(ControllerError::FailedPrecondition(
-                        "no storage holding this backup is reachable from the target's agent".into(),
+                        "verification runs are not supported yet".into(),
                     ));
                 }
-                // Chunk keys and checksums are identical in every copy; take the first copy's list.
-                let first = copies.first().copied().unwrap_or_default();
-                let chunks = all_chunks
-                    .iter()
-                    .filter(|c| c.storage_id == first)
-                    .map(|c| pb::ChunkRef {
-                        seq: u32::try_from(c.seq).unwrap_or_default(),
-                        key: c.object_key.clone(),
-                        size: u64::try_from(c.size).unwrap_or_default(),
-                        sha256: c.sha256.clone(),
-                    })
-                    .collect();
-                let opt = |k: &str| ex.options.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
-                pb::assign::Task::Restore(pb::RestoreTask {
-                    target: Some(self.database_target(&ds, ex.target_database.clone())?),
-                    storages,
-                    chunks,
-                    sha256: backup.sha256.clone().unwrap_or_default(),
-                    create_database: opt("create_database"),
-                    drop_existing: opt("drop_existing"),
-                    source_engine: engine_pb(source_ds.engine) as i32,
-                })
-            }
-            Operation::Verify => {
-                return Err(ControllerError::FailedPrecondition("verification runs are not supported yet".into()));
-            }
-        };
+            };
         Ok(pb::ControllerMessage {
             kind: Some(pb::controller_message::Kind::Assign(pb::Assign {
                 execution_id: ex.id.to_string(),
@@ -224,7 +262,11 @@ impl DispatchTask {
         })
     }
 
-    fn database_target(&self, ds: &Datasource, database: Option<String>) -> ControllerResult<pb::DatabaseTarget> {
+    fn database_target(
+        &self,
+        ds: &Datasource,
+        database: Option<String>,
+    ) -> ControllerResult<pb::DatabaseTarget> {
         let password = match &ds.password_ciphertext {
             Some(ct) => String::from_utf8(self.key.decrypt(ds.id.as_bytes(), ct)?)
                 .map_err(|_| ControllerError::Pki("stored password is not UTF-8".into()))?,
@@ -270,7 +312,9 @@ pub fn storage_target(s: &Storage, agent: Uuid) -> ControllerResult<pb::StorageT
                 .config
                 .get("path")
                 .and_then(serde_json::Value::as_str)
-                .ok_or_else(|| ControllerError::Invalid(FieldError::new("local.path", "missing")))?;
+                .ok_or_else(|| {
+                    ControllerError::Invalid(FieldError::new("local.path", "missing"))
+                })?;
             Ok(pb::StorageTarget {
                 storage_id: s.id.to_string(),
                 config: Some(pb::storage_target::Config::Local(pb::LocalStorageConfig {
@@ -279,7 +323,9 @@ pub fn storage_target(s: &Storage, agent: Uuid) -> ControllerResult<pb::StorageT
                 })),
             })
         }
-        other => Err(ControllerError::FailedPrecondition(format!("storage kind {other} is not supported yet"))),
+        other => Err(ControllerError::FailedPrecondition(format!(
+            "storage kind {other} is not supported yet"
+        ))),
     }
 }
 

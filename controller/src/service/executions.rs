@@ -59,12 +59,18 @@ impl ExecutionsService {
 
     /// Queues a backup of a job now.
     pub async fn run_now(&self, job_id: Uuid) -> ControllerResult<Execution> {
-        let job = self.db.job(job_id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
+        let job = self
+            .db
+            .job(job_id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
         let ds = self
             .db
             .datasource(job.datasource_id)
             .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", job.datasource_id)))?;
+            .ok_or_else(|| {
+                ControllerError::NotFound(format!("datasource {}", job.datasource_id))
+            })?;
         let ex = self
             .db
             .insert_execution(&NewExecution {
@@ -77,7 +83,13 @@ impl ExecutionsService {
                 options: serde_json::json!({ "trigger": "run_now" }),
             })
             .await?;
-        self.db.append_log(ex.id, "info", &format!("queued by RunNow of job {}", job.name)).await?;
+        self.db
+            .append_log(
+                ex.id,
+                "info",
+                &format!("queued by RunNow of job {}", job.name),
+            )
+            .await?;
         self.waker.wake();
         Ok(ex)
     }
@@ -89,9 +101,15 @@ impl ExecutionsService {
             .db
             .datasource(backup.datasource_id)
             .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", backup.datasource_id)))?;
+            .ok_or_else(|| {
+                ControllerError::NotFound(format!("datasource {}", backup.datasource_id))
+            })?;
         let target = match r.target_datasource_id {
-            Some(id) => self.db.datasource(id).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))?,
+            Some(id) => self
+                .db
+                .datasource(id)
+                .await?
+                .ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))?,
             None => source.clone(),
         };
         if target.engine != source.engine {
@@ -100,7 +118,10 @@ impl ExecutionsService {
                 target.engine, source.engine
             )));
         }
-        let database = r.target_database.clone().unwrap_or_else(|| target.database_name.clone());
+        let database = r
+            .target_database
+            .clone()
+            .unwrap_or_else(|| target.database_name.clone());
         if r.confirm_target_database != database {
             return Err(ControllerError::Invalid(dg_common::error::FieldError::new(
                 "confirm_target_database",
@@ -122,14 +143,26 @@ impl ExecutionsService {
                 }),
             })
             .await?;
-        self.db.append_log(ex.id, "info", &format!("restore of backup {} into database {database} queued", backup.id)).await?;
+        self.db
+            .append_log(
+                ex.id,
+                "info",
+                &format!(
+                    "restore of backup {} into database {database} queued",
+                    backup.id
+                ),
+            )
+            .await?;
         self.waker.wake();
         Ok(ex)
     }
 
     /// One execution.
     pub async fn get(&self, id: Uuid) -> ControllerResult<Execution> {
-        self.db.execution(id).await?.ok_or_else(|| ControllerError::NotFound(format!("execution {id}")))
+        self.db
+            .execution(id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("execution {id}")))
     }
 
     /// A page of executions.
@@ -144,7 +177,11 @@ impl ExecutionsService {
     }
 
     /// Completed backups.
-    pub async fn list_backups(&self, datasource: Option<Uuid>, page: Page) -> ControllerResult<Vec<(Execution, Vec<Uuid>)>> {
+    pub async fn list_backups(
+        &self,
+        datasource: Option<Uuid>,
+        page: Page,
+    ) -> ControllerResult<Vec<(Execution, Vec<Uuid>)>> {
         let mut out = Vec::new();
         for ex in self.db.list_backups(datasource, page).await? {
             let copies = self.db.backup_storage_ids(ex.id).await?;
@@ -164,7 +201,11 @@ impl ExecutionsService {
             .into_iter()
             .filter(|c| storage_ids.contains(&c.storage_id))
             .collect();
-        Ok(BackupDetail { execution, storage_ids, chunks })
+        Ok(BackupDetail {
+            execution,
+            storage_ids,
+            chunks,
+        })
     }
 
     async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
@@ -196,7 +237,13 @@ impl ExecutionsService {
     }
 
     /// A log line.
-    pub async fn report_log(&self, agent: Uuid, id: Uuid, level: &str, message: &str) -> ControllerResult<()> {
+    pub async fn report_log(
+        &self,
+        agent: Uuid,
+        id: Uuid,
+        level: &str,
+        message: &str,
+    ) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         let level = match level {
             "warn" | "error" | "info" => level,
@@ -218,16 +265,22 @@ impl ExecutionsService {
         match self.db.complete_backup(id, attempt, &o).await? {
             Ok(()) => {
                 self.db
-                    .append_log(id, "info", &format!(
-                        "completed: {} chunks, {} bytes stored, sha256 {}",
-                        o.chunk_count, o.stored_bytes, o.sha256
-                    ))
+                    .append_log(
+                        id,
+                        "info",
+                        &format!(
+                            "completed: {} chunks, {} bytes stored, sha256 {}",
+                            o.chunk_count, o.stored_bytes, o.sha256
+                        ),
+                    )
                     .await?;
             }
             Err(reason) => {
                 let msg = format!("backup not committed: {reason}");
                 self.db.append_log(id, "error", &msg).await?;
-                self.db.finish_failed(id, Some(attempt), &msg, false).await?;
+                self.db
+                    .finish_failed(id, Some(attempt), &msg, false)
+                    .await?;
             }
         }
         self.waker.wake();
@@ -235,10 +288,22 @@ impl ExecutionsService {
     }
 
     /// A restore finished on the agent.
-    pub async fn report_restore_completed(&self, agent: Uuid, id: Uuid, attempt: i32, raw: i64) -> ControllerResult<()> {
+    pub async fn report_restore_completed(
+        &self,
+        agent: Uuid,
+        id: Uuid,
+        attempt: i32,
+        raw: i64,
+    ) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         if self.db.complete_restore(id, attempt, raw).await? {
-            self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
+            self.db
+                .append_log(
+                    id,
+                    "info",
+                    &format!("restore completed: {raw} bytes restored"),
+                )
+                .await?;
         }
         self.waker.wake();
         Ok(())
@@ -254,7 +319,11 @@ impl ExecutionsService {
         cancelled: bool,
     ) -> ControllerResult<()> {
         self.owned(agent, id).await?;
-        if self.db.finish_failed(id, Some(attempt), error, cancelled).await? {
+        if self
+            .db
+            .finish_failed(id, Some(attempt), error, cancelled)
+            .await?
+        {
             self.db.append_log(id, "error", error).await?;
         }
         self.waker.wake();
@@ -267,7 +336,11 @@ impl ExecutionsService {
         for ex in self.db.running_for_agent(agent).await? {
             if !running.contains(&(ex.id, ex.attempt)) {
                 let msg = "agent restarted during the execution";
-                if self.db.finish_failed(ex.id, Some(ex.attempt), msg, false).await? {
+                if self
+                    .db
+                    .finish_failed(ex.id, Some(ex.attempt), msg, false)
+                    .await?
+                {
                     self.db.append_log(ex.id, "error", msg).await?;
                 }
             }
