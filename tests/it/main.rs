@@ -5,3 +5,4 @@ mod backup_restore;
 mod failures;
 mod grpcurl;
 mod security;
+mod lifecycle;

@@ -1,0 +1,114 @@
+//! Agent and controller lifecycle: capabilities in Hello, certificate renewal before expiry, reconnection
+//! after a controller restart, revocation closing a live session, and two replicas starting together on
+//! one database (migrations and CA creation race-free).
+
+use std::time::Duration;
+
+use dg_common::tls;
+use dg_proto::v1 as pb;
+use dg_tests::cluster::{Cluster, ClusterOptions, authed};
+
+fn cert_not_after(path: &std::path::Path) -> anyhow::Result<i64> {
+    let der = tls::certs_from_pem(&std::fs::read_to_string(path)?)?.remove(0);
+    Ok(tls::validity_unix(&der)?.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_renews_reconnects_and_is_revoked() -> anyhow::Result<()> {
+    // 12 s certificates: renewal is due 8 s into their life.
+    let mut cluster = Cluster::start_with(ClusterOptions { agent_cert_ttl_secs: 12, ..Default::default() }).await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+
+    // Capabilities reported in Hello.
+    let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.id.clone() }, &c.token)).await?.into_inner();
+    let pg_dump = a.tools.iter().find(|t| t.name == "pg_dump").expect("pg_dump reported");
+    assert!(pg_dump.version.starts_with(|ch: char| ch.is_ascii_digit()), "{pg_dump:?}");
+    assert!(!a.hostname.is_empty() && !a.version.is_empty());
+
+    // Renewal: a new certificate is written before the first expires, and the controller records it.
+    let cert = agent.state_dir.join("cert.pem");
+    let first = cert_not_after(&cert)?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while cert_not_after(&cert)? == first {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "certificate never renewed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(chrono::Utc::now().timestamp() < first, "renewed before expiry");
+    let renewed = cert_not_after(&cert)?;
+    let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.id.clone() }, &c.token)).await?.into_inner();
+    assert_eq!(a.certificate_expires_at.map(|t| t.seconds), Some(renewed));
+
+    // Controller restart on the same ports and database: the agent reconnects by itself (with the renewed
+    // certificate) and work flows again.
+    let mut config = cluster.config.clone();
+    config.api_listen = cluster.api_addr;
+    config.agent_listen = cluster.agent_addr;
+    cluster.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster.controller = Some(dg_controller::app::start(config).await?);
+    let mut c = cluster.clients().await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.id.clone() }, &c.token)).await?.into_inner();
+        if a.status == pb::AgentStatus::Online as i32 && a.last_heartbeat_at.is_some_and(|t| t.seconds >= renewed - 12) {
+            break;
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "agent did not reconnect");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Revocation closes the live session: the agent drops offline and cannot come back.
+    c.agents.revoke_agent(authed(pb::RevokeAgentRequest { id: agent.id.clone() }, &c.token)).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.id.clone() }, &c.token)).await?.into_inner();
+    assert_eq!(a.status, pb::AgentStatus::Revoked as i32);
+    let online = c
+        .agents
+        .list_agents(authed(pb::ListAgentsRequest::default(), &c.token))
+        .await?
+        .into_inner()
+        .agents
+        .iter()
+        .filter(|a| a.status == pb::AgentStatus::Online as i32)
+        .count();
+    assert_eq!(online, 0);
+
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_start_together_on_one_database() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    // Two more replicas against the same (already migrated) database, plus the migration lock path of a
+    // fresh database exercised by Cluster::start itself.
+    let mut a = cluster.config.clone();
+    let mut b = cluster.config.clone();
+    a.api_listen = "127.0.0.1:0".parse()?;
+    a.agent_listen = "127.0.0.1:0".parse()?;
+    b.api_listen = "127.0.0.1:0".parse()?;
+    b.agent_listen = "127.0.0.1:0".parse()?;
+    let (ra, rb) = tokio::join!(dg_controller::app::start(a), dg_controller::app::start(b));
+    let (ra, rb) = (ra?, rb?);
+    assert_eq!(ra.ca_fingerprint, cluster.ca_fingerprint(), "every replica signs with the same CA");
+    assert_eq!(rb.ca_fingerprint, cluster.ca_fingerprint());
+    ra.shutdown().await;
+    rb.shutdown().await;
+
+    // A fresh database migrated by two replicas at once.
+    let db = dg_tests::pg::TestDb::create("race").await?;
+    let mut x = cluster.config.clone();
+    x.database_url = db.url();
+    x.api_listen = "127.0.0.1:0".parse()?;
+    x.agent_listen = "127.0.0.1:0".parse()?;
+    let y = x.clone();
+    let (rx, ry) = tokio::join!(dg_controller::app::start(x), dg_controller::app::start(y));
+    let (rx, ry) = (rx?, ry?);
+    assert_eq!(rx.ca_fingerprint, ry.ca_fingerprint, "one CA even when created concurrently");
+    rx.shutdown().await;
+    ry.shutdown().await;
+    cluster.stop().await;
+    Ok(())
+}
