@@ -150,3 +150,27 @@ impl Config {
         Duration::from_secs(self.heartbeat_interval_secs.max(1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/controller.example.toml");
+        let cfg = Config::load(Some(&path)).expect("example config must stay valid");
+        assert_eq!(cfg.api_listen.port(), 7443);
+        assert_eq!(cfg.agent_endpoint, "https://controller.example.com:7444");
+        assert!(cfg.master_key_file.is_some());
+    }
+
+    #[test]
+    fn invalid_values_are_refused() {
+        let cfg = Config { chunk_size_bytes: 10, ..Config::default() };
+        assert!(cfg.validate().is_err());
+        let cfg = Config { log_format: "xml".into(), ..Config::default() };
+        assert!(cfg.validate().is_err());
+        assert!(Config { master_key: Some("zz".into()), ..Config::default() }.master_key().is_err());
+        assert!(Config::default().master_key().is_err(), "a master key is required");
+    }
+}
