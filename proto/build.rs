@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "dataguardian/v1/jobs.proto",
     "dataguardian/v1/executions.proto",
     "dataguardian/v1/backups.proto",
+    "dataguardian/v1/health.proto",
+    "dataguardian/v1/audit.proto",
     "dataguardian/v1/agent_protocol.proto",
 ];
 
@@ -22,9 +24,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out.join("dataguardian_descriptor.bin"), fds.encode_to_vec())?;
-    tonic_prost_build::configure()
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_server(true).build_client(true).compile_fds(fds)?;
     Ok(())
 }

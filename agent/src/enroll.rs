@@ -43,17 +43,13 @@ impl ServerCertVerifier for PinnedCaVerifier {
         let ca = intermediates
             .iter()
             .find(|c| tls::fingerprint(c).eq_ignore_ascii_case(&self.pin))
-            .ok_or_else(|| {
-                rustls::Error::General("no certificate matching the pinned CA fingerprint".into())
-            })?;
+            .ok_or_else(|| rustls::Error::General("no certificate matching the pinned CA fingerprint".into()))?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let inner =
-            WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .build()
-                .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified =
-            inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
         if let Ok(mut slot) = self.found.lock() {
             *slot = Some(ca.clone().into_owned());
         }
@@ -66,12 +62,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -80,38 +71,23 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
 /// Host and port of an `https://host:port` endpoint.
 pub fn host_port(endpoint: &str) -> Result<(String, u16), ConnectionError> {
-    let uri: http_uri::Uri = endpoint
-        .parse()
-        .map_err(|_| ConnectionError::Config(format!("bad endpoint {endpoint}")))?;
+    let uri: http_uri::Uri =
+        endpoint.parse().map_err(|_| ConnectionError::Config(format!("bad endpoint {endpoint}")))?;
     if uri.scheme_str() != Some("https") {
-        return Err(ConnectionError::Config(format!(
-            "endpoint {endpoint} must start with https://"
-        )));
+        return Err(ConnectionError::Config(format!("endpoint {endpoint} must start with https://")));
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| ConnectionError::Config(format!("endpoint {endpoint} has no host")))?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
+    let host = uri.host().ok_or_else(|| ConnectionError::Config(format!("endpoint {endpoint} has no host")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
     Ok((host, uri.port_u16().unwrap_or(443)))
 }
 
@@ -121,11 +97,8 @@ use tonic::codegen::http::uri as http_uri;
 pub async fn fetch_pinned_ca(endpoint: &str, pin: &str) -> Result<String, ConnectionError> {
     let (host, port) = host_port(endpoint)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = Arc::new(PinnedCaVerifier {
-        pin: pin.trim().to_owned(),
-        provider: provider.clone(),
-        found: Mutex::new(None),
-    });
+    let verifier =
+        Arc::new(PinnedCaVerifier { pin: pin.trim().to_owned(), provider: provider.clone(), found: Mutex::new(None) });
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ConnectionError::Tls(e.to_string()))?
@@ -133,20 +106,15 @@ pub async fn fetch_pinned_ca(endpoint: &str, pin: &str) -> Result<String, Connec
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let server_name =
-        ServerName::try_from(host.clone()).map_err(|e| ConnectionError::Tls(e.to_string()))?;
-    let tcp = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::net::TcpStream::connect((host.as_str(), port)),
-    )
-    .await
-    .map_err(|_| ConnectionError::Config(format!("connect to {endpoint}: timed out")))??;
+    let server_name = ServerName::try_from(host.clone()).map_err(|e| ConnectionError::Tls(e.to_string()))?;
+    let tcp =
+        tokio::time::timeout(std::time::Duration::from_secs(10), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| ConnectionError::Config(format!("connect to {endpoint}: timed out")))??;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
-        .map_err(|e| {
-            ConnectionError::Tls(format!("controller at {endpoint} failed CA pinning: {e}"))
-        })?;
+        .map_err(|e| ConnectionError::Tls(format!("controller at {endpoint} failed CA pinning: {e}")))?;
     let ca = verifier
         .found
         .lock()
@@ -177,9 +145,7 @@ pub async fn channel(
     identity: Option<tonic::transport::Identity>,
 ) -> Result<Channel, ConnectionError> {
     let (host, _) = host_port(endpoint)?;
-    let mut tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(ca_pem))
-        .domain_name(host);
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(host);
     if let Some(id) = identity {
         tls = tls.identity(id);
     }
@@ -194,12 +160,7 @@ pub async fn channel(
 }
 
 /// Runs enrollment and writes the state directory. Returns the agent id.
-pub async fn enroll(
-    controller: &str,
-    token: &str,
-    pin: &str,
-    dir: &StateDir,
-) -> Result<String, ConnectionError> {
+pub async fn enroll(controller: &str, token: &str, pin: &str, dir: &StateDir) -> Result<String, ConnectionError> {
     let ca_pem = fetch_pinned_ca(controller, pin).await?;
     let (key, csr_pem) = new_key_and_csr()?;
     let mut client = AgentEnrollmentServiceClient::new(channel(controller, &ca_pem, None).await?);

@@ -23,13 +23,7 @@ pub struct Reporter {
 impl Reporter {
     /// A reporter for one attempt.
     pub fn new(tx: mpsc::Sender<pb::AgentMessage>, execution_id: String, attempt: u32) -> Self {
-        Self {
-            tx,
-            execution: pb::ExecutionRef {
-                execution_id,
-                attempt,
-            },
-        }
+        Self { tx, execution: pb::ExecutionRef { execution_id, attempt } }
     }
 
     /// The execution id.
@@ -61,15 +55,7 @@ impl Reporter {
     }
 
     /// A chunk is durably stored in a storage.
-    pub async fn chunk(
-        &self,
-        storage_id: &str,
-        seq: u32,
-        key: &str,
-        size: u64,
-        sha256: &str,
-        raw_bytes: u64,
-    ) {
+    pub async fn chunk(&self, storage_id: &str, seq: u32, key: &str, size: u64, sha256: &str, raw_bytes: u64) {
         self.send(Kind::ChunkReported(pb::ChunkReported {
             execution: Some(self.execution.clone()),
             storage_id: storage_id.to_owned(),
@@ -94,29 +80,18 @@ impl Reporter {
     }
 
     async fn completed(&self, result: pb::completed::Result) {
-        self.send(Kind::Completed(pb::Completed {
-            execution: Some(self.execution.clone()),
-            result: Some(result),
-        }))
-        .await;
+        self.send(Kind::Completed(pb::Completed { execution: Some(self.execution.clone()), result: Some(result) }))
+            .await;
     }
 
     async fn failed(&self, error: String, cancelled: bool) {
-        self.send(Kind::Failed(pb::Failed {
-            execution: Some(self.execution.clone()),
-            error,
-            cancelled,
-        }))
-        .await;
+        self.send(Kind::Failed(pb::Failed { execution: Some(self.execution.clone()), error, cancelled })).await;
     }
 }
 
 fn now_ts() -> prost_types::Timestamp {
     let now = chrono::Utc::now();
-    prost_types::Timestamp {
-        seconds: now.timestamp(),
-        nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0),
-    }
+    prost_types::Timestamp { seconds: now.timestamp(), nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0) }
 }
 
 /// Executions running in this session.
@@ -131,36 +106,25 @@ pub struct Executor {
 impl Executor {
     /// An executor whose jobs stop when `session` is cancelled.
     pub fn new(tx: mpsc::Sender<pb::AgentMessage>, session: CancellationToken) -> Self {
-        Self {
-            tx,
-            running: Arc::default(),
-            tracker: TaskTracker::new(),
-            session,
-        }
+        Self { tx, running: Arc::default(), tracker: TaskTracker::new(), session }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, CancellationToken)>> {
-        self.running
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// What is running, for heartbeats.
     pub fn running(&self) -> Vec<pb::ExecutionRef> {
         self.lock()
             .iter()
-            .map(|(id, (attempt, _))| pb::ExecutionRef {
-                execution_id: id.clone(),
-                attempt: *attempt,
-            })
+            .map(|(id, (attempt, _))| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
             .collect()
     }
 
     /// Starts an assigned execution.
     pub fn assign(&self, a: pb::Assign) {
         let cancel = self.session.child_token();
-        self.lock()
-            .insert(a.execution_id.clone(), (a.attempt, cancel.clone()));
+        self.lock().insert(a.execution_id.clone(), (a.attempt, cancel.clone()));
         let rep = Reporter::new(self.tx.clone(), a.execution_id.clone(), a.attempt);
         let span = info_span!("execution", execution_id = %a.execution_id, attempt = a.attempt);
         dg_common::telemetry::set_parent(&span, &a.trace_context);
@@ -169,12 +133,12 @@ impl Executor {
         self.tracker.spawn(
             async move {
                 let result = match a.task {
-                    Some(pb::assign::Task::Backup(t)) => pipeline::backup::run(t, &rep, &cancel)
-                        .await
-                        .map(pb::completed::Result::Backup),
-                    Some(pb::assign::Task::Restore(t)) => pipeline::restore::run(t, &rep, &cancel)
-                        .await
-                        .map(pb::completed::Result::Restore),
+                    Some(pb::assign::Task::Backup(t)) => {
+                        pipeline::backup::run(t, &rep, &cancel).await.map(pb::completed::Result::Backup)
+                    }
+                    Some(pb::assign::Task::Restore(t)) => {
+                        pipeline::restore::run(t, &rep, &cancel).await.map(pb::completed::Result::Restore)
+                    }
                     None => Err(PipelineError::Invalid("assignment without a task".into())),
                 };
                 match result {
@@ -192,10 +156,7 @@ impl Executor {
                         rep.failed(msg, false).await;
                     }
                 }
-                running
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .remove(&id);
+                running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
             }
             .instrument(span),
         );

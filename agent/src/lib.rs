@@ -7,6 +7,7 @@ pub mod enroll;
 pub mod error;
 pub mod executor;
 pub mod pipeline;
+pub mod requests;
 pub mod session;
 pub mod state;
 pub mod storage;

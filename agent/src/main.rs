@@ -48,15 +48,9 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     dg_common::tls::install_crypto_provider();
-    let _telemetry =
-        dg_common::telemetry::init("dg-agent", cli.log_json, cli.otlp_endpoint.as_deref())?;
+    let _telemetry = dg_common::telemetry::init("dg-agent", cli.log_json, cli.otlp_endpoint.as_deref())?;
     match cli.command {
-        Command::Enroll {
-            controller,
-            token,
-            ca_fingerprint,
-            state_dir,
-        } => {
+        Command::Enroll { controller, token, ca_fingerprint, state_dir } => {
             let dir = StateDir::open(&state_dir)?;
             let id = enroll::enroll(&controller, &token, &ca_fingerprint, &dir).await?;
             eprintln!("enrolled; state written to {}", state_dir.display());

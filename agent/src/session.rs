@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use dg_common::{backoff::reconnect_delays, tls};
 use dg_proto::{
     AGENT_PROTOCOL_VERSION,
-    v1::{
-        self as pb, agent_session_service_client::AgentSessionServiceClient,
-        controller_message::Kind,
-    },
+    v1::{self as pb, agent_session_service_client::AgentSessionServiceClient, controller_message::Kind},
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -38,19 +35,12 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self {
-            min_backoff: Duration::from_millis(500),
-            max_backoff: Duration::from_secs(60),
-        }
+        Self { min_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(60) }
     }
 }
 
 /// Runs sessions until `cancel`.
-pub async fn run(
-    dir: StateDir,
-    opts: RunOptions,
-    cancel: CancellationToken,
-) -> Result<(), ConnectionError> {
+pub async fn run(dir: StateDir, opts: RunOptions, cancel: CancellationToken) -> Result<(), ConnectionError> {
     let state = dir.load()?;
     info!(agent_id = %state.agent_id, endpoint = %state.agent_endpoint, "agent starting");
     let mut delays = reconnect_delays(opts.min_backoff, opts.max_backoff);
@@ -93,40 +83,24 @@ async fn connect(dir: &StateDir, state: &AgentState) -> Result<Channel, Connecti
 
 /// Unix time at which the current certificate should be renewed.
 fn renewal_due(dir: &StateDir) -> Result<i64, ConnectionError> {
-    let der = tls::certs_from_pem(&dir.read("cert.pem")?)
-        .map_err(|e| ConnectionError::Tls(e.to_string()))?
-        .remove(0);
+    let der = tls::certs_from_pem(&dir.read("cert.pem")?).map_err(|e| ConnectionError::Tls(e.to_string()))?.remove(0);
     let (nb, na) = tls::validity_unix(&der).map_err(|e| ConnectionError::Tls(e.to_string()))?;
     Ok(tls::renewal_due_unix(nb, na))
 }
 
-async fn renew(
-    client: &mut AgentSessionServiceClient<Channel>,
-    dir: &StateDir,
-) -> Result<(), ConnectionError> {
+async fn renew(client: &mut AgentSessionServiceClient<Channel>, dir: &StateDir) -> Result<(), ConnectionError> {
     let (key, csr_pem) = enroll::new_key_and_csr()?;
-    let resp = client
-        .renew(pb::RenewRequest { csr_pem })
-        .await?
-        .into_inner();
+    let resp = client.renew(pb::RenewRequest { csr_pem }).await?.into_inner();
     dir.write("key.pem.next", key.serialize_pem().as_bytes(), 0o600)?;
     dir.write("cert.pem.next", resp.certificate_pem.as_bytes(), 0o600)?;
     settle_renewal(dir)?;
-    info!(
-        not_after = resp.not_after.map(|t| t.seconds).unwrap_or_default(),
-        "certificate renewed"
-    );
+    info!(not_after = resp.not_after.map(|t| t.seconds).unwrap_or_default(), "certificate renewed");
     Ok(())
 }
 
-async fn session_once(
-    dir: &StateDir,
-    state: &AgentState,
-    cancel: &CancellationToken,
-) -> Result<(), ConnectionError> {
+async fn session_once(dir: &StateDir, state: &AgentState, cancel: &CancellationToken) -> Result<(), ConnectionError> {
     let channel = connect(dir, state).await?;
-    let mut client =
-        AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
+    let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
     let hello = pb::Hello {
         protocol_version: AGENT_PROTOCOL_VERSION,
@@ -135,20 +109,14 @@ async fn session_once(
         tools: tools::discover().await,
         running: Vec::new(),
     };
-    tx.send(pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Hello(hello)),
-    })
-    .await
-    .map_err(|_| ConnectionError::Config("session channel closed".into()))?;
+    tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)) })
+        .await
+        .map_err(|_| ConnectionError::Config("session channel closed".into()))?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
     let welcome = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
-        Ok(Ok(Some(pb::ControllerMessage {
-            kind: Some(Kind::Welcome(w)),
-        }))) => w,
+        Ok(Ok(Some(pb::ControllerMessage { kind: Some(Kind::Welcome(w)) }))) => w,
         Ok(Ok(_)) => {
-            return Err(ConnectionError::Config(
-                "controller did not answer Hello with Welcome".into(),
-            ));
+            return Err(ConnectionError::Config("controller did not answer Hello with Welcome".into()));
         }
         Ok(Err(s)) => return Err(s.into()),
         Err(_) => return Err(ConnectionError::Config("no Welcome within 15 s".into())),
@@ -193,6 +161,9 @@ async fn session_once(
                         info!(execution_id = %r.execution_id, reason = %c.reason, "cancel received");
                         executor.cancel(&r.execution_id, r.attempt);
                     }
+                }
+                Ok(Some(pb::ControllerMessage { kind: Some(Kind::Request(r)) })) => {
+                    tokio::spawn(crate::requests::handle(r, tx.clone()));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ok(()),

@@ -34,9 +34,7 @@ impl StateDir {
     pub fn open(root: &Path) -> Result<Self, ConnectionError> {
         fs::create_dir_all(root)?;
         fs::set_permissions(root, fs::Permissions::from_mode(0o700))?;
-        Ok(Self {
-            root: root.to_owned(),
-        })
+        Ok(Self { root: root.to_owned() })
     }
 
     /// Path of a file in the directory.
@@ -48,11 +46,7 @@ impl StateDir {
     pub fn write(&self, name: &str, data: &[u8], mode: u32) -> Result<(), ConnectionError> {
         let tmp = self.path(&format!(".{name}.tmp"));
         let _ = fs::remove_file(&tmp);
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         fs::rename(&tmp, self.path(name))?;
@@ -62,23 +56,18 @@ impl StateDir {
     /// Reads a text file.
     pub fn read(&self, name: &str) -> Result<String, ConnectionError> {
         fs::read_to_string(self.path(name)).map_err(|e| {
-            ConnectionError::Config(format!(
-                "{}: {e} (has this agent been enrolled?)",
-                self.path(name).display()
-            ))
+            ConnectionError::Config(format!("{}: {e} (has this agent been enrolled?)", self.path(name).display()))
         })
     }
 
     /// Loads `agent.json`.
     pub fn load(&self) -> Result<AgentState, ConnectionError> {
-        serde_json::from_str(&self.read("agent.json")?)
-            .map_err(|e| ConnectionError::Config(format!("agent.json: {e}")))
+        serde_json::from_str(&self.read("agent.json")?).map_err(|e| ConnectionError::Config(format!("agent.json: {e}")))
     }
 
     /// Saves `agent.json`.
     pub fn save(&self, s: &AgentState) -> Result<(), ConnectionError> {
-        let json =
-            serde_json::to_vec_pretty(s).map_err(|e| ConnectionError::Config(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(s).map_err(|e| ConnectionError::Config(e.to_string()))?;
         self.write("agent.json", &json, 0o600)
     }
 }

@@ -5,15 +5,7 @@ use std::process::Stdio;
 use dg_proto::v1::ToolInfo;
 
 /// Tools the agent knows how to use.
-pub const KNOWN_TOOLS: &[&str] = &[
-    "pg_dump",
-    "pg_restore",
-    "psql",
-    "mariadb-dump",
-    "mariadb",
-    "mysqldump",
-    "mysql",
-];
+pub const KNOWN_TOOLS: &[&str] = &["pg_dump", "pg_restore", "psql", "mariadb-dump", "mariadb", "mysqldump", "mysql"];
 
 /// Finds each known tool on PATH and asks for its version.
 pub async fn discover() -> Vec<ToolInfo> {
@@ -22,14 +14,8 @@ pub async fn discover() -> Vec<ToolInfo> {
         let Ok(path) = which::which(name) else {
             continue;
         };
-        let version = version_of(&path.to_string_lossy())
-            .await
-            .unwrap_or_default();
-        out.push(ToolInfo {
-            name: (*name).to_owned(),
-            version,
-            path: path.to_string_lossy().into_owned(),
-        });
+        let version = version_of(&path.to_string_lossy()).await.unwrap_or_default();
+        out.push(ToolInfo { name: (*name).to_owned(), version, path: path.to_string_lossy().into_owned() });
     }
     out
 }
@@ -50,10 +36,7 @@ pub async fn version_of(path: &str) -> Option<String> {
 fn parse_version(text: &str) -> String {
     text.split_whitespace()
         .find(|w| w.chars().next().is_some_and(|c| c.is_ascii_digit()) && w.contains('.'))
-        .map(|w| {
-            w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
-                .to_owned()
-        })
+        .map(|w| w.trim_end_matches(|c: char| !c.is_ascii_alphanumeric()).to_owned())
         .unwrap_or_else(|| text.trim().to_owned())
 }
 
@@ -63,14 +46,9 @@ mod tests {
 
     #[test]
     fn versions() {
+        assert_eq!(parse_version("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n"), "15.19");
         assert_eq!(
-            parse_version("pg_dump (PostgreSQL) 15.19 (Debian 15.19-0+deb12u1)\n"),
-            "15.19"
-        );
-        assert_eq!(
-            parse_version(
-                "mariadb-dump from 11.8.3-MariaDB, client 10.19 for debian-linux-gnu (x86_64)"
-            ),
+            parse_version("mariadb-dump from 11.8.3-MariaDB, client 10.19 for debian-linux-gnu (x86_64)"),
             "11.8.3-MariaDB"
         );
     }

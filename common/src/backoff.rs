@@ -22,22 +22,11 @@ mod tests {
 
     #[test]
     fn delays_grow_and_stay_bounded() {
-        let delays: Vec<_> = reconnect_delays(Duration::from_millis(100), Duration::from_secs(5))
-            .take(50)
-            .collect();
+        let delays: Vec<_> = reconnect_delays(Duration::from_millis(100), Duration::from_secs(5)).take(50).collect();
         assert_eq!(delays.len(), 50, "never gives up");
         // Jitter adds at most the delay itself on top of the capped delay.
-        assert!(
-            delays.iter().all(|d| *d <= Duration::from_secs(10)),
-            "{delays:?}"
-        );
-        assert!(
-            delays.iter().all(|d| *d >= Duration::from_millis(100)),
-            "{delays:?}"
-        );
-        assert!(
-            delays[20] >= Duration::from_secs(5),
-            "grows to the cap: {delays:?}"
-        );
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(10)), "{delays:?}");
+        assert!(delays.iter().all(|d| *d >= Duration::from_millis(100)), "{delays:?}");
+        assert!(delays[20] >= Duration::from_secs(5), "grows to the cap: {delays:?}");
     }
 }

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Unavailable,
     /// The operation was cancelled or the process is shutting down.
     Cancelled,
+    /// Stored data is missing or corrupt.
+    DataLoss,
     /// A bug or an unexpected failure; details are logged, not returned.
     Internal,
 }
@@ -41,6 +43,7 @@ impl ErrorCode {
             ErrorCode::ResourceExhausted => Code::ResourceExhausted,
             ErrorCode::Unavailable => Code::Unavailable,
             ErrorCode::Cancelled => Code::Cancelled,
+            ErrorCode::DataLoss => Code::DataLoss,
             ErrorCode::Internal => Code::Internal,
         }
     }
@@ -77,10 +80,7 @@ pub struct FieldError {
 impl FieldError {
     /// A field error.
     pub fn new(field: &'static str, reason: impl Into<String>) -> Self {
-        Self {
-            field,
-            reason: reason.into(),
-        }
+        Self { field, reason: reason.into() }
     }
 }
 

@@ -3,9 +3,11 @@
 //! key layout, reconnect backoff and secret redaction. No database and no Redis here.
 
 pub mod backoff;
+pub mod chunk;
 pub mod error;
 pub mod ids;
 pub mod manifest;
 pub mod redact;
+pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -111,13 +111,11 @@ impl Manifest {
 
     /// Parses and checks a manifest written by [`Manifest::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ManifestError> {
-        let env: Envelope<'_> =
-            serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         if hex::encode(Sha256::digest(env.body.get().as_bytes())) != env.body_sha256 {
             return Err(ManifestError::ChecksumMismatch);
         }
-        let m: Manifest = serde_json::from_str(env.body.get())
-            .map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let m: Manifest = serde_json::from_str(env.body.get()).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         if m.format > MANIFEST_FORMAT {
             return Err(ManifestError::UnsupportedFormat(m.format));
         }
@@ -145,12 +143,7 @@ mod tests {
             raw_bytes: 10,
             stored_bytes: 5,
             sha256: "ab".into(),
-            chunks: vec![ManifestChunk {
-                seq: 0,
-                key: "k".into(),
-                size: 5,
-                sha256: "ab".into(),
-            }],
+            chunks: vec![ManifestChunk { seq: 0, key: "k".into(), size: 5, sha256: "ab".into() }],
             encryption_key_id: None,
         }
     }
@@ -160,17 +153,9 @@ mod tests {
         let m = sample();
         let bytes = m.to_bytes();
         assert_eq!(Manifest::from_bytes(&bytes).expect("valid"), m);
-        let tampered = String::from_utf8(bytes)
-            .expect("utf8")
-            .replace("\"size\":5", "\"size\":6");
-        assert!(matches!(
-            Manifest::from_bytes(tampered.as_bytes()),
-            Err(ManifestError::ChecksumMismatch)
-        ));
-        assert!(matches!(
-            Manifest::from_bytes(b"{}"),
-            Err(ManifestError::Malformed(_))
-        ));
+        let tampered = String::from_utf8(bytes).expect("utf8").replace("\"size\":5", "\"size\":6");
+        assert!(matches!(Manifest::from_bytes(tampered.as_bytes()), Err(ManifestError::ChecksumMismatch)));
+        assert!(matches!(Manifest::from_bytes(b"{}"), Err(ManifestError::Malformed(_))));
     }
 
     #[test]

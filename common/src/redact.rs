@@ -15,10 +15,7 @@ mod tests {
 
     #[test]
     fn redacts_every_occurrence_and_ignores_empty_secrets() {
-        assert_eq!(
-            redact("pw=hunter22 again hunter22", &["hunter22", ""]),
-            "pw=[REDACTED] again [REDACTED]"
-        );
+        assert_eq!(redact("pw=hunter22 again hunter22", &["hunter22", ""]), "pw=[REDACTED] again [REDACTED]");
         assert_eq!(redact("nothing here", &[]), "nothing here");
     }
 }

@@ -27,17 +27,10 @@ impl Drop for TelemetryGuard {
 }
 
 /// Installs the global subscriber. `json` selects JSON lines; `otlp_endpoint` enables span export.
-pub fn init(
-    service: &'static str,
-    json: bool,
-    otlp_endpoint: Option<&str>,
-) -> anyhow_free::Result<TelemetryGuard> {
+pub fn init(service: &'static str, json: bool, otlp_endpoint: Option<&str>) -> anyhow_free::Result<TelemetryGuard> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = if json {
-        tracing_subscriber::fmt::layer()
-            .json()
-            .with_target(true)
-            .boxed()
+        tracing_subscriber::fmt::layer().json().with_target(true).boxed()
     } else {
         tracing_subscriber::fmt::layer().with_target(true).boxed()
     };
@@ -52,11 +45,7 @@ pub fn init(
                 .map_err(|e| anyhow_free::Error(e.to_string()))?;
             let p = SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
-                .with_resource(
-                    opentelemetry_sdk::Resource::builder()
-                        .with_service_name(service)
-                        .build(),
-                )
+                .with_resource(opentelemetry_sdk::Resource::builder().with_service_name(service).build())
                 .build();
             let tracer = p.tracer(service);
             provider = Some(p);

@@ -54,8 +54,7 @@ pub fn agent_uri(id: AgentId) -> String {
 
 /// Reads the agent id from a DER client certificate's URI SAN.
 pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, TlsError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| TlsError::InvalidCertificate(e.to_string()))?;
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::InvalidCertificate(e.to_string()))?;
     let san = cert
         .subject_alternative_name()
         .map_err(|e| TlsError::InvalidCertificate(e.to_string()))?
@@ -64,9 +63,7 @@ pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, TlsError> {
         .general_names
         .iter()
         .find_map(|name| match name {
-            GeneralName::URI(uri) => uri
-                .strip_prefix(AGENT_URI_PREFIX)
-                .and_then(|id| id.parse().ok()),
+            GeneralName::URI(uri) => uri.strip_prefix(AGENT_URI_PREFIX).and_then(|id| id.parse().ok()),
             _ => None,
         })
         .ok_or(TlsError::NoAgentIdentity)
@@ -74,12 +71,8 @@ pub fn agent_id_from_cert(der: &[u8]) -> Result<AgentId, TlsError> {
 
 /// `(not_before, not_after)` of a DER certificate as unix timestamps.
 pub fn validity_unix(der: &[u8]) -> Result<(i64, i64), TlsError> {
-    let (_, cert) =
-        X509Certificate::from_der(der).map_err(|e| TlsError::InvalidCertificate(e.to_string()))?;
-    Ok((
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
-    ))
+    let (_, cert) = X509Certificate::from_der(der).map_err(|e| TlsError::InvalidCertificate(e.to_string()))?;
+    Ok((cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
 }
 
 /// When a certificate valid over `[not_before, not_after]` should be renewed: two thirds into its life.

@@ -7,13 +7,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use dg_proto::v1::{
-    agent_enrollment_service_server::AgentEnrollmentServiceServer,
-    agent_service_server::AgentServiceServer,
-    agent_session_service_server::AgentSessionServiceServer,
+    agent_enrollment_service_server::AgentEnrollmentServiceServer, agent_service_server::AgentServiceServer,
+    agent_session_service_server::AgentSessionServiceServer, audit_service_server::AuditServiceServer,
     auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
-    execution_service_server::ExecutionServiceServer, storage_service_server::StorageServiceServer,
+    execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
+    storage_service_server::StorageServiceServer,
 };
+use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
@@ -30,11 +31,14 @@ use crate::{
     },
     pki::Pki,
     service::{
+        agent_rpc::AgentRpc,
         agents::AgentsService,
         auth::AuthService,
+        backups::BackupsService,
         catalog::CatalogService,
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
+        health::{HealthService, HealthTask, redis_client},
         registry::AgentRegistry,
     },
 };
@@ -62,10 +66,7 @@ impl RunningController {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         self.tracker.close();
-        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(Duration::from_secs(10), self.tracker.wait()).await.is_err() {
             tracing::warn!("shutdown deadline passed; abandoning remaining tasks");
         }
         let _ = self.db.close().await;
@@ -80,9 +81,7 @@ impl RunningController {
 
 /// Connects and migrates (the `migrate` command).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database_url)
-        .await
-        .context("connect to the controller database")?;
+    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
     db.close().await?;
     Ok(())
@@ -91,13 +90,9 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// The CA certificate, creating the CA on first use (the `print-ca` command).
 pub async fn ca_pem(config: &Config) -> anyhow::Result<String> {
     let key = config.master_key()?;
-    let db = Db::connect(&config.database_url)
-        .await
-        .context("connect to the controller database")?;
+    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
-    let pki = Pki::load_or_create(&db, &key)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pki = Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(pki.ca_pem().to_owned())
 }
 
@@ -105,40 +100,24 @@ pub async fn ca_pem(config: &Config) -> anyhow::Result<String> {
 pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     dg_common::tls::install_crypto_provider();
     let key = config.master_key()?;
-    let db = Db::connect(&config.database_url)
-        .await
-        .context("connect to the controller database")?;
+    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
-    let pki = Arc::new(
-        Pki::load_or_create(&db, &key)
-            .await
-            .map_err(|e| anyhow::anyhow!("load CA: {e}"))?,
-    );
+    let pki = Arc::new(Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("load CA: {e}"))?);
 
     let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
     if let Some(pw) = &config.admin_password {
-        auth.bootstrap(&config.admin_username, pw)
-            .await
-            .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+        auth.bootstrap(&config.admin_username, pw).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
     }
 
-    let identity = pki
-        .server_identity(&config.server_names)
-        .map_err(|e| anyhow::anyhow!("server cert: {e}"))?;
+    let identity = pki.server_identity(&config.server_names).map_err(|e| anyhow::anyhow!("server cert: {e}"))?;
     let identity = Identity::from_pem(&identity.chain_pem, &identity.key_pem);
-    let api_listener = TcpListener::bind(config.api_listen)
-        .await
-        .with_context(|| format!("bind {}", config.api_listen))?;
-    let agent_listener = TcpListener::bind(config.agent_listen)
-        .await
-        .with_context(|| format!("bind {}", config.agent_listen))?;
+    let api_listener =
+        TcpListener::bind(config.api_listen).await.with_context(|| format!("bind {}", config.api_listen))?;
+    let agent_listener =
+        TcpListener::bind(config.agent_listen).await.with_context(|| format!("bind {}", config.agent_listen))?;
     let api_addr = api_listener.local_addr()?;
     let agent_addr = agent_listener.local_addr()?;
-    let first_name = config
-        .server_names
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "localhost".into());
+    let first_name = config.server_names.first().cloned().unwrap_or_else(|| "localhost".into());
     let agent_endpoint = if config.agent_endpoint.is_empty() {
         format!("https://{first_name}:{}", agent_addr.port())
     } else {
@@ -147,8 +126,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let api_endpoint = format!("https://{first_name}:{}", api_addr.port());
 
     let registry = AgentRegistry::default();
+    let rpc = AgentRpc::new(registry.clone());
     let waker = DispatchWaker::default();
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
+    let redis = redis_client(&config.redis_url).context("redis_url")?;
+    let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let ctx = Ctx {
         auth: auth.clone(),
         agents: AgentsService::new(
@@ -159,13 +141,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             agent_endpoint,
             api_endpoint,
         ),
-        catalog: CatalogService::new(db.clone(), key.clone()),
-        executions: ExecutionsService::new(db.clone(), waker.clone()),
+        catalog: catalog.clone(),
+        executions: ExecutionsService::new(db.clone(), waker.clone(), registry.clone()),
+        backups: BackupsService::new(db.clone(), key.clone(), rpc.clone()),
+        health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
+        rpc,
         registry: registry.clone(),
-        agent_settings: Arc::new(AgentSettings {
-            heartbeat: config.heartbeat_interval(),
-            lease_secs,
-        }),
+        agent_settings: Arc::new(AgentSettings { heartbeat: config.heartbeat_interval(), lease_secs }),
         db: db.clone(),
     };
 
@@ -174,9 +156,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
 
     // Operator API + enrollment: TLS, no client certificate.
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<BackupJobServiceServer<OperatorSvc>>()
-        .await;
+    health_reporter.set_serving::<BackupJobServiceServer<OperatorSvc>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(dg_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -194,31 +174,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .add_service(reflection_v1alpha)
         .add_service(AuthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(AgentServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(
-            DatasourceServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE),
-        )
+        .add_service(DatasourceServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(StorageServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(BackupJobServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(ExecutionServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(BackupServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(BackupServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(HealthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(AuditServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
-            AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone()))
-                .max_decoding_message_size(64 * 1024),
+            AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone())).max_decoding_message_size(64 * 1024),
         );
     let c = cancel.clone();
     tracker.spawn(async move {
-        if let Err(e) = api
-            .serve_with_incoming_shutdown(TcpIncoming::from(api_listener), c.cancelled())
-            .await
-        {
+        if let Err(e) = api.serve_with_incoming_shutdown(TcpIncoming::from(api_listener), c.cancelled()).await {
             tracing::error!(error = %e, "operator API server failed");
         }
     });
 
     // Agent sessions: mTLS with the controller CA as the only client root.
-    let agent_tls = ServerTlsConfig::new()
-        .identity(identity)
-        .client_ca_root(Certificate::from_pem(pki.ca_pem()));
+    let agent_tls = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(pki.ca_pem()));
     let sessions = Server::builder()
         .tls_config(agent_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -229,10 +203,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         );
     let c = cancel.clone();
     tracker.spawn(async move {
-        if let Err(e) = sessions
-            .serve_with_incoming_shutdown(TcpIncoming::from(agent_listener), c.cancelled())
-            .await
-        {
+        if let Err(e) = sessions.serve_with_incoming_shutdown(TcpIncoming::from(agent_listener), c.cancelled()).await {
             tracing::error!(error = %e, "agent server failed");
         }
     });
@@ -240,15 +211,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let dispatch = DispatchTask::new(
         db.clone(),
         key,
-        registry,
+        catalog.clone(),
+        registry.clone(),
         waker,
-        DispatchSettings {
-            lease_secs,
-            chunk_size: config.chunk_size_bytes,
-        },
+        DispatchSettings { lease_secs, chunk_size: config.chunk_size_bytes },
     );
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));
+    let health_interval = Duration::from_secs(config.health_interval_secs.max(1));
+    tracker.spawn(HealthTask::new(db.clone(), catalog, registry, health_interval).run(cancel.clone()));
+    let quit_redis = redis.clone();
+    let c = cancel.clone();
+    tracker.spawn(async move {
+        c.cancelled().await;
+        let _ = quit_redis.quit().await;
+    });
 
     info!(%api_addr, %agent_addr, ca = %pki.fingerprint(), "controller started");
     Ok(RunningController {

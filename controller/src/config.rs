@@ -40,6 +40,8 @@ pub struct Config {
     pub heartbeat_interval_secs: u64,
     /// A running execution is failed when its agent is silent this long.
     pub lease_secs: u64,
+    /// Interval of the periodic datasource and storage health checks.
+    pub health_interval_secs: u64,
     /// Stored chunk size agents cut backups into.
     pub chunk_size_bytes: u64,
     /// "text" or "json".
@@ -70,6 +72,7 @@ impl Default for Config {
             heartbeat_interval_secs: 10,
             lease_secs: 60,
             chunk_size_bytes: 8 * 1024 * 1024,
+            health_interval_secs: 300,
             log_format: "text".into(),
             otlp_endpoint: None,
             admin_username: "admin".into(),
@@ -96,34 +99,23 @@ impl Config {
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
-        let cfg: Config = fig
-            .merge(Env::prefixed("DG_"))
-            .extract()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        let cfg: Config = fig.merge(Env::prefixed("DG_")).extract().map_err(|e| ConfigError::Load(e.to_string()))?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
         if self.server_names.is_empty() {
-            return Err(ConfigError::Invalid(
-                "server_names must not be empty".into(),
-            ));
+            return Err(ConfigError::Invalid("server_names must not be empty".into()));
         }
         if self.agent_cert_ttl_secs < 10 || self.session_ttl_secs < 10 {
-            return Err(ConfigError::Invalid(
-                "ttl values must be at least 10 seconds".into(),
-            ));
+            return Err(ConfigError::Invalid("ttl values must be at least 10 seconds".into()));
         }
         if !(1024 * 1024..=256 * 1024 * 1024).contains(&self.chunk_size_bytes) {
-            return Err(ConfigError::Invalid(
-                "chunk_size_bytes must be between 1 MiB and 256 MiB".into(),
-            ));
+            return Err(ConfigError::Invalid("chunk_size_bytes must be between 1 MiB and 256 MiB".into()));
         }
         if self.log_format != "text" && self.log_format != "json" {
-            return Err(ConfigError::Invalid(
-                "log_format must be \"text\" or \"json\"".into(),
-            ));
+            return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));
         }
         Ok(())
     }
@@ -137,9 +129,7 @@ impl Config {
                 .trim()
                 .to_owned(),
             (None, None) => {
-                return Err(ConfigError::Invalid(
-                    "master_key or master_key_file is required".into(),
-                ));
+                return Err(ConfigError::Invalid("master_key or master_key_file is required".into()));
             }
         };
         MasterKey::from_hex(&hex_key).map_err(|e| ConfigError::Invalid(format!("master key: {e}")))

@@ -51,16 +51,8 @@ impl MasterKey {
     pub fn encrypt(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
-        let ct = self
-            .0
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|_| CryptoError::Decrypt)?;
+        let ct =
+            self.0.encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad }).map_err(|_| CryptoError::Decrypt)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ct);
@@ -74,9 +66,7 @@ impl MasterKey {
         }
         let (nonce, ct) = data.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().map_err(|_| CryptoError::Decrypt)?;
-        self.0
-            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
-            .map_err(|_| CryptoError::Decrypt)
+        self.0.decrypt(&Nonce::from(nonce), Payload { msg: ct, aad }).map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -94,19 +84,12 @@ pub fn token_hash(token: &str) -> Vec<u8> {
 
 /// Argon2id PHC string of a password.
 pub fn hash_password(password: &str) -> Result<String, CryptoError> {
-    Argon2::default()
-        .hash_password(password.as_bytes())
-        .map(|h| h.to_string())
-        .map_err(|_| CryptoError::Hash)
+    Argon2::default().hash_password(password.as_bytes()).map(|h| h.to_string()).map_err(|_| CryptoError::Hash)
 }
 
 /// Whether `password` matches the PHC string. Malformed hashes never match.
 pub fn verify_password(password: &str, phc: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|h| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok()
-    })
+    PasswordHash::new(phc).is_ok_and(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
 }
 
 #[cfg(test)]
@@ -119,15 +102,9 @@ mod tests {
         let ct = k.encrypt(b"row-1", b"s3cret").expect("encrypt");
         assert!(!ct.windows(6).any(|w| w == b"s3cret"));
         assert_eq!(k.decrypt(b"row-1", &ct).expect("decrypt"), b"s3cret");
-        assert!(
-            k.decrypt(b"row-2", &ct).is_err(),
-            "another row's id must not decrypt"
-        );
+        assert!(k.decrypt(b"row-2", &ct).is_err(), "another row's id must not decrypt");
         let other = MasterKey::from_hex(&"22".repeat(32)).expect("key");
-        assert!(
-            other.decrypt(b"row-1", &ct).is_err(),
-            "another key must not decrypt"
-        );
+        assert!(other.decrypt(b"row-1", &ct).is_err(), "another key must not decrypt");
         assert!(MasterKey::from_hex("abcd").is_err());
     }
 

@@ -35,6 +35,9 @@ pub enum ControllerError {
     /// Shutting down.
     #[error("shutting down")]
     Cancelled,
+    /// Stored backup data is missing or corrupt.
+    #[error("{0}")]
+    DataLoss(String),
     /// Database failure (details logged, not returned).
     #[error("database: {0}")]
     Database(DbErr),
@@ -52,9 +55,9 @@ impl From<DbErr> for ControllerError {
             Some(SqlErr::UniqueConstraintViolation(_)) => {
                 ControllerError::AlreadyExists("an object with this name already exists".into())
             }
-            Some(SqlErr::ForeignKeyConstraintViolation(_)) => ControllerError::FailedPrecondition(
-                "a referenced object does not exist or is still in use".into(),
-            ),
+            Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
+                ControllerError::FailedPrecondition("a referenced object does not exist or is still in use".into())
+            }
             _ => ControllerError::Database(e),
         }
     }
@@ -77,9 +80,8 @@ impl ServiceError for ControllerError {
             ControllerError::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             ControllerError::Unavailable(_) => ErrorCode::Unavailable,
             ControllerError::Cancelled => ErrorCode::Cancelled,
-            ControllerError::Database(_) | ControllerError::Crypto(_) | ControllerError::Pki(_) => {
-                ErrorCode::Internal
-            }
+            ControllerError::DataLoss(_) => ErrorCode::DataLoss,
+            ControllerError::Database(_) | ControllerError::Crypto(_) | ControllerError::Pki(_) => ErrorCode::Internal,
         }
     }
 }

@@ -168,8 +168,12 @@ pub struct Storage {
     pub config: serde_json::Value,
     /// Agent that hosts a local storage.
     pub agent_id: Option<Uuid>,
+    /// AES-256-GCM ciphertext of the write-only credentials (JSON), row id as AAD.
+    pub credentials_ciphertext: Option<Vec<u8>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// A backup job (storage targets loaded separately, in order).
@@ -199,8 +203,14 @@ pub struct BackupJob {
     pub compression_level: i32,
     /// Enabled for scheduling.
     pub enabled: bool,
+    /// Attempts in all (1 = no retry).
+    pub retry_max_attempts: i32,
+    /// Wait before a retry.
+    pub retry_backoff_secs: i32,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
 }
 
 /// One execution.
@@ -274,4 +284,38 @@ pub struct LogLine {
     pub level: String,
     /// Text.
     pub message: String,
+}
+
+/// One persisted health check.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct HealthCheck {
+    /// When.
+    pub checked_at: DateTime<Utc>,
+    /// Passed.
+    pub ok: bool,
+    /// Round trip.
+    pub latency_ms: Option<i32>,
+    /// Failure text.
+    pub error: Option<String>,
+    /// Server version (databases).
+    pub detail: Option<String>,
+}
+
+/// One audit row.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct AuditEvent {
+    /// Sequence.
+    pub id: i64,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// Target kind.
+    pub target_kind: String,
+    /// Target id.
+    pub target_id: Option<String>,
+    /// Outcome.
+    pub outcome: String,
 }

@@ -9,9 +9,8 @@ use chrono::{DateTime, Utc};
 use dg_common::{ids::AgentId, tls};
 use rand::RngCore;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
-    string::Ia5String,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber, string::Ia5String,
 };
 use time::OffsetDateTime;
 
@@ -33,9 +32,7 @@ pub struct Pki {
 
 impl std::fmt::Debug for Pki {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pki")
-            .field("fingerprint", &self.fingerprint())
-            .finish_non_exhaustive()
+        f.debug_struct("Pki").field("fingerprint", &self.fingerprint()).finish_non_exhaustive()
     }
 }
 
@@ -58,23 +55,14 @@ impl Pki {
                 tracing::info!("created the controller certificate authority");
             }
         }
-        let stored = db
-            .load_ca()
-            .await?
-            .ok_or_else(|| ControllerError::Pki("CA vanished".into()))?;
+        let stored = db.load_ca().await?.ok_or_else(|| ControllerError::Pki("CA vanished".into()))?;
         let key_pem = String::from_utf8(key.decrypt(CA_AAD, &stored.key_ciphertext)?)
             .map_err(|_| ControllerError::Pki("CA key is not UTF-8".into()))?;
         let key_pair = KeyPair::from_pem(&key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(&stored.cert_pem, key_pair)?;
-        let ca_der = tls::certs_from_pem(&stored.cert_pem)
-            .map_err(|e| ControllerError::Pki(e.to_string()))?
-            .remove(0)
-            .to_vec();
-        Ok(Self {
-            ca_pem: stored.cert_pem,
-            ca_der,
-            issuer,
-        })
+        let ca_der =
+            tls::certs_from_pem(&stored.cert_pem).map_err(|e| ControllerError::Pki(e.to_string()))?.remove(0).to_vec();
+        Ok(Self { ca_pem: stored.cert_pem, ca_der, issuer })
     }
 
     /// CA certificate (PEM).
@@ -106,10 +94,7 @@ impl Pki {
         params.not_after = now + time::Duration::days(365);
         params.serial_number = Some(random_serial());
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(ServerIdentity {
-            chain_pem: format!("{}{}", cert.pem(), self.ca_pem),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(ServerIdentity { chain_pem: format!("{}{}", cert.pem(), self.ca_pem), key_pem: key.serialize_pem() })
     }
 
     /// Signs an agent's CSR. Only the CSR's public key is used: the subject and SAN come from `agent`.
@@ -120,10 +105,7 @@ impl Pki {
         ttl: std::time::Duration,
     ) -> ControllerResult<(String, IssuedCert)> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-            ControllerError::Invalid(dg_common::error::FieldError::new(
-                "csr_pem",
-                format!("invalid CSR: {e}"),
-            ))
+            ControllerError::Invalid(dg_common::error::FieldError::new("csr_pem", format!("invalid CSR: {e}")))
         })?;
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(&format!("dataguardian-agent {agent}"));
@@ -132,8 +114,7 @@ impl Pki {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let now = OffsetDateTime::now_utc();
         let not_before = now - time::Duration::minutes(5);
-        let not_after =
-            now + time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
+        let not_after = now + time::Duration::seconds(i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX / 2));
         params.not_before = not_before;
         params.not_after = not_after;
         let serial = random_serial();
@@ -153,11 +134,7 @@ fn new_ca() -> ControllerResult<(String, String)> {
     let mut params = CertificateParams::default();
     params.distinguished_name = dn("DataGuardian CA");
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     let now = OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::hours(1);
     params.not_after = now + time::Duration::days(3650);

@@ -8,8 +8,7 @@ pub mod v1 {
 }
 
 /// Encoded `FileDescriptorSet` of every DataGuardian proto file (for server reflection).
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/dataguardian_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dataguardian_descriptor.bin"));
 
 /// Agent protocol version this build speaks. Bumped only for incompatible changes; additions are
 /// backwards compatible and keep the number.

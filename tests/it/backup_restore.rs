@@ -61,20 +61,10 @@ async fn fingerprint(db: &TestDb) -> anyhow::Result<Vec<(String, i64, String)>> 
                 "SELECT count(*) AS n, coalesce(md5(string_agg(t::text, '|' ORDER BY id)), '') AS sum FROM {t} t"
             )))
             .await?;
-        out.push((
-            (*t).to_owned(),
-            row.try_get::<i64, _>("n")?,
-            row.try_get::<String, _>("sum")?,
-        ));
+        out.push(((*t).to_owned(), row.try_get::<i64, _>("n")?, row.try_get::<String, _>("sum")?));
     }
-    let v = c
-        .fetch_one("SELECT count(*) AS n FROM happy_people")
-        .await?;
-    out.push((
-        "happy_people".into(),
-        v.try_get::<i64, _>("n")?,
-        String::new(),
-    ));
+    let v = c.fetch_one("SELECT count(*) AS n FROM happy_people").await?;
+    out.push(("happy_people".into(), v.try_get::<i64, _>("n")?, String::new()));
     Ok(out)
 }
 
@@ -86,68 +76,31 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let storage_dir = cluster.dir.path().join("backups");
-    let (ds, storage, job) = c
-        .setup_pg_job(
-            &agent.id,
-            &storage_dir,
-            &source.name,
-            5432,
-            "unused-with-trust",
-        )
-        .await?;
+    let (ds, storage, job) = c.setup_pg_job(&agent.id, &storage_dir, &source.name, 5432, "unused-with-trust").await?;
 
     let ex = c.run_job(&job.id).await?;
     let logs = c.logs(&ex.id).await?;
-    assert_eq!(
-        ex.status,
-        pb::ExecutionStatus::Completed as i32,
-        "backup failed: {}\n{logs}",
-        ex.error
-    );
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "backup failed: {}\n{logs}", ex.error);
     assert_eq!(ex.attempt, 1);
-    assert!(
-        ex.raw_bytes > 10_000_000,
-        "a few hundred thousand rows dump to more than 10 MB: {}",
-        ex.raw_bytes
-    );
+    assert!(ex.raw_bytes > 10_000_000, "a few hundred thousand rows dump to more than 10 MB: {}", ex.raw_bytes);
     assert!(ex.stored_bytes < ex.raw_bytes, "zstd must shrink the dump");
-    assert!(
-        ex.chunk_count >= 2,
-        "1 MiB chunks: expected several, got {}",
-        ex.chunk_count
-    );
+    assert!(ex.chunk_count >= 2, "1 MiB chunks: expected several, got {}", ex.chunk_count);
     assert!(logs.contains("connection test ok"), "{logs}");
 
     // What the API says is stored is what is on disk.
-    let backups = c
-        .backups
-        .list_backups(authed(pb::ListBackupsRequest::default(), &c.token))
-        .await?
-        .into_inner();
+    let backups = c.backups.list_backups(authed(pb::ListBackupsRequest::default(), &c.token)).await?.into_inner();
     assert_eq!(backups.backups.len(), 1);
-    let b = c
-        .backups
-        .get_backup(authed(pb::GetBackupRequest { id: ex.id.clone() }, &c.token))
-        .await?
-        .into_inner();
+    let b = c.backups.get_backup(authed(pb::GetBackupRequest { id: ex.id.clone() }, &c.token)).await?.into_inner();
     assert_eq!(b.storage_ids, vec![storage.id.clone()]);
     assert_eq!(b.chunks.len() as u32, ex.chunk_count);
     let mut whole = Sha256::new();
     let mut total = 0u64;
     for (i, ch) in b.chunks.iter().enumerate() {
         assert_eq!(ch.seq as usize, i);
-        assert!(
-            ch.key.starts_with(&format!("{}/{}/1/", ds.id, ex.id)),
-            "key built from ids: {}",
-            ch.key
-        );
+        assert!(ch.key.starts_with(&format!("{}/{}/1/", ds.id, ex.id)), "key built from ids: {}", ch.key);
         let bytes = std::fs::read(storage_dir.join(&ch.key))?;
         assert_eq!(bytes.len() as u64, ch.size);
-        assert_eq!(
-            hex::encode(Sha256::digest(&bytes)),
-            ch.sha256,
-            "chunk {i} checksum"
-        );
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), ch.sha256, "chunk {i} checksum");
         whole.update(&bytes);
         total += ch.size;
     }
@@ -159,10 +112,7 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
     assert_eq!(manifest.engine, "postgres");
     assert!(manifest.tool_version.starts_with("pg_dump "));
     for (m, ch) in manifest.chunks.iter().zip(&b.chunks) {
-        assert_eq!(
-            (m.seq, &m.key, m.size, &m.sha256),
-            (ch.seq, &ch.key, ch.size, &ch.sha256)
-        );
+        assert_eq!((m.seq, &m.key, m.size, &m.sha256), (ch.seq, &ch.key, ch.size, &ch.sha256));
     }
     // The stored stream is plain zstd of a pg_dump custom archive.
     let mut stream = Vec::new();
@@ -190,21 +140,11 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(restore.operation, pb::Operation::Restore as i32);
-    let done = c
-        .wait_execution(&restore.id, Duration::from_secs(300))
-        .await?;
+    let done = c.wait_execution(&restore.id, Duration::from_secs(300)).await?;
     let rlogs = c.logs(&restore.id).await?;
-    assert_eq!(
-        done.status,
-        pb::ExecutionStatus::Completed as i32,
-        "restore failed: {}\n{rlogs}",
-        done.error
-    );
+    assert_eq!(done.status, pb::ExecutionStatus::Completed as i32, "restore failed: {}\n{rlogs}", done.error);
     assert!(rlogs.contains("verified"), "{rlogs}");
-    assert_eq!(
-        done.raw_bytes, ex.raw_bytes,
-        "every byte of the archive reached pg_restore"
-    );
+    assert_eq!(done.raw_bytes, ex.raw_bytes, "every byte of the archive reached pg_restore");
 
     let (a, b) = (fingerprint(&source).await?, fingerprint(&target).await?);
     assert_eq!(a, b, "restored data differs");

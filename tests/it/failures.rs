@@ -15,56 +15,26 @@ async fn missing_database_and_wrong_password_fail_cleanly() -> anyhow::Result<()
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("backups");
 
-    let (_, _, job) = c
-        .setup_pg_job(&agent.id, &dir, "dgt_does_not_exist", 5432, "")
-        .await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "dgt_does_not_exist", 5432, "").await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
-    assert!(
-        ex.error.contains("does not exist"),
-        "readable error: {}",
-        ex.error
-    );
+    assert!(ex.error.contains("does not exist"), "readable error: {}", ex.error);
 
     let wrong = "wrong-password-Zq81";
-    let (_, _, job) = c
-        .setup_pg_job(&agent.id, &dir, "postgres", scram.port, wrong)
-        .await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "postgres", scram.port, wrong).await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
-    assert!(
-        ex.error.contains("password authentication failed"),
-        "readable error: {}",
-        ex.error
-    );
+    assert!(ex.error.contains("password authentication failed"), "readable error: {}", ex.error);
     let logs = c.logs(&ex.id).await?;
-    assert!(
-        !ex.error.contains(wrong) && !logs.contains(wrong),
-        "the password leaked"
-    );
+    assert!(!ex.error.contains(wrong) && !logs.contains(wrong), "the password leaked");
 
     // The right password against the same server works, proving the failure was the password.
-    let (_, _, job) = c
-        .setup_pg_job(&agent.id, &dir, "postgres", scram.port, &scram.password)
-        .await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "postgres", scram.port, &scram.password).await?;
     let ok = c.run_job(&job.id).await?;
-    assert_eq!(
-        ok.status,
-        pb::ExecutionStatus::Completed as i32,
-        "{}",
-        ok.error
-    );
+    assert_eq!(ok.status, pb::ExecutionStatus::Completed as i32, "{}", ok.error);
 
-    let backups = c
-        .backups
-        .list_backups(authed(pb::ListBackupsRequest::default(), &c.token))
-        .await?
-        .into_inner();
-    assert_eq!(
-        backups.backups.len(),
-        1,
-        "only the successful backup is listed"
-    );
+    let backups = c.backups.list_backups(authed(pb::ListBackupsRequest::default(), &c.token)).await?.into_inner();
+    assert_eq!(backups.backups.len(), 1, "only the successful backup is listed");
     assert_eq!(backups.backups[0].id, ok.id);
 
     agent.stop().await;

@@ -15,22 +15,13 @@ impl Grpcurl<'_> {
     /// Runs grpcurl; returns (success, stdout, stderr).
     fn run(&self, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
         let mut cmd = Command::new("grpcurl");
-        cmd.arg("-cacert")
-            .arg(&self.cluster.ca_file)
-            .arg("-max-time")
-            .arg("20");
+        cmd.arg("-cacert").arg(&self.cluster.ca_file).arg("-max-time").arg("20");
         if let Some(t) = &self.token {
             cmd.arg("-H").arg(format!("authorization: Bearer {t}"));
         }
-        let out = cmd
-            .args(args)
-            .output()
-            .map_err(|e| anyhow::anyhow!("grpcurl not runnable ({e}); run tests/run.sh"))?;
-        Ok((
-            out.status.success(),
-            String::from_utf8(out.stdout)?,
-            String::from_utf8(out.stderr)?,
-        ))
+        let out =
+            cmd.args(args).output().map_err(|e| anyhow::anyhow!("grpcurl not runnable ({e}); run tests/run.sh"))?;
+        Ok((out.status.success(), String::from_utf8(out.stdout)?, String::from_utf8(out.stderr)?))
     }
 
     fn call(&self, method: &str, body: &Value) -> anyhow::Result<Value> {
@@ -43,9 +34,7 @@ impl Grpcurl<'_> {
 
 /// A field by its JSON name (lowerCamelCase) or proto name (snake_case): grpcurl versions differ.
 fn field<'v>(v: &'v Value, camel: &str, snake: &str) -> &'v Value {
-    v.get(camel)
-        .or_else(|| v.get(snake))
-        .unwrap_or(&Value::Null)
+    v.get(camel).or_else(|| v.get(snake)).unwrap_or(&Value::Null)
 }
 
 fn s(v: &Value) -> String {
@@ -61,10 +50,7 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     }
     let mut cluster = Cluster::start().await?;
     let addr = format!("127.0.0.1:{}", cluster.api_addr.port());
-    let mut g = Grpcurl {
-        cluster: &cluster,
-        token: None,
-    };
+    let mut g = Grpcurl { cluster: &cluster, token: None };
 
     // Reflection: list and describe, no .proto files.
     let (ok, out, err) = g.run(&[&addr, "list"])?;
@@ -75,10 +61,7 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
         "dataguardian.v1.BackupService",
         "grpc.health.v1.Health",
     ] {
-        assert!(
-            out.lines().any(|l| l.trim() == svc),
-            "{svc} missing from list:\n{out}"
-        );
+        assert!(out.lines().any(|l| l.trim() == svc), "{svc} missing from list:\n{out}");
     }
     let (ok, out, _) = g.run(&[&addr, "describe", "dataguardian.v1.BackupJobService"])?;
     assert!(ok && out.contains("rpc RunNow"), "{out}");
@@ -87,10 +70,7 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
 
     // Without a token: UNAUTHENTICATED.
     let (ok, out, err) = g.run(&["-d", "{}", &addr, "dataguardian.v1.AgentService/ListAgents"])?;
-    assert!(
-        !ok && (err.contains("Unauthenticated") || out.contains("Unauthenticated")),
-        "{err}{out}"
-    );
+    assert!(!ok && (err.contains("Unauthenticated") || out.contains("Unauthenticated")), "{err}{out}");
 
     // Login.
     let login = g.call(
@@ -102,10 +82,8 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     g.token = Some(token.clone());
 
     // An agent enrolls with the token grpcurl obtained.
-    let jt = g.call(
-        "dataguardian.v1.AgentService/CreateJoinToken",
-        &serde_json::json!({"description": "grpcurl test"}),
-    )?;
+    let jt =
+        g.call("dataguardian.v1.AgentService/CreateJoinToken", &serde_json::json!({"description": "grpcurl test"}))?;
     let state = dg_agent::state::StateDir::open(&cluster.dir.path().join("agent"))?;
     let agent_id = dg_agent::enroll::enroll(
         &cluster.api_endpoint(),
@@ -115,24 +93,14 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     )
     .await?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let agent = tokio::spawn(dg_agent::session::run(
-        state,
-        Default::default(),
-        cancel.clone(),
-    ));
+    let agent = tokio::spawn(dg_agent::session::run(state, Default::default(), cancel.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let a = g.call(
-            "dataguardian.v1.AgentService/GetAgent",
-            &serde_json::json!({"id": agent_id}),
-        )?;
+        let a = g.call("dataguardian.v1.AgentService/GetAgent", &serde_json::json!({"id": agent_id}))?;
         if s(field(&a, "status", "status")) == "AGENT_STATUS_ONLINE" {
             break;
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "agent never online: {a}"
-        );
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "agent never online: {a}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
@@ -147,51 +115,33 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
         &serde_json::json!({"name": "src", "engine": "ENGINE_POSTGRES", "host": "127.0.0.1", "port": 5432,
             "database": source.name, "username": "postgres", "password": "grpcurl-secret-pw", "tlsMode": "TLS_MODE_DISABLE", "agentId": agent_id}),
     )?;
-    assert!(
-        ds.get("password").is_none(),
-        "password must never be returned: {ds}"
-    );
+    assert!(ds.get("password").is_none(), "password must never be returned: {ds}");
     let job = g.call(
         "dataguardian.v1.BackupJobService/CreateBackupJob",
         &serde_json::json!({"name": "nightly", "datasourceId": s(&ds["id"]), "storageIds": [s(&st["id"])],
             "cron": "0 3 * * *", "timeZone": "Europe/Paris", "storageStrategy": "STORAGE_STRATEGY_FALLBACK"}),
     )?;
-    let ex = g.call(
-        "dataguardian.v1.BackupJobService/RunNow",
-        &serde_json::json!({"jobId": s(&job["id"])}),
-    )?;
+    let ex = g.call("dataguardian.v1.BackupJobService/RunNow", &serde_json::json!({"jobId": s(&job["id"])}))?;
     assert_eq!(s(&ex["status"]), "EXECUTION_STATUS_QUEUED", "{ex}");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let done = loop {
-        let e = g.call(
-            "dataguardian.v1.ExecutionService/GetExecution",
-            &serde_json::json!({"id": s(&ex["id"])}),
-        )?;
+        let e = g.call("dataguardian.v1.ExecutionService/GetExecution", &serde_json::json!({"id": s(&ex["id"])}))?;
         match s(&e["status"]).as_str() {
             "EXECUTION_STATUS_COMPLETED" | "EXECUTION_STATUS_FAILED" => break e,
             _ => {}
         }
-        anyhow::ensure!(
-            tokio::time::Instant::now() < deadline,
-            "execution never ended: {e}"
-        );
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "execution never ended: {e}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(s(&done["status"]), "EXECUTION_STATUS_COMPLETED", "{done}");
-    let backups = g.call(
-        "dataguardian.v1.BackupService/ListBackups",
-        &serde_json::json!({}),
-    )?;
+    let backups = g.call("dataguardian.v1.BackupService/ListBackups", &serde_json::json!({}))?;
     let list = backups["backups"].as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 1, "{backups}");
     assert_eq!(s(&list[0]["id"]), s(&ex["id"]));
 
     // Bad input is named.
     let (ok, out, err) = g.run(&["-d", r#"{"name": "x", "engine": "ENGINE_POSTGRES", "host": "h", "database": "--file=/etc/passwd", "username": "u", "agentId": "00000000-0000-0000-0000-000000000000"}"#, &addr, "dataguardian.v1.DatasourceService/CreateDatasource"])?;
-    assert!(
-        !ok && (err.contains("InvalidArgument") && err.contains("database")),
-        "{err}{out}"
-    );
+    assert!(!ok && (err.contains("InvalidArgument") && err.contains("database")), "{err}{out}");
 
     // Health is served.
     let (ok, out, _) = g.run(&[&addr, "grpc.health.v1.Health/Check"])?;

@@ -51,7 +51,8 @@ async fn agent_renews_reconnects_and_is_revoked() -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.id.clone() }, &c.token)).await?.into_inner();
-        if a.status == pb::AgentStatus::Online as i32 && a.last_heartbeat_at.is_some_and(|t| t.seconds >= renewed - 12) {
+        if a.status == pb::AgentStatus::Online as i32 && a.last_heartbeat_at.is_some_and(|t| t.seconds >= renewed - 12)
+        {
             break;
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "agent did not reconnect");

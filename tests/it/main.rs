@@ -4,5 +4,5 @@
 mod backup_restore;
 mod failures;
 mod grpcurl;
-mod security;
 mod lifecycle;
+mod security;

@@ -19,10 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Identity};
 
 /// Opens a session with `identity` (or none) and returns the first controller message or the error.
-async fn try_session(
-    cluster: &Cluster,
-    identity: Option<Identity>,
-) -> anyhow::Result<pb::ControllerMessage> {
+async fn try_session(cluster: &Cluster, identity: Option<Identity>) -> anyhow::Result<pb::ControllerMessage> {
     let endpoint = format!("https://127.0.0.1:{}", cluster.agent_addr.port());
     let channel = enroll::channel(&endpoint, &cluster.ca_pem, identity).await?;
     let mut client = AgentSessionServiceClient::new(channel);
@@ -43,10 +40,7 @@ async fn try_session(
 }
 
 fn identity_of(dir: &StateDir) -> anyhow::Result<Identity> {
-    Ok(Identity::from_pem(
-        std::fs::read(dir.path("cert.pem"))?,
-        std::fs::read(dir.path("key.pem"))?,
-    ))
+    Ok(Identity::from_pem(std::fs::read(dir.path("cert.pem"))?, std::fs::read(dir.path("key.pem"))?))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,17 +51,12 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
     let api = cluster.api_endpoint();
 
     // A properly enrolled agent gets a Welcome naming its id (positive control for the negatives below).
-    let jt = c
-        .agents
-        .create_join_token(authed(pb::CreateJoinTokenRequest::default(), &t))
-        .await?
-        .into_inner();
+    let jt = c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &t)).await?.into_inner();
     assert!(jt.enroll_command.contains(&jt.token) && jt.ca_fingerprint.starts_with("sha256:"));
     let dir = StateDir::open(&cluster.dir.path().join("a1"))?;
     let agent_id = enroll::enroll(&api, &jt.token, &jt.ca_fingerprint, &dir).await?;
     for f in ["key.pem", "cert.pem"] {
-        let mode =
-            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path(f))?.permissions());
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(dir.path(f))?.permissions());
         assert_eq!(mode & 0o777, 0o600, "{f} must be 0600");
     }
     match try_session(&cluster, Some(identity_of(&dir)?)).await?.kind {
@@ -76,13 +65,8 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
     }
 
     // The same join token a second time is refused.
-    let again = enroll::enroll(
-        &api,
-        &jt.token,
-        &jt.ca_fingerprint,
-        &StateDir::open(&cluster.dir.path().join("a2"))?,
-    )
-    .await;
+    let again =
+        enroll::enroll(&api, &jt.token, &jt.ca_fingerprint, &StateDir::open(&cluster.dir.path().join("a2"))?).await;
     let err = again.expect_err("second use of a join token must fail");
     assert!(err.to_string().contains("Unauthenticated"), "{err}");
 
@@ -91,10 +75,7 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
         .agents
         .create_join_token(authed(
             pb::CreateJoinTokenRequest {
-                ttl: Some(prost_types::Duration {
-                    seconds: 1,
-                    nanos: 0,
-                }),
+                ttl: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
                 description: "short".into(),
             },
             &t,
@@ -102,38 +83,16 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
         .await?
         .into_inner();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let expired = enroll::enroll(
-        &api,
-        &short.token,
-        &short.ca_fingerprint,
-        &StateDir::open(&cluster.dir.path().join("a3"))?,
-    )
-    .await;
-    assert!(
-        expired
-            .expect_err("expired token")
-            .to_string()
-            .contains("Unauthenticated")
-    );
+    let expired =
+        enroll::enroll(&api, &short.token, &short.ca_fingerprint, &StateDir::open(&cluster.dir.path().join("a3"))?)
+            .await;
+    assert!(expired.expect_err("expired token").to_string().contains("Unauthenticated"));
 
     // Pinning: a wrong CA fingerprint stops enrollment before the token is sent.
-    let fresh = c
-        .agents
-        .create_join_token(authed(pb::CreateJoinTokenRequest::default(), &t))
-        .await?
-        .into_inner();
+    let fresh = c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &t)).await?.into_inner();
     let wrong_pin = format!("sha256:{}", "00".repeat(32));
-    let pinned = enroll::enroll(
-        &api,
-        &fresh.token,
-        &wrong_pin,
-        &StateDir::open(&cluster.dir.path().join("a4"))?,
-    )
-    .await;
-    assert!(
-        pinned.expect_err("wrong pin").to_string().contains("pinn"),
-        "pinning error expected"
-    );
+    let pinned = enroll::enroll(&api, &fresh.token, &wrong_pin, &StateDir::open(&cluster.dir.path().join("a4"))?).await;
+    assert!(pinned.expect_err("wrong pin").to_string().contains("pinn"), "pinning error expected");
 
     // The CSR's requested identity is ignored: ask for another agent's URI, get our own id.
     let (key, _) = enroll::new_key_and_csr()?;
@@ -153,16 +112,10 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
     let der = tls::certs_from_pem(&resp.certificate_pem)?.remove(0);
     let issued_id = tls::agent_id_from_cert(&der)?;
     assert_eq!(issued_id.to_string(), resp.agent_id);
-    assert_ne!(
-        resp.agent_id, agent_id,
-        "the subject the CSR asked for must be ignored"
-    );
+    assert_ne!(resp.agent_id, agent_id, "the subject the CSR asked for must be ignored");
 
     // No client certificate: refused.
-    assert!(
-        try_session(&cluster, None).await.is_err(),
-        "session without client certificate must be refused"
-    );
+    assert!(try_session(&cluster, None).await.is_err(), "session without client certificate must be refused");
 
     // A certificate from another CA, even naming a real agent: refused.
     let rogue_ca_key = KeyPair::generate()?;
@@ -176,28 +129,14 @@ async fn agent_port_and_enrollment_are_locked_down() -> anyhow::Result<()> {
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     drop(rogue_ca);
     let rogue = Identity::from_pem(leaf_cert.pem(), leaf_key.serialize_pem());
-    assert!(
-        try_session(&cluster, Some(rogue)).await.is_err(),
-        "foreign CA must be refused"
-    );
+    assert!(try_session(&cluster, Some(rogue)).await.is_err(), "foreign CA must be refused");
 
     // Revocation: the agent's certificate no longer opens a session.
-    c.agents
-        .revoke_agent(authed(
-            pb::RevokeAgentRequest {
-                id: agent_id.clone(),
-            },
-            &t,
-        ))
-        .await?;
+    c.agents.revoke_agent(authed(pb::RevokeAgentRequest { id: agent_id.clone() }, &t)).await?;
     let revoked = try_session(&cluster, Some(identity_of(&dir)?)).await;
     let err = revoked.expect_err("revoked agent must be refused");
     assert!(err.to_string().contains("revoked"), "{err}");
-    let a = c
-        .agents
-        .get_agent(authed(pb::GetAgentRequest { id: agent_id }, &t))
-        .await?
-        .into_inner();
+    let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent_id }, &t)).await?.into_inner();
     assert_eq!(a.status, pb::AgentStatus::Revoked as i32);
 
     cluster.stop().await;
@@ -209,67 +148,28 @@ async fn operator_rpcs_need_a_live_session() -> anyhow::Result<()> {
     let mut cluster = Cluster::start().await?;
     let mut c = cluster.clients().await?;
 
-    let none = c
-        .agents
-        .list_agents(pb::ListAgentsRequest::default())
-        .await
-        .expect_err("no token");
+    let none = c.agents.list_agents(pb::ListAgentsRequest::default()).await.expect_err("no token");
     assert_eq!(none.code(), Code::Unauthenticated);
-    let bad = c
-        .agents
-        .list_agents(authed(pb::ListAgentsRequest::default(), "dgs_not-a-token"))
-        .await
-        .expect_err("bad");
+    let bad = c.agents.list_agents(authed(pb::ListAgentsRequest::default(), "dgs_not-a-token")).await.expect_err("bad");
     assert_eq!(bad.code(), Code::Unauthenticated);
-    let good = c
-        .agents
-        .list_agents(authed(pb::ListAgentsRequest::default(), &c.token))
-        .await?;
+    let good = c.agents.list_agents(authed(pb::ListAgentsRequest::default(), &c.token)).await?;
     assert!(good.into_inner().agents.is_empty());
 
     // Wrong password: refused, and Setup is closed once an admin exists.
     let mut auth = pb::auth_service_client::AuthServiceClient::new(cluster.channel().await?);
-    let wrong = auth
-        .login(pb::LoginRequest {
-            username: "admin".into(),
-            password: "nope-nope-nope".into(),
-        })
-        .await;
-    assert_eq!(
-        wrong.expect_err("wrong password").code(),
-        Code::Unauthenticated
-    );
-    let setup = auth
-        .setup(pb::SetupRequest {
-            username: "admin2".into(),
-            password: "another-long-password".into(),
-        })
-        .await;
-    assert_eq!(
-        setup.expect_err("setup twice").code(),
-        Code::FailedPrecondition
-    );
+    let wrong = auth.login(pb::LoginRequest { username: "admin".into(), password: "nope-nope-nope".into() }).await;
+    assert_eq!(wrong.expect_err("wrong password").code(), Code::Unauthenticated);
+    let setup =
+        auth.setup(pb::SetupRequest { username: "admin2".into(), password: "another-long-password".into() }).await;
+    assert_eq!(setup.expect_err("setup twice").code(), Code::FailedPrecondition);
 
     // Me works, Logout revokes.
-    let me = auth
-        .me(authed(pb::MeRequest {}, &c.token))
-        .await?
-        .into_inner();
+    let me = auth.me(authed(pb::MeRequest {}, &c.token)).await?.into_inner();
     assert_eq!(me.username, "admin");
     auth.logout(authed(pb::LogoutRequest {}, &c.token)).await?;
-    let after = c
-        .agents
-        .list_agents(authed(pb::ListAgentsRequest::default(), &c.token))
-        .await
-        .expect_err("revoked");
+    let after = c.agents.list_agents(authed(pb::ListAgentsRequest::default(), &c.token)).await.expect_err("revoked");
     assert_eq!(after.code(), Code::Unauthenticated);
-    assert_eq!(
-        auth.me(authed(pb::MeRequest {}, &c.token))
-            .await
-            .expect_err("me")
-            .code(),
-        Code::Unauthenticated
-    );
+    assert_eq!(auth.me(authed(pb::MeRequest {}, &c.token)).await.expect_err("me").code(), Code::Unauthenticated);
 
     cluster.stop().await;
     Ok(())

@@ -8,8 +8,8 @@ use dg_controller::{app::RunningController, config::Config};
 use dg_proto::v1::{
     self as pb, agent_service_client::AgentServiceClient, auth_service_client::AuthServiceClient,
     backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
-    datasource_service_client::DatasourceServiceClient,
-    execution_service_client::ExecutionServiceClient, storage_service_client::StorageServiceClient,
+    datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
+    storage_service_client::StorageServiceClient,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -33,10 +33,7 @@ pub struct ClusterOptions {
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self {
-            chunk_size: 1024 * 1024,
-            agent_cert_ttl_secs: 3600,
-        }
+        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600 }
     }
 }
 
@@ -139,33 +136,20 @@ impl Cluster {
 
     /// CA fingerprint.
     pub fn ca_fingerprint(&self) -> String {
-        self.controller
-            .as_ref()
-            .map(|c| c.ca_fingerprint.clone())
-            .unwrap_or_default()
+        self.controller.as_ref().map(|c| c.ca_fingerprint.clone()).unwrap_or_default()
     }
 
     /// A TLS channel to the operator API.
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(&self.ca_pem))
-            .domain_name("127.0.0.1");
-        Ok(Channel::from_shared(self.api_endpoint())?
-            .tls_config(tls)?
-            .connect()
-            .await?)
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("127.0.0.1");
+        Ok(Channel::from_shared(self.api_endpoint())?.tls_config(tls)?.connect().await?)
     }
 
     /// Logs in as the bootstrap admin and returns the token.
     pub async fn login(&self) -> anyhow::Result<String> {
         let mut c = AuthServiceClient::new(self.channel().await?);
-        let r = c
-            .login(pb::LoginRequest {
-                username: "admin".into(),
-                password: ADMIN_PASSWORD.into(),
-            })
-            .await?
-            .into_inner();
+        let r =
+            c.login(pb::LoginRequest { username: "admin".into(), password: ADMIN_PASSWORD.into() }).await?.into_inner();
         Ok(r.token)
     }
 
@@ -185,31 +169,19 @@ impl Cluster {
 
     /// Creates a join token, enrolls an agent with it and runs the agent in-process until it is online.
     pub async fn start_agent(&self, c: &mut Clients) -> anyhow::Result<AgentHandle> {
-        let jt = c
-            .agents
-            .create_join_token(authed(pb::CreateJoinTokenRequest::default(), &c.token))
-            .await?
-            .into_inner();
+        let jt =
+            c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &c.token)).await?.into_inner();
         let state_dir = self.dir.path().join(format!("agent-{}", suffix()));
         let dir = StateDir::open(&state_dir)?;
         let id = enroll::enroll(&self.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
         let cancel = CancellationToken::new();
-        let opts = session::RunOptions {
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(2),
-        };
+        let opts = session::RunOptions { min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2) };
         let c2 = cancel.clone();
         let task = tokio::spawn(async move {
             let _ = session::run(dir, opts, c2).await;
         });
-        let handle = AgentHandle {
-            id,
-            state_dir,
-            cancel,
-            task,
-        };
-        c.wait_agent_status(&handle.id, pb::AgentStatus::Online, Duration::from_secs(30))
-            .await?;
+        let handle = AgentHandle { id, state_dir, cancel, task };
+        c.wait_agent_status(&handle.id, pb::AgentStatus::Online, Duration::from_secs(30)).await?;
         Ok(handle)
     }
 }
@@ -251,43 +223,28 @@ impl Clients {
     ) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let a = self
-                .agents
-                .get_agent(authed(pb::GetAgentRequest { id: id.into() }, &self.token))
-                .await?
-                .into_inner();
+            let a =
+                self.agents.get_agent(authed(pb::GetAgentRequest { id: id.into() }, &self.token)).await?.into_inner();
             if a.status == status as i32 {
                 return Ok(());
             }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "agent {id} not {status:?} in time"
-            );
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "agent {id} not {status:?} in time");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits until an execution ends; returns it.
-    pub async fn wait_execution(
-        &mut self,
-        id: &str,
-        limit: Duration,
-    ) -> anyhow::Result<pb::Execution> {
+    pub async fn wait_execution(&mut self, id: &str, limit: Duration) -> anyhow::Result<pb::Execution> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let e = self
                 .executions
-                .get_execution(authed(
-                    pb::GetExecutionRequest { id: id.into() },
-                    &self.token,
-                ))
+                .get_execution(authed(pb::GetExecutionRequest { id: id.into() }, &self.token))
                 .await?
                 .into_inner();
             if matches!(
                 pb::ExecutionStatus::try_from(e.status),
-                Ok(pb::ExecutionStatus::Completed
-                    | pb::ExecutionStatus::Failed
-                    | pb::ExecutionStatus::Cancelled)
+                Ok(pb::ExecutionStatus::Completed | pb::ExecutionStatus::Failed | pb::ExecutionStatus::Cancelled)
             ) {
                 return Ok(e);
             }
@@ -305,20 +262,12 @@ impl Clients {
         let r = self
             .executions
             .list_execution_logs(authed(
-                pb::ListExecutionLogsRequest {
-                    execution_id: id.into(),
-                    page_size: 1000,
-                    page_token: String::new(),
-                },
+                pb::ListExecutionLogsRequest { execution_id: id.into(), page_size: 1000, page_token: String::new() },
                 &self.token,
             ))
             .await?
             .into_inner();
-        Ok(r.lines
-            .iter()
-            .map(|l| format!("[{}] {}", l.level, l.message))
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(r.lines.iter().map(|l| format!("[{}] {}", l.level, l.message)).collect::<Vec<_>>().join("\n"))
     }
 
     /// Creates a local storage on an agent, a PostgreSQL datasource on the same agent and a job using both.
@@ -336,12 +285,10 @@ impl Clients {
             .create_storage(authed(
                 pb::CreateStorageRequest {
                     name: format!("local-{}", suffix()),
-                    config: Some(pb::create_storage_request::Config::Local(
-                        pb::LocalStorageConfig {
-                            path: storage_dir.to_string_lossy().into_owned(),
-                            agent_id: agent.into(),
-                        },
-                    )),
+                    config: Some(pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
+                        path: storage_dir.to_string_lossy().into_owned(),
+                        agent_id: agent.into(),
+                    })),
                 },
                 &t,
             ))
@@ -386,14 +333,7 @@ impl Clients {
 
     /// RunNow and wait for the end.
     pub async fn run_job(&mut self, job: &str) -> anyhow::Result<pb::Execution> {
-        let ex = self
-            .jobs
-            .run_now(authed(
-                pb::RunNowRequest { job_id: job.into() },
-                &self.token,
-            ))
-            .await?
-            .into_inner();
+        let ex = self.jobs.run_now(authed(pb::RunNowRequest { job_id: job.into() }, &self.token)).await?.into_inner();
         self.wait_execution(&ex.id, Duration::from_secs(300)).await
     }
 }

@@ -7,8 +7,7 @@ pub mod pg;
 
 /// The PostgreSQL server tests use (`DG_TEST_PG_URL`, default the local trust-auth server).
 pub fn pg_admin_url() -> String {
-    std::env::var("DG_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("DG_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Installs a test log subscriber once (`RUST_LOG` controls it).
@@ -16,13 +15,9 @@ pub fn init_logging() {
     use std::sync::Once;
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,dg_controller=info,dg_agent=info")
-        });
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_test_writer()
-            .try_init();
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,dg_controller=info,dg_agent=info"));
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         dg_common::tls::install_crypto_provider();
     });
 }

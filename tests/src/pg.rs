@@ -27,18 +27,14 @@ impl TestDb {
         let name = format!("dgt_{prefix}_{}", suffix());
         let admin_url = pg_admin_url();
         let mut c = PgConnection::connect(&admin_url).await?;
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
-            .await?;
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\""))).await?;
         c.close().await?;
         Ok(Self { name, admin_url })
     }
 
     /// A name on the test server that is not created (restores create it); dropped like the others.
     pub fn reserve(prefix: &str) -> Self {
-        Self {
-            name: format!("dgt_{prefix}_{}", suffix()),
-            admin_url: pg_admin_url(),
-        }
+        Self { name: format!("dgt_{prefix}_{}", suffix()), admin_url: pg_admin_url() }
     }
 
     /// URL of this database.
@@ -57,15 +53,10 @@ impl Drop for TestDb {
         let (url, name) = (self.admin_url.clone(), self.name.clone());
         // Drop runs outside any runtime guarantee: use a private one on a plain thread.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async {
                 let mut c = PgConnection::connect(&url).await?;
-                c.execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-                )))
-                .await?;
+                c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))).await?;
                 c.close().await?;
                 Ok::<_, anyhow::Error>(())
             })
@@ -86,21 +77,14 @@ pub struct ScramPostgres {
 }
 
 fn pg_bin() -> anyhow::Result<PathBuf> {
-    let mut versions: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .collect();
+    let mut versions: Vec<_> =
+        std::fs::read_dir("/usr/lib/postgresql")?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
     versions.sort();
-    versions
-        .pop()
-        .map(|p| p.join("bin"))
-        .ok_or_else(|| anyhow::anyhow!("no PostgreSQL server binaries"))
+    versions.pop().map(|p| p.join("bin")).ok_or_else(|| anyhow::anyhow!("no PostgreSQL server binaries"))
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 impl ScramPostgres {
@@ -113,10 +97,7 @@ impl ScramPostgres {
         } else {
             Command::new(exe)
         };
-        let status = cmd
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .status()?;
+        let status = cmd.args(args).stdout(std::process::Stdio::null()).status()?;
         anyhow::ensure!(status.success(), "{tool} failed: {status}");
         Ok(())
     }
@@ -124,33 +105,16 @@ impl ScramPostgres {
     /// initdb + start (as the `postgres` user when running as root).
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("dg-scram-pg-").tempdir()?;
-        let as_postgres = Command::new("id")
-            .arg("-u")
-            .output()?
-            .stdout
-            .starts_with(b"0");
+        let as_postgres = Command::new("id").arg("-u").output()?.stdout.starts_with(b"0");
         if as_postgres {
-            Command::new("chown")
-                .arg("-R")
-                .arg("postgres:postgres")
-                .arg(dir.path())
-                .status()?;
+            Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir.path()).status()?;
         }
-        let me = Self {
-            port: free_port()?,
-            password: format!("pw-{}", suffix()),
-            dir,
-            bin: pg_bin()?,
-            as_postgres,
-        };
+        let me = Self { port: free_port()?, password: format!("pw-{}", suffix()), dir, bin: pg_bin()?, as_postgres };
         let data = me.dir.path().join("data");
         let pwfile = me.dir.path().join("pw");
         std::fs::write(&pwfile, &me.password)?;
         if as_postgres {
-            Command::new("chown")
-                .arg("postgres:postgres")
-                .arg(&pwfile)
-                .status()?;
+            Command::new("chown").arg("postgres:postgres").arg(&pwfile).status()?;
         }
         me.run(
             "initdb",
@@ -164,11 +128,7 @@ impl ScramPostgres {
                 pwfile.to_str().unwrap_or_default(),
             ],
         )?;
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1",
-            me.port,
-            me.dir.path().display()
-        );
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", me.port, me.dir.path().display());
         let log = me.dir.path().join("log");
         me.run(
             "pg_ctl",
@@ -193,16 +153,6 @@ impl ScramPostgres {
 impl Drop for ScramPostgres {
     fn drop(&mut self) {
         let data = self.dir.path().join("data");
-        let _ = self.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-m",
-                "immediate",
-                "-w",
-                "stop",
-            ],
-        );
+        let _ = self.run("pg_ctl", &["-D", data.to_str().unwrap_or_default(), "-m", "immediate", "-w", "stop"]);
     }
 }

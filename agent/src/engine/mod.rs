@@ -9,6 +9,5 @@ use crate::error::{PipelineError, PipelineResult};
 
 /// The engine of a target.
 pub fn engine_of(t: &DatabaseTarget) -> PipelineResult<Engine> {
-    Engine::try_from(t.engine)
-        .map_err(|_| PipelineError::Invalid(format!("unknown engine {}", t.engine)))
+    Engine::try_from(t.engine).map_err(|_| PipelineError::Invalid(format!("unknown engine {}", t.engine)))
 }

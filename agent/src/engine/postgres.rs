@@ -56,18 +56,15 @@ pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResu
         .await
         .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
         .map_err(|e| fail(e.to_string()))?;
-    let row = sqlx::query("SELECT current_setting('server_version') AS v, current_setting('server_version_num')::int AS n")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(|e| fail(e.to_string()))?;
+    let row =
+        sqlx::query("SELECT current_setting('server_version') AS v, current_setting('server_version_num')::int AS n")
+            .fetch_one(&mut conn)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
     let version: String = row.try_get("v").map_err(|e| fail(e.to_string()))?;
     let num: i32 = row.try_get("n").map_err(|e| fail(e.to_string()))?;
     let _ = conn.close().await;
-    Ok(ServerInfo {
-        version,
-        major: u32::try_from(num / 10000).unwrap_or(0),
-        latency: started.elapsed(),
-    })
+    Ok(ServerInfo { version, major: u32::try_from(num / 10000).unwrap_or(0), latency: started.elapsed() })
 }
 
 /// Creates `database` on the target server unless it exists (through the `postgres` maintenance database).
@@ -84,16 +81,28 @@ pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResu
         .map_err(|e| fail(e.to_string()))?
         .is_some();
     if !exists {
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "CREATE DATABASE {}",
-            quote_ident(database)
-        )))
-        .execute(&mut conn)
-        .await
-        .map_err(|e| PipelineError::Tool(format!("create database: {e}")))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(database))))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| PipelineError::Tool(format!("create database: {e}")))?;
     }
     let _ = conn.close().await;
     Ok(!exists)
+}
+
+/// Drops `database` on the target server (verification restores clean up after themselves).
+pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, "postgres").connect())
+        .await
+        .map_err(|_| fail("maintenance database did not answer within 10 s".into()))?
+        .map_err(|e| fail(e.to_string()))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database))))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| PipelineError::Tool(format!("drop database: {e}")))?;
+    let _ = conn.close().await;
+    Ok(())
 }
 
 /// `"name"` with embedded quotes doubled.
@@ -111,14 +120,7 @@ pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     let mut f = tempfile::Builder::new().prefix("dg-pgpass-").tempfile()?;
     // tempfile creates files with mode 0600.
-    writeln!(
-        f,
-        "{}:{}:*:{}:{}",
-        esc(&t.host),
-        t.port,
-        esc(&t.username),
-        esc(&t.password)
-    )?;
+    writeln!(f, "{}:{}:*:{}:{}", esc(&t.host), t.port, esc(&t.username), esc(&t.password))?;
     f.flush()?;
     Ok(f)
 }
@@ -126,13 +128,7 @@ pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
 /// A command for a libpq tool with connection parameters in the environment.
 pub fn command(tool: &str, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
     let mut c = Command::new(tool);
-    for var in [
-        "PGPASSWORD",
-        "PGSERVICE",
-        "PGSERVICEFILE",
-        "PGOPTIONS",
-        "PGHOSTADDR",
-    ] {
+    for var in ["PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR"] {
         c.env_remove(var);
     }
     c.env("PGHOST", &t.host)
@@ -157,11 +153,7 @@ pub fn dump_command(t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
 }
 
 /// `pg_restore` reading a custom-format archive from stdin into the target database.
-pub fn restore_command(
-    t: &DatabaseTarget,
-    passfile: &std::path::Path,
-    drop_existing: bool,
-) -> Command {
+pub fn restore_command(t: &DatabaseTarget, passfile: &std::path::Path, drop_existing: bool) -> Command {
     let mut c = command("pg_restore", t, passfile);
     c.arg("--no-password").arg("--exit-on-error");
     if drop_existing {
@@ -173,11 +165,7 @@ pub fn restore_command(
 
 /// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.
 pub fn check_dump_compat(tool_version: &str, server_major: u32) -> PipelineResult<()> {
-    let tool_major: u32 = tool_version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
+    let tool_major: u32 = tool_version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     if tool_major != 0 && server_major > tool_major {
         return Err(PipelineError::Tool(format!(
             "pg_dump {tool_version} cannot dump a PostgreSQL {server_major} server; install pg_dump {server_major} or newer on the agent host"

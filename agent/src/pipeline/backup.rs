@@ -18,7 +18,9 @@ use tokio::{io::AsyncReadExt, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{chunker, forward_stderr, tool_failure};
+use dg_common::chunk as chunker;
+
+use super::{forward_stderr, tool_failure};
 use crate::{
     engine::{engine_of, postgres},
     error::{PipelineError, PipelineResult},
@@ -35,11 +37,7 @@ const CHUNK_QUEUE: usize = 2;
 const READ_BLOCK: usize = 256 * 1024;
 
 /// Runs one backup attempt.
-pub async fn run(
-    task: BackupTask,
-    rep: &Reporter,
-    cancel: &CancellationToken,
-) -> PipelineResult<BackupResult> {
+pub async fn run(task: BackupTask, rep: &Reporter, cancel: &CancellationToken) -> PipelineResult<BackupResult> {
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),
@@ -48,37 +46,22 @@ pub async fn run(
 }
 
 async fn run_inner(task: BackupTask, rep: &Reporter) -> PipelineResult<BackupResult> {
-    let source = task
-        .source
-        .clone()
-        .ok_or_else(|| PipelineError::Invalid("backup task without a source".into()))?;
+    let source = task.source.clone().ok_or_else(|| PipelineError::Invalid("backup task without a source".into()))?;
     if engine_of(&source)? != Engine::Postgres {
-        return Err(PipelineError::Invalid(
-            "only PostgreSQL backups are supported by this agent version".into(),
-        ));
+        return Err(PipelineError::Invalid("only PostgreSQL backups are supported by this agent version".into()));
     }
     if task.key_prefix.is_empty() || task.key_prefix.contains("..") {
         return Err(PipelineError::Invalid("bad key prefix".into()));
     }
-    let chunk_size = usize::try_from(task.chunk_size)
-        .unwrap_or(0)
-        .clamp(1 << 20, 256 << 20);
-    let level = if (1..=19).contains(&task.compression_level) {
-        task.compression_level
-    } else {
-        3
-    };
+    let chunk_size = usize::try_from(task.chunk_size).unwrap_or(0).clamp(1 << 20, 256 << 20);
+    let level = if (1..=19).contains(&task.compression_level) { task.compression_level } else { 3 };
 
     let targets = choose_storages(&task, rep).await?;
 
     let info = postgres::test_connection(&source, &source.database).await?;
     rep.log(
         "info",
-        format!(
-            "connection test ok: PostgreSQL {} answered in {} ms",
-            info.version,
-            info.latency.as_millis()
-        ),
+        format!("connection test ok: PostgreSQL {} answered in {} ms", info.version, info.latency.as_millis()),
     )
     .await;
     let tool_version = tools::version_of("pg_dump").await.unwrap_or_default();
@@ -91,27 +74,14 @@ async fn run_inner(task: BackupTask, rep: &Reporter) -> PipelineResult<BackupRes
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| PipelineError::Tool(format!("cannot start pg_dump: {e}")))?;
-    rep.log(
-        "info",
-        format!("pg_dump {tool_version} started (custom format, zstd level {level})"),
-    )
-    .await;
-    let stderr_task = tokio::spawn(forward_stderr(
-        child.stderr.take(),
-        "pg_dump",
-        rep.clone(),
-        vec![source.password.clone()],
-    ));
-    let mut stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| PipelineError::Tool("pg_dump has no stdout".into()))?;
+    rep.log("info", format!("pg_dump {tool_version} started (custom format, zstd level {level})")).await;
+    let stderr_task =
+        tokio::spawn(forward_stderr(child.stderr.take(), "pg_dump", rep.clone(), vec![source.password.clone()]));
+    let mut stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("pg_dump has no stdout".into()))?;
 
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(4);
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
-    let compressor = tokio::task::spawn_blocking(move || {
-        chunker::compress(raw_rx, chunk_tx, level, 0, chunk_size)
-    });
+    let compressor = tokio::task::spawn_blocking(move || chunker::compress(raw_rx, chunk_tx, level, 0, chunk_size));
 
     let reader = async move {
         loop {
@@ -139,23 +109,14 @@ async fn run_inner(task: BackupTask, rep: &Reporter) -> PipelineResult<BackupRes
     read_res?;
     let totals = comp_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
     if chunks.len() as u32 != totals.chunks {
-        return Err(PipelineError::Integrity(format!(
-            "{} chunks produced but {} stored",
-            totals.chunks,
-            chunks.len()
-        )));
+        return Err(PipelineError::Integrity(format!("{} chunks produced but {} stored", totals.chunks, chunks.len())));
     }
 
     let m = Manifest {
         format: MANIFEST_FORMAT,
         execution_id: rep.execution_id().to_owned(),
         attempt: 0,
-        datasource_id: task
-            .key_prefix
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_owned(),
+        datasource_id: task.key_prefix.split('/').next().unwrap_or_default().to_owned(),
         engine: "postgres".into(),
         tool_version: format!("pg_dump {tool_version}"),
         server_version: info.version.clone(),
@@ -169,42 +130,18 @@ async fn run_inner(task: BackupTask, rep: &Reporter) -> PipelineResult<BackupRes
         chunks,
         encryption_key_id: None,
     };
-    let m = Manifest {
-        attempt: task
-            .key_prefix
-            .rsplit('/')
-            .next()
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(0),
-        ..m
-    };
+    let m = Manifest { attempt: task.key_prefix.rsplit('/').next().and_then(|a| a.parse().ok()).unwrap_or(0), ..m };
     let manifest_key = manifest::manifest_key(&task.key_prefix);
     let body = Bytes::from(m.to_bytes());
     let mut holders = Vec::new();
     for s in complete {
-        match s
-            .store
-            .put(
-                &ObjPath::from(manifest_key.as_str()),
-                PutPayload::from(body.clone()),
-            )
-            .await
-        {
+        match s.store.put(&ObjPath::from(manifest_key.as_str()), PutPayload::from(body.clone())).await {
             Ok(_) => holders.push(s.id.clone()),
-            Err(e) => {
-                rep.log(
-                    "warn",
-                    format!("storage {}: manifest write failed: {e}", s.id),
-                )
-                .await
-            }
+            Err(e) => rep.log("warn", format!("storage {}: manifest write failed: {e}", s.id)).await,
         }
     }
     if holders.is_empty() {
-        return Err(PipelineError::Storage {
-            storage: "all".into(),
-            message: "manifest could not be written".into(),
-        });
+        return Err(PipelineError::Storage { storage: "all".into(), message: "manifest could not be written".into() });
     }
     rep.log(
         "info",
@@ -238,10 +175,7 @@ async fn choose_storages(task: &BackupTask, rep: &Reporter) -> PipelineResult<Ve
             s.store
                 .put(&key, PutPayload::from_static(b"dataguardian probe"))
                 .await
-                .map_err(|e| PipelineError::Storage {
-                    storage: s.id.clone(),
-                    message: e.to_string(),
-                })?;
+                .map_err(|e| PipelineError::Storage { storage: s.id.clone(), message: e.to_string() })?;
             let _ = s.store.delete(&key).await;
             Ok::<_, PipelineError>(s)
         };
@@ -253,8 +187,7 @@ async fn choose_storages(task: &BackupTask, rep: &Reporter) -> PipelineResult<Ve
                 }
             }
             Err(e) => {
-                rep.log("warn", format!("storage {} skipped: {e}", t.storage_id))
-                    .await;
+                rep.log("warn", format!("storage {} skipped: {e}", t.storage_id)).await;
                 reasons.push(e.to_string());
             }
         }
@@ -266,8 +199,7 @@ async fn choose_storages(task: &BackupTask, rep: &Reporter) -> PipelineResult<Ve
         });
     }
     let ids: Vec<_> = chosen.iter().map(|s| s.id.as_str()).collect();
-    rep.log("info", format!("writing to storage(s) {}", ids.join(", ")))
-        .await;
+    rep.log("info", format!("writing to storage(s) {}", ids.join(", "))).await;
     Ok(chosen)
 }
 
@@ -296,25 +228,11 @@ async fn upload_all(
                     match put_with_retry(s, &path, c.data.clone()).await {
                         Ok(()) => {
                             stored_somewhere = true;
-                            rep.chunk(
-                                &s.id,
-                                c.seq,
-                                &key,
-                                c.data.len() as u64,
-                                &c.sha256,
-                                c.raw_bytes,
-                            )
-                            .await;
+                            rep.chunk(&s.id, c.seq, &key, c.data.len() as u64, &c.sha256, c.raw_bytes).await;
                         }
                         Err(e) => {
-                            rep.log(
-                                "warn",
-                                format!(
-                                    "storage {} dropped from this backup: chunk {}: {e}",
-                                    s.id, c.seq
-                                ),
-                            )
-                            .await;
+                            rep.log("warn", format!("storage {} dropped from this backup: chunk {}: {e}", s.id, c.seq))
+                                .await;
                             if let Ok(mut f) = failed.lock() {
                                 f.insert(s.id.clone());
                             }
@@ -328,47 +246,29 @@ async fn upload_all(
                     });
                 }
                 let (raw, stored, n) = {
-                    let mut p = progress
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     p.0 += c.raw_bytes;
                     p.1 += c.data.len() as u64;
                     p.2 += 1;
                     *p
                 };
                 rep.progress(raw, stored, n).await;
-                Ok(ManifestChunk {
-                    seq: c.seq,
-                    key,
-                    size: c.data.len() as u64,
-                    sha256: c.sha256,
-                })
+                Ok(ManifestChunk { seq: c.seq, key, size: c.data.len() as u64, sha256: c.sha256 })
             }
         })
         .buffer_unordered(UPLOAD_CONCURRENCY)
         .try_collect()
         .await?;
     let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
-    let complete: Vec<OpenStorage> = targets
-        .iter()
-        .filter(|s| !failed.contains(&s.id))
-        .cloned()
-        .collect();
+    let complete: Vec<OpenStorage> = targets.iter().filter(|s| !failed.contains(&s.id)).cloned().collect();
     if complete.is_empty() {
-        return Err(PipelineError::Storage {
-            storage: "all".into(),
-            message: "every storage failed".into(),
-        });
+        return Err(PipelineError::Storage { storage: "all".into(), message: "every storage failed".into() });
     }
     chunks.sort_by_key(|c| c.seq);
     Ok((chunks, complete))
 }
 
-async fn put_with_retry(
-    s: &OpenStorage,
-    path: &ObjPath,
-    data: Bytes,
-) -> Result<(), object_store::Error> {
+async fn put_with_retry(s: &OpenStorage, path: &ObjPath, data: Bytes) -> Result<(), object_store::Error> {
     let mut delay = Duration::from_millis(200);
     let mut attempt = 0;
     loop {

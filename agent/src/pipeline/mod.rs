@@ -4,7 +4,6 @@
 //! capacities: at most a few chunks are ever held at once, never the whole dump.
 
 pub mod backup;
-pub mod chunker;
 pub mod restore;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -40,15 +39,6 @@ pub async fn forward_stderr(
 
 /// Describes a failed tool run from its exit status and stderr tail.
 pub fn tool_failure(tool: &str, status: std::process::ExitStatus, tail: &[String]) -> String {
-    let last = tail
-        .iter()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .cloned()
-        .unwrap_or_default();
-    if last.is_empty() {
-        format!("{tool} failed ({status})")
-    } else {
-        format!("{tool} failed ({status}): {last}")
-    }
+    let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
+    if last.is_empty() { format!("{tool} failed ({status})") } else { format!("{tool} failed ({status}): {last}") }
 }

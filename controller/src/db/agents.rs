@@ -7,7 +7,8 @@ use uuid::Uuid;
 use super::{Db, Page, execute, fetch_all, fetch_one};
 use crate::model::Agent;
 
-const AGENT_COLS: &str = "id, hostname, version, tools, enrolled_at, last_heartbeat_at, connected, cert_expires_at, revoked_at";
+const AGENT_COLS: &str =
+    "id, hostname, version, tools, enrolled_at, last_heartbeat_at, connected, cert_expires_at, revoked_at";
 
 /// A certificate to record.
 #[derive(Debug, Clone)]
@@ -61,12 +62,7 @@ impl Db {
         execute(
             &txn,
             "INSERT INTO agent (id, hostname, version, cert_expires_at) VALUES ($1, $2, $3, $4)",
-            [
-                agent_id.into(),
-                hostname.into(),
-                version.into(),
-                cert.not_after.into(),
-            ],
+            [agent_id.into(), hostname.into(), version.into(), cert.not_after.into()],
         )
         .await?;
         execute(
@@ -100,12 +96,7 @@ impl Db {
 
     /// One agent.
     pub async fn agent(&self, id: Uuid) -> Result<Option<Agent>, DbErr> {
-        fetch_one(
-            &self.conn,
-            &format!("SELECT {AGENT_COLS} FROM agent WHERE id = $1"),
-            [id.into()],
-        )
-        .await
+        fetch_one(&self.conn, &format!("SELECT {AGENT_COLS} FROM agent WHERE id = $1"), [id.into()]).await
     }
 
     /// Agents, oldest enrollment first.
@@ -149,12 +140,8 @@ impl Db {
 
     /// Heartbeat: refreshes liveness and extends the lease of the agent's running executions.
     pub async fn agent_heartbeat(&self, id: Uuid, lease_secs: i64) -> Result<(), DbErr> {
-        execute(
-            &self.conn,
-            "UPDATE agent SET last_heartbeat_at = now(), connected = true WHERE id = $1",
-            [id.into()],
-        )
-        .await?;
+        execute(&self.conn, "UPDATE agent SET last_heartbeat_at = now(), connected = true WHERE id = $1", [id.into()])
+            .await?;
         execute(
             &self.conn,
             "UPDATE execution SET lease_until = now() + make_interval(secs => $2) \
@@ -167,30 +154,15 @@ impl Db {
 
     /// Session closed.
     pub async fn agent_disconnected(&self, id: Uuid) -> Result<(), DbErr> {
-        execute(
-            &self.conn,
-            "UPDATE agent SET connected = false WHERE id = $1",
-            [id.into()],
-        )
-        .await
-        .map(|_| ())
+        execute(&self.conn, "UPDATE agent SET connected = false WHERE id = $1", [id.into()]).await.map(|_| ())
     }
 }
 
-async fn insert_cert(
-    c: &impl sea_orm::ConnectionTrait,
-    agent_id: Uuid,
-    cert: &IssuedCert,
-) -> Result<(), DbErr> {
+async fn insert_cert(c: &impl sea_orm::ConnectionTrait, agent_id: Uuid, cert: &IssuedCert) -> Result<(), DbErr> {
     execute(
         c,
         "INSERT INTO issued_cert (serial, agent_id, not_before, not_after) VALUES ($1, $2, $3, $4)",
-        [
-            cert.serial.clone().into(),
-            agent_id.into(),
-            cert.not_before.into(),
-            cert.not_after.into(),
-        ],
+        [cert.serial.clone().into(), agent_id.into(), cert.not_before.into(), cert.not_after.into()],
     )
     .await
     .map(|_| ())

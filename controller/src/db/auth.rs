@@ -20,21 +20,13 @@ impl Db {
 
     /// Whether an admin exists.
     pub async fn admin_exists(&self) -> Result<bool, DbErr> {
-        Ok(fetch_one::<AdminUser>(
-            &self.conn,
-            "SELECT id, username, password_hash FROM admin_user LIMIT 1",
-            [],
-        )
-        .await?
-        .is_some())
+        Ok(fetch_one::<AdminUser>(&self.conn, "SELECT id, username, password_hash FROM admin_user LIMIT 1", [])
+            .await?
+            .is_some())
     }
 
     /// Creates the admin unless one exists (the unique index makes this race-free); returns whether created.
-    pub async fn create_admin(
-        &self,
-        username: &str,
-        password_hash: &str,
-    ) -> Result<Option<Uuid>, DbErr> {
+    pub async fn create_admin(&self, username: &str, password_hash: &str) -> Result<Option<Uuid>, DbErr> {
         let id = Uuid::now_v7();
         let n = execute(
             &self.conn,
@@ -55,12 +47,7 @@ impl Db {
         execute(
             &self.conn,
             "INSERT INTO session (id, token_hash, user_id, expires_at) VALUES ($1, $2, $3, $4)",
-            [
-                Uuid::now_v7().into(),
-                token_hash.into(),
-                user_id.into(),
-                expires_at.into(),
-            ],
+            [Uuid::now_v7().into(), token_hash.into(), user_id.into(), expires_at.into()],
         )
         .await
         .map(|_| ())
@@ -79,13 +66,9 @@ impl Db {
 
     /// Revokes a session.
     pub async fn revoke_session(&self, id: Uuid) -> Result<(), DbErr> {
-        execute(
-            &self.conn,
-            "UPDATE session SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL",
-            [id.into()],
-        )
-        .await
-        .map(|_| ())
+        execute(&self.conn, "UPDATE session SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", [id.into()])
+            .await
+            .map(|_| ())
     }
 
     /// Appends an audit row.

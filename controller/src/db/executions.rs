@@ -41,6 +41,10 @@ pub struct ExecutionFilter {
     pub status: Option<Status>,
     /// Operation.
     pub operation: Option<Operation>,
+    /// Queued at or after.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Queued before.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// A chunk an agent reported.
@@ -111,20 +115,11 @@ impl Db {
 
     /// One execution.
     pub async fn execution(&self, id: Uuid) -> Result<Option<Execution>, DbErr> {
-        fetch_one(
-            &self.conn,
-            &format!("SELECT {EX_COLS} FROM execution WHERE id = $1"),
-            [id.into()],
-        )
-        .await
+        fetch_one(&self.conn, &format!("SELECT {EX_COLS} FROM execution WHERE id = $1"), [id.into()]).await
     }
 
     /// Executions matching `f`, newest first.
-    pub async fn list_executions(
-        &self,
-        f: &ExecutionFilter,
-        page: Page,
-    ) -> Result<Vec<Execution>, DbErr> {
+    pub async fn list_executions(&self, f: &ExecutionFilter, page: Page) -> Result<Vec<Execution>, DbErr> {
         let mut sql = format!("SELECT {EX_COLS} FROM execution WHERE true");
         let mut values: Vec<Value> = Vec::new();
         let mut push = |cond: &str, v: Value, values: &mut Vec<Value>| {
@@ -143,28 +138,28 @@ impl Db {
         if let Some(o) = f.operation {
             push("operation", o.into(), &mut values);
         }
+        if let Some(t) = f.created_after {
+            values.push(t.into());
+            sql.push_str(&format!(" AND created_at >= ${}", values.len()));
+        }
+        if let Some(t) = f.created_before {
+            values.push(t.into());
+            sql.push_str(&format!(" AND created_at < ${}", values.len()));
+        }
         let n = values.len();
-        sql.push_str(&format!(
-            " ORDER BY created_at DESC, id DESC OFFSET ${} LIMIT ${}",
-            n + 1,
-            n + 2
-        ));
+        sql.push_str(&format!(" ORDER BY created_at DESC, id DESC OFFSET ${} LIMIT ${}", n + 1, n + 2));
         values.push(page.offset.into());
         values.push(page.limit.into());
         fetch_all(&self.conn, &sql, values).await
     }
 
     /// The oldest queued executions of an agent.
-    pub async fn queued_for_agent(
-        &self,
-        agent_id: Uuid,
-        limit: i64,
-    ) -> Result<Vec<Execution>, DbErr> {
+    pub async fn queued_for_agent(&self, agent_id: Uuid, limit: i64) -> Result<Vec<Execution>, DbErr> {
         fetch_all(
             &self.conn,
             &format!(
                 "SELECT {EX_COLS} FROM execution WHERE agent_id = $1 AND status = 'queued' \
-                 ORDER BY created_at LIMIT $2"
+                 AND (not_before IS NULL OR not_before <= now()) ORDER BY created_at LIMIT $2"
             ),
             [agent_id.into(), limit.into()],
         )
@@ -262,10 +257,11 @@ impl Db {
                     o.stored_bytes
                 )));
             }
-            execute(&txn, "INSERT INTO backup_copy (execution_id, storage_id, complete) VALUES ($1, $2, true)", [
-                id.into(),
-                (*sid).into(),
-            ])
+            execute(
+                &txn,
+                "INSERT INTO backup_copy (execution_id, storage_id, complete) VALUES ($1, $2, true)",
+                [id.into(), (*sid).into()],
+            )
             .await?;
         }
         let n = execute(
@@ -295,12 +291,7 @@ impl Db {
     }
 
     /// `running -> completed` for a restore.
-    pub async fn complete_restore(
-        &self,
-        id: Uuid,
-        attempt: i32,
-        raw_bytes: i64,
-    ) -> Result<bool, DbErr> {
+    pub async fn complete_restore(&self, id: Uuid, attempt: i32, raw_bytes: i64) -> Result<bool, DbErr> {
         Ok(execute(
             &self.conn,
             "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3 \
@@ -319,11 +310,7 @@ impl Db {
         error: &str,
         cancelled: bool,
     ) -> Result<bool, DbErr> {
-        let status = if cancelled {
-            Status::Cancelled
-        } else {
-            Status::Failed
-        };
+        let status = if cancelled { Status::Cancelled } else { Status::Failed };
         Ok(execute(
             &self.conn,
             "UPDATE execution SET status = $3, error = $4, finished_at = now(), lease_until = NULL \
@@ -374,11 +361,7 @@ impl Db {
     }
 
     /// Completed backups, newest first.
-    pub async fn list_backups(
-        &self,
-        datasource: Option<Uuid>,
-        page: Page,
-    ) -> Result<Vec<Execution>, DbErr> {
+    pub async fn list_backups(&self, datasource: Option<Uuid>, page: Page) -> Result<Vec<Execution>, DbErr> {
         fetch_all(
             &self.conn,
             &format!(
@@ -412,6 +395,93 @@ impl Db {
             "SELECT storage_id, seq, object_key, size, sha256 FROM backup_chunk \
              WHERE execution_id = $1 AND attempt = $2 ORDER BY storage_id, seq",
             [id.into(), attempt.into()],
+        )
+        .await
+    }
+
+    /// Live progress of a running attempt (visible to every replica's Watch).
+    pub async fn update_progress(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        raw: i64,
+        stored: i64,
+        chunks: i32,
+    ) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "UPDATE execution SET raw_bytes = $3, stored_bytes = $4, chunk_count = $5 \
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into(), raw.into(), stored.into(), chunks.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `queued -> cancelled`.
+    pub async fn cancel_queued(&self, id: Uuid, reason: &str) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE execution SET status = 'cancelled', error = $2, finished_at = now() WHERE id = $1 AND status = 'queued'",
+            [id.into(), reason.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// A failed attempt goes back to the queue, to be claimed again after `backoff_secs`.
+    pub async fn requeue(&self, id: Uuid, attempt: i32, backoff_secs: i32, error: &str) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE execution SET status = 'queued', lease_until = NULL, error = $4, \
+             not_before = now() + make_interval(secs => $3) WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into(), f64::from(backoff_secs).into(), error.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Deletes a finished execution that is not a completed backup; false when it is unknown or not allowed.
+    pub async fn delete_finished_execution(&self, id: Uuid) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "DELETE FROM execution WHERE id = $1 AND status IN ('failed', 'cancelled', 'completed') \
+             AND NOT (operation = 'backup' AND status = 'completed')",
+            [id.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Deletes a backup's rows (chunks, copies and logs go by cascade).
+    pub async fn delete_backup_rows(&self, id: Uuid) -> Result<bool, DbErr> {
+        Ok(execute(&self.conn, "DELETE FROM execution WHERE id = $1 AND operation = 'backup'", [id.into()]).await? == 1)
+    }
+
+    /// A storage no longer holds a copy of a backup (its objects were deleted).
+    pub async fn drop_copy(&self, id: Uuid, storage: Uuid) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "DELETE FROM backup_copy WHERE execution_id = $1 AND storage_id = $2",
+            [id.into(), storage.into()],
+        )
+        .await?;
+        execute(
+            &self.conn,
+            "DELETE FROM backup_chunk WHERE execution_id = $1 AND storage_id = $2",
+            [id.into(), storage.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Every chunk of every attempt of an execution (for deleting objects).
+    pub async fn chunks_all_attempts(&self, id: Uuid) -> Result<Vec<Chunk>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT storage_id, seq, object_key, size, sha256 FROM backup_chunk WHERE execution_id = $1 \
+             ORDER BY storage_id, attempt, seq",
+            [id.into()],
         )
         .await
     }

@@ -6,19 +6,22 @@ mod agents;
 mod auth;
 mod catalog;
 mod executions;
+mod health;
 mod pki;
 
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr,
-    FromQueryResult, Statement, TransactionTrait, Value,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, FromQueryResult, Statement,
+    TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 
 pub use self::{
     agents::IssuedCert,
+    catalog::Deletion,
     executions::{BackupOutcome, ChunkReport, ExecutionFilter, NewExecution},
+    health::AuditFilter,
 };
 
 /// Advisory lock key serialising migrations between replicas ("dgmigrat").
@@ -39,20 +42,14 @@ impl Db {
             .connect_timeout(Duration::from_secs(5))
             .acquire_timeout(Duration::from_secs(5))
             .sqlx_logging(false);
-        Ok(Self {
-            conn: Database::connect(opts).await?,
-        })
+        Ok(Self { conn: Database::connect(opts).await? })
     }
 
     /// Applies pending migrations while holding a transaction-scoped advisory lock, so two replicas starting
     /// together apply them once.
     pub async fn migrate(&self) -> Result<(), DbErr> {
         let txn = self.conn.begin().await?;
-        txn.execute_raw(stmt(
-            "SELECT pg_advisory_xact_lock($1)",
-            [MIGRATION_LOCK.into()],
-        ))
-        .await?;
+        txn.execute_raw(stmt("SELECT pg_advisory_xact_lock($1)", [MIGRATION_LOCK.into()])).await?;
         dg_migrations::Migrator::up(&txn, None).await?;
         txn.commit().await
     }
@@ -88,11 +85,7 @@ pub(crate) async fn fetch_all<T: FromQueryResult>(
     sql: &str,
     values: impl IntoIterator<Item = Value>,
 ) -> Result<Vec<T>, DbErr> {
-    c.query_all_raw(stmt(sql, values))
-        .await?
-        .iter()
-        .map(|r| T::from_query_result(r, ""))
-        .collect()
+    c.query_all_raw(stmt(sql, values)).await?.iter().map(|r| T::from_query_result(r, "")).collect()
 }
 
 pub(crate) async fn execute(
@@ -115,10 +108,6 @@ pub struct Page {
 impl Page {
     /// The token of the page after this one, when `returned` filled it.
     pub fn next_token(&self, returned: usize) -> String {
-        if (returned as i64) < self.limit {
-            String::new()
-        } else {
-            format!("o{}", self.offset + self.limit)
-        }
+        if (returned as i64) < self.limit { String::new() } else { format!("o{}", self.offset + self.limit) }
     }
 }

@@ -16,12 +16,7 @@ pub struct StoredCa {
 impl Db {
     /// The CA, when one was created.
     pub async fn load_ca(&self) -> Result<Option<StoredCa>, DbErr> {
-        fetch_one(
-            &self.conn,
-            "SELECT cert_pem, key_ciphertext FROM pki_ca WHERE id = 1",
-            [],
-        )
-        .await
+        fetch_one(&self.conn, "SELECT cert_pem, key_ciphertext FROM pki_ca WHERE id = 1", []).await
     }
 
     /// Stores a CA unless another replica stored one first; returns whether this one was kept.

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{Ctx, convert};
+use super::{Ctx, convert, validate};
 use crate::{
     db::{BackupOutcome, ChunkReport},
     error::ControllerResult,
@@ -38,10 +38,7 @@ impl EnrollmentSvc {
 
 #[tonic::async_trait]
 impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
-    async fn enroll(
-        &self,
-        req: Request<pb::EnrollRequest>,
-    ) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
         let r = req.into_inner();
         if r.join_token.is_empty() {
             return Err(FieldError::new("join_token", "is required").into());
@@ -49,23 +46,9 @@ impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
         if r.csr_pem.is_empty() || r.csr_pem.len() > 16 * 1024 {
             return Err(FieldError::new("csr_pem", "must be a PEM CSR of at most 16 KiB").into());
         }
-        let hostname: String = r
-            .hostname
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(253)
-            .collect();
-        let version: String = r
-            .agent_version
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(64)
-            .collect();
-        let e = self
-            .ctx
-            .agents
-            .enroll(&r.join_token, &r.csr_pem, &hostname, &version)
-            .await?;
+        let hostname: String = r.hostname.chars().filter(|c| !c.is_control()).take(253).collect();
+        let version: String = r.agent_version.chars().filter(|c| !c.is_control()).take(64).collect();
+        let e = self.ctx.agents.enroll(&r.join_token, &r.csr_pem, &hostname, &version).await?;
         Ok(Response::new(pb::EnrollResponse {
             agent_id: e.agent_id.to_string(),
             certificate_pem: e.certificate_pem,
@@ -92,12 +75,8 @@ impl SessionSvc {
 
 /// The agent id in the request's verified client certificate.
 fn peer_agent<T>(req: &Request<T>) -> Result<AgentId, Status> {
-    let certs = req
-        .peer_certs()
-        .ok_or_else(|| Status::unauthenticated("client certificate required"))?;
-    let leaf = certs
-        .first()
-        .ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
+    let leaf = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
     tls::agent_id_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
 }
 
@@ -105,20 +84,14 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Sta
 
 #[tonic::async_trait]
 impl agent_session_service_server::AgentSessionService for SessionSvc {
-    async fn renew(
-        &self,
-        req: Request<pb::RenewRequest>,
-    ) -> Result<Response<pb::RenewResponse>, Status> {
+    async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
         let agent = peer_agent(&req)?;
         let r = req.into_inner();
         if r.csr_pem.is_empty() || r.csr_pem.len() > 16 * 1024 {
             return Err(FieldError::new("csr_pem", "must be a PEM CSR of at most 16 KiB").into());
         }
         let (pem, not_after) = self.ctx.agents.renew(agent, &r.csr_pem).await?;
-        Ok(Response::new(pb::RenewResponse {
-            certificate_pem: pem,
-            not_after: Some(convert::ts(not_after)),
-        }))
+        Ok(Response::new(pb::RenewResponse { certificate_pem: pem, not_after: Some(convert::ts(not_after)) }))
     }
 
     type SessionStream = SessionStream;
@@ -131,13 +104,9 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         self.ctx.agents.active(agent.0).await?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
-            Ok(Ok(Some(pb::AgentMessage {
-                kind: Some(pb::agent_message::Kind::Hello(h)),
-            }))) => h,
+            Ok(Ok(Some(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(h)) }))) => h,
             Ok(Ok(_)) => {
-                return Err(Status::invalid_argument(
-                    "hello: the first message must be Hello",
-                ));
+                return Err(Status::invalid_argument("hello: the first message must be Hello"));
             }
             Ok(Err(e)) => return Err(e),
             Err(_) => return Err(Status::deadline_exceeded("hello: not received within 15 s")),
@@ -152,20 +121,11 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
             .tools
             .iter()
             .take(32)
-            .map(|t| convert::ToolJson {
-                name: t.name.clone(),
-                version: t.version.clone(),
-                path: t.path.clone(),
-            })
+            .map(|t| convert::ToolJson { name: t.name.clone(), version: t.version.clone(), path: t.path.clone() })
             .collect();
         self.ctx
             .agents
-            .connected(
-                agent.0,
-                &hello.hostname,
-                &hello.agent_version,
-                serde_json::to_value(&tools).unwrap_or_default(),
-            )
+            .connected(agent.0, &hello.hostname, &hello.agent_version, serde_json::to_value(&tools).unwrap_or_default())
             .await?;
         let running: Vec<(Uuid, i32)> = hello
             .running
@@ -180,15 +140,12 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
                 protocol_version: AGENT_PROTOCOL_VERSION,
                 agent_id: agent.to_string(),
                 heartbeat_interval: Some(prost_types::Duration {
-                    seconds: i64::try_from(self.ctx.agent_settings.heartbeat.as_secs())
-                        .unwrap_or(10),
+                    seconds: i64::try_from(self.ctx.agent_settings.heartbeat.as_secs()).unwrap_or(10),
                     nanos: 0,
                 }),
             })),
         };
-        tx.send(Ok(welcome))
-            .await
-            .map_err(|_| Status::unavailable("session closed"))?;
+        tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("session closed"))?;
         let cancel = self.shutdown.child_token();
         let session = self.ctx.registry.register(agent.0, tx, cancel.clone());
         info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
@@ -208,18 +165,11 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         );
         // The agent may have queued work.
         self.ctx.executions.wake();
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as SessionStream
-        ))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SessionStream))
     }
 }
 
-async fn read_loop(
-    ctx: &Ctx,
-    agent: AgentId,
-    inbound: &mut Streaming<pb::AgentMessage>,
-    cancel: CancellationToken,
-) {
+async fn read_loop(ctx: &Ctx, agent: AgentId, inbound: &mut Streaming<pb::AgentMessage>, cancel: CancellationToken) {
     loop {
         let msg = tokio::select! {
             biased;
@@ -243,9 +193,8 @@ async fn read_loop(
 
 fn exec_ref(r: Option<pb::ExecutionRef>) -> Result<(Uuid, i32), FieldError> {
     let r = r.ok_or_else(|| FieldError::new("execution", "is required"))?;
-    let id = convert::id("execution.execution_id", &r.execution_id)?;
-    let attempt = i32::try_from(r.attempt)
-        .map_err(|_| FieldError::new("execution.attempt", "out of range"))?;
+    let id = validate::id("execution.execution_id", &r.execution_id)?;
+    let attempt = i32::try_from(r.attempt).map_err(|_| FieldError::new("execution.attempt", "out of range"))?;
     Ok((id, attempt))
 }
 
@@ -253,11 +202,7 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
     use pb::agent_message::Kind;
     let a = agent.0;
     match m.kind {
-        Some(Kind::Heartbeat(_)) => {
-            ctx.agents
-                .heartbeat(a, ctx.agent_settings.lease_secs)
-                .await?
-        }
+        Some(Kind::Heartbeat(_)) => ctx.agents.heartbeat(a, ctx.agent_settings.lease_secs).await?,
         Some(Kind::ChunkReported(c)) => {
             let (id, attempt) = exec_ref(c.execution)?;
             ctx.executions
@@ -266,12 +211,10 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
                     ChunkReport {
                         execution_id: id,
                         attempt,
-                        storage_id: convert::id("storage_id", &c.storage_id)?,
-                        seq: i32::try_from(c.seq)
-                            .map_err(|_| FieldError::new("seq", "out of range"))?,
+                        storage_id: validate::id("storage_id", &c.storage_id)?,
+                        seq: i32::try_from(c.seq).map_err(|_| FieldError::new("seq", "out of range"))?,
                         key: c.key,
-                        size: i64::try_from(c.size)
-                            .map_err(|_| FieldError::new("size", "out of range"))?,
+                        size: i64::try_from(c.size).map_err(|_| FieldError::new("size", "out of range"))?,
                         sha256: c.sha256,
                         raw_bytes: i64::try_from(c.raw_bytes).unwrap_or(i64::MAX),
                     },
@@ -279,9 +222,11 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
                 .await?;
         }
         Some(Kind::Progress(p)) => {
-            let (id, _) = exec_ref(p.execution)?;
-            debug!(execution_id = %id, raw = p.raw_bytes, stored = p.stored_bytes, chunks = p.chunks, "progress");
+            let (id, attempt) = exec_ref(p.execution)?;
+            ctx.executions.report_progress(a, id, attempt, p.raw_bytes, p.stored_bytes, p.chunks).await?;
         }
+        Some(Kind::Response(r)) => ctx.rpc.on_response(r),
+        Some(Kind::ObjectData(d)) => ctx.rpc.on_data(d).await,
         Some(Kind::Log(l)) => {
             let (id, _) = exec_ref(l.execution)?;
             let msg: String = l.message.chars().take(8192).collect();
@@ -291,11 +236,8 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
             let (id, attempt) = exec_ref(c.execution)?;
             match c.result {
                 Some(pb::completed::Result::Backup(b)) => {
-                    let storage_ids = b
-                        .storage_ids
-                        .iter()
-                        .map(|s| convert::id("storage_ids", s))
-                        .collect::<Result<Vec<_>, _>>()?;
+                    let storage_ids =
+                        b.storage_ids.iter().map(|s| validate::id("storage_ids", s)).collect::<Result<Vec<_>, _>>()?;
                     ctx.executions
                         .report_backup_completed(
                             a,
@@ -316,12 +258,7 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
                 }
                 Some(pb::completed::Result::Restore(r)) => {
                     ctx.executions
-                        .report_restore_completed(
-                            a,
-                            id,
-                            attempt,
-                            i64::try_from(r.raw_bytes).unwrap_or(i64::MAX),
-                        )
+                        .report_restore_completed(a, id, attempt, i64::try_from(r.raw_bytes).unwrap_or(i64::MAX))
                         .await?;
                 }
                 None => return Err(FieldError::new("result", "is required").into()),
@@ -330,9 +267,7 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
         Some(Kind::Failed(f)) => {
             let (id, attempt) = exec_ref(f.execution)?;
             let error: String = f.error.chars().take(8192).collect();
-            ctx.executions
-                .report_failed(a, id, attempt, &error, f.cancelled)
-                .await?;
+            ctx.executions.report_failed(a, id, attempt, &error, f.cancelled).await?;
         }
         Some(Kind::Hello(_)) => return Err(FieldError::new("hello", "sent twice").into()),
         None => {}

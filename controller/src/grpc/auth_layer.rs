@@ -12,10 +12,7 @@ use tower::{Layer, Service};
 
 use crate::service::auth::AuthService;
 
-const OPEN_PREFIXES: &[&str] = &[
-    "/dataguardian.v1.AuthService/",
-    "/dataguardian.v1.AgentEnrollmentService/",
-];
+const OPEN_PREFIXES: &[&str] = &["/dataguardian.v1.AuthService/", "/dataguardian.v1.AgentEnrollmentService/"];
 
 /// Whether a request path needs a session.
 pub fn needs_session(path: &str) -> bool {
@@ -45,10 +42,7 @@ impl AuthLayer {
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthMiddleware<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AuthMiddleware {
-            inner,
-            auth: self.auth.clone(),
-        }
+        AuthMiddleware { inner, auth: self.auth.clone() }
     }
 }
 
@@ -63,10 +57,7 @@ type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send>>;
 
 impl<S, B> Service<http::Request<B>> for AuthMiddleware<S>
 where
-    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
+    S: Service<http::Request<B>, Response = http::Response<tonic::body::Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
 {
@@ -88,10 +79,7 @@ where
                 return inner.call(req).await;
             }
             let Some(token) = bearer(req.headers()).map(str::to_owned) else {
-                return Ok(Status::unauthenticated(
-                    "missing metadata authorization: Bearer <token>",
-                )
-                .into_http());
+                return Ok(Status::unauthenticated("missing metadata authorization: Bearer <token>").into_http());
             };
             match auth.authenticate(&token).await {
                 Ok(session) => {
@@ -112,21 +100,13 @@ mod tests {
     fn paths_and_bearer() {
         assert!(needs_session("/dataguardian.v1.BackupJobService/RunNow"));
         assert!(!needs_session("/dataguardian.v1.AuthService/Login"));
-        assert!(!needs_session(
-            "/dataguardian.v1.AgentEnrollmentService/Enroll"
-        ));
+        assert!(!needs_session("/dataguardian.v1.AgentEnrollmentService/Enroll"));
         assert!(!needs_session("/grpc.health.v1.Health/Check"));
         let mut h = http::HeaderMap::new();
         assert_eq!(bearer(&h), None);
-        h.insert(
-            http::header::AUTHORIZATION,
-            http::HeaderValue::from_static("Bearer abc"),
-        );
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Bearer abc"));
         assert_eq!(bearer(&h), Some("abc"));
-        h.insert(
-            http::header::AUTHORIZATION,
-            http::HeaderValue::from_static("Basic abc"),
-        );
+        h.insert(http::header::AUTHORIZATION, http::HeaderValue::from_static("Basic abc"));
         assert_eq!(bearer(&h), None);
     }
 }

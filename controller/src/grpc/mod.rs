@@ -6,14 +6,15 @@ pub mod agent;
 pub mod auth_layer;
 pub mod convert;
 pub mod operator;
+pub mod validate;
 
 use std::sync::Arc;
 
 use crate::{
     model::Session,
     service::{
-        agents::AgentsService, auth::AuthService, catalog::CatalogService,
-        executions::ExecutionsService, registry::AgentRegistry,
+        agent_rpc::AgentRpc, agents::AgentsService, auth::AuthService, backups::BackupsService,
+        catalog::CatalogService, executions::ExecutionsService, health::HealthService, registry::AgentRegistry,
     },
 };
 
@@ -28,6 +29,12 @@ pub struct Ctx {
     pub catalog: CatalogService,
     /// Executions.
     pub executions: ExecutionsService,
+    /// Backup object reads and deletes.
+    pub backups: BackupsService,
+    /// Health and audit reads.
+    pub health: HealthService,
+    /// Requests to agents.
+    pub rpc: AgentRpc,
     /// Sessions on this replica.
     pub registry: AgentRegistry,
     /// Settings agents get.
@@ -47,8 +54,5 @@ pub struct AgentSettings {
 
 /// The authenticated operator of a request (inserted by the auth layer).
 pub fn actor<T>(req: &tonic::Request<T>) -> String {
-    req.extensions()
-        .get::<Session>()
-        .map(|s| s.username.clone())
-        .unwrap_or_else(|| "unknown".into())
+    req.extensions().get::<Session>().map(|s| s.username.clone()).unwrap_or_else(|| "unknown".into())
 }

@@ -65,39 +65,21 @@ impl AgentsService {
         agent_endpoint: String,
         api_endpoint: String,
     ) -> Self {
-        Self {
-            db,
-            pki,
-            registry,
-            cert_ttl,
-            agent_endpoint,
-            api_endpoint,
-        }
+        Self { db, pki, registry, cert_ttl, agent_endpoint, api_endpoint }
     }
 
     /// Creates a one-time join token.
-    pub async fn create_join_token(
-        &self,
-        ttl: Duration,
-        description: &str,
-    ) -> ControllerResult<JoinToken> {
+    pub async fn create_join_token(&self, ttl: Duration, description: &str) -> ControllerResult<JoinToken> {
         let token = crypto::new_token("dgj");
         let expires_at = Utc::now() + ttl;
-        self.db
-            .create_join_token(crypto::token_hash(&token), description, expires_at)
-            .await?;
+        self.db.create_join_token(crypto::token_hash(&token), description, expires_at).await?;
         let ca_fingerprint = self.pki.fingerprint();
         let enroll_command = format!(
             "dg-agent enroll --controller {} --token {token} --ca-fingerprint {ca_fingerprint} \
              --state-dir /var/lib/dataguardian-agent",
             self.api_endpoint
         );
-        Ok(JoinToken {
-            token,
-            expires_at,
-            ca_fingerprint,
-            enroll_command,
-        })
+        Ok(JoinToken { token, expires_at, ca_fingerprint, enroll_command })
     }
 
     /// Enrolls an agent: consumes the token and signs the CSR for a new agent id.
@@ -109,32 +91,12 @@ impl AgentsService {
         version: &str,
     ) -> ControllerResult<Enrolled> {
         let agent_id = AgentId::new();
-        let (certificate_pem, issued) =
-            self.pki.sign_agent_csr(csr_pem, agent_id, self.cert_ttl)?;
-        let ok = self
-            .db
-            .enroll_agent(
-                crypto::token_hash(token),
-                agent_id.0,
-                hostname,
-                version,
-                &issued,
-            )
-            .await?;
+        let (certificate_pem, issued) = self.pki.sign_agent_csr(csr_pem, agent_id, self.cert_ttl)?;
+        let ok = self.db.enroll_agent(crypto::token_hash(token), agent_id.0, hostname, version, &issued).await?;
         if !ok {
-            return Err(ControllerError::Unauthenticated(
-                "join token is invalid, expired or already used".into(),
-            ));
+            return Err(ControllerError::Unauthenticated("join token is invalid, expired or already used".into()));
         }
-        self.db
-            .audit(
-                "join-token",
-                "agent.enroll",
-                "agent",
-                Some(agent_id.to_string()),
-                "ok",
-            )
-            .await?;
+        self.db.audit("join-token", "agent.enroll", "agent", Some(agent_id.to_string()), "ok").await?;
         tracing::info!(%agent_id, %hostname, "agent enrolled");
         Ok(Enrolled {
             agent_id,
@@ -146,11 +108,7 @@ impl AgentsService {
     }
 
     /// Issues a new certificate to an authenticated, non-revoked agent.
-    pub async fn renew(
-        &self,
-        agent: AgentId,
-        csr_pem: &str,
-    ) -> ControllerResult<(String, DateTime<Utc>)> {
+    pub async fn renew(&self, agent: AgentId, csr_pem: &str) -> ControllerResult<(String, DateTime<Utc>)> {
         let (pem, issued) = self.pki.sign_agent_csr(csr_pem, agent, self.cert_ttl)?;
         if !self.db.record_renewal(agent.0, &issued).await? {
             return Err(ControllerError::Unauthenticated("agent is revoked".into()));
@@ -170,10 +128,7 @@ impl AgentsService {
 
     /// One agent.
     pub async fn get(&self, id: Uuid) -> ControllerResult<Agent> {
-        self.db
-            .agent(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("agent {id}")))
+        self.db.agent(id).await?.ok_or_else(|| ControllerError::NotFound(format!("agent {id}")))
     }
 
     /// A page of agents.
@@ -198,10 +153,7 @@ impl AgentsService {
         version: &str,
         tools: serde_json::Value,
     ) -> ControllerResult<()> {
-        Ok(self
-            .db
-            .agent_connected(id, hostname, version, tools)
-            .await?)
+        Ok(self.db.agent_connected(id, hostname, version, tools).await?)
     }
 
     /// Heartbeat.

@@ -1,7 +1,12 @@
 //! Operator authentication: the single admin user (argon2), session tokens (random, stored as sha256,
 //! expiring, revocable).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
 use dg_common::error::FieldError;
@@ -22,11 +27,48 @@ pub struct IssuedSession {
     pub expires_at: DateTime<Utc>,
 }
 
+/// Failed logins allowed per client within [`LOGIN_WINDOW`] before further attempts are refused.
+pub const LOGIN_FAILURES: u32 = 5;
+/// Window of the login rate limit.
+pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// Failed-login counters per client address (per replica; a restart forgets them).
+#[derive(Clone, Debug, Default)]
+struct LoginLimiter {
+    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
+}
+
+impl LoginLimiter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
+        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Seconds to wait when the client is over the limit.
+    fn blocked(&self, ip: IpAddr) -> Option<u64> {
+        let mut map = self.lock();
+        map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
+        map.get(&ip)
+            .filter(|(n, _)| *n >= LOGIN_FAILURES)
+            .map(|(_, since)| LOGIN_WINDOW.saturating_sub(since.elapsed()).as_secs().max(1))
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let mut map = self.lock();
+        let e = map.entry(ip).or_insert((0, Instant::now()));
+        e.0 += 1;
+    }
+
+    fn succeeded(&self, ip: IpAddr) {
+        self.lock().remove(&ip);
+    }
+}
+
 /// Authentication service.
 #[derive(Clone, Debug)]
 pub struct AuthService {
     db: Db,
     session_ttl: Duration,
+    limiter: LoginLimiter,
 }
 
 const BAD_CREDENTIALS: &str = "invalid user name or password";
@@ -34,7 +76,7 @@ const BAD_CREDENTIALS: &str = "invalid user name or password";
 impl AuthService {
     /// New service.
     pub fn new(db: Db, session_ttl: Duration) -> Self {
-        Self { db, session_ttl }
+        Self { db, session_ttl, limiter: LoginLimiter::default() }
     }
 
     /// Creates the configured admin when none exists (start-up bootstrap).
@@ -53,32 +95,31 @@ impl AuthService {
     pub async fn setup(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
         validate_credentials(username, password)?;
         if self.db.admin_exists().await? {
-            return Err(ControllerError::FailedPrecondition(
-                "setup is already done; log in instead".into(),
-            ));
+            return Err(ControllerError::FailedPrecondition("setup is already done; log in instead".into()));
         }
         let hash = hash(password).await?;
         let id = self
             .db
             .create_admin(username, &hash)
             .await?
-            .ok_or_else(|| {
-                ControllerError::FailedPrecondition("setup is already done; log in instead".into())
-            })?;
-        self.db
-            .audit(
-                username,
-                "auth.setup",
-                "admin_user",
-                Some(id.to_string()),
-                "ok",
-            )
-            .await?;
+            .ok_or_else(|| ControllerError::FailedPrecondition("setup is already done; log in instead".into()))?;
+        self.db.audit(username, "auth.setup", "admin_user", Some(id.to_string()), "ok").await?;
         self.issue(id).await
     }
 
-    /// Exchanges credentials for a session.
-    pub async fn login(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
+    /// Exchanges credentials for a session. Repeated failures from one client address are refused with
+    /// `RESOURCE_EXHAUSTED` for the rest of the window.
+    pub async fn login(
+        &self,
+        client: Option<IpAddr>,
+        username: &str,
+        password: &str,
+    ) -> ControllerResult<IssuedSession> {
+        if let Some(ip) = client
+            && let Some(wait) = self.limiter.blocked(ip)
+        {
+            return Err(ControllerError::ResourceExhausted(format!("too many failed logins; retry in {wait} s")));
+        }
         let user = self.db.admin_by_name(username).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone());
         let pw = password.to_owned();
@@ -93,8 +134,20 @@ impl AuthService {
         .await
         .unwrap_or(false);
         match user {
-            Some(u) if ok => self.issue(u.id).await,
-            _ => Err(ControllerError::Unauthenticated(BAD_CREDENTIALS.into())),
+            Some(u) if ok => {
+                if let Some(ip) = client {
+                    self.limiter.succeeded(ip);
+                }
+                self.db.audit(&u.username, "auth.login", "session", None, "ok").await?;
+                self.issue(u.id).await
+            }
+            _ => {
+                if let Some(ip) = client {
+                    self.limiter.failed(ip);
+                }
+                self.db.audit("anonymous", "auth.login", "session", None, "error: Unauthenticated").await?;
+                Err(ControllerError::Unauthenticated(BAD_CREDENTIALS.into()))
+            }
         }
     }
 
@@ -103,11 +156,7 @@ impl AuthService {
         self.db
             .live_session(crypto::token_hash(token))
             .await?
-            .ok_or_else(|| {
-                ControllerError::Unauthenticated(
-                    "session token is invalid, expired or revoked".into(),
-                )
-            })
+            .ok_or_else(|| ControllerError::Unauthenticated("session token is invalid, expired or revoked".into()))
     }
 
     /// Revokes a session.
@@ -119,16 +168,13 @@ impl AuthService {
     async fn issue(&self, user_id: uuid::Uuid) -> ControllerResult<IssuedSession> {
         let token = crypto::new_token("dgs");
         let expires_at = Utc::now() + self.session_ttl;
-        self.db
-            .create_session(user_id, crypto::token_hash(&token), expires_at)
-            .await?;
+        self.db.create_session(user_id, crypto::token_hash(&token), expires_at).await?;
         Ok(IssuedSession { token, expires_at })
     }
 }
 
 /// A valid argon2id hash of a random string, verified against for unknown users.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
 
 async fn hash(password: &str) -> ControllerResult<String> {
     let pw = password.to_owned();
@@ -141,20 +187,12 @@ async fn hash(password: &str) -> ControllerResult<String> {
 fn validate_credentials(username: &str, password: &str) -> Result<(), FieldError> {
     if username.is_empty()
         || username.len() > 64
-        || !username
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(FieldError::new(
-            "username",
-            "must be 1-64 characters of [A-Za-z0-9._-]",
-        ));
+        return Err(FieldError::new("username", "must be 1-64 characters of [A-Za-z0-9._-]"));
     }
     if password.chars().count() < 12 {
-        return Err(FieldError::new(
-            "password",
-            "must be at least 12 characters",
-        ));
+        return Err(FieldError::new("password", "must be at least 12 characters"));
     }
     Ok(())
 }

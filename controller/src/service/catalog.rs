@@ -1,13 +1,21 @@
 //! The catalog: datasources, storages and backup jobs. Inputs arrive validated (see `grpc::convert`); this
-//! layer checks what needs the database (referenced ids exist, agents match) and encrypts credentials.
+//! layer checks what needs the database (referenced ids exist, agents match), encrypts credentials, and runs
+//! connection and storage tests (recording each as a health check).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
+use chrono::{DateTime, Utc};
+use dg_proto::v1::{self as pb, agent_request};
 use uuid::Uuid;
 
+use super::{
+    agent_rpc::AgentRpc,
+    schedule,
+    storages::{self, StorageSpec},
+};
 use crate::{
     crypto::MasterKey,
-    db::{Db, Page},
+    db::{Db, Deletion, Page},
     error::{ControllerError, ControllerResult},
     model::{BackupJob, Datasource, Engine, Storage, StorageKind, Strategy, TlsMode},
 };
@@ -37,19 +45,32 @@ pub struct NewDatasource {
     pub labels: BTreeMap<String, String>,
 }
 
-/// A validated new storage.
-#[derive(Debug, Clone)]
-pub enum NewStorageConfig {
-    /// A directory on an agent's host.
-    Local {
-        /// Absolute path.
-        path: String,
-        /// Agent.
-        agent_id: Uuid,
-    },
+/// A validated datasource change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct DatasourcePatch {
+    /// Name.
+    pub name: Option<String>,
+    /// Host.
+    pub host: Option<String>,
+    /// Port.
+    pub port: Option<u16>,
+    /// Database.
+    pub database: Option<String>,
+    /// User.
+    pub username: Option<String>,
+    /// Password; `Some("")` removes it.
+    pub password: Option<String>,
+    /// TLS mode.
+    pub tls_mode: Option<TlsMode>,
+    /// Agent.
+    pub agent_id: Option<Uuid>,
+    /// Labels to merge (or replace).
+    pub labels: BTreeMap<String, String>,
+    /// Replace labels instead of merging.
+    pub replace_labels: bool,
 }
 
-/// A validated new backup job.
+/// A validated new or changed backup job.
 #[derive(Debug, Clone)]
 pub struct NewJob {
     /// Name.
@@ -76,40 +97,110 @@ pub struct NewJob {
     pub compression_level: i32,
     /// Enabled.
     pub enabled: bool,
+    /// Retry: attempts in all.
+    pub retry_max_attempts: u32,
+    /// Retry: wait.
+    pub retry_backoff_secs: u32,
 }
+
+/// A validated job change; `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct JobPatch {
+    /// Name.
+    pub name: Option<String>,
+    /// Cron.
+    pub cron: Option<String>,
+    /// Time zone.
+    pub time_zone: Option<String>,
+    /// Retention (max, daily, weekly, monthly).
+    pub retention: Option<(u32, u32, u32, u32)>,
+    /// Strategy.
+    pub strategy: Option<Strategy>,
+    /// Storages.
+    pub storage_ids: Option<Vec<Uuid>>,
+    /// zstd level.
+    pub compression_level: Option<i32>,
+    /// Retry (attempts, backoff secs).
+    pub retry: Option<(u32, u32)>,
+}
+
+/// Result of a connection or storage test.
+#[derive(Debug, Clone)]
+pub struct TestOutcome {
+    /// Passed.
+    pub ok: bool,
+    /// Round trip.
+    pub latency: Duration,
+    /// Failure.
+    pub error: String,
+    /// Server version (databases).
+    pub server_version: String,
+    /// When.
+    pub checked_at: DateTime<Utc>,
+}
+
+impl TestOutcome {
+    fn failed(error: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            latency: Duration::ZERO,
+            error: error.into(),
+            server_version: String::new(),
+            checked_at: Utc::now(),
+        }
+    }
+
+    fn from_pb(r: pb::TestResult) -> Self {
+        let latency = r
+            .latency
+            .map(|d| Duration::new(u64::try_from(d.seconds).unwrap_or(0), u32::try_from(d.nanos).unwrap_or(0)))
+            .unwrap_or_default();
+        Self { ok: r.ok, latency, error: r.error, server_version: r.server_version, checked_at: Utc::now() }
+    }
+}
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Catalog service.
 #[derive(Clone, Debug)]
 pub struct CatalogService {
     db: Db,
     key: MasterKey,
+    rpc: AgentRpc,
+}
+
+fn to_i32(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
 }
 
 impl CatalogService {
     /// New service.
-    pub fn new(db: Db, key: MasterKey) -> Self {
-        Self { db, key }
+    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc) -> Self {
+        Self { db, key, rpc }
     }
 
     async fn require_agent(&self, id: Uuid) -> ControllerResult<()> {
         match self.db.agent(id).await? {
             Some(a) if a.revoked_at.is_none() => Ok(()),
-            Some(_) => Err(ControllerError::FailedPrecondition(format!(
-                "agent {id} is revoked"
-            ))),
+            Some(_) => Err(ControllerError::FailedPrecondition(format!("agent_id: agent {id} is revoked"))),
             None => Err(ControllerError::NotFound(format!("agent {id}"))),
         }
     }
+
+    fn encrypt_password(&self, id: Uuid, password: Option<&str>) -> ControllerResult<Option<Vec<u8>>> {
+        Ok(match password {
+            Some(p) if !p.is_empty() => Some(self.key.encrypt(id.as_bytes(), p.as_bytes())?),
+            _ => None,
+        })
+    }
+
+    // ---- datasources ---------------------------------------------------------------------------------------
 
     /// Creates a datasource; the password is encrypted with the new row's id as associated data.
     pub async fn create_datasource(&self, n: NewDatasource) -> ControllerResult<Datasource> {
         self.require_agent(n.agent_id).await?;
         let id = Uuid::now_v7();
-        let password_ciphertext = match n.password.as_deref() {
-            Some(p) if !p.is_empty() => Some(self.key.encrypt(id.as_bytes(), p.as_bytes())?),
-            _ => None,
-        };
-        let now = chrono::Utc::now();
+        let now = Utc::now();
         let d = Datasource {
             id,
             name: n.name,
@@ -118,7 +209,7 @@ impl CatalogService {
             port: i32::from(n.port),
             database_name: n.database,
             username: n.username,
-            password_ciphertext,
+            password_ciphertext: self.encrypt_password(id, n.password.as_deref())?,
             tls_mode: n.tls_mode,
             agent_id: n.agent_id,
             labels: serde_json::to_value(&n.labels).unwrap_or_default(),
@@ -128,12 +219,116 @@ impl CatalogService {
         Ok(self.db.insert_datasource(&d).await?)
     }
 
+    /// Applies a change.
+    pub async fn update_datasource(&self, id: Uuid, p: DatasourcePatch) -> ControllerResult<Datasource> {
+        let mut d = self.datasource(id).await?;
+        if let Some(agent) = p.agent_id
+            && agent != d.agent_id
+        {
+            self.require_agent(agent).await?;
+            d.agent_id = agent;
+        }
+        if let Some(v) = p.name {
+            d.name = v;
+        }
+        if let Some(v) = p.host {
+            d.host = v;
+        }
+        if let Some(v) = p.port {
+            d.port = i32::from(v);
+        }
+        if let Some(v) = p.database {
+            d.database_name = v;
+        }
+        if let Some(v) = p.username {
+            d.username = v;
+        }
+        if let Some(v) = p.tls_mode {
+            d.tls_mode = v;
+        }
+        if let Some(pw) = p.password.as_deref() {
+            d.password_ciphertext = self.encrypt_password(d.id, Some(pw))?;
+        }
+        if p.replace_labels || !p.labels.is_empty() {
+            let mut labels: BTreeMap<String, String> = if p.replace_labels {
+                BTreeMap::new()
+            } else {
+                serde_json::from_value(d.labels.clone()).unwrap_or_default()
+            };
+            labels.extend(p.labels);
+            if labels.len() > 64 {
+                return Err(dg_common::error::FieldError::new("labels", "at most 64 labels").into());
+            }
+            d.labels = serde_json::to_value(&labels).unwrap_or_default();
+        }
+        self.db.update_datasource(&d).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
+    }
+
+    /// Deletes a datasource; returns (jobs, executions) deleted along.
+    pub async fn delete_datasource(&self, id: Uuid, force: bool) -> ControllerResult<(u32, u32)> {
+        match self.db.delete_datasource(id, force).await? {
+            Deletion::Deleted { first, second } => Ok((first, second)),
+            Deletion::Refused(why) => Err(ControllerError::FailedPrecondition(why)),
+            Deletion::NotFound => Err(ControllerError::NotFound(format!("datasource {id}"))),
+        }
+    }
+
+    /// The connection details for one job, password decrypted (sent only to the bound agent).
+    pub fn database_target(&self, ds: &Datasource, database: Option<String>) -> ControllerResult<pb::DatabaseTarget> {
+        let password = match &ds.password_ciphertext {
+            Some(ct) => String::from_utf8(self.key.decrypt(ds.id.as_bytes(), ct)?)
+                .map_err(|_| ControllerError::Pki("stored password is not UTF-8".into()))?,
+            None => String::new(),
+        };
+        Ok(pb::DatabaseTarget {
+            engine: super::dispatch::engine_pb(ds.engine) as i32,
+            host: ds.host.clone(),
+            port: u32::try_from(ds.port).unwrap_or_default(),
+            database: database.unwrap_or_else(|| ds.database_name.clone()),
+            username: ds.username.clone(),
+            password,
+            tls_mode: match ds.tls_mode {
+                TlsMode::Disable => pb::TlsMode::Disable,
+                TlsMode::Prefer => pb::TlsMode::Prefer,
+                TlsMode::Require => pb::TlsMode::Require,
+                TlsMode::VerifyFull => pb::TlsMode::VerifyFull,
+            } as i32,
+        })
+    }
+
+    /// Tests a datasource's connection from its agent and records the result.
+    pub async fn test_datasource(&self, id: Uuid) -> ControllerResult<TestOutcome> {
+        let ds = self.datasource(id).await?;
+        let target = self.database_target(&ds, None)?;
+        let kind = agent_request::Kind::TestDatabase(pb::TestDatabase { target: Some(target) });
+        let outcome = self.agent_test(ds.agent_id, kind).await;
+        self.record("datasource", id, &outcome).await?;
+        Ok(outcome)
+    }
+
+    async fn agent_test(&self, agent: Uuid, kind: agent_request::Kind) -> TestOutcome {
+        match self.rpc.call(agent, kind, TEST_TIMEOUT).await {
+            Ok(pb::AgentResponse { kind: Some(pb::agent_response::Kind::Test(r)), .. }) => TestOutcome::from_pb(r),
+            Ok(r) => TestOutcome::failed(if r.error.is_empty() {
+                "unexpected answer from the agent".into()
+            } else {
+                r.error
+            }),
+            Err(e) => TestOutcome::failed(e.to_string()),
+        }
+    }
+
+    async fn record(&self, kind: &str, id: Uuid, o: &TestOutcome) -> ControllerResult<()> {
+        let ms = i32::try_from(o.latency.as_millis()).unwrap_or(i32::MAX);
+        let error = (!o.ok).then_some(o.error.as_str());
+        let detail = (!o.server_version.is_empty()).then_some(o.server_version.as_str());
+        self.db.insert_health(kind, id, o.ok, o.ok.then_some(ms), error, detail).await?;
+        Ok(())
+    }
+
     /// One datasource.
     pub async fn datasource(&self, id: Uuid) -> ControllerResult<Datasource> {
-        self.db
-            .datasource(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
+        self.db.datasource(id).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
     }
 
     /// A page of datasources.
@@ -141,39 +336,129 @@ impl CatalogService {
         Ok(self.db.list_datasources(page).await?)
     }
 
+    // ---- storages ------------------------------------------------------------------------------------------
+
     /// Creates a storage.
-    pub async fn create_storage(
-        &self,
-        name: String,
-        cfg: NewStorageConfig,
-    ) -> ControllerResult<Storage> {
-        let (kind, config, agent_id) = match cfg {
-            NewStorageConfig::Local { path, agent_id } => {
-                self.require_agent(agent_id).await?;
-                (
-                    StorageKind::Local,
-                    serde_json::json!({ "path": path }),
-                    Some(agent_id),
-                )
-            }
-        };
-        let s = Storage {
+    pub async fn create_storage(&self, name: String, spec: StorageSpec) -> ControllerResult<Storage> {
+        if let StorageSpec::Local { agent_id, .. } = &spec {
+            self.require_agent(*agent_id).await?;
+        }
+        let now = Utc::now();
+        let mut s = Storage {
             id: Uuid::now_v7(),
             name,
-            kind,
-            config,
-            agent_id,
-            created_at: chrono::Utc::now(),
+            kind: spec.kind(),
+            config: serde_json::Value::Null,
+            agent_id: None,
+            credentials_ciphertext: None,
+            created_at: now,
+            updated_at: now,
         };
+        spec.apply(&mut s, &self.key)?;
         Ok(self.db.insert_storage(&s).await?)
+    }
+
+    /// Renames and/or reconfigures a storage (same kind; secrets left empty are kept).
+    pub async fn update_storage(
+        &self,
+        id: Uuid,
+        name: Option<String>,
+        spec: Option<StorageSpec>,
+    ) -> ControllerResult<Storage> {
+        let mut s = self.storage(id).await?;
+        if let Some(n) = name {
+            s.name = n;
+        }
+        if let Some(spec) = spec {
+            if spec.kind() != s.kind {
+                return Err(dg_common::error::FieldError::new(
+                    "config",
+                    format!("the kind cannot change (it is {})", s.kind),
+                )
+                .into());
+            }
+            if let StorageSpec::Local { agent_id, .. } = &spec
+                && s.agent_id != Some(*agent_id)
+            {
+                self.require_agent(*agent_id).await?;
+                if self.db.storage_used_by_other_agents(id, *agent_id).await? {
+                    return Err(ControllerError::FailedPrecondition(
+                        "local.agent_id: jobs back up datasources of another agent into this storage".into(),
+                    ));
+                }
+            }
+            spec.apply(&mut s, &self.key)?;
+        }
+        self.db.update_storage(&s).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
+    }
+
+    /// Deletes a storage; returns the number of jobs it was removed from.
+    pub async fn delete_storage(&self, id: Uuid, force: bool) -> ControllerResult<u32> {
+        match self.db.delete_storage(id, force).await? {
+            Deletion::Deleted { first, .. } => Ok(first),
+            Deletion::Refused(why) => Err(ControllerError::FailedPrecondition(why)),
+            Deletion::NotFound => Err(ControllerError::NotFound(format!("storage {id}"))),
+        }
+    }
+
+    /// Tests a saved storage and records the result.
+    pub async fn test_storage(&self, id: Uuid) -> ControllerResult<TestOutcome> {
+        let s = self.storage(id).await?;
+        let outcome = self.test_stored(&s).await;
+        self.record("storage", id, &outcome).await?;
+        Ok(outcome)
+    }
+
+    /// Tests an unsaved configuration.
+    pub async fn test_spec(&self, spec: StorageSpec) -> ControllerResult<TestOutcome> {
+        let mut s = Storage {
+            id: Uuid::now_v7(),
+            name: "unsaved".into(),
+            kind: spec.kind(),
+            config: serde_json::Value::Null,
+            agent_id: None,
+            credentials_ciphertext: None,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        spec.apply(&mut s, &self.key)?;
+        Ok(self.test_stored(&s).await)
+    }
+
+    /// Local storages are probed by their agent; cloud storages by the controller itself.
+    async fn test_stored(&self, s: &Storage) -> TestOutcome {
+        let target = match storages::target(s, &self.key) {
+            Ok(t) => t,
+            Err(e) => return TestOutcome::failed(e.to_string()),
+        };
+        if s.kind == StorageKind::Local {
+            let Some(agent) = s.agent_id else { return TestOutcome::failed("local storage without an agent") };
+            return self
+                .agent_test(agent, agent_request::Kind::TestStorage(pb::TestStorage { storage: Some(target) }))
+                .await;
+        }
+        let probe = async {
+            let cfg = storages::store_config(s, &self.key).map_err(|e| e.to_string())?;
+            let store = dg_common::store::open(&cfg).map_err(|e| e.0)?;
+            dg_common::store::probe(store.as_ref(), &format!(".dataguardian-probe/{}", Uuid::new_v4()))
+                .await
+                .map_err(|e| e.0)
+        };
+        match probe.await {
+            Ok(latency) => TestOutcome {
+                ok: true,
+                latency,
+                error: String::new(),
+                server_version: String::new(),
+                checked_at: Utc::now(),
+            },
+            Err(e) => TestOutcome::failed(e),
+        }
     }
 
     /// One storage.
     pub async fn storage(&self, id: Uuid) -> ControllerResult<Storage> {
-        self.db
-            .storage(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
+        self.db.storage(id).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
     }
 
     /// A page of storages.
@@ -181,19 +466,26 @@ impl CatalogService {
         Ok(self.db.list_storages(page).await?)
     }
 
-    /// Creates a job. Local storages must sit on the datasource's agent, which is the one that writes them.
-    pub async fn create_job(&self, n: NewJob) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
-        let ds = self.datasource(n.datasource_id).await?;
-        for sid in &n.storage_ids {
-            let s = self.storage(*sid).await?;
-            if s.kind == StorageKind::Local && s.agent_id != Some(ds.agent_id) {
+    // ---- jobs ----------------------------------------------------------------------------------------------
+
+    async fn check_targets(&self, ds: &Datasource, storage_ids: &[Uuid]) -> ControllerResult<()> {
+        for sid in storage_ids {
+            let s = self.db.storage(*sid).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {sid}")))?;
+            if !storages::reachable_by(&s, ds.agent_id) {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "storage_ids: local storage {} is on another agent than datasource {}",
                     s.name, ds.name
                 )));
             }
         }
-        let to_i32 = |v: u32| i32::try_from(v).unwrap_or(i32::MAX);
+        Ok(())
+    }
+
+    /// Creates a job. Local storages must sit on the datasource's agent, which is the one that writes them.
+    pub async fn create_job(&self, n: NewJob) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
+        let ds = self.datasource(n.datasource_id).await?;
+        self.check_targets(&ds, &n.storage_ids).await?;
+        let now = Utc::now();
         let j = BackupJob {
             id: Uuid::now_v7(),
             name: n.name,
@@ -207,26 +499,66 @@ impl CatalogService {
             storage_strategy: n.strategy,
             compression_level: n.compression_level,
             enabled: n.enabled,
-            created_at: chrono::Utc::now(),
+            retry_max_attempts: to_i32(n.retry_max_attempts),
+            retry_backoff_secs: to_i32(n.retry_backoff_secs),
+            created_at: now,
+            updated_at: now,
         };
         let job = self.db.insert_job(&j, &n.storage_ids).await?;
         Ok((job, n.storage_ids))
     }
 
-    /// One job with its ordered storage ids.
-    pub async fn job(&self, id: Uuid) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
-        let job = self
-            .db
-            .job(id)
+    /// Applies a change to a job.
+    pub async fn update_job(&self, id: Uuid, p: JobPatch) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
+        let (mut j, _) = self.job(id).await?;
+        if let Some(v) = p.name {
+            j.name = v;
+        }
+        let cron = p.cron.unwrap_or_else(|| j.cron.clone());
+        let tz = p.time_zone.unwrap_or_else(|| j.time_zone.clone());
+        schedule::parse(&cron, &tz)?;
+        (j.cron, j.time_zone) = (cron, tz);
+        if let Some((m, d, w, mo)) = p.retention {
+            (j.max_backups, j.keep_daily, j.keep_weekly, j.keep_monthly) =
+                (to_i32(m), to_i32(d), to_i32(w), to_i32(mo));
+        }
+        if let Some(s) = p.strategy {
+            j.storage_strategy = s;
+        }
+        if let Some(l) = p.compression_level {
+            j.compression_level = l;
+        }
+        if let Some((a, b)) = p.retry {
+            (j.retry_max_attempts, j.retry_backoff_secs) = (to_i32(a), to_i32(b));
+        }
+        if let Some(ids) = &p.storage_ids {
+            let ds = self.datasource(j.datasource_id).await?;
+            self.check_targets(&ds, ids).await?;
+        }
+        self.db
+            .update_job(&j, p.storage_ids.as_deref())
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))?;
-        let storages = self
-            .db
-            .job_storages(id)
-            .await?
-            .into_iter()
-            .map(|s| s.id)
-            .collect();
+        self.job(id).await
+    }
+
+    /// Deletes a job; returns the queued runs cancelled.
+    pub async fn delete_job(&self, id: Uuid) -> ControllerResult<u32> {
+        self.db.delete_job(id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))
+    }
+
+    /// Enables or disables scheduled runs.
+    pub async fn set_job_enabled(&self, id: Uuid, enabled: bool) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
+        let (mut j, _) = self.job(id).await?;
+        j.enabled = enabled;
+        self.db.update_job(&j, None).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))?;
+        self.job(id).await
+    }
+
+    /// One job with its ordered storage ids.
+    pub async fn job(&self, id: Uuid) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
+        let job = self.db.job(id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {id}")))?;
+        let storages = self.db.job_storages(id).await?.into_iter().map(|s| s.id).collect();
         Ok((job, storages))
     }
 
@@ -234,13 +566,7 @@ impl CatalogService {
     pub async fn list_jobs(&self, page: Page) -> ControllerResult<Vec<(BackupJob, Vec<Uuid>)>> {
         let mut out = Vec::new();
         for job in self.db.list_jobs(page).await? {
-            let storages = self
-                .db
-                .job_storages(job.id)
-                .await?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
+            let storages = self.db.job_storages(job.id).await?.into_iter().map(|s| s.id).collect();
             out.push((job, storages));
         }
         Ok(out)

@@ -2,9 +2,12 @@
 //! about them. Agent reports are accepted only from the agent the execution is assigned to and only for
 //! its current attempt.
 
+use std::time::Duration;
+
+use dg_proto::v1 as pb;
 use uuid::Uuid;
 
-use super::dispatch::DispatchWaker;
+use super::{dispatch::DispatchWaker, registry::AgentRegistry};
 use crate::{
     db::{BackupOutcome, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
@@ -24,8 +27,23 @@ pub struct RestoreRequest {
     pub create_database: bool,
     /// Clean before restoring.
     pub drop_existing: bool,
-    /// Must equal the effective target database.
+    /// Must equal the effective target database (not needed in verification mode).
     pub confirm_target_database: String,
+    /// Storage to read first.
+    pub source_storage_id: Option<Uuid>,
+    /// Restore into a temporary database and drop it afterwards.
+    pub verification_mode: bool,
+}
+
+/// One event of a watched execution.
+#[derive(Debug, Clone)]
+pub enum WatchEvent {
+    /// The execution (first, and on every state change).
+    Execution(Box<Execution>),
+    /// Progress while running.
+    Progress(pb::ExecutionProgress),
+    /// A new log line.
+    Log(LogLine),
 }
 
 /// A backup with its copies and chunks.
@@ -44,12 +62,13 @@ pub struct BackupDetail {
 pub struct ExecutionsService {
     db: Db,
     waker: DispatchWaker,
+    registry: AgentRegistry,
 }
 
 impl ExecutionsService {
     /// New service.
-    pub fn new(db: Db, waker: DispatchWaker) -> Self {
-        Self { db, waker }
+    pub fn new(db: Db, waker: DispatchWaker, registry: AgentRegistry) -> Self {
+        Self { db, waker, registry }
     }
 
     /// Asks dispatch for a round (e.g. an agent connected).
@@ -59,18 +78,13 @@ impl ExecutionsService {
 
     /// Queues a backup of a job now.
     pub async fn run_now(&self, job_id: Uuid) -> ControllerResult<Execution> {
-        let job = self
-            .db
-            .job(job_id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
+        let job =
+            self.db.job(job_id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
         let ds = self
             .db
             .datasource(job.datasource_id)
             .await?
-            .ok_or_else(|| {
-                ControllerError::NotFound(format!("datasource {}", job.datasource_id))
-            })?;
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", job.datasource_id)))?;
         let ex = self
             .db
             .insert_execution(&NewExecution {
@@ -83,33 +97,23 @@ impl ExecutionsService {
                 options: serde_json::json!({ "trigger": "run_now" }),
             })
             .await?;
-        self.db
-            .append_log(
-                ex.id,
-                "info",
-                &format!("queued by RunNow of job {}", job.name),
-            )
-            .await?;
+        self.db.append_log(ex.id, "info", &format!("queued by RunNow of job {}", job.name)).await?;
         self.waker.wake();
         Ok(ex)
     }
 
-    /// Queues a restore.
+    /// Queues a restore (or a verification restore into a temporary database).
     pub async fn restore(&self, r: RestoreRequest) -> ControllerResult<Execution> {
         let backup = self.backup_execution(r.backup_id).await?;
         let source = self
             .db
             .datasource(backup.datasource_id)
             .await?
-            .ok_or_else(|| {
-                ControllerError::NotFound(format!("datasource {}", backup.datasource_id))
-            })?;
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", backup.datasource_id)))?;
         let target = match r.target_datasource_id {
-            Some(id) => self
-                .db
-                .datasource(id)
-                .await?
-                .ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))?,
+            Some(id) => {
+                self.db.datasource(id).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))?
+            }
             None => source.clone(),
         };
         if target.engine != source.engine {
@@ -118,16 +122,27 @@ impl ExecutionsService {
                 target.engine, source.engine
             )));
         }
-        let database = r
-            .target_database
-            .clone()
-            .unwrap_or_else(|| target.database_name.clone());
-        if r.confirm_target_database != database {
-            return Err(ControllerError::Invalid(dg_common::error::FieldError::new(
-                "confirm_target_database",
-                format!("must repeat the target database name \"{database}\""),
+        let copies = self.db.backup_storage_ids(backup.id).await?;
+        if let Some(sid) = r.source_storage_id
+            && !copies.contains(&sid)
+        {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "source_storage_id: storage {sid} holds no complete copy of backup {}",
+                backup.id
             )));
         }
+        let database = if r.verification_mode {
+            format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12])
+        } else {
+            let database = r.target_database.clone().unwrap_or_else(|| target.database_name.clone());
+            if r.confirm_target_database != database {
+                return Err(ControllerError::Invalid(dg_common::error::FieldError::new(
+                    "confirm_target_database",
+                    format!("must repeat the target database name \"{database}\""),
+                )));
+            }
+            database
+        };
         let ex = self
             .db
             .insert_execution(&NewExecution {
@@ -138,20 +153,16 @@ impl ExecutionsService {
                 source_backup_id: Some(backup.id),
                 target_database: Some(database.clone()),
                 options: serde_json::json!({
-                    "create_database": r.create_database,
-                    "drop_existing": r.drop_existing,
+                    "create_database": r.create_database || r.verification_mode,
+                    "drop_existing": r.drop_existing && !r.verification_mode,
+                    "verification": r.verification_mode,
+                    "source_storage_id": r.source_storage_id,
                 }),
             })
             .await?;
+        let what = if r.verification_mode { "verification restore" } else { "restore" };
         self.db
-            .append_log(
-                ex.id,
-                "info",
-                &format!(
-                    "restore of backup {} into database {database} queued",
-                    backup.id
-                ),
-            )
+            .append_log(ex.id, "info", &format!("{what} of backup {} into database {database} queued", backup.id))
             .await?;
         self.waker.wake();
         Ok(ex)
@@ -159,10 +170,7 @@ impl ExecutionsService {
 
     /// One execution.
     pub async fn get(&self, id: Uuid) -> ControllerResult<Execution> {
-        self.db
-            .execution(id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("execution {id}")))
+        self.db.execution(id).await?.ok_or_else(|| ControllerError::NotFound(format!("execution {id}")))
     }
 
     /// A page of executions.
@@ -201,11 +209,7 @@ impl ExecutionsService {
             .into_iter()
             .filter(|c| storage_ids.contains(&c.storage_id))
             .collect();
-        Ok(BackupDetail {
-            execution,
-            storage_ids,
-            chunks,
-        })
+        Ok(BackupDetail { execution, storage_ids, chunks })
     }
 
     async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
@@ -237,13 +241,7 @@ impl ExecutionsService {
     }
 
     /// A log line.
-    pub async fn report_log(
-        &self,
-        agent: Uuid,
-        id: Uuid,
-        level: &str,
-        message: &str,
-    ) -> ControllerResult<()> {
+    pub async fn report_log(&self, agent: Uuid, id: Uuid, level: &str, message: &str) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         let level = match level {
             "warn" | "error" | "info" => level,
@@ -278,9 +276,7 @@ impl ExecutionsService {
             Err(reason) => {
                 let msg = format!("backup not committed: {reason}");
                 self.db.append_log(id, "error", &msg).await?;
-                self.db
-                    .finish_failed(id, Some(attempt), &msg, false)
-                    .await?;
+                self.db.finish_failed(id, Some(attempt), &msg, false).await?;
             }
         }
         self.waker.wake();
@@ -297,19 +293,14 @@ impl ExecutionsService {
     ) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         if self.db.complete_restore(id, attempt, raw).await? {
-            self.db
-                .append_log(
-                    id,
-                    "info",
-                    &format!("restore completed: {raw} bytes restored"),
-                )
-                .await?;
+            self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }
         self.waker.wake();
         Ok(())
     }
 
-    /// An execution failed (or was cancelled) on the agent.
+    /// An execution failed (or was cancelled) on the agent. A failed backup attempt is queued again while
+    /// its job's retry policy allows.
     pub async fn report_failed(
         &self,
         agent: Uuid,
@@ -318,16 +309,173 @@ impl ExecutionsService {
         error: &str,
         cancelled: bool,
     ) -> ControllerResult<()> {
-        self.owned(agent, id).await?;
-        if self
-            .db
-            .finish_failed(id, Some(attempt), error, cancelled)
-            .await?
-        {
+        let ex = self.owned(agent, id).await?;
+        if !cancelled && ex.operation == Operation::Backup && ex.attempt == attempt {
+            let policy = match ex.job_id {
+                Some(j) => self.db.job(j).await?.map(|j| (j.retry_max_attempts, j.retry_backoff_secs)),
+                None => None,
+            };
+            if let Some((max, backoff)) = policy
+                && attempt < max
+                && self.db.requeue(id, attempt, backoff, error).await?
+            {
+                let next = attempt + 1;
+                self.db
+                    .append_log(
+                        id,
+                        "warn",
+                        &format!("attempt {attempt} failed: {error}; retry {next} of {max} in {backoff}s"),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        }
+        if self.db.finish_failed(id, Some(attempt), error, cancelled).await? {
             self.db.append_log(id, "error", error).await?;
         }
         self.waker.wake();
         Ok(())
+    }
+
+    /// Live progress of a running attempt.
+    pub async fn report_progress(
+        &self,
+        agent: Uuid,
+        id: Uuid,
+        attempt: i32,
+        raw: u64,
+        stored: u64,
+        chunks: u32,
+    ) -> ControllerResult<()> {
+        self.owned(agent, id).await?;
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let chunks = i32::try_from(chunks).unwrap_or(i32::MAX);
+        self.db.update_progress(id, attempt, clamp(raw), clamp(stored), chunks).await?;
+        Ok(())
+    }
+
+    /// Cancels a queued execution at once, or asks the agent to stop a running one (it ends `cancelled` when
+    /// the agent confirms; an agent not connected here cannot confirm, so the attempt is ended directly).
+    pub async fn cancel(&self, id: Uuid) -> ControllerResult<Execution> {
+        let ex = self.get(id).await?;
+        match ex.status {
+            Status::Queued => {
+                if self.db.cancel_queued(id, "cancelled by an operator").await? {
+                    self.db.append_log(id, "warn", "cancelled by an operator before it started").await?;
+                }
+            }
+            Status::Running => {
+                let msg = pb::ControllerMessage {
+                    kind: Some(pb::controller_message::Kind::Cancel(pb::Cancel {
+                        execution: Some(pb::ExecutionRef {
+                            execution_id: id.to_string(),
+                            attempt: u32::try_from(ex.attempt).unwrap_or_default(),
+                        }),
+                        reason: "cancelled by an operator".into(),
+                    })),
+                };
+                let delivered = match self.registry.sender(ex.agent_id) {
+                    Some(tx) => tx.send(Ok(msg)).await.is_ok(),
+                    None => false,
+                };
+                if delivered {
+                    self.db.append_log(id, "warn", "cancellation requested; stopping on the agent").await?;
+                } else if self
+                    .db
+                    .finish_failed(id, Some(ex.attempt), "cancelled by an operator (agent not connected)", true)
+                    .await?
+                {
+                    self.db
+                        .append_log(id, "warn", "cancelled by an operator while its agent was not connected")
+                        .await?;
+                }
+            }
+            _ => {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "execution {id} has already ended ({})",
+                    ex.status
+                )));
+            }
+        }
+        self.get(id).await
+    }
+
+    /// Deletes a finished execution (not a completed backup: see `BackupsService::delete`).
+    pub async fn delete(&self, id: Uuid) -> ControllerResult<()> {
+        let ex = self.get(id).await?;
+        if !ex.status.is_terminal() {
+            return Err(ControllerError::FailedPrecondition(format!("execution {id} is still {}", ex.status)));
+        }
+        if ex.operation == Operation::Backup && ex.status == Status::Completed {
+            return Err(ControllerError::FailedPrecondition(
+                "this execution is a completed backup; delete it with BackupService.DeleteBackup".into(),
+            ));
+        }
+        if !self.db.delete_finished_execution(id).await? {
+            return Err(ControllerError::NotFound(format!("execution {id}")));
+        }
+        Ok(())
+    }
+
+    /// Streams an execution's events until it ends: the execution first and on every change, progress while
+    /// it runs, and each new log line. Reads PostgreSQL only, so it works on any replica.
+    pub fn watch(&self, id: Uuid) -> tokio::sync::mpsc::Receiver<ControllerResult<WatchEvent>> {
+        let (tx, rx) = tokio::sync::mpsc::channel(32);
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let mut last: Option<(Status, i32, i64, i64)> = None;
+            let mut after = 0i64;
+            loop {
+                let ex = match db.execution(id).await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => {
+                        let _ = tx.send(Err(ControllerError::NotFound(format!("execution {id}")))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                for l in db.logs(id, after, 500).await.unwrap_or_default() {
+                    after = l.id;
+                    if tx.send(Ok(WatchEvent::Log(l))).await.is_err() {
+                        return;
+                    }
+                }
+                let state = (ex.status, ex.attempt, ex.raw_bytes, ex.stored_bytes);
+                let event = if last.map(|l| (l.0, l.1)) != Some((state.0, state.1)) {
+                    Some(WatchEvent::Execution(Box::new(ex.clone())))
+                } else if ex.status == Status::Running && last.map(|l| (l.2, l.3)) != Some((state.2, state.3)) {
+                    let secs = ex
+                        .started_at
+                        .map(|s| (chrono::Utc::now() - s).num_milliseconds() as f64 / 1000.0)
+                        .unwrap_or(0.0);
+                    Some(WatchEvent::Progress(pb::ExecutionProgress {
+                        raw_bytes: u64::try_from(ex.raw_bytes).unwrap_or_default(),
+                        stored_bytes: u64::try_from(ex.stored_bytes).unwrap_or_default(),
+                        chunks: u32::try_from(ex.chunk_count).unwrap_or_default(),
+                        bytes_per_second: if secs > 0.0 { ex.raw_bytes as f64 / secs } else { 0.0 },
+                    }))
+                } else {
+                    None
+                };
+                if let Some(ev) = event
+                    && tx.send(Ok(ev)).await.is_err()
+                {
+                    return;
+                }
+                last = Some(state);
+                if ex.status.is_terminal() {
+                    return;
+                }
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+                }
+            }
+        });
+        rx
     }
 
     /// A session opened: executions the controller thinks run on the agent but the agent does not report
@@ -336,11 +484,7 @@ impl ExecutionsService {
         for ex in self.db.running_for_agent(agent).await? {
             if !running.contains(&(ex.id, ex.attempt)) {
                 let msg = "agent restarted during the execution";
-                if self
-                    .db
-                    .finish_failed(ex.id, Some(ex.attempt), msg, false)
-                    .await?
-                {
+                if self.db.finish_failed(ex.id, Some(ex.attempt), msg, false).await? {
                     self.db.append_log(ex.id, "error", msg).await?;
                 }
             }

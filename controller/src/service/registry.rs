@@ -32,9 +32,7 @@ pub struct AgentRegistry {
 
 impl std::fmt::Debug for AgentRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentRegistry")
-            .field("connected", &self.connected().len())
-            .finish()
+        f.debug_struct("AgentRegistry").field("connected", &self.connected().len()).finish()
     }
 }
 
@@ -42,14 +40,7 @@ impl AgentRegistry {
     /// Registers a session; closes an older session of the same agent. Returns the session number.
     pub fn register(&self, agent: Uuid, tx: SessionSender, cancel: CancellationToken) -> u64 {
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = self.lock().insert(
-            agent,
-            Entry {
-                session,
-                tx,
-                cancel,
-            },
-        );
+        let old = self.lock().insert(agent, Entry { session, tx, cancel });
         if let Some(old) = old {
             old.cancel.cancel();
         }
@@ -86,8 +77,6 @@ impl AgentRegistry {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
         // A poisoned map is still a valid map: every mutation is a single insert or remove.
-        self.inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -1,4 +1,5 @@
-//! Compression and chunking on a blocking thread: raw blocks in, zstd-compressed chunks of a fixed size out,
+//! The chunk format shared by agents (which write and read chunks) and the controller (which streams
+//! downloads). Compression and chunking on a blocking thread: raw blocks in, zstd-compressed chunks of a fixed size out,
 //! each with its sha256, plus the sha256 of the whole stored stream. And the reverse: compressed chunks in,
 //! decompressed blocks out.
 
@@ -134,12 +135,9 @@ impl BlockWriter {
         }
         let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.block));
         self.written += data.len() as u64;
-        self.tx.blocking_send(Bytes::from(data)).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::BrokenPipe,
-                "restore tool stopped reading",
-            )
-        })
+        self.tx
+            .blocking_send(Bytes::from(data))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "restore tool stopped reading"))
     }
 }
 
@@ -159,17 +157,8 @@ impl Write for BlockWriter {
 
 /// Decompresses verified chunks from `rx` into blocks on `tx`. Runs on a blocking thread; returns the
 /// number of decompressed bytes.
-pub fn decompress(
-    mut rx: mpsc::Receiver<Bytes>,
-    tx: mpsc::Sender<Bytes>,
-    block: usize,
-) -> std::io::Result<u64> {
-    let writer = BlockWriter {
-        buf: Vec::with_capacity(block),
-        block,
-        tx,
-        written: 0,
-    };
+pub fn decompress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, block: usize) -> std::io::Result<u64> {
+    let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0 };
     let mut dec = zstd::stream::write::Decoder::new(writer)?;
     while let Some(chunk) = rx.blocking_recv() {
         dec.write_all(&chunk)?;
@@ -199,9 +188,7 @@ mod tests {
         let input = data.clone();
         let feeder = std::thread::spawn(move || {
             for block in input.chunks(100_000) {
-                raw_tx
-                    .blocking_send(Bytes::copy_from_slice(block))
-                    .expect("send");
+                raw_tx.blocking_send(Bytes::copy_from_slice(block)).expect("send");
             }
         });
         let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024));
@@ -214,11 +201,7 @@ mod tests {
         assert_eq!(totals.raw_bytes, data.len() as u64);
         assert_eq!(chunks.len() as u32, totals.chunks);
         assert!(chunks.len() > 1, "several chunks expected");
-        assert!(
-            chunks[..chunks.len() - 1]
-                .iter()
-                .all(|c| c.data.len() == 64 * 1024)
-        );
+        assert!(chunks[..chunks.len() - 1].iter().all(|c| c.data.len() == 64 * 1024));
         let mut whole = Sha256::new();
         for c in &chunks {
             assert_eq!(hex::encode(Sha256::digest(&c.data)), c.sha256);

@@ -1,0 +1,80 @@
+//! BackupService.
+
+use std::pin::Pin;
+
+use dg_proto::v1::{self as pb, backup_service_server};
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::OperatorSvc;
+use crate::{
+    grpc::{actor, convert, validate},
+    service::executions::RestoreRequest,
+};
+
+type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBackupResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl backup_service_server::BackupService for OperatorSvc {
+    async fn list_backups(
+        &self,
+        req: Request<pb::ListBackupsRequest>,
+    ) -> Result<Response<pb::ListBackupsResponse>, Status> {
+        let r = req.into_inner();
+        let page = validate::page(r.page_size, &r.page_token, 50, 500)?;
+        let ds = validate::opt_id("datasource_id", &r.datasource_id)?;
+        let list = self.ctx.executions.list_backups(ds, page).await?;
+        Ok(Response::new(pb::ListBackupsResponse {
+            next_page_token: page.next_token(list.len()),
+            backups: list.iter().map(|(e, s)| convert::backup(e, s, &[])).collect(),
+        }))
+    }
+
+    async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> Result<Response<pb::Backup>, Status> {
+        let id = validate::id("id", &req.into_inner().id)?;
+        let b = self.ctx.executions.backup(id).await?;
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+    }
+
+    async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> Result<Response<pb::Execution>, Status> {
+        let who = actor(&req);
+        let r = RestoreRequest::try_from(req.into_inner())?;
+        let backup = r.backup_id;
+        let res = self.ctx.executions.restore(r).await;
+        let e = self.audited_on(&who, "backup.restore", "backup", backup, res).await?;
+        Ok(Response::new(convert::execution(&e)))
+    }
+
+    type DownloadBackupStream = DownloadStream;
+
+    async fn download_backup(
+        &self,
+        req: Request<pb::DownloadBackupRequest>,
+    ) -> Result<Response<Self::DownloadBackupStream>, Status> {
+        let who = actor(&req);
+        let r = req.into_inner();
+        let id = validate::id("id", &r.id)?;
+        let res = self.ctx.backups.download(id, r.decompress).await;
+        let rx = self.audited_on(&who, "backup.download", "backup", id, res).await?;
+        let mut offset = 0u64;
+        let stream = ReceiverStream::new(rx).map(move |piece| {
+            let data = piece?;
+            let at = offset;
+            offset += data.len() as u64;
+            Ok(pb::DownloadBackupResponse { data: data.to_vec(), offset: at })
+        });
+        Ok(Response::new(Box::pin(stream) as DownloadStream))
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<pb::DeleteBackupRequest>,
+    ) -> Result<Response<pb::DeleteBackupResponse>, Status> {
+        let who = actor(&req);
+        let id = validate::id("id", &req.into_inner().id)?;
+        let res = self.ctx.backups.delete(id).await;
+        let deleted_objects = self.audited_on(&who, "backup.delete", "backup", id, res).await?;
+        Ok(Response::new(pb::DeleteBackupResponse { deleted_objects }))
+    }
+}

@@ -1,0 +1,612 @@
+//! Request validation: the only place it happens. Every generated request type is converted into a
+//! validated domain value here; a failure is a [`FieldError`] naming the field as the `.proto` file does.
+
+use std::collections::BTreeMap;
+
+use dg_common::{error::FieldError, store::valid_prefix};
+use dg_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::{
+    db::Page,
+    model::{self, Engine, Status, Strategy, TlsMode},
+    service::{
+        catalog::{DatasourcePatch, JobPatch, NewDatasource, NewJob},
+        executions::RestoreRequest,
+        schedule,
+        storages::StorageSpec,
+    },
+};
+
+type V<T> = Result<T, FieldError>;
+
+/// A required UUID field.
+pub fn id(field: &'static str, s: &str) -> V<Uuid> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    Uuid::parse_str(s).map_err(|_| FieldError::new(field, "must be a UUID"))
+}
+
+/// An optional UUID field (empty = none).
+pub fn opt_id(field: &'static str, s: &str) -> V<Option<Uuid>> {
+    if s.is_empty() { Ok(None) } else { id(field, s).map(Some) }
+}
+
+/// Page size and token.
+pub fn page(size: i32, token: &str, default: i64, max: i64) -> V<Page> {
+    let limit = match size {
+        0 => default,
+        n if n < 0 => return Err(FieldError::new("page_size", "must not be negative")),
+        n => i64::from(n).min(max),
+    };
+    let offset = if token.is_empty() {
+        0
+    } else {
+        token
+            .strip_prefix('o')
+            .and_then(|n| n.parse::<i64>().ok())
+            .filter(|n| *n >= 0)
+            .ok_or_else(|| FieldError::new("page_token", "is not a token returned by this API"))?
+    };
+    Ok(Page { offset, limit })
+}
+
+/// A display name: 1-128 characters, no control characters.
+pub fn name(field: &'static str, s: &str) -> V<String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 128 || s.chars().any(char::is_control) {
+        return Err(FieldError::new(field, "must be 1-128 printable characters"));
+    }
+    Ok(s.to_owned())
+}
+
+/// An identifier handed to a database tool: non-empty, bounded, printable, and never option-looking.
+pub fn tool_arg(field: &'static str, s: &str, max: usize) -> V<String> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "is required"));
+    }
+    if s.len() > max || s.chars().any(char::is_control) {
+        return Err(FieldError::new(field, format!("must be at most {max} printable characters")));
+    }
+    if s.starts_with('-') {
+        return Err(FieldError::new(field, "must not start with '-'"));
+    }
+    Ok(s.to_owned())
+}
+
+fn host(s: &str) -> V<String> {
+    let h = tool_arg("host", s, 253)?;
+    if h.chars().any(|c| c.is_whitespace() || c == '/' || c == '\\' || c == '@' || c == '?' || c == '#') {
+        return Err(FieldError::new("host", "must be a host name or an IP address"));
+    }
+    Ok(h)
+}
+
+fn port(p: u32) -> V<u16> {
+    u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| FieldError::new("port", "must be 1-65535"))
+}
+
+fn engine(v: i32) -> V<Engine> {
+    match pb::Engine::try_from(v) {
+        Ok(pb::Engine::Postgres) => Ok(Engine::Postgres),
+        Ok(pb::Engine::Mysql) => Ok(Engine::Mysql),
+        Ok(pb::Engine::Mariadb) => Ok(Engine::Mariadb),
+        Ok(pb::Engine::Unspecified) => Err(FieldError::new("engine", "is required")),
+        Err(_) => Err(FieldError::new("engine", format!("unknown engine {v}"))),
+    }
+}
+
+fn tls_mode(v: i32) -> V<TlsMode> {
+    match pb::TlsMode::try_from(v) {
+        Ok(pb::TlsMode::Unspecified | pb::TlsMode::Prefer) => Ok(TlsMode::Prefer),
+        Ok(pb::TlsMode::Disable) => Ok(TlsMode::Disable),
+        Ok(pb::TlsMode::Require) => Ok(TlsMode::Require),
+        Ok(pb::TlsMode::VerifyFull) => Ok(TlsMode::VerifyFull),
+        Err(_) => Err(FieldError::new("tls_mode", format!("unknown TLS mode {v}"))),
+    }
+}
+
+fn password(p: &str) -> V<()> {
+    if p.len() > 1024 || p.contains('\0') {
+        return Err(FieldError::new("password", "must be at most 1024 bytes without NUL"));
+    }
+    Ok(())
+}
+
+fn labels(l: &std::collections::HashMap<String, String>) -> V<BTreeMap<String, String>> {
+    if l.len() > 64
+        || l.iter().any(|(k, v)| k.is_empty() || k.len() > 63 || v.len() > 256 || k.chars().any(char::is_control))
+    {
+        return Err(FieldError::new("labels", "at most 64 labels, keys 1-63 and values up to 256 characters"));
+    }
+    Ok(l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+/// An absolute local path without `..`, NUL or a leading '-'.
+pub fn local_path(field: &'static str, s: &str) -> V<String> {
+    if !s.starts_with('/') {
+        return Err(FieldError::new(field, "must be an absolute path"));
+    }
+    if s.len() > 4096 || s.chars().any(char::is_control) || s.split('/').any(|c| c == "..") {
+        return Err(FieldError::new(field, "must not contain '..' or control characters"));
+    }
+    Ok(s.to_owned())
+}
+
+impl TryFrom<pb::CreateDatasourceRequest> for NewDatasource {
+    type Error = FieldError;
+    fn try_from(r: pb::CreateDatasourceRequest) -> V<Self> {
+        let engine = engine(r.engine)?;
+        let port = match r.port {
+            0 => match engine {
+                Engine::Postgres => 5432,
+                Engine::Mysql | Engine::Mariadb => 3306,
+            },
+            p => port(p)?,
+        };
+        password(&r.password)?;
+        Ok(NewDatasource {
+            name: name("name", &r.name)?,
+            engine,
+            host: host(&r.host)?,
+            port,
+            database: tool_arg("database", &r.database, 63)?,
+            username: tool_arg("username", &r.username, 63)?,
+            password: (!r.password.is_empty()).then_some(r.password),
+            tls_mode: tls_mode(r.tls_mode)?,
+            agent_id: id("agent_id", &r.agent_id)?,
+            labels: labels(&r.labels)?,
+        })
+    }
+}
+
+/// Validates a datasource change.
+pub fn datasource_patch(r: pb::UpdateDatasourceRequest) -> V<(Uuid, DatasourcePatch)> {
+    let id = id("id", &r.id)?;
+    if let Some(p) = &r.password {
+        password(p)?;
+    }
+    Ok((
+        id,
+        DatasourcePatch {
+            name: r.name.as_deref().map(|n| name("name", n)).transpose()?,
+            host: r.host.as_deref().map(host).transpose()?,
+            port: r.port.map(port).transpose()?,
+            database: r.database.as_deref().map(|d| tool_arg("database", d, 63)).transpose()?,
+            username: r.username.as_deref().map(|u| tool_arg("username", u, 63)).transpose()?,
+            password: r.password,
+            tls_mode: r.tls_mode.map(tls_mode).transpose()?,
+            agent_id: r.agent_id.as_deref().map(|a| id_of("agent_id", a)).transpose()?,
+            labels: labels(&r.labels)?,
+            replace_labels: r.replace_labels,
+        },
+    ))
+}
+
+fn id_of(field: &'static str, s: &str) -> V<Uuid> {
+    id(field, s)
+}
+
+fn bucket(field: &'static str, s: &str) -> V<String> {
+    if s.len() < 3
+        || s.len() > 63
+        || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_')
+    {
+        return Err(FieldError::new(field, "must be 3-63 characters of [a-z0-9._-]"));
+    }
+    Ok(s.to_owned())
+}
+
+fn prefix(field: &'static str, s: &str) -> V<String> {
+    if !valid_prefix(s) {
+        return Err(FieldError::new(field, "must be relative and must not contain '..' or empty segments"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn endpoint(field: &'static str, s: &str) -> V<String> {
+    if s.is_empty() {
+        return Ok(String::new());
+    }
+    let ok = (s.starts_with("https://") || s.starts_with("http://"))
+        && s.len() <= 512
+        && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !ok {
+        return Err(FieldError::new(field, "must be an http:// or https:// URL"));
+    }
+    Ok(s.trim_end_matches('/').to_owned())
+}
+
+fn secret(field: &'static str, s: &str) -> V<Option<String>> {
+    if s.len() > 16 * 1024 || s.contains('\0') {
+        return Err(FieldError::new(field, "is too long"));
+    }
+    Ok((!s.is_empty()).then(|| s.to_owned()))
+}
+
+/// The kind-specific part of create/update/test storage requests.
+pub enum StorageConfigIn {
+    /// Local.
+    Local(pb::LocalStorageConfig),
+    /// S3.
+    S3(pb::S3StorageConfig),
+    /// GCS.
+    Gcs(pb::GcsStorageConfig),
+    /// Azure.
+    Azure(pb::AzureStorageConfig),
+}
+
+impl From<pb::create_storage_request::Config> for StorageConfigIn {
+    fn from(c: pb::create_storage_request::Config) -> Self {
+        use pb::create_storage_request::Config as C;
+        match c {
+            C::Local(l) => Self::Local(l),
+            C::S3(s) => Self::S3(s),
+            C::Gcs(g) => Self::Gcs(g),
+            C::Azure(a) => Self::Azure(a),
+        }
+    }
+}
+
+impl From<pb::update_storage_request::Config> for StorageConfigIn {
+    fn from(c: pb::update_storage_request::Config) -> Self {
+        use pb::update_storage_request::Config as C;
+        match c {
+            C::Local(l) => Self::Local(l),
+            C::S3(s) => Self::S3(s),
+            C::Gcs(g) => Self::Gcs(g),
+            C::Azure(a) => Self::Azure(a),
+        }
+    }
+}
+
+/// Validates a storage configuration.
+pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
+    Ok(match c {
+        StorageConfigIn::Local(l) => StorageSpec::Local {
+            path: local_path("local.path", &l.path)?,
+            agent_id: id("local.agent_id", &l.agent_id)?,
+        },
+        StorageConfigIn::S3(s) => {
+            let id = secret("s3.access_key_id", &s.access_key_id)?;
+            let key = secret("s3.secret_access_key", &s.secret_access_key)?;
+            let keys = match (id, key) {
+                (Some(i), Some(k)) => Some((i, k)),
+                (None, None) => None,
+                _ => {
+                    return Err(FieldError::new(
+                        "s3.secret_access_key",
+                        "access_key_id and secret_access_key go together",
+                    ));
+                }
+            };
+            if s.region.len() > 64 || s.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
+                return Err(FieldError::new("s3.region", "must be a region name such as eu-west-1"));
+            }
+            StorageSpec::S3 {
+                endpoint: endpoint("s3.endpoint", &s.endpoint)?,
+                region: s.region,
+                bucket: bucket("s3.bucket", &s.bucket)?,
+                prefix: prefix("s3.prefix", &s.prefix)?,
+                path_style: s.path_style,
+                allow_http: s.allow_http,
+                keys,
+            }
+        }
+        StorageConfigIn::Gcs(g) => StorageSpec::Gcs {
+            bucket: bucket("gcs.bucket", &g.bucket)?,
+            prefix: prefix("gcs.prefix", &g.prefix)?,
+            endpoint: endpoint("gcs.endpoint", &g.endpoint)?,
+            key: secret("gcs.service_account_key", &g.service_account_key)?,
+        },
+        StorageConfigIn::Azure(a) => {
+            if a.account.len() < 3
+                || a.account.len() > 24
+                || !a.account.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(FieldError::new("azure.account", "must be 3-24 characters of [a-z0-9]"));
+            }
+            if a.container.len() < 3
+                || a.container.len() > 63
+                || !a.container.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                return Err(FieldError::new("azure.container", "must be 3-63 characters of [a-z0-9-]"));
+            }
+            StorageSpec::Azure {
+                account: a.account,
+                container: a.container,
+                prefix: prefix("azure.prefix", &a.prefix)?,
+                endpoint: endpoint("azure.endpoint", &a.endpoint)?,
+                key: secret("azure.access_key", &a.access_key)?,
+            }
+        }
+    })
+}
+
+/// Validates a storage creation request.
+pub fn new_storage(r: pb::CreateStorageRequest) -> V<(String, StorageSpec)> {
+    let n = name("name", &r.name)?;
+    let c = r.config.ok_or_else(|| FieldError::new("config", "one of local, s3, gcs, azure is required"))?;
+    Ok((n, storage_spec(c.into())?))
+}
+
+/// Validates a storage change.
+pub fn storage_patch(r: pb::UpdateStorageRequest) -> V<(Uuid, Option<String>, Option<StorageSpec>)> {
+    Ok((
+        id("id", &r.id)?,
+        r.name.as_deref().map(|n| name("name", n)).transpose()?,
+        r.config.map(|c| storage_spec(c.into())).transpose()?,
+    ))
+}
+
+/// What a TestStorage request names.
+pub enum TestTarget {
+    /// A saved storage.
+    Saved(Uuid),
+    /// An unsaved configuration.
+    Unsaved(StorageSpec),
+}
+
+/// Validates a storage test request.
+pub fn test_target(r: pb::TestStorageRequest) -> V<TestTarget> {
+    match r.target {
+        Some(pb::test_storage_request::Target::Id(i)) => Ok(TestTarget::Saved(id("id", &i)?)),
+        Some(pb::test_storage_request::Target::Config(c)) => {
+            let cfg =
+                c.config.ok_or_else(|| FieldError::new("config.config", "one of local, s3, gcs, azure is required"))?;
+            Ok(TestTarget::Unsaved(storage_spec(cfg.into())?))
+        }
+        None => Err(FieldError::new("target", "id or config is required")),
+    }
+}
+
+fn strategy(v: i32) -> V<Strategy> {
+    match pb::StorageStrategy::try_from(v) {
+        Ok(pb::StorageStrategy::Unspecified | pb::StorageStrategy::Fallback) => Ok(Strategy::Fallback),
+        Ok(pb::StorageStrategy::Replicate) => Ok(Strategy::Replicate),
+        Err(_) => Err(FieldError::new("storage_strategy", "unknown strategy")),
+    }
+}
+
+fn storage_ids(ids: &[String]) -> V<Vec<Uuid>> {
+    if ids.is_empty() {
+        return Err(FieldError::new("storage_ids", "at least one storage is required"));
+    }
+    if ids.len() > 16 {
+        return Err(FieldError::new("storage_ids", "at most 16 storages"));
+    }
+    let mut out = Vec::new();
+    for s in ids {
+        let sid = id("storage_ids", s)?;
+        if out.contains(&sid) {
+            return Err(FieldError::new("storage_ids", "must not repeat a storage"));
+        }
+        out.push(sid);
+    }
+    Ok(out)
+}
+
+fn compression(l: i32) -> V<i32> {
+    match l {
+        0 => Ok(3),
+        l @ 1..=19 => Ok(l),
+        _ => Err(FieldError::new("compression_level", "must be 1-19")),
+    }
+}
+
+fn retention(r: Option<pb::RetentionPolicy>) -> V<(u32, u32, u32, u32)> {
+    let r = r.unwrap_or_default();
+    let v = if r.max_backups == 0 && r.keep_daily == 0 && r.keep_weekly == 0 && r.keep_monthly == 0 {
+        (0, 7, 0, 0)
+    } else {
+        (r.max_backups, r.keep_daily, r.keep_weekly, r.keep_monthly)
+    };
+    if [v.0, v.1, v.2, v.3].iter().any(|x| *x > 10_000) {
+        return Err(FieldError::new("retention", "values must be at most 10000"));
+    }
+    Ok(v)
+}
+
+fn retry(r: Option<pb::RetryPolicy>) -> V<(u32, u32)> {
+    let Some(r) = r else { return Ok((1, 60)) };
+    let attempts = if r.max_attempts == 0 { 1 } else { r.max_attempts };
+    if attempts > 10 {
+        return Err(FieldError::new("retry.max_attempts", "must be 1-10"));
+    }
+    let backoff = match r.backoff {
+        None => 60,
+        Some(d) if (0..=86_400).contains(&d.seconds) && d.nanos >= 0 => u32::try_from(d.seconds).unwrap_or(60),
+        Some(_) => return Err(FieldError::new("retry.backoff", "must be between 0 and 1 day")),
+    };
+    Ok((attempts, backoff))
+}
+
+fn cron_and_zone(cron: &str, tz: &str) -> V<(String, String)> {
+    let tz = if tz.is_empty() { "UTC" } else { tz };
+    schedule::parse(cron, tz)?;
+    Ok((cron.split_whitespace().collect::<Vec<_>>().join(" "), tz.to_owned()))
+}
+
+impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
+    type Error = FieldError;
+    fn try_from(r: pb::CreateBackupJobRequest) -> V<Self> {
+        let (cron, time_zone) = cron_and_zone(&r.cron, &r.time_zone)?;
+        let (max_backups, keep_daily, keep_weekly, keep_monthly) = retention(r.retention)?;
+        let (retry_max_attempts, retry_backoff_secs) = retry(r.retry)?;
+        Ok(NewJob {
+            name: name("name", &r.name)?,
+            datasource_id: id("datasource_id", &r.datasource_id)?,
+            cron,
+            time_zone,
+            max_backups,
+            keep_daily,
+            keep_weekly,
+            keep_monthly,
+            strategy: strategy(r.storage_strategy)?,
+            storage_ids: storage_ids(&r.storage_ids)?,
+            compression_level: compression(r.compression_level)?,
+            enabled: r.enabled.unwrap_or(true),
+            retry_max_attempts,
+            retry_backoff_secs,
+        })
+    }
+}
+
+/// Validates a job change (the schedule is checked against the stored one by the service).
+pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
+    let id = id("id", &r.id)?;
+    if let Some(tz) = &r.time_zone {
+        schedule::time_zone(tz)?;
+    }
+    if let Some(c) = &r.cron {
+        schedule::parse(c, r.time_zone.as_deref().unwrap_or("UTC"))?;
+    }
+    Ok((
+        id,
+        JobPatch {
+            name: r.name.as_deref().map(|n| name("name", n)).transpose()?,
+            cron: r.cron.map(|c| c.split_whitespace().collect::<Vec<_>>().join(" ")),
+            time_zone: r.time_zone,
+            retention: r.retention.map(|p| retention(Some(p))).transpose()?,
+            strategy: r.storage_strategy.map(strategy).transpose()?,
+            storage_ids: r.storages.map(|s| storage_ids(&s.storage_ids)).transpose()?,
+            compression_level: r.compression_level.map(compression).transpose()?,
+            retry: r.retry.map(|p| retry(Some(p))).transpose()?,
+        },
+    ))
+}
+
+impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
+    type Error = FieldError;
+    fn try_from(r: pb::RestoreBackupRequest) -> V<Self> {
+        if !r.verification_mode && r.confirm_target_database.is_empty() {
+            return Err(FieldError::new("confirm_target_database", "is required: repeat the target database name"));
+        }
+        if r.verification_mode && !r.target_database.is_empty() {
+            return Err(FieldError::new(
+                "target_database",
+                "must be empty in verification_mode (a temporary database is used)",
+            ));
+        }
+        Ok(RestoreRequest {
+            backup_id: id("backup_id", &r.backup_id)?,
+            target_datasource_id: opt_id("target_datasource_id", &r.target_datasource_id)?,
+            target_database: if r.target_database.is_empty() {
+                None
+            } else {
+                Some(tool_arg("target_database", &r.target_database, 63)?)
+            },
+            create_database: r.create_database,
+            drop_existing: r.drop_existing,
+            confirm_target_database: r.confirm_target_database,
+            source_storage_id: opt_id("source_storage_id", &r.source_storage_id)?,
+            verification_mode: r.verification_mode,
+        })
+    }
+}
+
+/// Execution status filter.
+pub fn status_filter(v: i32) -> V<Option<Status>> {
+    Ok(match pb::ExecutionStatus::try_from(v).map_err(|_| FieldError::new("status", "unknown status"))? {
+        pb::ExecutionStatus::Unspecified => None,
+        pb::ExecutionStatus::Queued => Some(Status::Queued),
+        pb::ExecutionStatus::Running => Some(Status::Running),
+        pb::ExecutionStatus::Completed => Some(Status::Completed),
+        pb::ExecutionStatus::Failed => Some(Status::Failed),
+        pb::ExecutionStatus::Cancelled => Some(Status::Cancelled),
+    })
+}
+
+/// Operation filter.
+pub fn operation_filter(v: i32) -> V<Option<model::Operation>> {
+    Ok(match pb::Operation::try_from(v).map_err(|_| FieldError::new("operation", "unknown operation"))? {
+        pb::Operation::Unspecified => None,
+        pb::Operation::Backup => Some(model::Operation::Backup),
+        pb::Operation::Restore => Some(model::Operation::Restore),
+        pb::Operation::Verify => Some(model::Operation::Verify),
+    })
+}
+
+/// A timestamp filter.
+pub fn time(field: &'static str, t: Option<prost_types::Timestamp>) -> V<Option<chrono::DateTime<chrono::Utc>>> {
+    t.map(|t| {
+        chrono::DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0))
+            .ok_or_else(|| FieldError::new(field, "is out of range"))
+    })
+    .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds_req() -> pb::CreateDatasourceRequest {
+        pb::CreateDatasourceRequest {
+            name: "main".into(),
+            engine: pb::Engine::Postgres as i32,
+            host: "127.0.0.1".into(),
+            port: 0,
+            database: "app".into(),
+            username: "backup".into(),
+            password: "pw".into(),
+            tls_mode: 0,
+            agent_id: Uuid::now_v7().to_string(),
+            labels: Default::default(),
+        }
+    }
+
+    #[test]
+    fn datasource_validation_names_the_field() {
+        let ok = NewDatasource::try_from(ds_req()).expect("valid");
+        assert_eq!(ok.port, 5432);
+        assert_eq!(ok.tls_mode, TlsMode::Prefer);
+        type Mutation = Box<dyn Fn(&mut pb::CreateDatasourceRequest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("name", Box::new(|r| r.name.clear())),
+            ("engine", Box::new(|r| r.engine = 0)),
+            ("engine", Box::new(|r| r.engine = 99)),
+            ("host", Box::new(|r| r.host = "a b".into())),
+            ("port", Box::new(|r| r.port = 70000)),
+            ("database", Box::new(|r| r.database = "--file=/etc/passwd".into())),
+            ("database", Box::new(|r| r.database.clear())),
+            ("username", Box::new(|r| r.username = "-U".into())),
+            ("agent_id", Box::new(|r| r.agent_id = "nope".into())),
+            ("tls_mode", Box::new(|r| r.tls_mode = 42)),
+        ];
+        for (field, mutate) in cases {
+            let mut r = ds_req();
+            mutate(&mut r);
+            let err = NewDatasource::try_from(r).expect_err(field);
+            assert_eq!(err.field, field);
+        }
+    }
+
+    #[test]
+    fn paths_prefixes_and_pages() {
+        assert!(local_path("p", "/var/backups").is_ok());
+        assert!(local_path("p", "relative").is_err());
+        assert!(local_path("p", "/var/../etc").is_err());
+        assert!(prefix("s3.prefix", "a/../b").is_err());
+        assert_eq!(prefix("s3.prefix", "a/b/").expect("ok"), "a/b");
+        assert_eq!(page(0, "", 50, 500).expect("page").limit, 50);
+        assert_eq!(page(10_000, "o20", 50, 500).expect("page").offset, 20);
+        assert_eq!(page(10_000, "", 50, 500).expect("page").limit, 500);
+        assert_eq!(page(1, "zz", 50, 500).expect_err("token").field, "page_token");
+        let p = Page { offset: 0, limit: 2 };
+        assert_eq!(p.next_token(2), "o2");
+        assert_eq!(p.next_token(1), "");
+    }
+
+    #[test]
+    fn retry_and_retention_defaults() {
+        assert_eq!(retry(None).expect("default"), (1, 60));
+        assert_eq!(
+            retry(Some(pb::RetryPolicy { max_attempts: 11, backoff: None })).expect_err("max").field,
+            "retry.max_attempts"
+        );
+        assert_eq!(retention(None).expect("default"), (0, 7, 0, 0));
+        let r = pb::RetentionPolicy { max_backups: 3, ..Default::default() };
+        assert_eq!(retention(Some(r)).expect("max"), (3, 0, 0, 0));
+    }
+}

@@ -1,0 +1,228 @@
+//! Operator reads and deletes of backup objects. Cloud storages are opened by the controller itself; a local
+//! storage lives on one agent's host, so reads and deletes there go through that agent's session. Every
+//! chunk is checked against its size and sha256 before any of its bytes are sent, and a chunk is read from
+//! the next storage holding a copy when one fails.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use dg_proto::v1::{self as pb, agent_request};
+use object_store::{ObjectStore, ObjectStoreExt, path::Path as ObjPath};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::{agent_rpc::AgentRpc, storages};
+use crate::{
+    crypto::MasterKey,
+    db::Db,
+    error::{ControllerError, ControllerResult},
+    model::{Chunk, Execution, Operation, Status, Storage, StorageKind},
+};
+
+/// Size of the pieces a download is sent in.
+const PIECE: usize = 1024 * 1024;
+
+/// Backup object access.
+#[derive(Clone, Debug)]
+pub struct BackupsService {
+    db: Db,
+    key: MasterKey,
+    rpc: AgentRpc,
+}
+
+/// An opened source of objects.
+enum Source {
+    Cloud(Arc<dyn ObjectStore>),
+    Agent { agent: Uuid, target: pb::StorageTarget },
+}
+
+impl BackupsService {
+    /// New service.
+    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc) -> Self {
+        Self { db, key, rpc }
+    }
+
+    async fn completed_backup(&self, id: Uuid) -> ControllerResult<Execution> {
+        match self.db.execution(id).await? {
+            Some(e) if e.operation == Operation::Backup && e.status == Status::Completed => Ok(e),
+            _ => Err(ControllerError::NotFound(format!("backup {id}"))),
+        }
+    }
+
+    fn source(&self, s: &Storage) -> ControllerResult<Source> {
+        if s.kind == StorageKind::Local {
+            let agent =
+                s.agent_id.ok_or_else(|| ControllerError::FailedPrecondition("local storage without agent".into()))?;
+            return Ok(Source::Agent { agent, target: storages::target(s, &self.key)? });
+        }
+        let cfg = storages::store_config(s, &self.key)?;
+        let store = dg_common::store::open(&cfg)
+            .map_err(|e| ControllerError::Unavailable(format!("storage {}: {}", s.name, e.0)))?;
+        Ok(Source::Cloud(store))
+    }
+
+    async fn read(&self, src: &Source, key: &str, max: u64) -> Result<Bytes, String> {
+        match src {
+            Source::Cloud(store) => store
+                .get(&ObjPath::from(key))
+                .await
+                .map_err(|e| e.to_string())?
+                .bytes()
+                .await
+                .map_err(|e| e.to_string()),
+            Source::Agent { agent, target } => {
+                let (mut data, done, _guard) =
+                    self.rpc.read(*agent, target.clone(), key.to_owned()).await.map_err(|e| e.to_string())?;
+                let mut buf = BytesMut::new();
+                while let Some(piece) = data.recv().await {
+                    if buf.len() as u64 + piece.len() as u64 > max {
+                        return Err("object is larger than recorded".into());
+                    }
+                    buf.extend_from_slice(&piece);
+                }
+                let r = tokio::time::timeout(Duration::from_secs(30), done)
+                    .await
+                    .map_err(|_| "agent did not finish the read".to_owned())?
+                    .map_err(|_| "agent disconnected".to_owned())?;
+                if !r.error.is_empty() {
+                    return Err(r.error);
+                }
+                Ok(buf.freeze())
+            }
+        }
+    }
+
+    /// Streams a backup: the stored zstd stream, or the decompressed dump.
+    pub async fn download(
+        &self,
+        id: Uuid,
+        decompress: bool,
+    ) -> ControllerResult<mpsc::Receiver<ControllerResult<Bytes>>> {
+        let ex = self.completed_backup(id).await?;
+        let copies = self.db.backup_storage_ids(id).await?;
+        let mut sources = Vec::new();
+        for sid in &copies {
+            if let Some(s) = self.db.storage(*sid).await? {
+                match self.source(&s) {
+                    Ok(src) => sources.push((s.name.clone(), src)),
+                    Err(e) => tracing::warn!(storage = %s.name, error = %e, "storage unusable for download"),
+                }
+            }
+        }
+        if sources.is_empty() {
+            return Err(ControllerError::Unavailable("no storage holding this backup can be opened".into()));
+        }
+        let first = copies[0];
+        let chunks: Vec<Chunk> =
+            self.db.chunks(id, ex.attempt).await?.into_iter().filter(|c| c.storage_id == first).collect();
+        let (tx, rx) = mpsc::channel::<ControllerResult<Bytes>>(4);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let (chunk_tx, dec) = if decompress {
+                let (ctx, crx) = mpsc::channel::<Bytes>(2);
+                let (btx, mut brx) = mpsc::channel::<Bytes>(4);
+                let worker = tokio::task::spawn_blocking(move || dg_common::chunk::decompress(crx, btx, PIECE));
+                let out = tx.clone();
+                let forward = tokio::spawn(async move {
+                    while let Some(b) = brx.recv().await {
+                        if out.send(Ok(b)).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                (Some(ctx), Some((worker, forward)))
+            } else {
+                (None, None)
+            };
+            for c in &chunks {
+                let mut reasons = Vec::new();
+                let mut good = None;
+                for (name, src) in &sources {
+                    match this.read(src, &c.object_key, u64::try_from(c.size).unwrap_or(0)).await {
+                        Ok(b) if b.len() as i64 == c.size && hex::encode(Sha256::digest(&b)) == c.sha256 => {
+                            good = Some(b);
+                            break;
+                        }
+                        Ok(_) => reasons.push(format!("storage {name}: checksum or size mismatch")),
+                        Err(e) => reasons.push(format!("storage {name}: {e}")),
+                    }
+                }
+                let Some(data) = good else {
+                    let msg = format!("chunk {} ({}) has no intact copy: {}", c.seq, c.object_key, reasons.join("; "));
+                    let _ = tx.send(Err(ControllerError::DataLoss(msg))).await;
+                    return;
+                };
+                let sent = match &chunk_tx {
+                    Some(ctx) => ctx.send(data).await.is_ok(),
+                    None => {
+                        let mut ok = true;
+                        for piece in data.chunks(PIECE) {
+                            if tx.send(Ok(data.slice_ref(piece))).await.is_err() {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        ok
+                    }
+                };
+                if !sent {
+                    return;
+                }
+            }
+            drop(chunk_tx);
+            if let Some((worker, forward)) = dec {
+                let res = worker.await;
+                let _ = forward.await;
+                if !matches!(res, Ok(Ok(_))) {
+                    let _ =
+                        tx.send(Err(ControllerError::DataLoss("the stored stream does not decompress".into()))).await;
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Deletes a backup: objects in every storage first (a storage is dropped from the backup's copies as soon
+    /// as its objects are gone), then the rows. Returns the number of objects deleted.
+    pub async fn delete(&self, id: Uuid) -> ControllerResult<u32> {
+        let ex = self.completed_backup(id).await?;
+        let mut by_storage: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+        for c in self.db.chunks_all_attempts(id).await? {
+            by_storage.entry(c.storage_id).or_default().push(c.object_key);
+        }
+        let mut deleted = 0u32;
+        for (sid, mut keys) in by_storage {
+            if let Some(m) = &ex.manifest_key {
+                keys.push(m.clone());
+            }
+            let s = self.db.storage(sid).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {sid}")))?;
+            deleted += match self.source(&s)? {
+                Source::Cloud(store) => {
+                    let mut n = 0;
+                    for k in &keys {
+                        match store.delete(&ObjPath::from(k.as_str())).await {
+                            Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+                            Err(e) => return Err(ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
+                        }
+                    }
+                    n
+                }
+                Source::Agent { agent, target } => {
+                    let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(target), keys });
+                    let r = self.rpc.call(agent, kind, Duration::from_secs(120)).await?;
+                    if !r.error.is_empty() {
+                        return Err(ControllerError::Unavailable(format!("storage {}: {}", s.name, r.error)));
+                    }
+                    match r.kind {
+                        Some(pb::agent_response::Kind::Deleted(n)) => n,
+                        _ => 0,
+                    }
+                }
+            };
+            self.db.drop_copy(id, sid).await?;
+        }
+        self.db.delete_backup_rows(id).await?;
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,346 @@
+//! Storage specifications: the domain form of a storage configuration, how it is stored (non-secret fields
+//! as JSON, write-only credentials encrypted with the row id as associated data) and how it is handed to an
+//! agent or opened by the controller.
+
+use dg_common::store::StoreConfig;
+use dg_proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::{
+    crypto::MasterKey,
+    error::{ControllerError, ControllerResult},
+    model::{Storage, StorageKind},
+};
+
+/// A validated storage configuration. Secrets are `None` when not given (an update keeps the stored ones).
+#[derive(Clone)]
+pub enum StorageSpec {
+    /// A directory on an agent's host.
+    Local {
+        /// Absolute path.
+        path: String,
+        /// Agent.
+        agent_id: Uuid,
+    },
+    /// An S3-compatible bucket.
+    S3 {
+        /// Endpoint.
+        endpoint: String,
+        /// Region.
+        region: String,
+        /// Bucket.
+        bucket: String,
+        /// Prefix.
+        prefix: String,
+        /// Path-style.
+        path_style: bool,
+        /// Plain HTTP allowed.
+        allow_http: bool,
+        /// Keys.
+        keys: Option<(String, String)>,
+    },
+    /// A GCS bucket.
+    Gcs {
+        /// Bucket.
+        bucket: String,
+        /// Prefix.
+        prefix: String,
+        /// Emulator URL.
+        endpoint: String,
+        /// Service account JSON.
+        key: Option<String>,
+    },
+    /// An Azure container.
+    Azure {
+        /// Account.
+        account: String,
+        /// Container.
+        container: String,
+        /// Prefix.
+        prefix: String,
+        /// Endpoint.
+        endpoint: String,
+        /// Access key.
+        key: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for StorageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.kind().as_str())
+    }
+}
+
+/// Stored credentials (encrypted as a whole).
+#[derive(Default, Serialize, Deserialize)]
+struct Secrets {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    access_key_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    secret: String,
+}
+
+/// Non-secret configuration as stored in `storage.config`.
+#[derive(Default, Serialize, Deserialize)]
+struct Public {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    path: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    endpoint: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    region: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    bucket: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    prefix: String,
+    #[serde(default)]
+    path_style: bool,
+    #[serde(default)]
+    allow_http: bool,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    account: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    container: String,
+}
+
+impl StorageSpec {
+    /// The kind.
+    pub fn kind(&self) -> StorageKind {
+        match self {
+            StorageSpec::Local { .. } => StorageKind::Local,
+            StorageSpec::S3 { .. } => StorageKind::S3,
+            StorageSpec::Gcs { .. } => StorageKind::Gcs,
+            StorageSpec::Azure { .. } => StorageKind::Azure,
+        }
+    }
+
+    fn secrets(&self) -> Option<Secrets> {
+        match self {
+            StorageSpec::Local { .. } => None,
+            StorageSpec::S3 { keys, .. } => {
+                keys.as_ref().map(|(id, secret)| Secrets { access_key_id: id.clone(), secret: secret.clone() })
+            }
+            StorageSpec::Gcs { key, .. } | StorageSpec::Azure { key, .. } => {
+                key.as_ref().map(|k| Secrets { access_key_id: String::new(), secret: k.clone() })
+            }
+        }
+    }
+
+    /// Fills `storage`'s kind, config, agent and (when given) encrypted credentials from this spec.
+    pub fn apply(&self, storage: &mut Storage, key: &MasterKey) -> ControllerResult<()> {
+        let mut p = Public::default();
+        storage.agent_id = None;
+        match self {
+            StorageSpec::Local { path, agent_id } => {
+                p.path = path.clone();
+                storage.agent_id = Some(*agent_id);
+            }
+            StorageSpec::S3 { endpoint, region, bucket, prefix, path_style, allow_http, .. } => {
+                (p.endpoint, p.region, p.bucket, p.prefix) =
+                    (endpoint.clone(), region.clone(), bucket.clone(), prefix.clone());
+                (p.path_style, p.allow_http) = (*path_style, *allow_http);
+            }
+            StorageSpec::Gcs { bucket, prefix, endpoint, .. } => {
+                (p.bucket, p.prefix, p.endpoint) = (bucket.clone(), prefix.clone(), endpoint.clone());
+            }
+            StorageSpec::Azure { account, container, prefix, endpoint, .. } => {
+                (p.account, p.container, p.prefix, p.endpoint) =
+                    (account.clone(), container.clone(), prefix.clone(), endpoint.clone());
+            }
+        }
+        storage.kind = self.kind();
+        storage.config = serde_json::to_value(&p).map_err(|e| ControllerError::Pki(e.to_string()))?;
+        if storage.kind == StorageKind::Local {
+            storage.credentials_ciphertext = None;
+        } else if let Some(s) = self.secrets() {
+            let json = serde_json::to_vec(&s).map_err(|e| ControllerError::Pki(e.to_string()))?;
+            storage.credentials_ciphertext = Some(key.encrypt(storage.id.as_bytes(), &json)?);
+        }
+        Ok(())
+    }
+}
+
+fn public(s: &Storage) -> Public {
+    serde_json::from_value(s.config.clone()).unwrap_or_default()
+}
+
+fn secrets(s: &Storage, key: &MasterKey) -> ControllerResult<Secrets> {
+    match &s.credentials_ciphertext {
+        Some(ct) => {
+            let plain = key.decrypt(s.id.as_bytes(), ct)?;
+            serde_json::from_slice(&plain).map_err(|_| ControllerError::Pki("stored credentials are malformed".into()))
+        }
+        None => Ok(Secrets::default()),
+    }
+}
+
+/// The operator view of a storage's configuration (no secrets).
+pub fn public_config(s: &Storage) -> Option<pb::storage::Config> {
+    let p = public(s);
+    Some(match s.kind {
+        StorageKind::Local => pb::storage::Config::Local(pb::LocalStorageConfig {
+            path: p.path,
+            agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
+        }),
+        StorageKind::S3 => pb::storage::Config::S3(pb::S3StorageConfig {
+            endpoint: p.endpoint,
+            region: p.region,
+            bucket: p.bucket,
+            prefix: p.prefix,
+            path_style: p.path_style,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            allow_http: p.allow_http,
+        }),
+        StorageKind::Gcs => pb::storage::Config::Gcs(pb::GcsStorageConfig {
+            bucket: p.bucket,
+            prefix: p.prefix,
+            service_account_key: String::new(),
+            endpoint: p.endpoint,
+        }),
+        StorageKind::Azure => pb::storage::Config::Azure(pb::AzureStorageConfig {
+            account: p.account,
+            container: p.container,
+            prefix: p.prefix,
+            access_key: String::new(),
+            endpoint: p.endpoint,
+        }),
+    })
+}
+
+/// The full configuration (with credentials) the controller opens cloud storages with.
+pub fn store_config(s: &Storage, key: &MasterKey) -> ControllerResult<StoreConfig> {
+    let p = public(s);
+    let sec = secrets(s, key)?;
+    Ok(match s.kind {
+        StorageKind::Local => StoreConfig::Local { path: p.path },
+        StorageKind::S3 => StoreConfig::S3 {
+            endpoint: p.endpoint,
+            region: p.region,
+            bucket: p.bucket,
+            prefix: p.prefix,
+            path_style: p.path_style,
+            access_key_id: sec.access_key_id,
+            secret_access_key: sec.secret,
+            allow_http: p.allow_http,
+        },
+        StorageKind::Gcs => StoreConfig::Gcs {
+            bucket: p.bucket,
+            prefix: p.prefix,
+            service_account_key: sec.secret,
+            endpoint: p.endpoint,
+        },
+        StorageKind::Azure => StoreConfig::Azure {
+            account: p.account,
+            container: p.container,
+            prefix: p.prefix,
+            access_key: sec.secret,
+            endpoint: p.endpoint,
+        },
+    })
+}
+
+/// What an agent needs to open a storage (credentials included: the agent moves the bytes).
+pub fn target(s: &Storage, key: &MasterKey) -> ControllerResult<pb::StorageTarget> {
+    use pb::storage_target::Config;
+    let config = match store_config(s, key)? {
+        StoreConfig::Local { path } => Config::Local(pb::LocalStorageConfig {
+            path,
+            agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
+        }),
+        StoreConfig::S3 {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        } => Config::S3(pb::S3StorageConfig {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        }),
+        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
+            Config::Gcs(pb::GcsStorageConfig { bucket, prefix, service_account_key, endpoint })
+        }
+        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
+            Config::Azure(pb::AzureStorageConfig { account, container, prefix, access_key, endpoint })
+        }
+    };
+    Ok(pb::StorageTarget { storage_id: s.id.to_string(), config: Some(config) })
+}
+
+/// A storage is usable by `agent`: cloud storages by any agent, a local one only by its own agent.
+pub fn reachable_by(s: &Storage, agent: Uuid) -> bool {
+    s.kind != StorageKind::Local || s.agent_id == Some(agent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blank(id: Uuid) -> Storage {
+        Storage {
+            id,
+            name: "s".into(),
+            kind: StorageKind::Local,
+            config: serde_json::json!({}),
+            agent_id: None,
+            credentials_ciphertext: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn secrets_are_encrypted_kept_on_update_and_never_public() {
+        let key = MasterKey::from_hex(&"33".repeat(32)).expect("key");
+        let mut s = blank(Uuid::now_v7());
+        let spec = StorageSpec::S3 {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "eu".into(),
+            bucket: "b".into(),
+            prefix: "p".into(),
+            path_style: true,
+            allow_http: true,
+            keys: Some(("AKID-1".into(), "s3cr3t-value".into())),
+        };
+        spec.apply(&mut s, &key).expect("apply");
+        let stored = format!("{} {:?}", s.config, s.credentials_ciphertext);
+        assert!(!stored.contains("s3cr3t-value") && !stored.contains("AKID-1"), "{stored}");
+        let public = format!("{:?}", public_config(&s));
+        assert!(!public.contains("s3cr3t-value") && !public.contains("AKID-1"));
+        // An update without keys keeps the stored ones.
+        let no_keys = StorageSpec::S3 {
+            endpoint: "http://127.0.0.1:9001".into(),
+            region: "eu".into(),
+            bucket: "b2".into(),
+            prefix: String::new(),
+            path_style: true,
+            allow_http: true,
+            keys: None,
+        };
+        no_keys.apply(&mut s, &key).expect("apply");
+        match store_config(&s, &key).expect("config") {
+            StoreConfig::S3 { access_key_id, secret_access_key, bucket, .. } => {
+                assert_eq!(
+                    (access_key_id.as_str(), secret_access_key.as_str(), bucket.as_str()),
+                    ("AKID-1", "s3cr3t-value", "b2")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bound to the row: another id cannot decrypt.
+        let mut moved = s.clone();
+        moved.id = Uuid::now_v7();
+        assert!(store_config(&moved, &key).is_err());
+    }
+}
