@@ -2,7 +2,9 @@
 //! real mTLS agents and real `grpcurl`.
 
 mod backup_restore;
+mod bad_input;
 mod failures;
 mod grpcurl;
 mod lifecycle;
+mod operator_api;
 mod security;

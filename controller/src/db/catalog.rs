@@ -87,7 +87,9 @@ impl Db {
     /// Deletes a datasource unless it has backups or unfinished executions; with `force` also its jobs.
     pub async fn delete_datasource(&self, id: Uuid, force: bool) -> Result<Deletion, DbErr> {
         let txn = self.conn.begin().await?;
-        if count(&txn, "SELECT count(*) AS n FROM datasource WHERE id = $1 FOR UPDATE", id).await? == 0 {
+        if count(&txn, "SELECT count(*) AS n FROM (SELECT 1 FROM datasource WHERE id = $1 FOR UPDATE) x", id).await?
+            == 0
+        {
             return Ok(Deletion::NotFound);
         }
         let backups = count(
@@ -172,7 +174,7 @@ impl Db {
     /// it, unless a job would be left with none.
     pub async fn delete_storage(&self, id: Uuid, force: bool) -> Result<Deletion, DbErr> {
         let txn = self.conn.begin().await?;
-        if count(&txn, "SELECT count(*) AS n FROM storage WHERE id = $1 FOR UPDATE", id).await? == 0 {
+        if count(&txn, "SELECT count(*) AS n FROM (SELECT 1 FROM storage WHERE id = $1 FOR UPDATE) x", id).await? == 0 {
             return Ok(Deletion::NotFound);
         }
         let copies = count(&txn, "SELECT count(*) AS n FROM backup_copy WHERE storage_id = $1", id).await?;
