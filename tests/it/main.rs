@@ -8,3 +8,4 @@ mod grpcurl;
 mod lifecycle;
 mod operator_api;
 mod security;
+mod secrets;
