@@ -65,6 +65,7 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     }
     let (ok, out, _) = g.run(&[&addr, "describe", "dataguardian.v1.BackupJobService"])?;
     assert!(ok && out.contains("rpc RunNow"), "{out}");
+    assert!(out.contains("Queues a backup of the job now"), "describe carries the documentation: {out}");
     let (ok, out, _) = g.run(&[&addr, "describe", "dataguardian.v1.RestoreBackupRequest"])?;
     assert!(ok && out.contains("confirm_target_database"), "{out}");
 
@@ -123,21 +124,44 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     )?;
     let ex = g.call("dataguardian.v1.BackupJobService/RunNow", &serde_json::json!({"jobId": s(&job["id"])}))?;
     assert_eq!(s(&ex["status"]), "EXECUTION_STATUS_QUEUED", "{ex}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    let done = loop {
-        let e = g.call("dataguardian.v1.ExecutionService/GetExecution", &serde_json::json!({"id": s(&ex["id"])}))?;
-        match s(&e["status"]).as_str() {
-            "EXECUTION_STATUS_COMPLETED" | "EXECUTION_STATUS_FAILED" => break e,
-            _ => {}
-        }
-        anyhow::ensure!(tokio::time::Instant::now() < deadline, "execution never ended: {e}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    // Watch: a server stream that ends when the execution ends.
+    let (ok, out, err) = g.run(&[
+        "-d",
+        &serde_json::json!({"id": s(&ex["id"])}).to_string(),
+        &addr,
+        "dataguardian.v1.ExecutionService/WatchExecution",
+    ])?;
+    assert!(ok, "watch failed: {err}");
+    assert!(out.contains("EXECUTION_STATUS_COMPLETED"), "the stream ends with the final state: {out}");
+    assert!(out.contains("connection test ok"), "log lines are streamed: {out}");
+    let done = g.call("dataguardian.v1.ExecutionService/GetExecution", &serde_json::json!({"id": s(&ex["id"])}))?;
     assert_eq!(s(&done["status"]), "EXECUTION_STATUS_COMPLETED", "{done}");
     let backups = g.call("dataguardian.v1.BackupService/ListBackups", &serde_json::json!({}))?;
     let list = backups["backups"].as_array().cloned().unwrap_or_default();
     assert_eq!(list.len(), 1, "{backups}");
     assert_eq!(s(&list[0]["id"]), s(&ex["id"]));
+
+    // Restore in verification mode, watched to the end.
+    let v = g.call(
+        "dataguardian.v1.BackupService/RestoreBackup",
+        &serde_json::json!({"backupId": s(&ex["id"]), "verificationMode": true}),
+    )?;
+    let (ok, out, err) = g.run(&[
+        "-d",
+        &serde_json::json!({"id": s(&v["id"])}).to_string(),
+        &addr,
+        "dataguardian.v1.ExecutionService/WatchExecution",
+    ])?;
+    assert!(ok && out.contains("EXECUTION_STATUS_COMPLETED"), "{err}{out}");
+    assert!(out.contains("dropped"), "the verification database is dropped: {out}");
+
+    // Audit trail of what this operator did.
+    let audit = g.call("dataguardian.v1.AuditService/ListAuditEvents", &serde_json::json!({"actor": "admin"}))?;
+    let actions: Vec<String> =
+        audit["events"].as_array().cloned().unwrap_or_default().iter().map(|e| s(&e["action"])).collect();
+    for a in ["storage.create", "datasource.create", "backup_job.create", "backup_job.run_now", "backup.restore"] {
+        assert!(actions.iter().any(|x| x == a), "{a} missing from audit: {actions:?}");
+    }
 
     // Bad input is named.
     let (ok, out, err) = g.run(&["-d", r#"{"name": "x", "engine": "ENGINE_POSTGRES", "host": "h", "database": "--file=/etc/passwd", "username": "u", "agentId": "00000000-0000-0000-0000-000000000000"}"#, &addr, "dataguardian.v1.DatasourceService/CreateDatasource"])?;
@@ -146,6 +170,11 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     // Health is served.
     let (ok, out, _) = g.run(&[&addr, "grpc.health.v1.Health/Check"])?;
     assert!(ok && out.contains("SERVING"), "{out}");
+
+    // Logout: the token stops working.
+    g.call("dataguardian.v1.AuthService/Logout", &serde_json::json!({}))?;
+    let (ok, out, err) = g.run(&["-d", "{}", &addr, "dataguardian.v1.AgentService/ListAgents"])?;
+    assert!(!ok && (err.contains("Unauthenticated") || out.contains("Unauthenticated")), "{err}{out}");
 
     cancel.cancel();
     let _ = agent.await;

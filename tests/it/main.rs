@@ -7,5 +7,6 @@ mod failures;
 mod grpcurl;
 mod lifecycle;
 mod operator_api;
-mod security;
+mod python_client;
 mod secrets;
+mod security;

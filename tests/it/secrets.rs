@@ -87,7 +87,14 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
         ))
         .await?
         .into_inner();
-    let r = c.storages.test_storage(authed(pb::TestStorageRequest { target: Some(pb::test_storage_request::Target::Id(s3.id.clone())) }, &t)).await?.into_inner();
+    let r = c
+        .storages
+        .test_storage(authed(
+            pb::TestStorageRequest { target: Some(pb::test_storage_request::Target::Id(s3.id.clone())) },
+            &t,
+        ))
+        .await?
+        .into_inner();
     returned.push(r.error);
 
     // Full backup and restore with the real password.
@@ -109,7 +116,8 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
         .into_inner();
     let done = c.wait_execution(&restore.id, Duration::from_secs(120)).await?;
     assert_eq!(done.status, pb::ExecutionStatus::Completed as i32, "{}", done.error);
-    let ok = c.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
+    let ok =
+        c.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
     assert!(ok.ok, "{ok:?}");
 
     // A failing backup: a wrong password on another datasource.
@@ -121,12 +129,19 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
         returned.push(e.error.clone());
         returned.push(c.logs(&e.id).await?);
     }
-    let ds_view = c.datasources.get_datasource(authed(pb::GetDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
+    let ds_view =
+        c.datasources.get_datasource(authed(pb::GetDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
     returned.push(format!("{ds_view:?}"));
     let st_view = c.storages.get_storage(authed(pb::GetStorageRequest { id: s3.id.clone() }, &t)).await?.into_inner();
     returned.push(format!("{st_view:?}"));
     let mut audit = pb::audit_service_client::AuditServiceClient::new(cluster.channel().await?);
-    returned.push(format!("{:?}", audit.list_audit_events(authed(pb::ListAuditEventsRequest { page_size: 500, ..Default::default() }, &t)).await?.into_inner()));
+    returned.push(format!(
+        "{:?}",
+        audit
+            .list_audit_events(authed(pb::ListAuditEventsRequest { page_size: 500, ..Default::default() }, &t))
+            .await?
+            .into_inner()
+    ));
     // Logout: the token's last use.
     auth.logout(authed(pb::LogoutRequest {}, &t)).await?;
 
