@@ -150,6 +150,61 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
     assert_eq!(a, b, "restored data differs");
     assert_eq!(a[0].1, 300_000);
 
+    // Restoring again over the now populated database: refused by pg_restore without drop_existing,
+    // clean with it (objects dropped first), and through another datasource of the same engine.
+    let mut t = target.connect().await?;
+    t.execute("DELETE FROM people WHERE id <= 1000; UPDATE documents SET body = 'changed'").await?;
+    let other = c
+        .datasources
+        .create_datasource(authed(
+            pb::CreateDatasourceRequest {
+                name: "same-server-other-entry".into(),
+                engine: pb::Engine::Postgres as i32,
+                host: "localhost".into(),
+                port: 5432,
+                database: target.name.clone(),
+                username: "postgres".into(),
+                tls_mode: pb::TlsMode::Disable as i32,
+                agent_id: agent.id.clone(),
+                ..Default::default()
+            },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    let restore_into = |drop_existing| pb::RestoreBackupRequest {
+        backup_id: ex.id.clone(),
+        target_datasource_id: other.id.clone(),
+        drop_existing,
+        confirm_target_database: target.name.clone(),
+        ..Default::default()
+    };
+    let plain = c.backups.restore_backup(authed(restore_into(false), &c.token)).await?.into_inner();
+    let plain = c.wait_execution(&plain.id, Duration::from_secs(300)).await?;
+    assert_eq!(plain.status, pb::ExecutionStatus::Failed as i32, "objects exist: pg_restore must stop");
+    assert!(plain.error.contains("pg_restore"), "{}", plain.error);
+    let clean = c.backups.restore_backup(authed(restore_into(true), &c.token)).await?.into_inner();
+    let clean = c.wait_execution(&clean.id, Duration::from_secs(300)).await?;
+    assert_eq!(clean.status, pb::ExecutionStatus::Completed as i32, "{}", clean.error);
+    assert_eq!(fingerprint(&target).await?, a, "drop_existing restores the exact data");
+
+    // Backups listed per datasource.
+    let mine = c
+        .backups
+        .list_backups(authed(pb::ListBackupsRequest { datasource_id: ds.id.clone(), ..Default::default() }, &c.token))
+        .await?
+        .into_inner();
+    assert_eq!(mine.backups.len(), 1);
+    let none = c
+        .backups
+        .list_backups(authed(
+            pb::ListBackupsRequest { datasource_id: other.id.clone(), ..Default::default() },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    assert!(none.backups.is_empty());
+
     agent.stop().await;
     cluster.stop().await;
     Ok(())

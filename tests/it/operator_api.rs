@@ -58,6 +58,11 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert!(st.ok, "{st:?}");
+    let sh = health
+        .get_storage_health(authed(pb::GetStorageHealthRequest { id: storage.id.clone(), history_size: 5 }, &t))
+        .await?
+        .into_inner();
+    assert!(sh.latest.expect("checked").ok && sh.last_error.is_empty());
     let unsaved = |config| pb::TestStorageRequest {
         target: Some(pb::test_storage_request::Target::Config(pb::CreateStorageRequest {
             name: "x".into(),
@@ -268,6 +273,19 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     let gone = c.jobs.get_backup_job(authed(pb::GetBackupJobRequest { id: job.id.clone() }, &t)).await;
     assert_eq!(gone.expect_err("job deleted along").code(), Code::NotFound);
     c.storages.delete_storage(authed(pb::DeleteStorageRequest { id: storage.id.clone(), force: false }, &t)).await?;
+
+    // Storage health recorded by the tests above; time filters on executions.
+    let sh = health
+        .get_storage_health(authed(pb::GetStorageHealthRequest { id: storage.id.clone(), history_size: 0 }, &t))
+        .await;
+    assert_eq!(sh.expect_err("the storage is deleted").code(), Code::NotFound);
+    let future = prost_types::Timestamp { seconds: chrono::Utc::now().timestamp() + 3600, nanos: 0 };
+    let later = c
+        .executions
+        .list_executions(authed(pb::ListExecutionsRequest { created_after: Some(future), ..Default::default() }, &t))
+        .await?
+        .into_inner();
+    assert!(later.executions.is_empty());
 
     // System view.
     let sys = health.get_system_health(authed(pb::GetSystemHealthRequest {}, &t)).await?.into_inner();

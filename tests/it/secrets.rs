@@ -149,6 +149,13 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
     let _ = agent.2.await;
     cluster.stop().await;
 
+    // A dump of the controller database shows only ciphertext and hashes.
+    let dump = std::process::Command::new("pg_dump").arg("--data-only").arg(cluster.db.url()).output()?;
+    assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
+    let dump = String::from_utf8_lossy(&dump.stdout).into_owned();
+    assert!(dump.contains(&ds.id), "the dump holds the datasource row");
+    returned.push(dump);
+
     let logs = String::from_utf8_lossy(&capture.0.lock().map_err(|_| anyhow::anyhow!("poisoned"))?).into_owned();
     assert!(logs.len() > 100_000, "TRACE output captured ({} bytes)", logs.len());
     assert!(logs.contains("TRACE"), "TRACE level was on");

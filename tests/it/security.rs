@@ -174,3 +174,19 @@ async fn operator_rpcs_need_a_live_session() -> anyhow::Result<()> {
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_tokens_expire() -> anyhow::Result<()> {
+    let mut cluster = dg_tests::cluster::Cluster::start_with(dg_tests::cluster::ClusterOptions {
+        session_ttl_secs: 10,
+        ..Default::default()
+    })
+    .await?;
+    let mut c = cluster.clients().await?;
+    c.agents.list_agents(authed(pb::ListAgentsRequest::default(), &c.token)).await?;
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let expired = c.agents.list_agents(authed(pb::ListAgentsRequest::default(), &c.token)).await;
+    assert_eq!(expired.expect_err("expired").code(), Code::Unauthenticated);
+    cluster.stop().await;
+    Ok(())
+}

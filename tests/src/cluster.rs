@@ -29,11 +29,13 @@ pub struct ClusterOptions {
     pub chunk_size: u64,
     /// Agent certificate lifetime.
     pub agent_cert_ttl_secs: u64,
+    /// Operator session lifetime.
+    pub session_ttl_secs: u64,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600 }
+        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600, session_ttl_secs: 3600 }
     }
 }
 
@@ -103,6 +105,7 @@ impl Cluster {
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             chunk_size_bytes: opts.chunk_size,
             agent_cert_ttl_secs: opts.agent_cert_ttl_secs,
+            session_ttl_secs: opts.session_ttl_secs,
             heartbeat_interval_secs: 2,
             admin_password: Some(ADMIN_PASSWORD.into()),
             ..Config::default()
