@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::{error::PipelineError, pipeline};
+use crate::{context::AgentContext, error::PipelineError, pipeline};
 
 /// Sends reports about one execution attempt.
 #[derive(Clone, Debug)]
@@ -101,12 +101,13 @@ pub struct Executor {
     running: Arc<Mutex<HashMap<String, (u32, CancellationToken)>>>,
     tracker: TaskTracker,
     session: CancellationToken,
+    ctx: AgentContext,
 }
 
 impl Executor {
     /// An executor whose jobs stop when `session` is cancelled.
-    pub fn new(tx: mpsc::Sender<pb::AgentMessage>, session: CancellationToken) -> Self {
-        Self { tx, running: Arc::default(), tracker: TaskTracker::new(), session }
+    pub fn new(tx: mpsc::Sender<pb::AgentMessage>, session: CancellationToken, ctx: AgentContext) -> Self {
+        Self { tx, running: Arc::default(), tracker: TaskTracker::new(), session, ctx }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, CancellationToken)>> {
@@ -130,14 +131,15 @@ impl Executor {
         dg_common::telemetry::set_parent(&span, &a.trace_context);
         let running = self.running.clone();
         let id = a.execution_id.clone();
+        let ctx = self.ctx.clone();
         self.tracker.spawn(
             async move {
                 let result = match a.task {
                     Some(pb::assign::Task::Backup(t)) => {
-                        pipeline::backup::run(t, &rep, &cancel).await.map(pb::completed::Result::Backup)
+                        pipeline::backup::run(t, &rep, &cancel, &ctx).await.map(pb::completed::Result::Backup)
                     }
                     Some(pb::assign::Task::Restore(t)) => {
-                        pipeline::restore::run(t, &rep, &cancel).await.map(pb::completed::Result::Restore)
+                        pipeline::restore::run(t, &rep, &cancel, &ctx).await.map(pb::completed::Result::Restore)
                     }
                     None => Err(PipelineError::Invalid("assignment without a task".into())),
                 };

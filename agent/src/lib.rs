@@ -2,10 +2,12 @@
 //! backups and restores assigned to it. It is the only component that touches databases and moves backup
 //! bytes: dump -> zstd -> sha256 -> chunks -> object store, and back.
 
+pub mod context;
 pub mod engine;
 pub mod enroll;
 pub mod error;
 pub mod executor;
+pub mod keys;
 pub mod pipeline;
 pub mod requests;
 pub mod session;

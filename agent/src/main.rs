@@ -41,6 +41,25 @@ enum Command {
         /// State directory written by `enroll`.
         #[arg(long, default_value = "/var/lib/dataguardian-agent")]
         state_dir: PathBuf,
+        /// Directory local storages may live under (repeatable). Paths elsewhere, or through symlinks, are
+        /// refused.
+        #[arg(
+            long = "local-root",
+            env = "DG_LOCAL_ROOTS",
+            value_delimiter = ',',
+            default_value = "/var/backups/dataguardian"
+        )]
+        local_roots: Vec<PathBuf>,
+    },
+    /// Create a key for encryption at rest in the state directory (`keys/<id>.key`, mode 0600). Name it in a
+    /// backup job's `encryption_key_id`. To restore on another agent, copy the file to its `keys/` directory.
+    Keygen {
+        /// Key id, 1-64 characters of [A-Za-z0-9._-].
+        #[arg(long)]
+        key_id: String,
+        /// State directory.
+        #[arg(long, default_value = "/var/lib/dataguardian-agent")]
+        state_dir: PathBuf,
     },
 }
 
@@ -57,7 +76,16 @@ async fn main() -> anyhow::Result<()> {
             println!("{id}");
             Ok(())
         }
-        Command::Run { state_dir } => {
+        Command::Keygen { key_id, state_dir } => {
+            let path = dg_agent::keys::generate(&dg_agent::keys::keys_dir(&state_dir), &key_id)?;
+            eprintln!(
+                "key written to {}; keep a copy somewhere safe: without it its backups cannot be restored",
+                path.display()
+            );
+            println!("{key_id}");
+            Ok(())
+        }
+        Command::Run { state_dir, local_roots } => {
             let dir = StateDir::open(&state_dir)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -66,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutdown requested");
                 c.cancel();
             });
-            session::run(dir, session::RunOptions::default(), cancel).await?;
+            let opts = session::RunOptions { local_roots, ..session::RunOptions::default() };
+            session::run(dir, opts, cancel).await?;
             Ok(())
         }
     }

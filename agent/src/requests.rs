@@ -9,7 +9,7 @@ use futures::StreamExt;
 use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use tokio::sync::mpsc;
 
-use crate::{engine::postgres, storage};
+use crate::{context::AgentContext, engine, storage};
 
 const PIECE: usize = 1024 * 1024;
 
@@ -30,12 +30,12 @@ fn failed_test(error: String) -> pb::TestResult {
 }
 
 /// Handles one request and sends its answer (and data) on `tx`.
-pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>) {
+pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, ctx: AgentContext) {
     let id = req.request_id.clone();
     let (kind, error) = match req.kind {
         Some(agent_request::Kind::TestDatabase(t)) => {
             let r = match t.target {
-                Some(target) => match postgres::test_connection(&target, &target.database).await {
+                Some(target) => match engine::test_connection(&target, &target.database).await {
                     Ok(info) => pb::TestResult {
                         ok: true,
                         latency: Some(duration(info.latency)),
@@ -50,7 +50,7 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>) {
             (Some(agent_response::Kind::Test(r)), String::new())
         }
         Some(agent_request::Kind::TestStorage(t)) => {
-            let r = match t.storage.as_ref().map(storage::open) {
+            let r = match t.storage.as_ref().map(|t| storage::open(t, &ctx)) {
                 Some(Ok(s)) => {
                     let key = format!(".dataguardian-probe/{}", uuid::Uuid::new_v4());
                     match dg_common::store::probe(s.store.as_ref(), &key).await {
@@ -69,11 +69,11 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>) {
             };
             (Some(agent_response::Kind::Test(r)), String::new())
         }
-        Some(agent_request::Kind::ReadObject(r)) => match read(&id, r, &tx).await {
+        Some(agent_request::Kind::ReadObject(r)) => match read(&id, r, &tx, &ctx).await {
             Ok(n) => (Some(agent_response::Kind::ReadBytes(n)), String::new()),
             Err(e) => (None, e),
         },
-        Some(agent_request::Kind::DeleteObjects(d)) => match d.storage.as_ref().map(storage::open) {
+        Some(agent_request::Kind::DeleteObjects(d)) => match d.storage.as_ref().map(|t| storage::open(t, &ctx)) {
             Some(Ok(s)) => {
                 let mut n = 0u32;
                 let mut error = String::new();
@@ -98,8 +98,13 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>) {
         .await;
 }
 
-async fn read(id: &str, r: pb::ReadObject, tx: &mpsc::Sender<pb::AgentMessage>) -> Result<u64, String> {
-    let s = r.storage.as_ref().map(storage::open).ok_or("no storage")?.map_err(|e| e.to_string())?;
+async fn read(
+    id: &str,
+    r: pb::ReadObject,
+    tx: &mpsc::Sender<pb::AgentMessage>,
+    ctx: &AgentContext,
+) -> Result<u64, String> {
+    let s = r.storage.as_ref().map(|t| storage::open(t, ctx)).ok_or("no storage")?.map_err(|e| e.to_string())?;
     let mut stream = s.store.get(&ObjPath::from(r.key.as_str())).await.map_err(|e| e.to_string())?.into_stream();
     let mut sent = 0u64;
     while let Some(part) = stream.next().await {

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Identity};
 use tracing::{info, warn};
 
 use crate::{
+    context::AgentContext,
     enroll,
     error::ConnectionError,
     executor::Executor,
@@ -24,18 +25,24 @@ use crate::{
     tools,
 };
 
-/// Reconnect backoff bounds.
+/// How the agent runs.
 #[derive(Clone, Debug)]
 pub struct RunOptions {
     /// First retry delay.
     pub min_backoff: Duration,
     /// Largest retry delay.
     pub max_backoff: Duration,
+    /// Directories local storages may live under.
+    pub local_roots: Vec<std::path::PathBuf>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { min_backoff: Duration::from_millis(500), max_backoff: Duration::from_secs(60) }
+        Self {
+            min_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(60),
+            local_roots: vec![std::path::PathBuf::from("/var/backups/dataguardian")],
+        }
     }
 }
 
@@ -46,7 +53,7 @@ pub async fn run(dir: StateDir, opts: RunOptions, cancel: CancellationToken) -> 
     let mut delays = reconnect_delays(opts.min_backoff, opts.max_backoff);
     loop {
         let started = Instant::now();
-        match session_once(&dir, &state, &cancel).await {
+        match session_once(&dir, &state, &opts, &cancel).await {
             Ok(()) => info!("session ended"),
             Err(e) => warn!(error = %e, "session failed"),
         }
@@ -98,7 +105,12 @@ async fn renew(client: &mut AgentSessionServiceClient<Channel>, dir: &StateDir) 
     Ok(())
 }
 
-async fn session_once(dir: &StateDir, state: &AgentState, cancel: &CancellationToken) -> Result<(), ConnectionError> {
+async fn session_once(
+    dir: &StateDir,
+    state: &AgentState,
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+) -> Result<(), ConnectionError> {
     let channel = connect(dir, state).await?;
     let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
@@ -129,7 +141,8 @@ async fn session_once(dir: &StateDir, state: &AgentState, cancel: &CancellationT
     info!(agent_id = %welcome.agent_id, heartbeat_s = hb.as_secs(), "session established");
 
     let session_cancel = cancel.child_token();
-    let executor = Executor::new(tx.clone(), session_cancel.clone());
+    let ctx = AgentContext::new(dir.root(), opts.local_roots.clone());
+    let executor = Executor::new(tx.clone(), session_cancel.clone(), ctx.clone());
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_check = tokio::time::interval(Duration::from_secs(5));
@@ -163,7 +176,7 @@ async fn session_once(dir: &StateDir, state: &AgentState, cancel: &CancellationT
                     }
                 }
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Request(r)) })) => {
-                    tokio::spawn(crate::requests::handle(r, tx.clone()));
+                    tokio::spawn(crate::requests::handle(r, tx.clone(), ctx.clone()));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ok(()),

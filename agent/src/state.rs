@@ -37,6 +37,11 @@ impl StateDir {
         Ok(Self { root: root.to_owned() })
     }
 
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Path of a file in the directory.
     pub fn path(&self, name: &str) -> PathBuf {
         self.root.join(name)

@@ -35,7 +35,11 @@ pub struct StreamTotals {
     pub sha256: String,
 }
 
+/// Turns a chunk's compressed bytes into its stored bytes (e.g. encryption), given its position.
+pub type Sealer = Box<dyn FnMut(u32, Vec<u8>) -> Vec<u8> + Send>;
+
 struct ChunkWriter {
+    seal: Option<Sealer>,
     buf: Vec<u8>,
     chunk_size: usize,
     seq: u32,
@@ -48,7 +52,10 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     fn seal(&mut self) -> std::io::Result<()> {
-        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        let mut data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        if let Some(seal) = self.seal.as_mut() {
+            data = seal(self.seq, data);
+        }
         self.total.update(&data);
         self.stored += data.len() as u64;
         let chunk = SealedChunk {
@@ -81,16 +88,19 @@ impl Write for ChunkWriter {
     }
 }
 
-/// Compresses every block from `rx` and emits chunks of `chunk_size` (the last one shorter) on `tx`.
-/// Runs on a blocking thread. Stops with an error when `tx` closes.
+/// Compresses every block from `rx` and emits chunks of `chunk_size` compressed bytes (the last one shorter)
+/// on `tx`, each passed through `seal` when given. Checksums cover the stored (sealed) bytes. Runs on a
+/// blocking thread. Stops with an error when `tx` closes.
 pub fn compress(
     mut rx: mpsc::Receiver<Bytes>,
     tx: mpsc::Sender<SealedChunk>,
     level: i32,
     workers: u32,
     chunk_size: usize,
+    seal: Option<Sealer>,
 ) -> std::io::Result<StreamTotals> {
     let writer = ChunkWriter {
+        seal,
         buf: Vec::with_capacity(chunk_size),
         chunk_size,
         seq: 0,
@@ -191,7 +201,7 @@ mod tests {
                 raw_tx.blocking_send(Bytes::copy_from_slice(block)).expect("send");
             }
         });
-        let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024));
+        let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024, None));
         feeder.join().expect("feeder");
         let totals = comp.join().expect("thread").expect("compress");
         let mut chunks = Vec::new();

@@ -77,6 +77,12 @@ pub struct Manifest {
     pub chunks: Vec<ManifestChunk>,
     /// Key id of the data-encryption key wrapper, when the chunks are encrypted.
     pub encryption_key_id: Option<String>,
+    /// The backup's data key, wrapped by that key (hex; AES-256-GCM with the backup id as associated data).
+    #[serde(default)]
+    pub wrapped_key: Option<String>,
+    /// Cipher of the chunks ("AES-256-GCM"), when encrypted.
+    #[serde(default)]
+    pub encryption: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -145,6 +151,8 @@ mod tests {
             sha256: "ab".into(),
             chunks: vec![ManifestChunk { seq: 0, key: "k".into(), size: 5, sha256: "ab".into() }],
             encryption_key_id: None,
+            wrapped_key: None,
+            encryption: None,
         }
     }
 

@@ -214,7 +214,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         catalog.clone(),
         registry.clone(),
         waker,
-        DispatchSettings { lease_secs, chunk_size: config.chunk_size_bytes },
+        DispatchSettings {
+            lease_secs,
+            chunk_size: config.chunk_size_bytes,
+            upload_concurrency: config.upload_concurrency,
+            compression_workers: config.compression_workers,
+        },
     );
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));

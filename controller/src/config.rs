@@ -44,6 +44,10 @@ pub struct Config {
     pub health_interval_secs: u64,
     /// Stored chunk size agents cut backups into.
     pub chunk_size_bytes: u64,
+    /// Chunks an agent uploads concurrently.
+    pub upload_concurrency: u32,
+    /// zstd worker threads on the agent (0: compress on the pipeline thread).
+    pub compression_workers: u32,
     /// "text" or "json".
     pub log_format: String,
     /// OTLP gRPC endpoint for traces; none disables export.
@@ -73,6 +77,8 @@ impl Default for Config {
             lease_secs: 60,
             chunk_size_bytes: 8 * 1024 * 1024,
             health_interval_secs: 300,
+            upload_concurrency: 3,
+            compression_workers: 2,
             log_format: "text".into(),
             otlp_endpoint: None,
             admin_username: "admin".into(),
@@ -113,6 +119,11 @@ impl Config {
         }
         if !(1024 * 1024..=256 * 1024 * 1024).contains(&self.chunk_size_bytes) {
             return Err(ConfigError::Invalid("chunk_size_bytes must be between 1 MiB and 256 MiB".into()));
+        }
+        if !(1..=32).contains(&self.upload_concurrency) || self.compression_workers > 16 {
+            return Err(ConfigError::Invalid(
+                "upload_concurrency must be 1-32 and compression_workers at most 16".into(),
+            ));
         }
         if self.log_format != "text" && self.log_format != "json" {
             return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));

@@ -207,6 +207,8 @@ pub struct BackupJob {
     pub retry_max_attempts: i32,
     /// Wait before a retry.
     pub retry_backoff_secs: i32,
+    /// Agent-held key encrypting backups ("" = none).
+    pub encryption_key_id: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -256,6 +258,10 @@ pub struct Execution {
     pub target_database: Option<String>,
     /// Restore options and other per-execution options (JSON).
     pub options: serde_json::Value,
+    /// Key id the backup's chunks are encrypted with.
+    pub encryption_key_id: Option<String>,
+    /// Warnings (JSON array of strings).
+    pub warnings: serde_json::Value,
 }
 
 /// One stored chunk copy.

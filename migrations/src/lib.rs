@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 
 mod m0001_initial;
 mod m0002_operator_api;
+mod m0003_data_path;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -13,6 +14,10 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m0001_initial::Migration), Box::new(m0002_operator_api::Migration)]
+        vec![
+            Box::new(m0001_initial::Migration),
+            Box::new(m0002_operator_api::Migration),
+            Box::new(m0003_data_path::Migration),
+        ]
     }
 }

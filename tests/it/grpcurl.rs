@@ -94,7 +94,7 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
     )
     .await?;
     let cancel = tokio_util::sync::CancellationToken::new();
-    let agent = tokio::spawn(dg_agent::session::run(state, Default::default(), cancel.clone()));
+    let agent = tokio::spawn(dg_agent::session::run(state, cluster.run_options(), cancel.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
         let a = g.call("dataguardian.v1.AgentService/GetAgent", &serde_json::json!({"id": agent_id}))?;

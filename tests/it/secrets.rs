@@ -58,7 +58,7 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
         let dir = dg_agent::state::StateDir::open(&cluster.dir.path().join("agent"))?;
         let id = dg_agent::enroll::enroll(&cluster.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
         let cancel = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(dg_agent::session::run(dir, Default::default(), cancel.clone()));
+        let task = tokio::spawn(dg_agent::session::run(dir, cluster.run_options(), cancel.clone()));
         c.wait_agent_status(&id, pb::AgentStatus::Online, Duration::from_secs(30)).await?;
         (id, cancel, task)
     };

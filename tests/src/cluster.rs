@@ -132,6 +132,15 @@ impl Cluster {
         }
     }
 
+    /// Agent options for tests: fast reconnects, local storages allowed under the cluster's scratch dir.
+    pub fn run_options(&self) -> session::RunOptions {
+        session::RunOptions {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(2),
+            local_roots: vec![self.dir.path().to_owned()],
+        }
+    }
+
     /// `https://127.0.0.1:<api port>`.
     pub fn api_endpoint(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_addr.port())
@@ -178,7 +187,7 @@ impl Cluster {
         let dir = StateDir::open(&state_dir)?;
         let id = enroll::enroll(&self.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
         let cancel = CancellationToken::new();
-        let opts = session::RunOptions { min_backoff: Duration::from_millis(100), max_backoff: Duration::from_secs(2) };
+        let opts = self.run_options();
         let c2 = cancel.clone();
         let task = tokio::spawn(async move {
             let _ = session::run(dir, opts, c2).await;

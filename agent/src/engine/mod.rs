@@ -1,13 +1,120 @@
-//! Database engines: connection test, dump and restore commands. Every tool runs from argv (never a shell);
-//! passwords go through a 0600 passfile, never the command line.
+//! Database engines behind one interface: connection test, database creation and removal, and the dump and
+//! restore commands. Every tool runs from argv (never a shell); credentials go through a 0600 file (libpq
+//! passfile, or a MariaDB/MySQL option file), never the command line; values derived from user input are
+//! passed in `--option=value` form so they cannot be read as options.
 
+pub mod mysql;
 pub mod postgres;
 
+use std::{path::Path, time::Duration};
+
 use dg_proto::v1::{DatabaseTarget, Engine};
+use tokio::process::Command;
 
 use crate::error::{PipelineError, PipelineResult};
 
+/// What the connection test learned.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    /// Version string the server reports.
+    pub version: String,
+    /// Major version number.
+    pub major: u32,
+    /// Round trip of connect + query.
+    pub latency: Duration,
+}
+
+/// A prepared tool invocation; the credentials file lives as long as this value.
+pub struct ToolRun {
+    /// The command (stdio not yet configured).
+    pub cmd: Command,
+    /// Tool name, e.g. "pg_dump".
+    pub tool: String,
+    /// Tool version.
+    pub version: String,
+    /// Options that matter for restore, recorded in the manifest.
+    pub options: Vec<String>,
+    /// Credentials file, removed on drop.
+    pub creds: tempfile::NamedTempFile,
+}
+
 /// The engine of a target.
 pub fn engine_of(t: &DatabaseTarget) -> PipelineResult<Engine> {
-    Engine::try_from(t.engine).map_err(|_| PipelineError::Invalid(format!("unknown engine {}", t.engine)))
+    match Engine::try_from(t.engine) {
+        Ok(Engine::Unspecified) | Err(_) => Err(PipelineError::Invalid(format!("unknown engine {}", t.engine))),
+        Ok(e) => Ok(e),
+    }
+}
+
+/// Short name for manifests and logs.
+pub fn engine_name(e: Engine) -> &'static str {
+    match e {
+        Engine::Postgres => "postgres",
+        Engine::Mysql => "mysql",
+        Engine::Mariadb => "mariadb",
+        Engine::Unspecified => "unspecified",
+    }
+}
+
+/// Connects to `database` and reads the server version.
+pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
+    match engine_of(t)? {
+        Engine::Postgres => postgres::test_connection(t, database).await,
+        _ => mysql::test_connection(t, database).await,
+    }
+}
+
+/// Creates `database` unless it exists; returns whether it was created.
+pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
+    match engine_of(t)? {
+        Engine::Postgres => postgres::ensure_database(t, database).await,
+        _ => mysql::ensure_database(t, database).await,
+    }
+}
+
+/// Drops `database`.
+pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
+    match engine_of(t)? {
+        Engine::Postgres => postgres::drop_database(t, database).await,
+        _ => mysql::drop_database(t, database).await,
+    }
+}
+
+/// The dump command for the target's database, after checking the tool can dump that server.
+pub async fn dump(t: &DatabaseTarget, server: &ServerInfo) -> PipelineResult<ToolRun> {
+    match engine_of(t)? {
+        Engine::Postgres => postgres::dump(t, server).await,
+        e => mysql::dump(t, e).await,
+    }
+}
+
+/// The restore command reading the archive from stdin, or from `file` (PostgreSQL parallel restore).
+pub async fn restore(
+    t: &DatabaseTarget,
+    drop_existing: bool,
+    file: Option<&Path>,
+    jobs: u32,
+) -> PipelineResult<ToolRun> {
+    match engine_of(t)? {
+        Engine::Postgres => postgres::restore(t, drop_existing, file, jobs).await,
+        e => mysql::restore(t, e).await,
+    }
+}
+
+/// `tool --version`, reduced to its version number.
+pub async fn tool_version(tool: &str) -> String {
+    crate::tools::version_of(tool).await.unwrap_or_default()
+}
+
+fn io_err(e: std::io::Error) -> PipelineError {
+    PipelineError::Io(e)
+}
+
+/// Writes a 0600 credentials file (tempfile creates files with mode 0600).
+pub fn credentials_file(prefix: &str, contents: &str) -> PipelineResult<tempfile::NamedTempFile> {
+    use std::io::Write;
+    let mut f = tempfile::Builder::new().prefix(prefix).tempfile().map_err(io_err)?;
+    f.write_all(contents.as_bytes()).map_err(io_err)?;
+    f.flush().map_err(io_err)?;
+    Ok(f)
 }

@@ -2,7 +2,7 @@
 //! reach the tools through libpq environment variables and a 0600 passfile; the only argv value derived from
 //! user input is `--dbname=dbname='…'`, which cannot be read as an option.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 use dg_proto::v1::{DatabaseTarget, TlsMode};
 use sqlx::{
@@ -11,18 +11,8 @@ use sqlx::{
 };
 use tokio::process::Command;
 
+use super::{ServerInfo, ToolRun, credentials_file, tool_version};
 use crate::error::{PipelineError, PipelineResult};
-
-/// What the connection test learned.
-#[derive(Debug, Clone)]
-pub struct ServerInfo {
-    /// `server_version`, e.g. "15.19 (Debian 15.19-0+deb12u1)".
-    pub version: String,
-    /// Major version number.
-    pub major: u32,
-    /// Round-trip of connect + query.
-    pub latency: Duration,
-}
 
 fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
     match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
@@ -118,11 +108,10 @@ pub fn conninfo_value(s: &str) -> String {
 /// A 0600 passfile holding the target's password; removed on drop.
 pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
-    let mut f = tempfile::Builder::new().prefix("dg-pgpass-").tempfile()?;
-    // tempfile creates files with mode 0600.
-    writeln!(f, "{}:{}:*:{}:{}", esc(&t.host), t.port, esc(&t.username), esc(&t.password))?;
-    f.flush()?;
-    Ok(f)
+    credentials_file(
+        "dg-pgpass-",
+        &format!("{}:{}:*:{}:{}\n", esc(&t.host), t.port, esc(&t.username), esc(&t.password)),
+    )
 }
 
 /// A command for a libpq tool with connection parameters in the environment.
@@ -142,25 +131,45 @@ pub fn command(tool: &str, t: &DatabaseTarget, passfile: &std::path::Path) -> Co
     c
 }
 
-/// `pg_dump` of the target database in custom format, uncompressed (the pipeline compresses).
-pub fn dump_command(t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
-    let mut c = command("pg_dump", t, passfile);
-    c.arg("--format=custom")
+/// `pg_dump` of the target database in custom format, uncompressed (the pipeline compresses), after checking
+/// that this `pg_dump` can dump that server.
+pub async fn dump(t: &DatabaseTarget, server: &ServerInfo) -> PipelineResult<ToolRun> {
+    let version = tool_version("pg_dump").await;
+    check_dump_compat(&version, server.major)?;
+    let creds = passfile(t)?;
+    let mut cmd = command("pg_dump", t, creds.path());
+    cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    c
+    Ok(ToolRun {
+        cmd,
+        tool: "pg_dump".into(),
+        version,
+        options: vec!["format=custom".into(), "compress=0".into()],
+        creds,
+    })
 }
 
-/// `pg_restore` reading a custom-format archive from stdin into the target database.
-pub fn restore_command(t: &DatabaseTarget, passfile: &std::path::Path, drop_existing: bool) -> Command {
-    let mut c = command("pg_restore", t, passfile);
-    c.arg("--no-password").arg("--exit-on-error");
+/// `pg_restore` into the target database from stdin, or from `file` with `jobs` parallel jobs.
+pub async fn restore(
+    t: &DatabaseTarget,
+    drop_existing: bool,
+    file: Option<&std::path::Path>,
+    jobs: u32,
+) -> PipelineResult<ToolRun> {
+    let version = tool_version("pg_restore").await;
+    let creds = passfile(t)?;
+    let mut cmd = command("pg_restore", t, creds.path());
+    cmd.arg("--no-password").arg("--exit-on-error");
     if drop_existing {
-        c.arg("--clean").arg("--if-exists");
+        cmd.arg("--clean").arg("--if-exists");
     }
-    c.arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    c
+    cmd.arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
+    if let Some(f) = file {
+        cmd.arg(format!("--jobs={}", jobs.clamp(1, 16))).arg(f);
+    }
+    Ok(ToolRun { cmd, tool: "pg_restore".into(), version, options: Vec::new(), creds })
 }
 
 /// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.

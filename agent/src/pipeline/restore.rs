@@ -1,24 +1,29 @@
 //! The restore pipeline. Nothing reaches the target database before every chunk has been read back and
 //! matched against its recorded size and sha256 (and the whole stream against its sha256); a chunk with no
-//! intact copy in any storage fails the restore naming the chunk. Then the chunks are read again, each
-//! verified again before use (it could have changed since), decompressed and piped into `pg_restore`.
+//! intact copy in any storage fails the restore naming the chunk. An encrypted backup's data key is
+//! unwrapped with the agent-held key first, so a missing key also fails before the target is touched. Then
+//! the chunks are read again, each verified again before use (it could have changed since), decrypted,
+//! decompressed and piped into the restore tool (or, for a parallel PostgreSQL restore, written to a
+//! temporary file in the agent's work directory first).
+
+use std::path::PathBuf;
 
 use bytes::Bytes;
-use dg_proto::v1::{Engine, RestoreResult, RestoreTask};
+use dg_common::{chunk as chunker, manifest::Manifest};
+use dg_proto::v1::{ChunkRef, Engine, RestoreResult, RestoreTask};
 use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
-use dg_common::chunk as chunker;
-
 use super::{forward_stderr, tool_failure};
 use crate::{
-    engine::{engine_of, postgres},
+    context::AgentContext,
+    engine::{self, engine_name, engine_of},
     error::{PipelineError, PipelineResult},
     executor::Reporter,
+    keys::ChunkCipher,
     storage::{self, OpenStorage},
-    tools,
 };
 
 /// Decompressed block size written to the restore tool.
@@ -26,17 +31,22 @@ const BLOCK: usize = 256 * 1024;
 
 /// Runs one restore attempt. A verification restore (`drop_after`) drops the database it created at the
 /// end, whatever the outcome.
-pub async fn run(task: RestoreTask, rep: &Reporter, cancel: &CancellationToken) -> PipelineResult<RestoreResult> {
+pub async fn run(
+    task: RestoreTask,
+    rep: &Reporter,
+    cancel: &CancellationToken,
+    ctx: &AgentContext,
+) -> PipelineResult<RestoreResult> {
     let verify_target = task.drop_after.then(|| task.target.clone()).flatten();
     let mut created = false;
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),
-        r = run_inner(task, rep, &mut created) => r,
+        r = run_inner(task, rep, ctx, &mut created) => r,
     };
     // Only a database this attempt created is dropped.
     if let Some(t) = verify_target.filter(|_| created) {
-        match postgres::drop_database(&t, &t.database).await {
+        match engine::drop_database(&t, &t.database).await {
             Ok(()) => rep.log("info", format!("verification database {} dropped", t.database)).await,
             Err(e) => rep.log("warn", format!("verification database {} not dropped: {e}", t.database)).await,
         }
@@ -44,7 +54,7 @@ pub async fn run(task: RestoreTask, rep: &Reporter, cancel: &CancellationToken) 
     result
 }
 
-async fn fetch_verified(s: &OpenStorage, c: &dg_proto::v1::ChunkRef) -> Result<Bytes, String> {
+async fn fetch_verified(s: &OpenStorage, c: &ChunkRef) -> Result<Bytes, String> {
     let data = s
         .store
         .get(&ObjPath::from(c.key.as_str()))
@@ -56,18 +66,17 @@ async fn fetch_verified(s: &OpenStorage, c: &dg_proto::v1::ChunkRef) -> Result<B
     if data.len() as u64 != c.size {
         return Err(format!("storage {}: size {} instead of {}", s.id, data.len(), c.size));
     }
-    let sum = hex::encode(Sha256::digest(&data));
-    if !sum.eq_ignore_ascii_case(&c.sha256) {
+    if !hex::encode(Sha256::digest(&data)).eq_ignore_ascii_case(&c.sha256) {
         return Err(format!("storage {}: sha256 mismatch", s.id));
     }
     Ok(data)
 }
 
-/// Reads a chunk from the first storage holding an intact copy.
-async fn fetch_any(stores: &[OpenStorage], c: &dg_proto::v1::ChunkRef) -> PipelineResult<(usize, Bytes)> {
+/// Reads a chunk from the first storage (in `order`) holding an intact copy.
+async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> PipelineResult<(usize, Bytes)> {
     let mut reasons = Vec::new();
-    for (i, s) in stores.iter().enumerate() {
-        match fetch_verified(s, c).await {
+    for &i in order {
+        match fetch_verified(&stores[i], c).await {
             Ok(d) => return Ok((i, d)),
             Err(e) => reasons.push(e),
         }
@@ -75,14 +84,42 @@ async fn fetch_any(stores: &[OpenStorage], c: &dg_proto::v1::ChunkRef) -> Pipeli
     Err(PipelineError::Integrity(format!("chunk {} ({}) has no intact copy: {}", c.seq, c.key, reasons.join("; "))))
 }
 
-async fn run_inner(task: RestoreTask, rep: &Reporter, created_db: &mut bool) -> PipelineResult<RestoreResult> {
+async fn read_manifest(stores: &[OpenStorage], key: &str) -> PipelineResult<Manifest> {
+    let mut reasons = Vec::new();
+    for s in stores {
+        let got = async {
+            let b = s
+                .store
+                .get(&ObjPath::from(key))
+                .await
+                .map_err(|e| e.to_string())?
+                .bytes()
+                .await
+                .map_err(|e| e.to_string())?;
+            Manifest::from_bytes(&b).map_err(|e| e.to_string())
+        };
+        match got.await {
+            Ok(m) => return Ok(m),
+            Err(e) => reasons.push(format!("storage {}: {e}", s.id)),
+        }
+    }
+    Err(PipelineError::Integrity(format!("manifest {key} unreadable: {}", reasons.join("; "))))
+}
+
+async fn run_inner(
+    task: RestoreTask,
+    rep: &Reporter,
+    ctx: &AgentContext,
+    created_db: &mut bool,
+) -> PipelineResult<RestoreResult> {
     let target = task.target.clone().ok_or_else(|| PipelineError::Invalid("restore task without a target".into()))?;
-    if engine_of(&target)? != Engine::Postgres || task.source_engine != target.engine {
-        return Err(PipelineError::Invalid("only PostgreSQL backups restore into PostgreSQL with this agent".into()));
+    let engine = engine_of(&target)?;
+    if task.source_engine != target.engine {
+        return Err(PipelineError::Invalid("a backup restores only into the engine it was taken from".into()));
     }
     let mut stores = Vec::new();
     for t in &task.storages {
-        match storage::open(t) {
+        match storage::open(t, ctx) {
             Ok(s) => stores.push(s),
             Err(e) => rep.log("warn", format!("storage {} unusable: {e}", t.storage_id)).await,
         }
@@ -97,7 +134,21 @@ async fn run_inner(task: RestoreTask, rep: &Reporter, created_db: &mut bool) -> 
         return Err(PipelineError::Integrity("the backup has no chunks".into()));
     }
 
-    // 1. Verify everything before touching the database.
+    // 1. Everything that can fail without the database: the key, then every chunk.
+    let cipher = if task.manifest_key.is_empty() {
+        None
+    } else {
+        let m = read_manifest(&stores, &task.manifest_key).await?;
+        match (&m.encryption_key_id, &m.wrapped_key) {
+            (Some(k), Some(w)) => {
+                let c = ChunkCipher::open(&ctx.keys_dir, k, &m.execution_id, w)?;
+                rep.log("info", format!("backup is encrypted with key \"{k}\"; data key unwrapped")).await;
+                Some(c)
+            }
+            _ => None,
+        }
+    };
+    let all: Vec<usize> = (0..stores.len()).collect();
     let mut whole = Sha256::new();
     let mut total = 0u64;
     let mut sources = Vec::with_capacity(task.chunks.len());
@@ -105,20 +156,24 @@ async fn run_inner(task: RestoreTask, rep: &Reporter, created_db: &mut bool) -> 
         if c.seq as usize != i {
             return Err(PipelineError::Integrity(format!("chunk list has a gap at position {i}")));
         }
-        let (src, data) = fetch_any(&stores, c).await?;
+        let (src, data) = fetch_any(&stores, &all, c).await?;
         whole.update(&data);
         total += data.len() as u64;
         sources.push(src);
     }
-    let sum = hex::encode(whole.finalize());
-    if !task.sha256.is_empty() && !sum.eq_ignore_ascii_case(&task.sha256) {
+    if !task.sha256.is_empty() && !hex::encode(whole.finalize()).eq_ignore_ascii_case(&task.sha256) {
         return Err(PipelineError::Integrity("the chunks do not add up to the backup's sha256".into()));
     }
     rep.log("info", format!("verified {} chunks ({total} bytes) against their sha256", task.chunks.len())).await;
 
     // 2. Prepare the target.
-    if task.create_database || task.drop_after {
-        let created = postgres::ensure_database(&target, &target.database).await?;
+    let mysql_like = engine != Engine::Postgres;
+    if task.drop_existing && mysql_like && !task.drop_after {
+        engine::drop_database(&target, &target.database).await?;
+        rep.log("info", format!("dropped database {} (drop_existing)", target.database)).await;
+    }
+    if task.create_database || task.drop_after || (task.drop_existing && mysql_like) {
+        let created = engine::ensure_database(&target, &target.database).await?;
         *created_db = created;
         if task.drop_after && !created {
             return Err(PipelineError::Invalid(format!(
@@ -130,66 +185,126 @@ async fn run_inner(task: RestoreTask, rep: &Reporter, created_db: &mut bool) -> 
             rep.log("info", format!("created database {}", target.database)).await;
         }
     }
-    let info = postgres::test_connection(&target, &target.database).await?;
+    let info = engine::test_connection(&target, &target.database).await?;
     rep.log(
         "info",
-        format!("connection test ok: PostgreSQL {} answered in {} ms", info.version, info.latency.as_millis()),
+        format!(
+            "connection test ok: {} {} answered in {} ms",
+            engine_name(engine),
+            info.version,
+            info.latency.as_millis()
+        ),
     )
     .await;
-    let tool_version = tools::version_of("pg_restore").await.unwrap_or_default();
 
-    // 3. Stream: download (verify again) -> decompress -> pg_restore.
-    let pass = postgres::passfile(&target)?;
-    let mut child = postgres::restore_command(&target, pass.path(), task.drop_existing)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| PipelineError::Tool(format!("cannot start pg_restore: {e}")))?;
-    rep.log("info", format!("pg_restore {tool_version} started")).await;
-    let stderr_task =
-        tokio::spawn(forward_stderr(child.stderr.take(), "pg_restore", rep.clone(), vec![target.password.clone()]));
-    let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("pg_restore has no stdin".into()))?;
-
+    // 3. Stream: download (verify again) -> decrypt -> decompress -> restore tool (or a file first).
+    let to_file: Option<PathBuf> = (engine == Engine::Postgres && task.parallel_jobs > 1)
+        .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution_id())));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
     let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(8);
     let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK));
     let chunks = task.chunks.clone();
     let downloader = async move {
         for (c, src) in chunks.iter().zip(sources) {
-            let mut order: Vec<OpenStorage> = vec![stores[src].clone()];
-            order.extend(stores.iter().enumerate().filter(|(i, _)| *i != src).map(|(_, s)| s.clone()));
-            let (_, data) = fetch_any(&order, c).await?;
+            let mut order = vec![src];
+            order.extend(all.iter().copied().filter(|i| *i != src));
+            let (_, data) = fetch_any(&stores, &order, c).await?;
+            let data = match &cipher {
+                Some(k) => Bytes::from(k.open_chunk(c.seq, &data)?),
+                None => data,
+            };
             if comp_tx.send(data).await.is_err() {
                 break; // the decompressor stopped; its error explains why
             }
         }
         Ok::<(), PipelineError>(())
     };
-    let writer = async move {
-        let mut n = 0u64;
-        while let Some(block) = raw_rx.recv().await {
-            stdin.write_all(&block).await?;
-            n += block.len() as u64;
+
+    let result = if let Some(path) = to_file {
+        std::fs::create_dir_all(&ctx.work_dir)?;
+        let file_writer = async {
+            let mut f = tokio::fs::File::create(&path).await?;
+            let mut n = 0u64;
+            while let Some(block) = raw_rx.recv().await {
+                f.write_all(&block).await?;
+                n += block.len() as u64;
+            }
+            f.sync_all().await?;
+            Ok::<u64, std::io::Error>(n)
+        };
+        let (down_res, write_res, dec_res) = tokio::join!(downloader, file_writer, decompressor);
+        let staged = async {
+            down_res?;
+            let written = write_res?;
+            dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
+            rep.log("info", format!("archive staged ({written} bytes); pg_restore with {} jobs", task.parallel_jobs))
+                .await;
+            let mut run = engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs).await?;
+            run_tool(&mut run, rep, &target.password).await.map(|tool| (written, tool))
+        };
+        let r = staged.await;
+        let _ = std::fs::remove_file(&path);
+        r
+    } else {
+        let mut run = engine::restore(&target, task.drop_existing, None, 1).await?;
+        let tool = format!("{} {}", run.tool, run.version);
+        let mut child = run
+            .cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
+        rep.log("info", format!("{tool} started")).await;
+        let stderr_task =
+            tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), vec![target.password.clone()]));
+        let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
+        let writer = async move {
+            let mut n = 0u64;
+            while let Some(block) = raw_rx.recv().await {
+                stdin.write_all(&block).await?;
+                n += block.len() as u64;
+            }
+            stdin.shutdown().await?;
+            drop(stdin);
+            Ok::<u64, std::io::Error>(n)
+        };
+        let (down_res, write_res, dec_res) = tokio::join!(downloader, writer, decompressor);
+        let status = child.wait().await?;
+        let tail = stderr_task.await.unwrap_or_default();
+        drop(run);
+        down_res?;
+        if !status.success() {
+            return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
         }
-        stdin.shutdown().await?;
-        drop(stdin);
-        Ok::<u64, std::io::Error>(n)
+        let written = write_res?;
+        let decompressed = dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
+        if written != decompressed {
+            return Err(PipelineError::Integrity(format!("decompressed {decompressed} bytes but wrote {written}")));
+        }
+        Ok((written, tool))
     };
-    let (down_res, write_res, dec_res) = tokio::join!(downloader, writer, decompressor);
+    let (written, tool) = result?;
+    rep.log("info", format!("restore finished: {written} bytes restored with {tool}")).await;
+    Ok(RestoreResult { raw_bytes: written, tool_version: tool })
+}
+
+/// Runs a prepared tool that reads a file to completion, failing on a non-zero exit.
+async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> PipelineResult<String> {
+    let tool = format!("{} {}", run.tool, run.version);
+    let mut child = run
+        .cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
+    let stderr_task =
+        tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), vec![password.to_owned()]));
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
-    drop(pass);
-
-    down_res?;
     if !status.success() {
-        return Err(PipelineError::Tool(tool_failure("pg_restore", status, &tail)));
+        return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
     }
-    let written = write_res?;
-    let decompressed = dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
-    if written != decompressed {
-        return Err(PipelineError::Integrity(format!("decompressed {decompressed} bytes but wrote {written}")));
-    }
-    rep.log("info", format!("restore finished: {written} bytes fed to pg_restore")).await;
-    Ok(RestoreResult { raw_bytes: written, tool_version: format!("pg_restore {tool_version}") })
+    Ok(tool)
 }

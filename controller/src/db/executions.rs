@@ -9,7 +9,7 @@ use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 
 const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
-                       source_backup_id, target_database, options";
+                       source_backup_id, target_database, options, encryption_key_id, warnings";
 
 /// A new execution.
 #[derive(Debug, Clone)]
@@ -87,6 +87,10 @@ pub struct BackupOutcome {
     pub tool_version: String,
     /// Server version.
     pub server_version: String,
+    /// Non-fatal problems.
+    pub warnings: Vec<String>,
+    /// Key id the chunks are encrypted with.
+    pub encryption_key_id: Option<String>,
 }
 
 impl Db {
@@ -268,7 +272,8 @@ impl Db {
             &txn,
             "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3, \
              stored_bytes = $4, chunk_count = $5, sha256 = $6, manifest_key = $7, tool_version = $8, \
-             server_version = $9 WHERE id = $1 AND attempt = $2 AND status = 'running'",
+             server_version = $9, warnings = $10, encryption_key_id = $11 \
+             WHERE id = $1 AND attempt = $2 AND status = 'running'",
             [
                 id.into(),
                 attempt.into(),
@@ -279,6 +284,8 @@ impl Db {
                 o.manifest_key.clone().into(),
                 o.tool_version.clone().into(),
                 o.server_version.clone().into(),
+                serde_json::json!(o.warnings).into(),
+                o.encryption_key_id.clone().into(),
             ],
         )
         .await?;

@@ -252,6 +252,13 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
                                 storage_ids,
                                 tool_version: b.tool_version,
                                 server_version: b.server_version,
+                                warnings: b
+                                    .warnings
+                                    .into_iter()
+                                    .take(32)
+                                    .map(|w| w.chars().take(1024).collect())
+                                    .collect(),
+                                encryption_key_id: (!b.encryption_key_id.is_empty()).then_some(b.encryption_key_id),
                             },
                         )
                         .await?;

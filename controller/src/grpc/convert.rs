@@ -136,6 +136,7 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
             backoff: Some(prost_types::Duration { seconds: i64::from(j.retry_backoff_secs), nanos: 0 }),
         }),
         next_runs,
+        encryption_key_id: j.encryption_key_id.clone(),
         updated_at: Some(ts(j.updated_at)),
     }
 }
@@ -175,6 +176,8 @@ pub fn execution(e: &model::Execution) -> pb::Execution {
         sha256: e.sha256.clone().unwrap_or_default(),
         source_backup_id: e.source_backup_id.map(|j| j.to_string()).unwrap_or_default(),
         target_database: e.target_database.clone().unwrap_or_default(),
+        warnings: warnings(e),
+        encryption_key_id: e.encryption_key_id.clone().unwrap_or_default(),
     }
 }
 
@@ -207,7 +210,13 @@ pub fn backup(e: &model::Execution, storage_ids: &[Uuid], chunks: &[model::Chunk
                 sha256: c.sha256.clone(),
             })
             .collect(),
+        encryption_key_id: e.encryption_key_id.clone().unwrap_or_default(),
+        warnings: warnings(e),
     }
+}
+
+fn warnings(e: &model::Execution) -> Vec<String> {
+    serde_json::from_value(e.warnings.clone()).unwrap_or_default()
 }
 
 /// Test result response.

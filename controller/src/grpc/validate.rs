@@ -422,6 +422,16 @@ fn retry(r: Option<pb::RetryPolicy>) -> V<(u32, u32)> {
     Ok((attempts, backoff))
 }
 
+fn key_id(s: &str) -> V<String> {
+    if s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || s.starts_with('.') {
+        return Err(FieldError::new(
+            "encryption_key_id",
+            "must be at most 64 characters of [A-Za-z0-9._-], not starting with '.'",
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 fn cron_and_zone(cron: &str, tz: &str) -> V<(String, String)> {
     let tz = if tz.is_empty() { "UTC" } else { tz };
     schedule::parse(cron, tz)?;
@@ -449,6 +459,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             enabled: r.enabled.unwrap_or(true),
             retry_max_attempts,
             retry_backoff_secs,
+            encryption_key_id: key_id(&r.encryption_key_id)?,
         })
     }
 }
@@ -473,6 +484,7 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             storage_ids: r.storages.map(|s| storage_ids(&s.storage_ids)).transpose()?,
             compression_level: r.compression_level.map(compression).transpose()?,
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
+            encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
         },
     ))
 }
@@ -482,6 +494,9 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
     fn try_from(r: pb::RestoreBackupRequest) -> V<Self> {
         if !r.verification_mode && r.confirm_target_database.is_empty() {
             return Err(FieldError::new("confirm_target_database", "is required: repeat the target database name"));
+        }
+        if r.parallel_jobs > 16 {
+            return Err(FieldError::new("parallel_jobs", "must be 1-16"));
         }
         if r.verification_mode && !r.target_database.is_empty() {
             return Err(FieldError::new(
@@ -502,6 +517,7 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             confirm_target_database: r.confirm_target_database,
             source_storage_id: opt_id("source_storage_id", &r.source_storage_id)?,
             verification_mode: r.verification_mode,
+            parallel_jobs: r.parallel_jobs.max(1),
         })
     }
 }

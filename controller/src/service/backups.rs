@@ -100,6 +100,11 @@ impl BackupsService {
         decompress: bool,
     ) -> ControllerResult<mpsc::Receiver<ControllerResult<Bytes>>> {
         let ex = self.completed_backup(id).await?;
+        if decompress && let Some(k) = &ex.encryption_key_id {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "decompress: the backup is encrypted with agent key \"{k}\"; download the stored stream instead"
+            )));
+        }
         let copies = self.db.backup_storage_ids(id).await?;
         let mut sources = Vec::new();
         for sid in &copies {

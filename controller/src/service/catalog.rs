@@ -101,6 +101,8 @@ pub struct NewJob {
     pub retry_max_attempts: u32,
     /// Retry: wait.
     pub retry_backoff_secs: u32,
+    /// Agent-held encryption key id ("" = none).
+    pub encryption_key_id: String,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -122,6 +124,8 @@ pub struct JobPatch {
     pub compression_level: Option<i32>,
     /// Retry (attempts, backoff secs).
     pub retry: Option<(u32, u32)>,
+    /// Encryption key id.
+    pub encryption_key_id: Option<String>,
 }
 
 /// Result of a connection or storage test.
@@ -501,6 +505,7 @@ impl CatalogService {
             enabled: n.enabled,
             retry_max_attempts: to_i32(n.retry_max_attempts),
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
+            encryption_key_id: n.encryption_key_id,
             created_at: now,
             updated_at: now,
         };
@@ -530,6 +535,9 @@ impl CatalogService {
         }
         if let Some((a, b)) = p.retry {
             (j.retry_max_attempts, j.retry_backoff_secs) = (to_i32(a), to_i32(b));
+        }
+        if let Some(k) = p.encryption_key_id {
+            j.encryption_key_id = k;
         }
         if let Some(ids) = &p.storage_ids {
             let ds = self.datasource(j.datasource_id).await?;

@@ -37,6 +37,10 @@ pub struct DispatchSettings {
     pub lease_secs: i64,
     /// Chunk size agents cut backups into.
     pub chunk_size: u64,
+    /// Concurrent chunk uploads per agent.
+    pub upload_concurrency: u32,
+    /// zstd worker threads.
+    pub compression_workers: u32,
 }
 
 /// The dispatch loop.
@@ -168,6 +172,9 @@ impl DispatchTask {
                     key_prefix: manifest::attempt_prefix(ds.id.into(), ex.id.into(), attempt),
                     compression_level: job.compression_level,
                     chunk_size: self.settings.chunk_size,
+                    upload_concurrency: self.settings.upload_concurrency,
+                    compression_workers: self.settings.compression_workers,
+                    encryption_key_id: job.encryption_key_id.clone(),
                 })
             }
             Operation::Restore => self.restore_task(ex, &ds).await?,
@@ -240,6 +247,8 @@ impl DispatchTask {
             drop_existing: opt("drop_existing"),
             source_engine: engine_pb(source_ds.engine) as i32,
             drop_after: opt("verification"),
+            manifest_key: backup.manifest_key.clone().unwrap_or_default(),
+            parallel_jobs: ex.options.get("parallel_jobs").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32,
         }))
     }
 }

@@ -33,6 +33,8 @@ pub struct RestoreRequest {
     pub source_storage_id: Option<Uuid>,
     /// Restore into a temporary database and drop it afterwards.
     pub verification_mode: bool,
+    /// PostgreSQL parallel restore jobs.
+    pub parallel_jobs: u32,
 }
 
 /// One event of a watched execution.
@@ -157,6 +159,7 @@ impl ExecutionsService {
                     "drop_existing": r.drop_existing && !r.verification_mode,
                     "verification": r.verification_mode,
                     "source_storage_id": r.source_storage_id,
+                    "parallel_jobs": r.parallel_jobs,
                 }),
             })
             .await?;

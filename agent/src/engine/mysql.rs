@@ -1,0 +1,179 @@
+//! MariaDB and MySQL: connection test (sqlx), `mariadb-dump`/`mysqldump` with a consistent snapshot
+//! (`--single-transaction`), routines, triggers and events, and restore through the `mariadb`/`mysql`
+//! client. Credentials go in a 0600 option file passed with `--defaults-extra-file` (which must come first).
+
+use std::time::Duration;
+
+use dg_proto::v1::{DatabaseTarget, Engine, TlsMode};
+use sqlx::{
+    ConnectOptions, Connection, Row,
+    mysql::{MySqlConnectOptions, MySqlSslMode},
+};
+use tokio::process::Command;
+
+use super::{ServerInfo, ToolRun, credentials_file, tool_version};
+use crate::error::{PipelineError, PipelineResult};
+
+fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
+    let ssl = match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+        TlsMode::Disable => MySqlSslMode::Disabled,
+        TlsMode::Unspecified | TlsMode::Prefer => MySqlSslMode::Preferred,
+        TlsMode::Require => MySqlSslMode::Required,
+        TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
+    };
+    let mut o = MySqlConnectOptions::new()
+        .host(&t.host)
+        .port(u16::try_from(t.port).unwrap_or(3306))
+        .username(&t.username)
+        .ssl_mode(ssl)
+        .disable_statement_logging();
+    if !t.password.is_empty() {
+        o = o.password(&t.password);
+    }
+    if let Some(db) = database {
+        o = o.database(db);
+    }
+    o
+}
+
+async fn connect(t: &DatabaseTarget, database: Option<&str>) -> PipelineResult<sqlx::MySqlConnection> {
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
+    tokio::time::timeout(Duration::from_secs(10), options(t, database).connect())
+        .await
+        .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
+        .map_err(|e| fail(e.to_string()))
+}
+
+/// Connects to `database` and reads the server version.
+pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
+    let started = std::time::Instant::now();
+    let mut conn = connect(t, Some(database)).await?;
+    let row = sqlx::query("SELECT VERSION() AS v")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(|e| PipelineError::Connection(e.to_string()))?;
+    let version: String = row.try_get("v").map_err(|e| PipelineError::Connection(e.to_string()))?;
+    let _ = conn.close().await;
+    let major = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    Ok(ServerInfo { version, major, latency: started.elapsed() })
+}
+
+/// `` `name` `` with embedded backticks doubled.
+pub fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// Creates `database` unless it exists.
+pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
+    let mut conn = connect(t, None).await?;
+    let exists = sqlx::query("SELECT 1 FROM information_schema.schemata WHERE schema_name = ?")
+        .bind(database)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(|e| PipelineError::Connection(e.to_string()))?
+        .is_some();
+    if !exists {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", quote_ident(database))))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| PipelineError::Tool(format!("create database: {e}")))?;
+    }
+    let _ = conn.close().await;
+    Ok(!exists)
+}
+
+/// Drops `database`.
+pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
+    let mut conn = connect(t, None).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", quote_ident(database))))
+        .execute(&mut conn)
+        .await
+        .map_err(|e| PipelineError::Tool(format!("drop database: {e}")))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
+/// An option-file value: double-quoted with `\` and `"` escaped.
+fn option_value(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
+    let mut s = format!(
+        "[client]\nhost={}\nport={}\nuser={}\npassword={}\n",
+        option_value(&t.host),
+        t.port,
+        option_value(&t.username),
+        option_value(&t.password)
+    );
+    match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+        TlsMode::Disable => s.push_str("skip-ssl\n"),
+        TlsMode::Require => s.push_str("ssl\n"),
+        TlsMode::VerifyFull => s.push_str("ssl\nssl-verify-server-cert\n"),
+        TlsMode::Unspecified | TlsMode::Prefer => {}
+    }
+    credentials_file("dg-my-", &s)
+}
+
+/// The first tool of `names` on PATH.
+fn pick(names: &[&'static str]) -> PipelineResult<&'static str> {
+    names
+        .iter()
+        .copied()
+        .find(|n| which::which(n).is_ok())
+        .ok_or_else(|| PipelineError::Tool(format!("none of {} is installed on the agent host", names.join(", "))))
+}
+
+fn base(tool: &str, creds: &std::path::Path) -> Command {
+    let mut c = Command::new(tool);
+    for var in ["MYSQL_PWD", "MYSQL_HOST", "MYSQL_TCP_PORT"] {
+        c.env_remove(var);
+    }
+    c.arg(format!("--defaults-extra-file={}", creds.display())).kill_on_drop(true);
+    c
+}
+
+/// `mariadb-dump`/`mysqldump` of the target database: one consistent snapshot, with routines, triggers and
+/// events, binary columns in hex, no CREATE DATABASE (so it restores under any name).
+pub async fn dump(t: &DatabaseTarget, engine: Engine) -> PipelineResult<ToolRun> {
+    let tool = match engine {
+        Engine::Mysql => pick(&["mysqldump", "mariadb-dump"])?,
+        _ => pick(&["mariadb-dump", "mysqldump"])?,
+    };
+    let version = tool_version(tool).await;
+    let creds = option_file(t)?;
+    let mut cmd = base(tool, creds.path());
+    let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
+    cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
+    Ok(ToolRun {
+        cmd,
+        tool: tool.to_owned(),
+        version,
+        options: options.iter().map(|o| o.trim_start_matches('-').to_owned()).collect(),
+        creds,
+    })
+}
+
+/// The `mariadb`/`mysql` client reading the dump from stdin into the target database.
+pub async fn restore(t: &DatabaseTarget, engine: Engine) -> PipelineResult<ToolRun> {
+    let tool = match engine {
+        Engine::Mysql => pick(&["mysql", "mariadb"])?,
+        _ => pick(&["mariadb", "mysql"])?,
+    };
+    let version = tool_version(tool).await;
+    let creds = option_file(t)?;
+    let mut cmd = base(tool, creds.path());
+    cmd.arg("--binary-mode").arg("--default-character-set=utf8mb4").arg(format!("--database={}", t.database));
+    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options: Vec::new(), creds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+        assert_eq!(option_value("p\"w\\x"), "\"p\\\"w\\\\x\"");
+    }
+}
