@@ -15,15 +15,18 @@ pub struct AgentContext {
     pub keys_dir: PathBuf,
     /// Temporary files (parallel PostgreSQL restores).
     pub work_dir: PathBuf,
+    /// Database client tools.
+    pub tools: crate::tools::Tools,
 }
 
 impl AgentContext {
     /// The context of an agent with state directory `state_dir`.
-    pub fn new(state_dir: &Path, local_roots: Vec<PathBuf>) -> Self {
+    pub fn new(state_dir: &Path, local_roots: Vec<PathBuf>, tools: crate::tools::Tools) -> Self {
         Self {
             local_roots: Arc::new(local_roots),
             keys_dir: crate::keys::keys_dir(state_dir),
             work_dir: state_dir.join("work"),
+            tools,
         }
     }
 
@@ -59,14 +62,14 @@ mod tests {
     #[test]
     fn local_paths_are_confined_to_roots_without_symlinks() {
         let root = tempfile::tempdir().expect("dir");
-        let ctx = AgentContext::new(root.path(), vec![root.path().to_owned()]);
+        let ctx = AgentContext::new(root.path(), vec![root.path().to_owned()], Default::default());
         assert!(ctx.confine(&root.path().join("a/b")).is_ok());
         assert!(ctx.confine(Path::new("/etc")).is_err());
         assert!(ctx.confine(&root.path().join("a/../../etc")).is_err());
         let outside = tempfile::tempdir().expect("dir");
         std::os::unix::fs::symlink(outside.path(), root.path().join("link")).expect("symlink");
         assert!(ctx.confine(&root.path().join("link/x")).unwrap_err().contains("symlink"));
-        let none = AgentContext::new(root.path(), vec![]);
+        let none = AgentContext::new(root.path(), vec![], Default::default());
         assert!(none.confine(&root.path().join("a")).is_err());
     }
 }

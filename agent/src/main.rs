@@ -50,6 +50,10 @@ enum Command {
             default_value = "/var/backups/dataguardian"
         )]
         local_roots: Vec<PathBuf>,
+        /// Directory searched for database client tools before PATH (repeatable), e.g.
+        /// /usr/lib/postgresql/16/bin to dump a newer server.
+        #[arg(long = "tool-dir", env = "DG_TOOL_DIRS", value_delimiter = ',')]
+        tool_dirs: Vec<PathBuf>,
     },
     /// Create a key for encryption at rest in the state directory (`keys/<id>.key`, mode 0600). Name it in a
     /// backup job's `encryption_key_id`. To restore on another agent, copy the file to its `keys/` directory.
@@ -85,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{key_id}");
             Ok(())
         }
-        Command::Run { state_dir, local_roots } => {
+        Command::Run { state_dir, local_roots, tool_dirs } => {
             let dir = StateDir::open(&state_dir)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -94,7 +98,11 @@ async fn main() -> anyhow::Result<()> {
                 tracing::info!("shutdown requested");
                 c.cancel();
             });
-            let opts = session::RunOptions { local_roots, ..session::RunOptions::default() };
+            let opts = session::RunOptions {
+                local_roots,
+                tools: dg_agent::tools::Tools::new(tool_dirs),
+                ..session::RunOptions::default()
+            };
             session::run(dir, opts, cancel).await?;
             Ok(())
         }

@@ -34,6 +34,8 @@ pub struct RunOptions {
     pub max_backoff: Duration,
     /// Directories local storages may live under.
     pub local_roots: Vec<std::path::PathBuf>,
+    /// Where database client tools are looked up first.
+    pub tools: tools::Tools,
 }
 
 impl Default for RunOptions {
@@ -42,6 +44,7 @@ impl Default for RunOptions {
             min_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(60),
             local_roots: vec![std::path::PathBuf::from("/var/backups/dataguardian")],
+            tools: tools::Tools::default(),
         }
     }
 }
@@ -118,7 +121,7 @@ async fn session_once(
         protocol_version: AGENT_PROTOCOL_VERSION,
         agent_version: crate::VERSION.to_owned(),
         hostname: enroll::hostname(),
-        tools: tools::discover().await,
+        tools: tools::discover(&opts.tools).await,
         running: Vec::new(),
     };
     tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)) })
@@ -141,7 +144,7 @@ async fn session_once(
     info!(agent_id = %welcome.agent_id, heartbeat_s = hb.as_secs(), "session established");
 
     let session_cancel = cancel.child_token();
-    let ctx = AgentContext::new(dir.root(), opts.local_roots.clone());
+    let ctx = AgentContext::new(dir.root(), opts.local_roots.clone(), opts.tools.clone());
     let executor = Executor::new(tx.clone(), session_cancel.clone(), ctx.clone());
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

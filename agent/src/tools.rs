@@ -1,17 +1,36 @@
 //! Discovery of the dump and restore tools on this host, reported to the controller in Hello.
 
-use std::process::Stdio;
+use std::{path::PathBuf, process::Stdio, sync::Arc};
 
 use dg_proto::v1::ToolInfo;
 
 /// Tools the agent knows how to use.
 pub const KNOWN_TOOLS: &[&str] = &["pg_dump", "pg_restore", "psql", "mariadb-dump", "mariadb", "mysqldump", "mysql"];
 
-/// Finds each known tool on PATH and asks for its version.
-pub async fn discover() -> Vec<ToolInfo> {
+/// Where the agent looks for database client tools: the configured directories first (e.g. a newer
+/// `/usr/lib/postgresql/16/bin`), then `PATH`.
+#[derive(Clone, Debug, Default)]
+pub struct Tools {
+    dirs: Arc<Vec<PathBuf>>,
+}
+
+impl Tools {
+    /// Tools looked up in `dirs` before `PATH`.
+    pub fn new(dirs: Vec<PathBuf>) -> Self {
+        Self { dirs: Arc::new(dirs) }
+    }
+
+    /// The executable for `name`, if installed.
+    pub fn resolve(&self, name: &str) -> Option<PathBuf> {
+        self.dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()).or_else(|| which::which(name).ok())
+    }
+}
+
+/// Finds each known tool and asks for its version.
+pub async fn discover(tools: &Tools) -> Vec<ToolInfo> {
     let mut out = Vec::new();
     for name in KNOWN_TOOLS {
-        let Ok(path) = which::which(name) else {
+        let Some(path) = tools.resolve(name) else {
             continue;
         };
         let version = version_of(&path.to_string_lossy()).await.unwrap_or_default();

@@ -138,6 +138,7 @@ impl Cluster {
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(2),
             local_roots: vec![self.dir.path().to_owned()],
+            tools: Default::default(),
         }
     }
 

@@ -6,12 +6,18 @@
 pub mod mysql;
 pub mod postgres;
 
-use std::{path::Path, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use dg_proto::v1::{DatabaseTarget, Engine};
 use tokio::process::Command;
 
-use crate::error::{PipelineError, PipelineResult};
+use crate::{
+    error::{PipelineError, PipelineResult},
+    tools::Tools,
+};
 
 /// What the connection test learned.
 #[derive(Debug, Clone)]
@@ -81,10 +87,10 @@ pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult
 }
 
 /// The dump command for the target's database, after checking the tool can dump that server.
-pub async fn dump(t: &DatabaseTarget, server: &ServerInfo) -> PipelineResult<ToolRun> {
+pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
     match engine_of(t)? {
-        Engine::Postgres => postgres::dump(t, server).await,
-        e => mysql::dump(t, e).await,
+        Engine::Postgres => postgres::dump(t, server, tools).await,
+        e => mysql::dump(t, e, tools).await,
     }
 }
 
@@ -94,16 +100,23 @@ pub async fn restore(
     drop_existing: bool,
     file: Option<&Path>,
     jobs: u32,
+    tools: &Tools,
 ) -> PipelineResult<ToolRun> {
     match engine_of(t)? {
-        Engine::Postgres => postgres::restore(t, drop_existing, file, jobs).await,
-        e => mysql::restore(t, e).await,
+        Engine::Postgres => postgres::restore(t, drop_existing, file, jobs, tools).await,
+        e => mysql::restore(t, e, tools).await,
     }
 }
 
-/// `tool --version`, reduced to its version number.
-pub async fn tool_version(tool: &str) -> String {
-    crate::tools::version_of(tool).await.unwrap_or_default()
+/// The first of `names` that is installed, with its path and version.
+pub async fn find_tool(tools: &Tools, names: &[&'static str]) -> PipelineResult<(&'static str, PathBuf, String)> {
+    for name in names {
+        if let Some(path) = tools.resolve(name) {
+            let version = crate::tools::version_of(&path.to_string_lossy()).await.unwrap_or_default();
+            return Ok((name, path, version));
+        }
+    }
+    Err(PipelineError::Tool(format!("none of {} is installed on the agent host", names.join(", "))))
 }
 
 fn io_err(e: std::io::Error) -> PipelineError {

@@ -11,7 +11,8 @@ use sqlx::{
 };
 use tokio::process::Command;
 
-use super::{ServerInfo, ToolRun, credentials_file, tool_version};
+use super::{ServerInfo, ToolRun, credentials_file, find_tool};
+use crate::tools::Tools;
 use crate::error::{PipelineError, PipelineResult};
 
 fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
@@ -115,16 +116,9 @@ fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
     credentials_file("dg-my-", &s)
 }
 
-/// The first tool of `names` on PATH.
-fn pick(names: &[&'static str]) -> PipelineResult<&'static str> {
-    names
-        .iter()
-        .copied()
-        .find(|n| which::which(n).is_ok())
-        .ok_or_else(|| PipelineError::Tool(format!("none of {} is installed on the agent host", names.join(", "))))
-}
 
-fn base(tool: &str, creds: &std::path::Path) -> Command {
+
+fn base(tool: &std::path::Path, creds: &std::path::Path) -> Command {
     let mut c = Command::new(tool);
     for var in ["MYSQL_PWD", "MYSQL_HOST", "MYSQL_TCP_PORT"] {
         c.env_remove(var);
@@ -135,14 +129,12 @@ fn base(tool: &str, creds: &std::path::Path) -> Command {
 
 /// `mariadb-dump`/`mysqldump` of the target database: one consistent snapshot, with routines, triggers and
 /// events, binary columns in hex, no CREATE DATABASE (so it restores under any name).
-pub async fn dump(t: &DatabaseTarget, engine: Engine) -> PipelineResult<ToolRun> {
-    let tool = match engine {
-        Engine::Mysql => pick(&["mysqldump", "mariadb-dump"])?,
-        _ => pick(&["mariadb-dump", "mysqldump"])?,
-    };
-    let version = tool_version(tool).await;
+pub async fn dump(t: &DatabaseTarget, engine: Engine, tools: &Tools) -> PipelineResult<ToolRun> {
+    let names: &[&'static str] =
+        if engine == Engine::Mysql { &["mysqldump", "mariadb-dump"] } else { &["mariadb-dump", "mysqldump"] };
+    let (tool, path, version) = find_tool(tools, names).await?;
     let creds = option_file(t)?;
-    let mut cmd = base(tool, creds.path());
+    let mut cmd = base(&path, creds.path());
     let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
     cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
     Ok(ToolRun {
@@ -155,14 +147,11 @@ pub async fn dump(t: &DatabaseTarget, engine: Engine) -> PipelineResult<ToolRun>
 }
 
 /// The `mariadb`/`mysql` client reading the dump from stdin into the target database.
-pub async fn restore(t: &DatabaseTarget, engine: Engine) -> PipelineResult<ToolRun> {
-    let tool = match engine {
-        Engine::Mysql => pick(&["mysql", "mariadb"])?,
-        _ => pick(&["mariadb", "mysql"])?,
-    };
-    let version = tool_version(tool).await;
+pub async fn restore(t: &DatabaseTarget, engine: Engine, tools: &Tools) -> PipelineResult<ToolRun> {
+    let names: &[&'static str] = if engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
+    let (tool, path, version) = find_tool(tools, names).await?;
     let creds = option_file(t)?;
-    let mut cmd = base(tool, creds.path());
+    let mut cmd = base(&path, creds.path());
     cmd.arg("--binary-mode").arg("--default-character-set=utf8mb4").arg(format!("--database={}", t.database));
     Ok(ToolRun { cmd, tool: tool.to_owned(), version, options: Vec::new(), creds })
 }

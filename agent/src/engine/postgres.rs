@@ -11,7 +11,8 @@ use sqlx::{
 };
 use tokio::process::Command;
 
-use super::{ServerInfo, ToolRun, credentials_file, tool_version};
+use super::{ServerInfo, ToolRun, credentials_file, find_tool};
+use crate::tools::Tools;
 use crate::error::{PipelineError, PipelineResult};
 
 fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
@@ -115,7 +116,7 @@ pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
 }
 
 /// A command for a libpq tool with connection parameters in the environment.
-pub fn command(tool: &str, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
+pub fn command(tool: &std::path::Path, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
     let mut c = Command::new(tool);
     for var in ["PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR"] {
         c.env_remove(var);
@@ -133,22 +134,16 @@ pub fn command(tool: &str, t: &DatabaseTarget, passfile: &std::path::Path) -> Co
 
 /// `pg_dump` of the target database in custom format, uncompressed (the pipeline compresses), after checking
 /// that this `pg_dump` can dump that server.
-pub async fn dump(t: &DatabaseTarget, server: &ServerInfo) -> PipelineResult<ToolRun> {
-    let version = tool_version("pg_dump").await;
+pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
+    let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
     check_dump_compat(&version, server.major)?;
     let creds = passfile(t)?;
-    let mut cmd = command("pg_dump", t, creds.path());
+    let mut cmd = command(&path, t, creds.path());
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    Ok(ToolRun {
-        cmd,
-        tool: "pg_dump".into(),
-        version,
-        options: vec!["format=custom".into(), "compress=0".into()],
-        creds,
-    })
+    Ok(ToolRun { cmd, tool: tool.into(), version, options: vec!["format=custom".into(), "compress=0".into()], creds })
 }
 
 /// `pg_restore` into the target database from stdin, or from `file` with `jobs` parallel jobs.
@@ -157,10 +152,11 @@ pub async fn restore(
     drop_existing: bool,
     file: Option<&std::path::Path>,
     jobs: u32,
+    tools: &Tools,
 ) -> PipelineResult<ToolRun> {
-    let version = tool_version("pg_restore").await;
+    let (tool, path, version) = find_tool(tools, &["pg_restore"]).await?;
     let creds = passfile(t)?;
-    let mut cmd = command("pg_restore", t, creds.path());
+    let mut cmd = command(&path, t, creds.path());
     cmd.arg("--no-password").arg("--exit-on-error");
     if drop_existing {
         cmd.arg("--clean").arg("--if-exists");
@@ -169,7 +165,7 @@ pub async fn restore(
     if let Some(f) = file {
         cmd.arg(format!("--jobs={}", jobs.clamp(1, 16))).arg(f);
     }
-    Ok(ToolRun { cmd, tool: "pg_restore".into(), version, options: Vec::new(), creds })
+    Ok(ToolRun { cmd, tool: tool.into(), version, options: Vec::new(), creds })
 }
 
 /// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.

@@ -63,6 +63,7 @@ struct PassSettings {
     workers: u32,
     concurrency: usize,
     cipher: Option<Arc<ChunkCipher>>,
+    tools: crate::tools::Tools,
 }
 
 /// What one pass of the dump produced.
@@ -114,6 +115,7 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
         workers: task.compression_workers.min(16),
         concurrency: usize::try_from(task.upload_concurrency).unwrap_or(3).clamp(1, 32),
         cipher,
+        tools: ctx.tools.clone(),
     };
 
     let replicate = StorageStrategy::try_from(task.strategy) == Ok(StorageStrategy::Replicate);
@@ -249,7 +251,7 @@ async fn one_pass(
     s: &PassSettings,
     rep: &Reporter,
 ) -> PipelineResult<PassOutput> {
-    let mut run = engine::dump(source, info).await?;
+    let mut run = engine::dump(source, info, &s.tools).await?;
     let tool = format!("{} {}", run.tool, run.version);
     let mut child = run
         .cmd

@@ -239,14 +239,14 @@ async fn run_inner(
             dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
             rep.log("info", format!("archive staged ({written} bytes); pg_restore with {} jobs", task.parallel_jobs))
                 .await;
-            let mut run = engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs).await?;
+            let mut run = engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs, &ctx.tools).await?;
             run_tool(&mut run, rep, &target.password).await.map(|tool| (written, tool))
         };
         let r = staged.await;
         let _ = std::fs::remove_file(&path);
         r
     } else {
-        let mut run = engine::restore(&target, task.drop_existing, None, 1).await?;
+        let mut run = engine::restore(&target, task.drop_existing, None, 1, &ctx.tools).await?;
         let tool = format!("{} {}", run.tool, run.version);
         let mut child = run
             .cmd
