@@ -454,7 +454,7 @@ AGENT_ID=$(grep -v '^[[:space:]]*$' "$DEMO/enroll.out" | tail -n 1 | tr -d '[:sp
 [[ -n "$AGENT_ID" ]] || die "dg-agent enroll printed no agent id"
 info "enrolled agent $AGENT_ID"
 
-"$AGENT_BIN" run --state-dir "$DEMO/agent" >"$DEMO/agent.log" 2>&1 &
+"$AGENT_BIN" run --state-dir "$DEMO/agent" --local-root "$DEMO/backups" >"$DEMO/agent.log" 2>&1 &
 AGENT_PID=$!
 echo "$AGENT_PID" >"$DEMO/agent.pid"
 info "dg-agent pid $AGENT_PID, log $DEMO/agent.log"
