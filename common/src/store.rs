@@ -90,8 +90,13 @@ impl std::fmt::Debug for StoreConfig {
 #[error("{0}")]
 pub struct StoreError(pub String);
 
-fn client_options() -> ClientOptions {
-    ClientOptions::new().with_timeout(Duration::from_secs(60)).with_connect_timeout(Duration::from_secs(5))
+/// Client options of network stores. Note that `with_client_options` replaces every client option set before
+/// it (plain HTTP included), so everything goes here.
+fn client_options(allow_http: bool) -> ClientOptions {
+    ClientOptions::new()
+        .with_timeout(Duration::from_secs(60))
+        .with_connect_timeout(Duration::from_secs(5))
+        .with_allow_http(allow_http)
 }
 
 fn retry() -> RetryConfig {
@@ -145,8 +150,7 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
                 .with_bucket_name(bucket)
                 .with_region(if region.is_empty() { "us-east-1" } else { region })
                 .with_virtual_hosted_style_request(!path_style)
-                .with_allow_http(*allow_http)
-                .with_client_options(client_options())
+                .with_client_options(client_options(*allow_http))
                 .with_retry(retry());
             if !endpoint.is_empty() {
                 b = b.with_endpoint(endpoint);
@@ -159,7 +163,7 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
         StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
             let mut b = GoogleCloudStorageBuilder::new()
                 .with_bucket_name(bucket)
-                .with_client_options(client_options())
+                .with_client_options(client_options(endpoint.starts_with("http://")))
                 .with_retry(retry());
             if !service_account_key.is_empty() {
                 b = b.with_service_account_key(service_account_key);
@@ -173,13 +177,13 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             let mut b = MicrosoftAzureBuilder::new()
                 .with_account(account)
                 .with_container_name(container)
-                .with_client_options(client_options())
+                .with_client_options(client_options(endpoint.starts_with("http://")))
                 .with_retry(retry());
             if !access_key.is_empty() {
                 b = b.with_access_key(access_key);
             }
             if !endpoint.is_empty() {
-                b = b.with_endpoint(endpoint.clone()).with_allow_http(endpoint.starts_with("http://"));
+                b = b.with_endpoint(endpoint.clone());
             }
             with_prefix(Arc::new(b.build().map_err(err)?), prefix)
         }

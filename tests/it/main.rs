@@ -3,6 +3,8 @@
 
 mod backup_restore;
 mod bad_input;
+mod data_path;
+mod emulators;
 mod failures;
 mod grpcurl;
 mod lifecycle;

@@ -182,13 +182,17 @@ impl Cluster {
 
     /// Creates a join token, enrolls an agent with it and runs the agent in-process until it is online.
     pub async fn start_agent(&self, c: &mut Clients) -> anyhow::Result<AgentHandle> {
+        self.start_agent_with(c, self.run_options()).await
+    }
+
+    /// Like [`Cluster::start_agent`] with explicit agent options.
+    pub async fn start_agent_with(&self, c: &mut Clients, opts: session::RunOptions) -> anyhow::Result<AgentHandle> {
         let jt =
             c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &c.token)).await?.into_inner();
         let state_dir = self.dir.path().join(format!("agent-{}", suffix()));
         let dir = StateDir::open(&state_dir)?;
         let id = enroll::enroll(&self.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
         let cancel = CancellationToken::new();
-        let opts = self.run_options();
         let c2 = cancel.clone();
         let task = tokio::spawn(async move {
             let _ = session::run(dir, opts, c2).await;

@@ -3,6 +3,7 @@
 //! helpers to make throwaway databases that are dropped when the test ends.
 
 pub mod cluster;
+pub mod emulators;
 pub mod pg;
 
 /// The PostgreSQL server tests use (`DG_TEST_PG_URL`, default the local trust-auth server).

@@ -12,8 +12,8 @@ use sqlx::{
 use tokio::process::Command;
 
 use super::{ServerInfo, ToolRun, credentials_file, find_tool};
-use crate::tools::Tools;
 use crate::error::{PipelineError, PipelineResult};
+use crate::tools::Tools;
 
 fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
     let ssl = match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
@@ -115,8 +115,6 @@ fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
     }
     credentials_file("dg-my-", &s)
 }
-
-
 
 fn base(tool: &std::path::Path, creds: &std::path::Path) -> Command {
     let mut c = Command::new(tool);

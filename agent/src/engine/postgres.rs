@@ -12,8 +12,8 @@ use sqlx::{
 use tokio::process::Command;
 
 use super::{ServerInfo, ToolRun, credentials_file, find_tool};
-use crate::tools::Tools;
 use crate::error::{PipelineError, PipelineResult};
+use crate::tools::Tools;
 
 fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
     match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {

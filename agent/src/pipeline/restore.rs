@@ -239,7 +239,8 @@ async fn run_inner(
             dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
             rep.log("info", format!("archive staged ({written} bytes); pg_restore with {} jobs", task.parallel_jobs))
                 .await;
-            let mut run = engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs, &ctx.tools).await?;
+            let mut run =
+                engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs, &ctx.tools).await?;
             run_tool(&mut run, rep, &target.password).await.map(|tool| (written, tool))
         };
         let r = staged.await;
