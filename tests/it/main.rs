@@ -3,6 +3,7 @@
 
 mod backup_restore;
 mod bad_input;
+mod cloud;
 mod data_path;
 mod emulators;
 mod failures;
