@@ -13,7 +13,6 @@ use dg_tests::{
     suffix,
 };
 use futures::StreamExt;
-use object_store::ObjectStoreExt as _;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, Row};
 
