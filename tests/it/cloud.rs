@@ -253,9 +253,10 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
         .jobs
         .create_backup_job(authed(
             pb::CreateBackupJobRequest {
-                name: "maria-s3".into(),
+                name: "maria-s3-azure".into(),
                 datasource_id: mds.id.clone(),
-                storage_ids: vec![st_s3.id.clone()],
+                storage_ids: vec![st_s3.id.clone(), st_az.id.clone()],
+                storage_strategy: pb::StorageStrategy::Replicate as i32,
                 ..Default::default()
             },
             &c.token,
@@ -264,6 +265,8 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
         .into_inner();
     let mex = c.run_job(&mjob.id).await?;
     assert_eq!(mex.status, pb::ExecutionStatus::Completed as i32, "{}", mex.error);
+    let md = c.backups.get_backup(authed(pb::GetBackupRequest { id: mex.id.clone() }, &c.token)).await?.into_inner();
+    assert_eq!(md.storage_ids.len(), 2, "MariaDB backup replicated to S3 and Azure");
     let restored = format!("{my}_r");
     let r = c
         .backups
