@@ -24,6 +24,11 @@ pub fn chunk_key(prefix: &str, seq: u32) -> String {
     format!("{prefix}/{seq:08}.zst")
 }
 
+/// The key of the PostgreSQL globals object below an attempt prefix.
+pub fn globals_key(prefix: &str) -> String {
+    format!("{prefix}/globals.sql.zst")
+}
+
 /// The key of the manifest below an attempt prefix.
 pub fn manifest_key(prefix: &str) -> String {
     format!("{prefix}/manifest.json")
@@ -37,6 +42,17 @@ pub struct ManifestChunk {
     /// Object key.
     pub key: String,
     /// Stored size in bytes.
+    pub size: u64,
+    /// Hex sha256 of the stored bytes.
+    pub sha256: String,
+}
+
+/// A single extra object of a backup (e.g. the PostgreSQL globals).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestObject {
+    /// Object key.
+    pub key: String,
+    /// Stored size.
     pub size: u64,
     /// Hex sha256 of the stored bytes.
     pub sha256: String,
@@ -83,6 +99,10 @@ pub struct Manifest {
     /// Cipher of the chunks ("AES-256-GCM"), when encrypted.
     #[serde(default)]
     pub encryption: Option<String>,
+    /// PostgreSQL globals (roles without passwords, tablespaces), zstd-compressed SQL, sealed like a chunk
+    /// at position `u32::MAX` when encrypted.
+    #[serde(default)]
+    pub globals: Option<ManifestObject>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -153,6 +173,7 @@ mod tests {
             encryption_key_id: None,
             wrapped_key: None,
             encryption: None,
+            globals: None,
         }
     }
 

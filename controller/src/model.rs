@@ -209,6 +209,8 @@ pub struct BackupJob {
     pub retry_backoff_secs: i32,
     /// Agent-held key encrypting backups ("" = none).
     pub encryption_key_id: String,
+    /// PostgreSQL: also dump the globals.
+    pub include_globals: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

@@ -7,6 +7,7 @@ use sea_orm_migration::prelude::*;
 mod m0001_initial;
 mod m0002_operator_api;
 mod m0003_data_path;
+mod m0004_globals;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0001_initial::Migration),
             Box::new(m0002_operator_api::Migration),
             Box::new(m0003_data_path::Migration),
+            Box::new(m0004_globals::Migration),
         ]
     }
 }

@@ -502,3 +502,80 @@ async fn agent_tool(c: &mut Clients, agent: &str, name: &str) -> anyhow::Result<
     let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: agent.into() }, &c.token)).await?.into_inner();
     a.tools.into_iter().find(|t| t.name == name).ok_or_else(|| anyhow::anyhow!("{name} not reported"))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_globals_are_kept_and_replayed() -> anyhow::Result<()> {
+    let src = TestDb::create("glob").await?;
+    src.connect()
+        .await?
+        .execute("CREATE TABLE t (id int PRIMARY KEY, v text, b bytea); INSERT INTO t VALUES (1, 'x', NULL)")
+        .await?;
+    let role = format!("dgt_role_{}", suffix());
+    let mut admin = src.connect().await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("CREATE ROLE {role} NOLOGIN"))).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("GRANT SELECT ON t TO {role}"))).await?;
+
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let dir = cluster.dir.path().join("g");
+    let st = local_storage(&mut c, &agent.id, &dir).await?;
+    let ds = datasource(&mut c, pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let j = c
+        .jobs
+        .create_backup_job(authed(
+            pb::CreateBackupJobRequest {
+                name: format!("glob-{}", suffix()),
+                datasource_id: ds.id.clone(),
+                storage_ids: vec![st.id.clone()],
+                include_globals: true,
+                ..Default::default()
+            },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    assert!(j.include_globals);
+    let ex = c.run_job(&j.id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
+    let detail = c.backups.get_backup(authed(pb::GetBackupRequest { id: ex.id.clone() }, &c.token)).await?.into_inner();
+    let manifest = dg_common::manifest::Manifest::from_bytes(&std::fs::read(dir.join(&detail.manifest_key))?)?;
+    let g = manifest.globals.expect("globals recorded in the manifest");
+    let sql = String::from_utf8(zstd::decode_all(std::fs::read(dir.join(&g.key))?.as_slice())?)?;
+    assert!(sql.contains(&format!("CREATE ROLE {role}")), "the role is in the globals");
+
+    // The role disappears; a restore with restore_globals brings it back before the grants are restored.
+    admin.execute(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE {role}"))).await?;
+    let dst = TestDb::reserve("glob_dst");
+    let r = c
+        .backups
+        .restore_backup(authed(
+            pb::RestoreBackupRequest {
+                backup_id: ex.id.clone(),
+                target_database: dst.name.clone(),
+                create_database: true,
+                confirm_target_database: dst.name.clone(),
+                restore_globals: true,
+                ..Default::default()
+            },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    let r = c.wait_execution(&r.id, Duration::from_secs(120)).await?;
+    let logs = c.logs(&r.id).await?;
+    let back: (i64,) =
+        sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname = $1").bind(&role).fetch_one(&mut admin).await?;
+    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", dst.name))).await;
+    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))).await;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{logs}", r.error);
+    assert_eq!(back.0, 1, "the role was recreated from the globals");
+    assert!(
+        logs.contains("globals replayed") && logs.contains("already exists"),
+        "existing roles are reported: {logs}"
+    );
+
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}

@@ -192,3 +192,51 @@ mod tests {
         assert!(check_dump_compat("16.1", 12).is_ok());
     }
 }
+
+/// Position used as associated data when the globals object is sealed (never a chunk position).
+pub const GLOBALS_SEQ: u32 = u32::MAX;
+
+/// `pg_dumpall --globals-only --no-role-passwords`: roles (without their passwords, so a non-superuser can
+/// run it) and tablespaces, as SQL. Small, so it is collected whole.
+pub async fn dump_globals(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(Vec<u8>, String)> {
+    let (tool, path, version) = find_tool(tools, &["pg_dumpall"]).await?;
+    let creds = passfile(t)?;
+    let out = command(&path, t, creds.path())
+        .arg("--globals-only")
+        .arg("--no-role-passwords")
+        .arg("--no-password")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| PipelineError::Tool(format!("cannot start {tool}: {e}")))?;
+    if !out.status.success() {
+        let err = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[&t.password]);
+        return Err(PipelineError::Tool(format!("{tool} failed ({}): {}", out.status, err.trim())));
+    }
+    Ok((out.stdout, format!("{tool} {version}")))
+}
+
+/// Replays globals SQL with `psql` against the `postgres` database. Objects that already exist make psql
+/// report errors and go on (ON_ERROR_STOP off); those lines are returned as warnings.
+pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> PipelineResult<Vec<String>> {
+    use tokio::io::AsyncWriteExt;
+    let (tool, path, _) = find_tool(tools, &["psql"]).await?;
+    let creds = passfile(t)?;
+    let mut child = command(&path, t, creds.path())
+        .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "--dbname=dbname='postgres'", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| PipelineError::Tool(format!("cannot start {tool}: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(sql).await?;
+        stdin.shutdown().await?;
+    }
+    let out = child.wait_with_output().await?;
+    let stderr = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[&t.password]);
+    if !out.status.success() {
+        return Err(PipelineError::Tool(format!("{tool} failed ({}): {}", out.status, stderr.trim())));
+    }
+    Ok(stderr.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+}

@@ -22,6 +22,7 @@ use dg_common::{
 use dg_proto::v1::{BackupResult, BackupTask, DatabaseTarget, StorageStrategy};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload, path::Path as ObjPath};
+use sha2::{Digest, Sha256};
 use tokio::{io::AsyncReadExt, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -145,6 +146,31 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
     };
     warnings.extend(out.dropped.iter().cloned());
 
+    let globals = if task.include_globals && engine == dg_proto::v1::Engine::Postgres {
+        let (sql, tool) = engine::postgres::dump_globals(&source, &ctx.tools).await?;
+        let compressed = zstd::encode_all(sql.as_slice(), settings.level)?;
+        let stored = match &settings.cipher {
+            Some(c) => c.seal(engine::postgres::GLOBALS_SEQ, &compressed),
+            None => compressed,
+        };
+        let key = manifest::globals_key(&task.key_prefix);
+        let sha256 = hex::encode(Sha256::digest(&stored));
+        let body = Bytes::from(stored);
+        for s in &out.complete {
+            s.store
+                .put(&ObjPath::from(key.as_str()), PutPayload::from(body.clone()))
+                .await
+                .map_err(|e| PipelineError::Storage { storage: s.id.clone(), message: format!("globals: {e}") })?;
+        }
+        rep.log("info", format!("globals dumped with {tool} ({} bytes of SQL)", sql.len())).await;
+        Some(manifest::ManifestObject { key, size: body.len() as u64, sha256 })
+    } else {
+        if task.include_globals {
+            warnings.push("include_globals applies to PostgreSQL only; ignored".into());
+        }
+        None
+    };
+
     let m = Manifest {
         format: MANIFEST_FORMAT,
         execution_id: rep.execution_id().to_owned(),
@@ -164,6 +190,7 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
         encryption_key_id: (!task.encryption_key_id.is_empty()).then(|| task.encryption_key_id.clone()),
         wrapped_key: wrapped,
         encryption: settings.cipher.as_ref().map(|_| "AES-256-GCM".to_owned()),
+        globals,
     };
     let manifest_key = manifest::manifest_key(&task.key_prefix);
     let body = Bytes::from(m.to_bytes());

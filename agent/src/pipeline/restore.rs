@@ -135,18 +135,30 @@ async fn run_inner(
     }
 
     // 1. Everything that can fail without the database: the key, then every chunk.
-    let cipher = if task.manifest_key.is_empty() {
-        None
-    } else {
-        let m = read_manifest(&stores, &task.manifest_key).await?;
-        match (&m.encryption_key_id, &m.wrapped_key) {
-            (Some(k), Some(w)) => {
-                let c = ChunkCipher::open(&ctx.keys_dir, k, &m.execution_id, w)?;
-                rep.log("info", format!("backup is encrypted with key \"{k}\"; data key unwrapped")).await;
-                Some(c)
-            }
-            _ => None,
+    let manifest =
+        if task.manifest_key.is_empty() { None } else { Some(read_manifest(&stores, &task.manifest_key).await?) };
+    let cipher = match manifest.as_ref().map(|m| (&m.encryption_key_id, &m.wrapped_key, &m.execution_id)) {
+        Some((Some(k), Some(w), backup)) => {
+            let c = ChunkCipher::open(&ctx.keys_dir, k, backup, w)?;
+            rep.log("info", format!("backup is encrypted with key \"{k}\"; data key unwrapped")).await;
+            Some(c)
         }
+        _ => None,
+    };
+    let globals_sql = if task.restore_globals {
+        let g = manifest.as_ref().and_then(|m| m.globals.clone()).ok_or_else(|| {
+            PipelineError::Invalid("restore_globals: this backup has no globals (its job did not include them)".into())
+        })?;
+        let as_chunk = ChunkRef { seq: 0, key: g.key.clone(), size: g.size, sha256: g.sha256.clone() };
+        let all: Vec<usize> = (0..stores.len()).collect();
+        let (_, data) = fetch_any(&stores, &all, &as_chunk).await?;
+        let data = match &cipher {
+            Some(c) => c.open_chunk(engine::postgres::GLOBALS_SEQ, &data)?,
+            None => data.to_vec(),
+        };
+        Some(zstd::decode_all(data.as_slice())?)
+    } else {
+        None
     };
     let all: Vec<usize> = (0..stores.len()).collect();
     let mut whole = Sha256::new();
@@ -183,6 +195,13 @@ async fn run_inner(
         }
         if created {
             rep.log("info", format!("created database {}", target.database)).await;
+        }
+    }
+    if let Some(sql) = &globals_sql {
+        let notes = engine::postgres::restore_globals(&target, &ctx.tools, sql).await?;
+        rep.log("info", format!("globals replayed ({} bytes of SQL)", sql.len())).await;
+        for n in notes.into_iter().take(50) {
+            rep.log("warn", format!("globals: {n}")).await;
         }
     }
     let info = engine::test_connection(&target, &target.database).await?;

@@ -13,7 +13,7 @@ const DS_COLS: &str = "id, name, engine, host, port, database_name, username, pa
 const ST_COLS: &str = "id, name, kind, config, agent_id, credentials_ciphertext, created_at, updated_at";
 const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, keep_daily, keep_weekly, \
                         keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
-                        retry_backoff_secs, encryption_key_id, created_at, updated_at";
+                        retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at";
 
 /// Outcome of a guarded deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,8 +224,8 @@ impl Db {
             &format!(
                 "INSERT INTO backup_job (id, name, datasource_id, cron, time_zone, max_backups, keep_daily, \
                  keep_weekly, keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
-                 retry_backoff_secs, encryption_key_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) RETURNING {JOB_COLS}"
+                 retry_backoff_secs, encryption_key_id, include_globals) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -245,7 +245,7 @@ impl Db {
                 "UPDATE backup_job SET name = $2, datasource_id = $3, cron = $4, time_zone = $5, max_backups = $6, \
                  keep_daily = $7, keep_weekly = $8, keep_monthly = $9, storage_strategy = $10, \
                  compression_level = $11, enabled = $12, retry_max_attempts = $13, retry_backoff_secs = $14, \
-                 encryption_key_id = $15, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
+                 encryption_key_id = $15, include_globals = $16, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -360,7 +360,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 6] {
     ]
 }
 
-fn job_values(j: &BackupJob) -> [sea_orm::Value; 15] {
+fn job_values(j: &BackupJob) -> [sea_orm::Value; 16] {
     [
         j.id.into(),
         j.name.clone().into(),
@@ -377,5 +377,6 @@ fn job_values(j: &BackupJob) -> [sea_orm::Value; 15] {
         j.retry_max_attempts.into(),
         j.retry_backoff_secs.into(),
         j.encryption_key_id.clone().into(),
+        j.include_globals.into(),
     ]
 }

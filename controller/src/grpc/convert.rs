@@ -137,6 +137,7 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         }),
         next_runs,
         encryption_key_id: j.encryption_key_id.clone(),
+        include_globals: j.include_globals,
         updated_at: Some(ts(j.updated_at)),
     }
 }

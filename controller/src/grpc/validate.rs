@@ -460,6 +460,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             retry_max_attempts,
             retry_backoff_secs,
             encryption_key_id: key_id(&r.encryption_key_id)?,
+            include_globals: r.include_globals,
         })
     }
 }
@@ -485,6 +486,7 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             compression_level: r.compression_level.map(compression).transpose()?,
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
             encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
+            include_globals: r.include_globals,
         },
     ))
 }
@@ -518,6 +520,7 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             source_storage_id: opt_id("source_storage_id", &r.source_storage_id)?,
             verification_mode: r.verification_mode,
             parallel_jobs: r.parallel_jobs.max(1),
+            restore_globals: r.restore_globals,
         })
     }
 }

@@ -103,6 +103,8 @@ pub struct NewJob {
     pub retry_backoff_secs: u32,
     /// Agent-held encryption key id ("" = none).
     pub encryption_key_id: String,
+    /// PostgreSQL globals.
+    pub include_globals: bool,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -126,6 +128,8 @@ pub struct JobPatch {
     pub retry: Option<(u32, u32)>,
     /// Encryption key id.
     pub encryption_key_id: Option<String>,
+    /// PostgreSQL globals.
+    pub include_globals: Option<bool>,
 }
 
 /// Result of a connection or storage test.
@@ -506,6 +510,7 @@ impl CatalogService {
             retry_max_attempts: to_i32(n.retry_max_attempts),
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
             encryption_key_id: n.encryption_key_id,
+            include_globals: n.include_globals,
             created_at: now,
             updated_at: now,
         };
@@ -538,6 +543,9 @@ impl CatalogService {
         }
         if let Some(k) = p.encryption_key_id {
             j.encryption_key_id = k;
+        }
+        if let Some(g) = p.include_globals {
+            j.include_globals = g;
         }
         if let Some(ids) = &p.storage_ids {
             let ds = self.datasource(j.datasource_id).await?;

@@ -175,6 +175,7 @@ impl DispatchTask {
                     upload_concurrency: self.settings.upload_concurrency,
                     compression_workers: self.settings.compression_workers,
                     encryption_key_id: job.encryption_key_id.clone(),
+                    include_globals: job.include_globals,
                 })
             }
             Operation::Restore => self.restore_task(ex, &ds).await?,
@@ -249,6 +250,7 @@ impl DispatchTask {
             drop_after: opt("verification"),
             manifest_key: backup.manifest_key.clone().unwrap_or_default(),
             parallel_jobs: ex.options.get("parallel_jobs").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32,
+            restore_globals: opt("restore_globals"),
         }))
     }
 }

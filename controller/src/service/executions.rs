@@ -35,6 +35,8 @@ pub struct RestoreRequest {
     pub verification_mode: bool,
     /// PostgreSQL parallel restore jobs.
     pub parallel_jobs: u32,
+    /// PostgreSQL: replay the globals first.
+    pub restore_globals: bool,
 }
 
 /// One event of a watched execution.
@@ -160,6 +162,7 @@ impl ExecutionsService {
                     "verification": r.verification_mode,
                     "source_storage_id": r.source_storage_id,
                     "parallel_jobs": r.parallel_jobs,
+                    "restore_globals": r.restore_globals,
                 }),
             })
             .await?;
