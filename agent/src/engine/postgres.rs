@@ -179,20 +179,6 @@ pub fn check_dump_compat(tool_version: &str, server_major: u32) -> PipelineResul
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting() {
-        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-        assert_eq!(conninfo_value("it's\\"), "'it\\'s\\\\'");
-        assert!(check_dump_compat("15.19", 16).is_err());
-        assert!(check_dump_compat("15.19", 15).is_ok());
-        assert!(check_dump_compat("16.1", 12).is_ok());
-    }
-}
-
 /// Position used as associated data when the globals object is sealed (never a chunk position).
 pub const GLOBALS_SEQ: u32 = u32::MAX;
 
@@ -239,4 +225,18 @@ pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> P
         return Err(PipelineError::Tool(format!("{tool} failed ({}): {}", out.status, stderr.trim())));
     }
     Ok(stderr.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(conninfo_value("it's\\"), "'it\\'s\\\\'");
+        assert!(check_dump_compat("15.19", 16).is_err());
+        assert!(check_dump_compat("15.19", 15).is_ok());
+        assert!(check_dump_compat("16.1", 12).is_ok());
+    }
 }
