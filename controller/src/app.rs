@@ -36,10 +36,13 @@ use crate::{
         auth::AuthService,
         backups::BackupsService,
         catalog::CatalogService,
+        coordination::{Coordination, RedisWatchTask},
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask, redis_client},
         registry::AgentRegistry,
+        retention::RetentionTask,
+        scheduler::SchedulerTask,
     },
 };
 
@@ -131,6 +134,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
     let redis = redis_client(&config.redis_url).context("redis_url")?;
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
+    let coord = Coordination::new(redis.clone());
+    let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
+    let (retention_task, retention) =
+        RetentionTask::new(db.clone(), backups.clone(), Duration::from_secs(config.retention_interval_secs.max(1)));
     let ctx = Ctx {
         auth: auth.clone(),
         agents: AgentsService::new(
@@ -142,8 +149,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             api_endpoint,
         ),
         catalog: catalog.clone(),
-        executions: ExecutionsService::new(db.clone(), waker.clone(), registry.clone()),
-        backups: BackupsService::new(db.clone(), key.clone(), rpc.clone()),
+        executions: ExecutionsService::new(db.clone(), waker.clone(), registry.clone(), coord.clone(), retention),
+        backups,
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
         rpc,
         registry: registry.clone(),
@@ -208,6 +215,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         }
     });
 
+    let waker_for_scheduler = waker.clone();
     let dispatch = DispatchTask::new(
         db.clone(),
         key,
@@ -220,9 +228,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             upload_concurrency: config.upload_concurrency,
             compression_workers: config.compression_workers,
         },
+        coord.clone(),
     );
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));
+    tracker.spawn(RedisWatchTask::new(coord.clone()).run(cancel.clone()));
+    let scheduler_tick = Duration::from_secs(config.scheduler_interval_secs.max(1));
+    tracker.spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick).run(cancel.clone()));
+    tracker.spawn(retention_task.run(cancel.clone()));
     let health_interval = Duration::from_secs(config.health_interval_secs.max(1));
     tracker.spawn(HealthTask::new(db.clone(), catalog, registry, health_interval).run(cancel.clone()));
     let quit_redis = redis.clone();

@@ -42,6 +42,10 @@ pub struct Config {
     pub lease_secs: u64,
     /// Interval of the periodic datasource and storage health checks.
     pub health_interval_secs: u64,
+    /// How often the scheduler leader looks for due cron slots.
+    pub scheduler_interval_secs: u64,
+    /// Interval of the periodic retention round (it also runs after each successful backup).
+    pub retention_interval_secs: u64,
     /// Stored chunk size agents cut backups into.
     pub chunk_size_bytes: u64,
     /// Chunks an agent uploads concurrently.
@@ -77,6 +81,8 @@ impl Default for Config {
             lease_secs: 60,
             chunk_size_bytes: 8 * 1024 * 1024,
             health_interval_secs: 300,
+            scheduler_interval_secs: 5,
+            retention_interval_secs: 3600,
             upload_concurrency: 3,
             compression_workers: 2,
             log_format: "text".into(),

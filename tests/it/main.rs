@@ -13,3 +13,4 @@ mod operator_api;
 mod python_client;
 mod secrets;
 mod security;
+mod workers;

@@ -31,11 +31,13 @@ pub struct ClusterOptions {
     pub agent_cert_ttl_secs: u64,
     /// Operator session lifetime.
     pub session_ttl_secs: u64,
+    /// Redis (default the local server, `DG_TEST_REDIS_URL`).
+    pub redis_url: Option<String>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600, session_ttl_secs: 3600 }
+        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600, session_ttl_secs: 3600, redis_url: None }
     }
 }
 
@@ -106,6 +108,12 @@ impl Cluster {
             chunk_size_bytes: opts.chunk_size,
             agent_cert_ttl_secs: opts.agent_cert_ttl_secs,
             session_ttl_secs: opts.session_ttl_secs,
+            redis_url: opts
+                .redis_url
+                .clone()
+                .or_else(|| std::env::var("DG_TEST_REDIS_URL").ok())
+                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            scheduler_interval_secs: 1,
             heartbeat_interval_secs: 2,
             admin_password: Some(ADMIN_PASSWORD.into()),
             ..Config::default()

@@ -245,7 +245,7 @@ impl Db {
                 "UPDATE backup_job SET name = $2, datasource_id = $3, cron = $4, time_zone = $5, max_backups = $6, \
                  keep_daily = $7, keep_weekly = $8, keep_monthly = $9, storage_strategy = $10, \
                  compression_level = $11, enabled = $12, retry_max_attempts = $13, retry_backoff_secs = $14, \
-                 encryption_key_id = $15, include_globals = $16, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
+                 encryption_key_id = $15, include_globals = $16, next_run_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -315,6 +315,119 @@ impl Db {
             "SELECT count(*) AS n FROM backup_job_storage js JOIN backup_job j ON j.id = js.job_id \
              JOIN datasource d ON d.id = j.datasource_id WHERE js.storage_id = $1 AND d.agent_id <> $2",
             [storage.into(), agent.into()],
+        )
+        .await?
+        .is_some_and(|c| c.n > 0))
+    }
+}
+
+/// A job the scheduler looks at.
+#[derive(Debug, Clone, FromQueryResult)]
+pub struct ScheduledJob {
+    /// Job.
+    pub id: Uuid,
+    /// Cron.
+    pub cron: String,
+    /// Time zone.
+    pub time_zone: String,
+    /// Next slot, once computed.
+    pub next_run_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Datasource.
+    pub datasource_id: Uuid,
+    /// The datasource's agent.
+    pub agent_id: Uuid,
+}
+
+#[derive(FromQueryResult)]
+struct IdRow {
+    id: Uuid,
+}
+
+impl Db {
+    /// Enabled jobs with a schedule.
+    pub async fn scheduled_jobs(&self) -> Result<Vec<ScheduledJob>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT j.id, j.cron, j.time_zone, j.next_run_at, j.datasource_id, d.agent_id FROM backup_job j \
+             JOIN datasource d ON d.id = j.datasource_id WHERE j.enabled AND j.cron <> '' ORDER BY j.id",
+            [],
+        )
+        .await
+    }
+
+    /// Moves a job's next slot, if it is still `expected` (compare-and-set between leaders).
+    pub async fn set_next_run(
+        &self,
+        job: Uuid,
+        expected: Option<chrono::DateTime<chrono::Utc>>,
+        next: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE backup_job SET next_run_at = $3 WHERE id = $1 AND next_run_at IS NOT DISTINCT FROM $2",
+            [job.into(), expected.into(), next.into()],
+        )
+        .await?
+            == 1)
+    }
+
+    /// Queues the backup of one scheduled slot; false when that slot was queued already.
+    pub async fn insert_scheduled(
+        &self,
+        job: Uuid,
+        datasource: Uuid,
+        agent: Uuid,
+        slot: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, DbErr> {
+        let id = Uuid::now_v7();
+        let n = execute(
+            &self.conn,
+            "INSERT INTO execution (id, operation, status, job_id, datasource_id, agent_id, scheduled_for, options) \
+             VALUES ($1, 'backup', 'queued', $2, $3, $4, $5, '{\"trigger\": \"schedule\"}') \
+             ON CONFLICT (job_id, scheduled_for) WHERE scheduled_for IS NOT NULL DO NOTHING",
+            [id.into(), job.into(), datasource.into(), agent.into(), slot.into()],
+        )
+        .await?;
+        if n == 1 {
+            execute(
+                &self.conn,
+                "INSERT INTO execution_log (execution_id, level, message) VALUES ($1, 'info', $2)",
+                [id.into(), format!("queued by the schedule (slot {slot})").into()],
+            )
+            .await?;
+        }
+        Ok(n == 1)
+    }
+
+    /// Every job id.
+    pub async fn all_job_ids(&self) -> Result<Vec<Uuid>, DbErr> {
+        Ok(fetch_all::<IdRow>(&self.conn, "SELECT id FROM backup_job ORDER BY id", [])
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
+
+    /// A job's completed backups, newest first.
+    pub async fn completed_backup_ids(&self, job: Uuid) -> Result<Vec<Uuid>, DbErr> {
+        Ok(fetch_all::<IdRow>(
+            &self.conn,
+            "SELECT id FROM execution WHERE job_id = $1 AND operation = 'backup' AND status = 'completed' \
+             ORDER BY finished_at DESC, id DESC",
+            [job.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect())
+    }
+
+    /// Whether a queued or running restore reads this backup.
+    pub async fn backup_in_use(&self, backup: Uuid) -> Result<bool, DbErr> {
+        Ok(fetch_one::<Count>(
+            &self.conn,
+            "SELECT count(*) AS n FROM execution WHERE source_backup_id = $1 AND status IN ('queued', 'running')",
+            [backup.into()],
         )
         .await?
         .is_some_and(|c| c.n > 0))

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{catalog::CatalogService, registry::AgentRegistry, storages};
+use super::{catalog::CatalogService, coordination::Coordination, registry::AgentRegistry, storages};
 use crate::{
     crypto::MasterKey,
     db::Db,
@@ -51,6 +51,7 @@ pub struct DispatchTask {
     registry: AgentRegistry,
     waker: DispatchWaker,
     settings: DispatchSettings,
+    coord: Coordination,
 }
 
 /// The pb engine of a domain engine.
@@ -71,8 +72,9 @@ impl DispatchTask {
         registry: AgentRegistry,
         waker: DispatchWaker,
         settings: DispatchSettings,
+        coord: Coordination,
     ) -> Self {
-        Self { db, key, catalog, registry, waker, settings }
+        Self { db, key, catalog, registry, waker, settings, coord }
     }
 
     /// Runs until cancelled: a round on every wake-up and every two seconds.
@@ -93,6 +95,9 @@ impl DispatchTask {
     }
 
     async fn round(&self) -> ControllerResult<()> {
+        if !self.coord.is_up() {
+            return Ok(()); // paused while Redis is down; queued work waits in PostgreSQL
+        }
         for agent in self.registry.connected() {
             if !self.db.running_for_agent(agent).await?.is_empty() {
                 continue;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use dg_proto::v1 as pb;
 use uuid::Uuid;
 
-use super::{dispatch::DispatchWaker, registry::AgentRegistry};
+use super::{coordination::Coordination, dispatch::DispatchWaker, registry::AgentRegistry, retention::RetentionHandle};
 use crate::{
     db::{BackupOutcome, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
@@ -67,12 +67,20 @@ pub struct ExecutionsService {
     db: Db,
     waker: DispatchWaker,
     registry: AgentRegistry,
+    coord: Coordination,
+    retention: RetentionHandle,
 }
 
 impl ExecutionsService {
     /// New service.
-    pub fn new(db: Db, waker: DispatchWaker, registry: AgentRegistry) -> Self {
-        Self { db, waker, registry }
+    pub fn new(
+        db: Db,
+        waker: DispatchWaker,
+        registry: AgentRegistry,
+        coord: Coordination,
+        retention: RetentionHandle,
+    ) -> Self {
+        Self { db, waker, registry, coord, retention }
     }
 
     /// Asks dispatch for a round (e.g. an agent connected).
@@ -82,6 +90,7 @@ impl ExecutionsService {
 
     /// Queues a backup of a job now.
     pub async fn run_now(&self, job_id: Uuid) -> ControllerResult<Execution> {
+        self.coord.require()?;
         let job =
             self.db.job(job_id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
         let ds = self
@@ -108,6 +117,7 @@ impl ExecutionsService {
 
     /// Queues a restore (or a verification restore into a temporary database).
     pub async fn restore(&self, r: RestoreRequest) -> ControllerResult<Execution> {
+        self.coord.require()?;
         let backup = self.backup_execution(r.backup_id).await?;
         let source = self
             .db
@@ -278,6 +288,9 @@ impl ExecutionsService {
                         ),
                     )
                     .await?;
+                if let Some(job) = self.db.execution(id).await?.and_then(|e| e.job_id) {
+                    self.retention.apply(job);
+                }
             }
             Err(reason) => {
                 let msg = format!("backup not committed: {reason}");

@@ -1,0 +1,115 @@
+//! Coordination through Redis: a watch on Redis health (queue operations answer `UNAVAILABLE` at once while
+//! it is down, scheduler and dispatch pause, and everything resumes by itself when it returns), and the
+//! scheduler's leader lock. Redis holds nothing that cannot be rebuilt: PostgreSQL stays the source of
+//! truth, so losing Redis loses no job.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use fred::{clients::Client as RedisClient, prelude::*};
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::error::{ControllerError, ControllerResult};
+
+/// Takes or renews a lock held by `ARGV[1]` for `ARGV[2]` milliseconds; 1 when held.
+const LEAD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
+    if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+    if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+    return 0";
+
+/// Shared view of Redis.
+#[derive(Clone)]
+pub struct Coordination {
+    client: RedisClient,
+    up: Arc<AtomicBool>,
+    replica: String,
+}
+
+impl std::fmt::Debug for Coordination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coordination").field("up", &self.is_up()).field("replica", &self.replica).finish()
+    }
+}
+
+impl Coordination {
+    /// A view over `client`; down until the first successful ping.
+    pub fn new(client: RedisClient) -> Self {
+        Self { client, up: Arc::new(AtomicBool::new(false)), replica: uuid::Uuid::new_v4().to_string() }
+    }
+
+    /// Whether the last ping succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// `UNAVAILABLE` while Redis is down: for operations that need the queue.
+    pub fn require(&self) -> ControllerResult<()> {
+        if self.is_up() {
+            Ok(())
+        } else {
+            Err(ControllerError::Unavailable("the job queue is unavailable (Redis is down); retry later".into()))
+        }
+    }
+
+    /// Takes or renews the lock `key` for `ttl`; false when another replica holds it or Redis is down.
+    pub async fn lead(&self, key: &str, ttl: Duration) -> bool {
+        if !self.is_up() {
+            return false;
+        }
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        let call = self.client.eval::<i64, _, _, _>(
+            LEAD_SCRIPT,
+            vec![key.to_owned()],
+            vec![self.replica.clone(), ms.to_string()],
+        );
+        matches!(tokio::time::timeout(Duration::from_secs(2), call).await, Ok(Ok(1)))
+    }
+
+    async fn ping(&self) -> bool {
+        matches!(tokio::time::timeout(Duration::from_secs(1), self.client.ping::<String>(None)).await, Ok(Ok(_)))
+    }
+
+    /// The underlying client (health pings).
+    pub fn client(&self) -> &RedisClient {
+        &self.client
+    }
+}
+
+/// Pings Redis every half second and flips the shared flag on transitions.
+pub struct RedisWatchTask {
+    coord: Coordination,
+}
+
+impl RedisWatchTask {
+    /// New task.
+    pub fn new(coord: Coordination) -> Self {
+        Self { coord }
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {},
+            }
+            let now = self.coord.ping().await;
+            let before = self.coord.up.swap(now, Ordering::Relaxed);
+            match (before, now) {
+                (false, true) => info!("redis is reachable: scheduler and dispatch run"),
+                (true, false) => warn!("redis is down: scheduler and dispatch paused, queue operations refused"),
+                _ => {}
+            }
+        }
+    }
+}

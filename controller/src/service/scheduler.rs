@@ -1,0 +1,73 @@
+//! The scheduler: turns due cron slots of enabled jobs into queued executions, one per (job, slot) — the
+//! unique index on `execution(job_id, scheduled_for)` makes a slot impossible to queue twice, even with two
+//! leaders. Runs on the replica holding the Redis leader lock, and pauses while Redis is down. A job whose
+//! slots were missed (controller down) runs once for the latest missed slot, not once per slot.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{coordination::Coordination, dispatch::DispatchWaker, schedule};
+use crate::{db::Db, error::ControllerResult};
+
+/// Redis key of the leader lock.
+pub const LEADER_KEY: &str = "dataguardian:scheduler:leader";
+
+/// The scheduler loop.
+pub struct SchedulerTask {
+    db: Db,
+    coord: Coordination,
+    waker: DispatchWaker,
+    tick: Duration,
+}
+
+impl SchedulerTask {
+    /// New task checking every `tick`.
+    pub fn new(db: Db, coord: Coordination, waker: DispatchWaker, tick: Duration) -> Self {
+        Self { db, coord, waker, tick }
+    }
+
+    /// Runs until cancelled.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut tick = tokio::time::interval(self.tick);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = tick.tick() => {},
+            }
+            if !self.coord.lead(LEADER_KEY, self.tick * 5).await {
+                continue; // Redis down or another replica leads
+            }
+            if let Err(e) = self.round().await {
+                warn!(error = %e, "scheduler round failed");
+            }
+        }
+    }
+
+    async fn round(&self) -> ControllerResult<()> {
+        let now = Utc::now();
+        for job in self.db.scheduled_jobs().await? {
+            let Ok(Some(sched)) = schedule::parse(&job.cron, &job.time_zone) else { continue };
+            let Some(next) = sched.next_runs(now, 1).first().copied() else { continue };
+            match job.next_run_at {
+                None => {
+                    self.db.set_next_run(job.id, None, next).await?;
+                }
+                Some(due) if due <= now => {
+                    if self.db.insert_scheduled(job.id, job.datasource_id, job.agent_id, due).await? {
+                        info!(job_id = %job.id, slot = %due, "scheduled backup queued");
+                        self.waker.wake();
+                    }
+                    self.db.set_next_run(job.id, Some(due), next).await?;
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+}
