@@ -68,7 +68,9 @@ async fn storage(c: &mut Clients, cfg: StoreConfig) -> anyhow::Result<pb::Storag
 async fn object_count(cfg: &StoreConfig) -> anyhow::Result<usize> {
     let mut cfg = cfg.clone();
     match &mut cfg {
-        StoreConfig::S3 { prefix, .. } | StoreConfig::Azure { prefix, .. } | StoreConfig::Gcs { prefix, .. } => prefix.clear(),
+        StoreConfig::S3 { prefix, .. } | StoreConfig::Azure { prefix, .. } | StoreConfig::Gcs { prefix, .. } => {
+            prefix.clear()
+        }
         StoreConfig::Local { .. } => {}
     }
     let store = dg_common::store::open(&cfg)?;

@@ -118,7 +118,6 @@ async fn schedule_runs_backups_and_retention_keeps_the_newest() -> anyhow::Resul
 
 /// A private Redis on a free port that the test can stop and start again on the same port.
 struct PrivateRedis {
-    port: u16,
     child: Option<tokio::process::Child>,
 }
 
@@ -132,7 +131,7 @@ impl PrivateRedis {
             .spawn()?;
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Ok(Self { port, child: Some(child) });
+                return Ok(Self { child: Some(child) });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
