@@ -2,8 +2,6 @@
 //! (Azurite) on loopback, PostgreSQL and MariaDB. The agent writes the chunks; the controller reads cloud
 //! copies itself for downloads and deletes them itself.
 
-use std::time::Duration;
-
 use dg_common::store::StoreConfig;
 use dg_proto::v1 as pb;
 use dg_tests::{
@@ -14,7 +12,7 @@ use dg_tests::{
 };
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::{Connection, Executor, Row};
+use sqlx::{Connection, Executor};
 
 fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
     match cfg {
@@ -80,12 +78,6 @@ async fn object_count(cfg: &StoreConfig) -> anyhow::Result<usize> {
     Ok(all.len())
 }
 
-async fn pg_fingerprint(db: &TestDb) -> anyhow::Result<(i64, String)> {
-    let mut c = db.connect().await?;
-    let row = c.fetch_one("SELECT count(*) AS n, md5(string_agg(t::text, '|' ORDER BY id)) AS s FROM t").await?;
-    Ok((row.try_get("n")?, row.try_get("s")?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     let mut s3 = S3Server::start().await?;
@@ -99,7 +91,7 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
         .await?
         .execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 80000) g")
         .await?;
-    let want = pg_fingerprint(&src).await?;
+    let want = src.table_fingerprint("t").await?;
 
     let mut cluster = Cluster::start().await?;
     let mut c = cluster.clients().await?;
@@ -122,38 +114,8 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     }
 
     // PostgreSQL replicated to S3 and Azure.
-    let ds = c
-        .datasources
-        .create_datasource(authed(
-            pb::CreateDatasourceRequest {
-                name: "pg".into(),
-                engine: pb::Engine::Postgres as i32,
-                host: "127.0.0.1".into(),
-                port: 5432,
-                database: src.name.clone(),
-                username: "postgres".into(),
-                tls_mode: pb::TlsMode::Disable as i32,
-                agent_id: agent.id.clone(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
-    let job = c
-        .jobs
-        .create_backup_job(authed(
-            pb::CreateBackupJobRequest {
-                name: "cloud".into(),
-                datasource_id: ds.id.clone(),
-                storage_ids: vec![st_s3.id.clone(), st_az.id.clone()],
-                storage_strategy: pb::StorageStrategy::Replicate as i32,
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let job = c.job(&ds.id, &[&st_s3, &st_az], pb::StorageStrategy::Replicate, "").await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{}", ex.error, c.logs(&ex.id).await?);
     assert!(ex.warnings.is_empty(), "{:?}", ex.warnings);
@@ -166,23 +128,17 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     for (from, name) in [(&st_az, "az"), (&st_s3, "s3")] {
         let dst = TestDb::reserve(name);
         let r = c
-            .backups
-            .restore_backup(authed(
-                pb::RestoreBackupRequest {
-                    backup_id: ex.id.clone(),
-                    target_database: dst.name.clone(),
-                    create_database: true,
-                    confirm_target_database: dst.name.clone(),
-                    source_storage_id: from.id.clone(),
-                    ..Default::default()
-                },
-                &c.token,
-            ))
-            .await?
-            .into_inner();
-        let r = c.wait_execution(&r.id, Duration::from_secs(120)).await?;
+            .restore_with(pb::RestoreBackupRequest {
+                backup_id: ex.id.clone(),
+                target_database: dst.name.clone(),
+                create_database: true,
+                confirm_target_database: dst.name.clone(),
+                source_storage_id: from.id.clone(),
+                ..Default::default()
+            })
+            .await?;
         assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
-        assert_eq!(pg_fingerprint(&dst).await?, want, "restore from {name}");
+        assert_eq!(dst.table_fingerprint("t").await?, want, "restore from {name}");
     }
 
     // The controller downloads cloud copies itself, verified chunk by chunk.
@@ -198,20 +154,7 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     assert_eq!(hex::encode(Sha256::digest(&bytes)), ex.sha256);
 
     // Fallback: a storage whose keys are refused is skipped for the next.
-    let job2 = c
-        .jobs
-        .create_backup_job(authed(
-            pb::CreateBackupJobRequest {
-                name: "fallback".into(),
-                datasource_id: ds.id.clone(),
-                storage_ids: vec![bad.id.clone(), st_az.id.clone()],
-                storage_strategy: pb::StorageStrategy::Fallback as i32,
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
+    let job2 = c.job(&ds.id, &[&bad, &st_az], pb::StorageStrategy::Fallback, "").await?;
     let ex2 = c.run_job(&job2.id).await?;
     assert_eq!(ex2.status, pb::ExecutionStatus::Completed as i32, "{}", ex2.error);
     assert!(ex2.warnings.iter().any(|w| w.contains(&bad.id)));
@@ -233,58 +176,14 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
          INSERT INTO `{my}`.t SELECT seq, MD5(seq) FROM `{my}`.seq_1_to_20000"
     )))
     .await?;
-    let mds = c
-        .datasources
-        .create_datasource(authed(
-            pb::CreateDatasourceRequest {
-                name: "maria".into(),
-                engine: pb::Engine::Mariadb as i32,
-                host: "127.0.0.1".into(),
-                port: 3306,
-                database: my.clone(),
-                username: "root".into(),
-                tls_mode: pb::TlsMode::Disable as i32,
-                agent_id: agent.id.clone(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
-    let mjob = c
-        .jobs
-        .create_backup_job(authed(
-            pb::CreateBackupJobRequest {
-                name: "maria-s3-azure".into(),
-                datasource_id: mds.id.clone(),
-                storage_ids: vec![st_s3.id.clone(), st_az.id.clone()],
-                storage_strategy: pb::StorageStrategy::Replicate as i32,
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
+    let mds = c.datasource(pb::Engine::Mariadb, &agent.id, 3306, &my, "root").await?;
+    let mjob = c.job(&mds.id, &[&st_s3, &st_az], pb::StorageStrategy::Replicate, "").await?;
     let mex = c.run_job(&mjob.id).await?;
     assert_eq!(mex.status, pb::ExecutionStatus::Completed as i32, "{}", mex.error);
     let md = c.backups.get_backup(authed(pb::GetBackupRequest { id: mex.id.clone() }, &c.token)).await?.into_inner();
     assert_eq!(md.storage_ids.len(), 2, "MariaDB backup replicated to S3 and Azure");
     let restored = format!("{my}_r");
-    let r = c
-        .backups
-        .restore_backup(authed(
-            pb::RestoreBackupRequest {
-                backup_id: mex.id.clone(),
-                target_database: restored.clone(),
-                create_database: true,
-                confirm_target_database: restored.clone(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
-    let r = c.wait_execution(&r.id, Duration::from_secs(120)).await?;
+    let r = c.restore_into(&mex.id, &restored).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
     let sum = |db: &str| format!("SELECT COUNT(*), CAST(SUM(CRC32(CONCAT(id, v))) AS CHAR) FROM `{db}`.t");
     let (n1, s1): (i64, String) = sqlx::query_as(sqlx::AssertSqlSafe(sum(&my))).fetch_one(&mut m).await?;

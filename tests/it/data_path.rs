@@ -4,7 +4,7 @@
 //! backups are unreadable without the agent-held key; a dump tool that fails after every chunk was uploaded
 //! still fails the backup.
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use dg_proto::v1 as pb;
 use dg_tests::{
@@ -104,22 +104,6 @@ async fn my_fingerprint(db: &MyDb) -> anyhow::Result<(i64, String, i64, i64, i64
     ))
 }
 
-async fn local_storage(c: &mut Clients, agent: &str, dir: &Path) -> anyhow::Result<pb::Storage> {
-    Ok(c.storages
-        .create_storage(authed(
-            pb::CreateStorageRequest {
-                name: format!("local-{}", suffix()),
-                config: Some(pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
-                    path: dir.to_string_lossy().into_owned(),
-                    agent_id: agent.into(),
-                })),
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner())
-}
-
 /// An S3 storage nothing listens behind.
 async fn dead_storage(c: &mut Clients) -> anyhow::Result<pb::Storage> {
     Ok(c.storages
@@ -140,75 +124,6 @@ async fn dead_storage(c: &mut Clients) -> anyhow::Result<pb::Storage> {
         .into_inner())
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn job(
-    c: &mut Clients,
-    ds: &str,
-    storages: &[&pb::Storage],
-    strategy: pb::StorageStrategy,
-    key: &str,
-) -> anyhow::Result<pb::BackupJob> {
-    Ok(c.jobs
-        .create_backup_job(authed(
-            pb::CreateBackupJobRequest {
-                name: format!("job-{}", suffix()),
-                datasource_id: ds.into(),
-                storage_ids: storages.iter().map(|s| s.id.clone()).collect(),
-                storage_strategy: strategy as i32,
-                encryption_key_id: key.into(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner())
-}
-
-async fn datasource(
-    c: &mut Clients,
-    engine: pb::Engine,
-    agent: &str,
-    port: u32,
-    database: &str,
-    user: &str,
-) -> anyhow::Result<pb::Datasource> {
-    Ok(c.datasources
-        .create_datasource(authed(
-            pb::CreateDatasourceRequest {
-                name: format!("ds-{}", suffix()),
-                engine: engine as i32,
-                host: "127.0.0.1".into(),
-                port,
-                database: database.into(),
-                username: user.into(),
-                tls_mode: pb::TlsMode::Disable as i32,
-                agent_id: agent.into(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner())
-}
-
-async fn restore(c: &mut Clients, backup: &str, database: &str) -> anyhow::Result<pb::Execution> {
-    let r = c
-        .backups
-        .restore_backup(authed(
-            pb::RestoreBackupRequest {
-                backup_id: backup.into(),
-                target_database: database.into(),
-                create_database: true,
-                confirm_target_database: database.into(),
-                ..Default::default()
-            },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
-    c.wait_execution(&r.id, Duration::from_secs(300)).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()> {
     let src = MyDb::create("mysrc").await?;
@@ -223,11 +138,11 @@ async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let (a, b) = (cluster.dir.path().join("a"), cluster.dir.path().join("b"));
-    let (sa, sb) = (local_storage(&mut c, &agent.id, &a).await?, local_storage(&mut c, &agent.id, &b).await?);
+    let (sa, sb) = (c.local_storage(&agent.id, &a).await?, c.local_storage(&agent.id, &b).await?);
 
     // MariaDB, replicated to two storages.
-    let ds = datasource(&mut c, pb::Engine::Mariadb, &agent.id, 3306, &src.name, "root").await?;
-    let j = job(&mut c, &ds.id, &[&sa, &sb], pb::StorageStrategy::Replicate, "").await?;
+    let ds = c.datasource(pb::Engine::Mariadb, &agent.id, 3306, &src.name, "root").await?;
+    let j = c.job(&ds.id, &[&sa, &sb], pb::StorageStrategy::Replicate, "").await?;
     let ex = c.run_job(&j.id).await?;
     let logs = c.logs(&ex.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{logs}", ex.error);
@@ -237,18 +152,18 @@ async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()
     assert_eq!(b_detail.storage_ids.len(), 2, "a complete copy in each storage");
     assert_eq!(b_detail.chunks.len() as u32, 2 * ex.chunk_count);
     let dst = MyDb::reserve("mydst");
-    let r = restore(&mut c, &ex.id, &dst.name).await?;
+    let r = c.restore_into(&ex.id, &dst.name).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{}", r.error, c.logs(&r.id).await?);
     assert_eq!(my_fingerprint(&dst).await?, before, "MariaDB restore differs");
 
     // The same server as a MySQL datasource: mysqldump/mysql (as far as this machine has MySQL tools).
-    let ds = datasource(&mut c, pb::Engine::Mysql, &agent.id, 3306, &src.name, "root").await?;
-    let j = job(&mut c, &ds.id, &[&sa], pb::StorageStrategy::Fallback, "").await?;
+    let ds = c.datasource(pb::Engine::Mysql, &agent.id, 3306, &src.name, "root").await?;
+    let j = c.job(&ds.id, &[&sa], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&j.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
     assert!(c.logs(&ex.id).await?.contains("mysqldump"));
     let dst2 = MyDb::reserve("mydst2");
-    let r = restore(&mut c, &ex.id, &dst2.name).await?;
+    let r = c.restore_into(&ex.id, &dst2.name).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
     assert_eq!(my_fingerprint(&dst2).await?, before, "MySQL-mode restore differs");
 
@@ -287,31 +202,25 @@ async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()
 const PG_SEED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, b bytea); \
     INSERT INTO t SELECT g, md5(g::text) || repeat('x', g % 50), decode(md5(g::text), 'hex') FROM generate_series(1, 120000) g";
 
-async fn pg_fingerprint(db: &TestDb) -> anyhow::Result<(i64, String)> {
-    let mut c = db.connect().await?;
-    let row = c.fetch_one("SELECT count(*) AS n, md5(string_agg(t::text, '|' ORDER BY id)) AS s FROM t").await?;
-    Ok((row.try_get("n")?, row.try_get("s")?))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     let src = TestDb::create("strat").await?;
     src.connect().await?.execute(PG_SEED).await?;
-    let want = pg_fingerprint(&src).await?;
+    let want = src.table_fingerprint("t").await?;
     let mut cluster = Cluster::start().await?;
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let (a, b, d) = (cluster.dir.path().join("a"), cluster.dir.path().join("b"), cluster.dir.path().join("d"));
     let (sa, sb, sd) = (
-        local_storage(&mut c, &agent.id, &a).await?,
-        local_storage(&mut c, &agent.id, &b).await?,
-        local_storage(&mut c, &agent.id, &d).await?,
+        c.local_storage(&agent.id, &a).await?,
+        c.local_storage(&agent.id, &b).await?,
+        c.local_storage(&agent.id, &d).await?,
     );
     let dead = dead_storage(&mut c).await?;
-    let ds = datasource(&mut c, pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
 
     // Replicate with one storage down: completed, with a warning naming it; two complete copies.
-    let j = job(&mut c, &ds.id, &[&sa, &dead, &sb], pb::StorageStrategy::Replicate, "").await?;
+    let j = c.job(&ds.id, &[&sa, &dead, &sb], pb::StorageStrategy::Replicate, "").await?;
     let ex = c.run_job(&j.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
     assert!(ex.warnings.iter().any(|w| w.contains(&dead.id)), "warning names the failed storage: {:?}", ex.warnings);
@@ -329,17 +238,17 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     bytes[10] ^= 0xff;
     std::fs::write(a.join(&keys[0]), &bytes)?;
     let dst = TestDb::reserve("strat_ok");
-    let r = restore(&mut c, &ex.id, &dst.name).await?;
+    let r = c.restore_into(&ex.id, &dst.name).await?;
     let rlogs = c.logs(&r.id).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{rlogs}", r.error);
-    assert_eq!(pg_fingerprint(&dst).await?, want);
+    assert_eq!(dst.table_fingerprint("t").await?, want);
 
     // Chunk 0 corrupted in B too: refused before the target is touched, naming the chunk.
     let mut bytes = std::fs::read(b.join(&keys[0]))?;
     bytes[10] ^= 0xff;
     std::fs::write(b.join(&keys[0]), &bytes)?;
     let never = TestDb::reserve("strat_never");
-    let r = restore(&mut c, &ex.id, &never.name).await?;
+    let r = c.restore_into(&ex.id, &never.name).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Failed as i32);
     assert!(r.error.contains("chunk 0") && r.error.contains(&keys[0]), "{}", r.error);
     let mut admin = src.connect().await?;
@@ -352,11 +261,11 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     // A deleted chunk: same refusal, naming it.
     std::fs::remove_file(a.join(&keys[1]))?;
     std::fs::remove_file(b.join(&keys[1]))?;
-    let r = restore(&mut c, &ex.id, &never.name).await?;
+    let r = c.restore_into(&ex.id, &never.name).await?;
     assert!(r.status == pb::ExecutionStatus::Failed as i32 && r.error.contains("chunk"), "{}", r.error);
 
     // Fallback with the first storage down: the next one takes the backup.
-    let j = job(&mut c, &ds.id, &[&dead, &sd], pb::StorageStrategy::Fallback, "").await?;
+    let j = c.job(&ds.id, &[&dead, &sd], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&j.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
     let detail = c.backups.get_backup(authed(pb::GetBackupRequest { id: ex.id.clone() }, &c.token)).await?.into_inner();
@@ -383,7 +292,7 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     let r = c.wait_execution(&r.id, Duration::from_secs(300)).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
     assert!(c.logs(&r.id).await?.contains("2 jobs"));
-    assert_eq!(pg_fingerprint(&par).await?, want);
+    assert_eq!(par.table_fingerprint("t").await?, want);
     let work = agent.state_dir.join("work");
     assert!(std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0) == 0, "staged archive removed");
 
@@ -396,15 +305,15 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
 async fn encrypted_backups_need_the_agent_key() -> anyhow::Result<()> {
     let src = TestDb::create("enc").await?;
     src.connect().await?.execute(PG_SEED).await?;
-    let want = pg_fingerprint(&src).await?;
+    let want = src.table_fingerprint("t").await?;
     let mut cluster = Cluster::start().await?;
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let key_file = dg_agent::keys::generate(&dg_agent::keys::keys_dir(&agent.state_dir), "prod-2026")?;
     let dir = cluster.dir.path().join("enc");
-    let st = local_storage(&mut c, &agent.id, &dir).await?;
-    let ds = datasource(&mut c, pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
-    let j = job(&mut c, &ds.id, &[&st], pb::StorageStrategy::Fallback, "prod-2026").await?;
+    let st = c.local_storage(&agent.id, &dir).await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let j = c.job(&ds.id, &[&st], pb::StorageStrategy::Fallback, "prod-2026").await?;
     assert_eq!(j.encryption_key_id, "prod-2026");
     let ex = c.run_job(&j.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
@@ -431,14 +340,14 @@ async fn encrypted_backups_need_the_agent_key() -> anyhow::Result<()> {
 
     // With the key: identical data.
     let dst = TestDb::reserve("enc_ok");
-    let r = restore(&mut c, &ex.id, &dst.name).await?;
+    let r = c.restore_into(&ex.id, &dst.name).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
-    assert_eq!(pg_fingerprint(&dst).await?, want);
+    assert_eq!(dst.table_fingerprint("t").await?, want);
 
     // Without it: a clear failure, before the target is created.
     std::fs::rename(&key_file, cluster.dir.path().join("moved.key"))?;
     let never = TestDb::reserve("enc_never");
-    let r = restore(&mut c, &ex.id, &never.name).await?;
+    let r = c.restore_into(&ex.id, &never.name).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Failed as i32);
     assert!(r.error.contains("prod-2026") && r.error.contains("not available on this agent"), "{}", r.error);
     let mut admin = src.connect().await?;
@@ -477,9 +386,9 @@ async fn a_dump_tool_failing_after_the_upload_fails_the_backup() -> anyhow::Resu
     let a = agent_tool(&mut c, &agent.id, "pg_dump").await?;
     assert_eq!(a.path, wrapper.to_string_lossy(), "the configured tool dir comes first");
 
-    let st = local_storage(&mut c, &agent.id, &cluster.dir.path().join("t")).await?;
-    let ds = datasource(&mut c, pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
-    let j = job(&mut c, &ds.id, &[&st], pb::StorageStrategy::Fallback, "").await?;
+    let st = c.local_storage(&agent.id, &cluster.dir.path().join("t")).await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let j = c.job(&ds.id, &[&st], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&j.id).await?;
     let logs = c.logs(&ex.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32, "{logs}");
@@ -519,8 +428,8 @@ async fn postgres_globals_are_kept_and_replayed() -> anyhow::Result<()> {
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("g");
-    let st = local_storage(&mut c, &agent.id, &dir).await?;
-    let ds = datasource(&mut c, pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let st = c.local_storage(&agent.id, &dir).await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
     let j = c
         .jobs
         .create_backup_job(authed(

@@ -361,4 +361,74 @@ impl Clients {
         let ex = self.jobs.run_now(authed(pb::RunNowRequest { job_id: job.into() }, &self.token)).await?.into_inner();
         self.wait_execution(&ex.id, Duration::from_secs(300)).await
     }
+
+    /// Creates a local storage on an agent.
+    pub async fn local_storage(&mut self, agent: &str, dir: &std::path::Path) -> anyhow::Result<pb::Storage> {
+        let config = pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
+            path: dir.to_string_lossy().into_owned(),
+            agent_id: agent.into(),
+        });
+        let req = pb::CreateStorageRequest { name: format!("local-{}", suffix()), config: Some(config) };
+        Ok(self.storages.create_storage(authed(req, &self.token)).await?.into_inner())
+    }
+
+    /// Creates a datasource (no password, TLS off) bound to an agent.
+    pub async fn datasource(
+        &mut self,
+        engine: pb::Engine,
+        agent: &str,
+        port: u32,
+        database: &str,
+        user: &str,
+    ) -> anyhow::Result<pb::Datasource> {
+        let req = pb::CreateDatasourceRequest {
+            name: format!("ds-{}", suffix()),
+            engine: engine as i32,
+            host: "127.0.0.1".into(),
+            port,
+            database: database.into(),
+            username: user.into(),
+            tls_mode: pb::TlsMode::Disable as i32,
+            agent_id: agent.into(),
+            ..Default::default()
+        };
+        Ok(self.datasources.create_datasource(authed(req, &self.token)).await?.into_inner())
+    }
+
+    /// Creates a job over `storages` with a strategy and an optional encryption key id.
+    pub async fn job(
+        &mut self,
+        datasource: &str,
+        storages: &[&pb::Storage],
+        strategy: pb::StorageStrategy,
+        key: &str,
+    ) -> anyhow::Result<pb::BackupJob> {
+        let req = pb::CreateBackupJobRequest {
+            name: format!("job-{}", suffix()),
+            datasource_id: datasource.into(),
+            storage_ids: storages.iter().map(|s| s.id.clone()).collect(),
+            storage_strategy: strategy as i32,
+            encryption_key_id: key.into(),
+            ..Default::default()
+        };
+        Ok(self.jobs.create_backup_job(authed(req, &self.token)).await?.into_inner())
+    }
+
+    /// Restores a backup into `database` (created when missing) and waits for the end.
+    pub async fn restore_into(&mut self, backup: &str, database: &str) -> anyhow::Result<pb::Execution> {
+        self.restore_with(pb::RestoreBackupRequest {
+            backup_id: backup.into(),
+            target_database: database.into(),
+            create_database: true,
+            confirm_target_database: database.into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Runs any restore request and waits for the end.
+    pub async fn restore_with(&mut self, req: pb::RestoreBackupRequest) -> anyhow::Result<pb::Execution> {
+        let r = self.backups.restore_backup(authed(req, &self.token)).await?.into_inner();
+        self.wait_execution(&r.id, Duration::from_secs(300)).await
+    }
 }

@@ -42,6 +42,18 @@ impl TestDb {
         url_with_db(&self.admin_url, &self.name)
     }
 
+    /// Row count and an ordered md5 of every row of `table` (which has an `id` column).
+    pub async fn table_fingerprint(&self, table: &str) -> anyhow::Result<(i64, String)> {
+        use sqlx::Row;
+        let mut c = self.connect().await?;
+        let row = c
+            .fetch_one(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) AS n, coalesce(md5(string_agg(x::text, '|' ORDER BY id)), '') AS s FROM {table} x"
+            )))
+            .await?;
+        Ok((row.try_get("n")?, row.try_get("s")?))
+    }
+
     /// A connection to it.
     pub async fn connect(&self) -> anyhow::Result<PgConnection> {
         Ok(PgConnection::connect(&self.url()).await?)
