@@ -88,11 +88,11 @@ impl Write for ChunkWriter {
     }
 }
 
-/// Compresses every block from `rx` and emits chunks of `chunk_size` compressed bytes (the last one shorter)
-/// on `tx`, each passed through `seal` when given. Checksums cover the stored (sealed) bytes. Runs on a
-/// blocking thread. Stops with an error when `tx` closes.
+/// Reads `input` to its end (on a blocking thread), compresses it and emits chunks of `chunk_size` compressed
+/// bytes (the last one shorter) on `tx`, each passed through `seal` when given. Checksums cover the stored
+/// (sealed) bytes. Stops with an error when `tx` closes.
 pub fn compress(
-    mut rx: mpsc::Receiver<Bytes>,
+    mut input: impl std::io::Read,
     tx: mpsc::Sender<SealedChunk>,
     level: i32,
     workers: u32,
@@ -113,11 +113,21 @@ pub fn compress(
     let mut enc = zstd::stream::write::Encoder::new(writer, level)?;
     if workers > 0 {
         enc.multithread(workers)?;
+        // Small jobs keep the workers' buffers (and so the agent's memory) small; 1 MiB is still far above
+        // the point where job size costs throughput.
+        enc.set_parameter(zstd::zstd_safe::CParameter::JobSize(1 << 20))?;
     }
     enc.include_checksum(true)?;
-    while let Some(block) = rx.blocking_recv() {
-        enc.get_mut().raw_seen += block.len() as u64;
-        enc.write_all(&block)?;
+    let mut block = vec![0u8; READ_BLOCK];
+    loop {
+        let n = match input.read(&mut block) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        enc.get_mut().raw_seen += n as u64;
+        enc.write_all(&block[..n])?;
     }
     let mut w = enc.finish()?;
     if !w.buf.is_empty() || w.seq == 0 {
@@ -130,6 +140,9 @@ pub fn compress(
         sha256: hex::encode(w.total.finalize()),
     })
 }
+
+/// Read size from the dump tool's output.
+const READ_BLOCK: usize = 256 * 1024;
 
 struct BlockWriter {
     buf: Vec<u8>,
@@ -193,16 +206,9 @@ mod tests {
                 (x >> 16) as u8
             })
             .collect();
-        let (raw_tx, raw_rx) = mpsc::channel(4);
         let (chunk_tx, mut chunk_rx) = mpsc::channel(64);
-        let input = data.clone();
-        let feeder = std::thread::spawn(move || {
-            for block in input.chunks(100_000) {
-                raw_tx.blocking_send(Bytes::copy_from_slice(block)).expect("send");
-            }
-        });
-        let comp = std::thread::spawn(move || compress(raw_rx, chunk_tx, 3, 0, 64 * 1024, None));
-        feeder.join().expect("feeder");
+        let input = std::io::Cursor::new(data.clone());
+        let comp = std::thread::spawn(move || compress(input, chunk_tx, 3, 0, 64 * 1024, None));
         let totals = comp.join().expect("thread").expect("compress");
         let mut chunks = Vec::new();
         while let Ok(c) = chunk_rx.try_recv() {

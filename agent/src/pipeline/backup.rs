@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use dg_common::{
     chunk as chunker,
     manifest::{self, MANIFEST_FORMAT, Manifest, ManifestChunk},
@@ -23,7 +23,7 @@ use dg_proto::v1::{BackupResult, BackupTask, DatabaseTarget, StorageStrategy};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncReadExt, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -38,9 +38,20 @@ use crate::{
 };
 
 /// Sealed chunks waiting for an upload slot.
-const CHUNK_QUEUE: usize = 2;
-/// Raw read size from the dump tool.
-const READ_BLOCK: usize = 256 * 1024;
+const CHUNK_QUEUE: usize = 1;
+/// Pipe buffer asked for on the dump tool's stdout (Linux caps it at /proc/sys/fs/pipe-max-size).
+const PIPE_SIZE: i32 = 1 << 20;
+
+/// Turns the tool's stdout into a blocking reader for the compressor thread, with a larger pipe buffer so
+/// the tool rarely waits for us.
+fn blocking_pipe(stdout: tokio::process::ChildStdout) -> PipelineResult<std::fs::File> {
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let fd = stdout.into_owned_fd()?;
+    let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?);
+    fcntl(&fd, FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK)).map_err(std::io::Error::from)?;
+    let _ = fcntl(&fd, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+    Ok(std::fs::File::from(fd))
+}
 
 /// Runs one backup attempt.
 pub async fn run(
@@ -292,31 +303,18 @@ async fn one_pass(
     let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
     let stderr_task =
         tokio::spawn(forward_stderr(child.stderr.take(), tool_name, rep.clone(), vec![source.password.clone()]));
-    let mut stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("dump tool has no stdout".into()))?;
+    let stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("dump tool has no stdout".into()))?;
+    let input = blocking_pipe(stdout)?;
 
-    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(4);
+    // The compressor thread reads the tool's stdout itself: no async hop and no copy between the pipe and zstd.
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
     let (level, workers, chunk_size) = (s.level, s.workers, s.chunk_size);
     let sealer: Option<chunker::Sealer> =
         s.cipher.clone().map(|c| Box::new(move |seq, data: Vec<u8>| c.seal(seq, &data)) as chunker::Sealer);
     let compressor =
-        tokio::task::spawn_blocking(move || chunker::compress(raw_rx, chunk_tx, level, workers, chunk_size, sealer));
-
-    let reader = async move {
-        loop {
-            let mut buf = BytesMut::with_capacity(READ_BLOCK);
-            let n = stdout.read_buf(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            if raw_tx.send(buf.freeze()).await.is_err() {
-                break; // compressor stopped; its error explains why
-            }
-        }
-        Ok::<(), std::io::Error>(())
-    };
+        tokio::task::spawn_blocking(move || chunker::compress(input, chunk_tx, level, workers, chunk_size, sealer));
     let uploader = upload_all(chunk_rx, targets, &s.prefix, s.concurrency, rep);
-    let (read_res, upload_res, comp_res) = tokio::join!(reader, uploader, compressor);
+    let (upload_res, comp_res) = tokio::join!(uploader, compressor);
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
     let options = std::mem::take(&mut run.options);
@@ -326,7 +324,6 @@ async fn one_pass(
     if !status.success() {
         return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
     }
-    read_res?;
     let totals = comp_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
     if chunks.len() as u32 != totals.chunks {
         return Err(PipelineError::Integrity(format!("{} chunks produced but {} stored", totals.chunks, chunks.len())));
