@@ -74,6 +74,22 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
         agent_id: agent.id.clone(),
     });
     assert!(c.storages.test_storage(authed(unsaved(local), &t)).await?.into_inner().ok);
+    // Local storages are confined to the agent's --local-root: outside it, or through a symlink, refused.
+    let outside = pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
+        path: "/var/tmp/dg-outside-the-root".into(),
+        agent_id: agent.id.clone(),
+    });
+    let r = c.storages.test_storage(authed(unsaved(outside), &t)).await?.into_inner();
+    assert!(!r.ok && r.error.contains("outside"), "{r:?}");
+    let elsewhere = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(elsewhere.path(), cluster.dir.path().join("link"))?;
+    let through_link = pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
+        path: cluster.dir.path().join("link/x").to_string_lossy().into_owned(),
+        agent_id: agent.id.clone(),
+    });
+    let r = c.storages.test_storage(authed(unsaved(through_link), &t)).await?.into_inner();
+    assert!(!r.ok && r.error.contains("symlink"), "{r:?}");
+    assert_eq!(std::fs::read_dir(elsewhere.path())?.count(), 0, "nothing written through the link");
     let s3 = pb::create_storage_request::Config::S3(pb::S3StorageConfig {
         endpoint: "http://127.0.0.1:1".into(),
         bucket: "nowhere".into(),
