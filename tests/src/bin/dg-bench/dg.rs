@@ -1,0 +1,169 @@
+//! The DataGuardian steps through the controller's API: (c) RunNow and (e) RestoreBackup, each timed from the
+//! call to seeing the execution end, with the execution's own span, the agent's memory and the failure cases.
+
+use std::time::{Duration, Instant};
+
+use dg_proto::v1 as pb;
+use dg_tests::cluster::{Clients, authed};
+
+use crate::{
+    bench::Ctx,
+    created::Created,
+    plain::settle,
+    report::{mib, tail},
+    samples::{EngineReport, Problem},
+};
+
+/// Longest a DataGuardian execution may take before the bench gives up on it.
+const EXEC_LIMIT: Duration = Duration::from_secs(4 * 3600);
+/// Message of an agent built before the engine existed.
+const ONLY_PG: &str = "only PostgreSQL";
+
+/// (c) RunNow → completed. Returns the backup id when it completed.
+pub(crate) async fn dg_backup(
+    r: &mut EngineReport,
+    ctx: &mut Ctx<'_>,
+    job_id: &str,
+    tag: &str,
+    plain_bytes: u64,
+) -> anyhow::Result<Option<String>> {
+    let kind = r.kind;
+    let t = ctx.clients.token.clone();
+    settle(kind).await;
+    ctx.rss.begin();
+    let start = Instant::now();
+    let ex = ctx.clients.jobs.run_now(authed(pb::RunNowRequest { job_id: job_id.into() }, &t)).await?.into_inner();
+    let done = wait_exec(ctx.clients, &ex.id).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let rss = ctx.rss.end();
+    if done.status == pb::ExecutionStatus::Completed as i32 {
+        let exec = span(&done);
+        let b = &mut r.dg_backup;
+        b.wall.push(wall, Some(done.stored_bytes), rss);
+        b.exec.extend(exec);
+        (b.raw, b.chunks) = (done.raw_bytes, done.chunk_count);
+        println!(
+            "{tag} (c) DataGuardian backup: {wall:.2} s (execution {}), raw {}, stored {} in {} chunks, agent VmRSS \
+             peak {}",
+            exec.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "?".into()),
+            mib(done.raw_bytes),
+            mib(done.stored_bytes),
+            done.chunk_count,
+            mib(rss)
+        );
+        if done.raw_bytes != plain_bytes && !r.notes.iter().any(|n| n.starts_with("DataGuardian dumped")) {
+            r.notes.push(format!(
+                "DataGuardian dumped {} raw bytes, the plain dump {} (its dump options differ slightly)",
+                done.raw_bytes, plain_bytes
+            ));
+        }
+        return Ok(Some(ex.id));
+    }
+    let logs = ctx.clients.logs(&ex.id).await.unwrap_or_default();
+    let status = pb::ExecutionStatus::try_from(done.status).map(|s| s.as_str_name()).unwrap_or("?");
+    if done.error.contains(ONLY_PG) {
+        println!("{tag} (c) DataGuardian {} backups are unavailable in this build: {}", kind.label(), done.error);
+        r.dg_backup.problem = Some(Problem::Unavailable(done.error.clone()));
+        r.dg_restore.problem = Some(Problem::Unavailable("no backup to restore".into()));
+    } else {
+        println!(
+            "{tag} (c) DataGuardian backup FAILED after {wall:.2} s: {status}: {}\n{}",
+            done.error,
+            tail(&logs, 15)
+        );
+        r.dg_backup.problem = Some(Problem::Failed(format!("{status}: {}", done.error)));
+    }
+    Ok(None)
+}
+
+/// (e) RestoreBackup with create_database → completed, then the row count.
+pub(crate) async fn dg_restore(
+    r: &mut EngineReport,
+    ctx: &mut Ctx<'_>,
+    created: &mut Created,
+    backup_id: String,
+    target: &str,
+    tag: &str,
+) -> anyhow::Result<()> {
+    if r.dg_restore.problem.is_some() {
+        return Ok(());
+    }
+    let kind = r.kind;
+    let t = ctx.clients.token.clone();
+    created.track_db(kind, target);
+    settle(kind).await;
+    ctx.rss.begin();
+    let start = Instant::now();
+    let ex = ctx
+        .clients
+        .backups
+        .restore_backup(authed(
+            pb::RestoreBackupRequest {
+                backup_id,
+                target_database: target.into(),
+                create_database: true,
+                confirm_target_database: target.into(),
+                ..Default::default()
+            },
+            &t,
+        ))
+        .await?
+        .into_inner();
+    let done = wait_exec(ctx.clients, &ex.id).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let rss = ctx.rss.end();
+    if done.status == pb::ExecutionStatus::Completed as i32 {
+        let n = kind.accounts(target).await?;
+        let exec = span(&done);
+        println!(
+            "{tag} (e) DataGuardian restore: {wall:.2} s (execution {}), agent VmRSS peak {} ({n} accounts restored)",
+            exec.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "?".into()),
+            mib(rss)
+        );
+        if n == r.source.accounts {
+            r.dg_restore.wall.push(wall, None, rss);
+            r.dg_restore.exec.extend(exec);
+        } else {
+            let msg = format!("restored {n} accounts, the source has {}", r.source.accounts);
+            r.dg_restore.problem = Some(Problem::Failed(msg));
+        }
+    } else {
+        let logs = ctx.clients.logs(&ex.id).await.unwrap_or_default();
+        let status = pb::ExecutionStatus::try_from(done.status).map(|s| s.as_str_name()).unwrap_or("?");
+        if done.error.contains(ONLY_PG) {
+            println!("{tag} (e) DataGuardian {} restores are unavailable in this build: {}", kind.label(), done.error);
+            r.dg_restore.problem = Some(Problem::Unavailable(done.error.clone()));
+        } else {
+            println!(
+                "{tag} (e) DataGuardian restore FAILED after {wall:.2} s: {status}: {}\n{}",
+                done.error,
+                tail(&logs, 15)
+            );
+            r.dg_restore.problem = Some(Problem::Failed(format!("{status}: {}", done.error)));
+        }
+    }
+    created.drop_db_now(kind, target).await;
+    Ok(())
+}
+
+/// Polls the execution every 50 ms until it ends.
+async fn wait_exec(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
+    let deadline = Instant::now() + EXEC_LIMIT;
+    loop {
+        let e =
+            c.executions.get_execution(authed(pb::GetExecutionRequest { id: id.into() }, &c.token)).await?.into_inner();
+        if matches!(
+            pb::ExecutionStatus::try_from(e.status),
+            Ok(pb::ExecutionStatus::Completed | pb::ExecutionStatus::Failed | pb::ExecutionStatus::Cancelled)
+        ) {
+            return Ok(e);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "execution {id} still running after {EXEC_LIMIT:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn span(e: &pb::Execution) -> Option<f64> {
+    let (a, b) = (e.started_at.as_ref()?, e.finished_at.as_ref()?);
+    Some((b.seconds - a.seconds) as f64 + f64::from(b.nanos - a.nanos) / 1e9)
+}
