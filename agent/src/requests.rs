@@ -79,7 +79,8 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
                 let mut error = String::new();
                 for key in &d.keys {
                     match s.store.delete(&ObjPath::from(key.as_str())).await {
-                        Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
+                        Ok(()) => n += 1,
+                        Err(object_store::Error::NotFound { .. }) => {}
                         Err(e) => {
                             error = format!("delete {key}: {e}");
                             break;

@@ -136,8 +136,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let coord = Coordination::new(redis.clone());
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
-    let (retention_task, retention) =
-        RetentionTask::new(db.clone(), backups.clone(), Duration::from_secs(config.retention_interval_secs.max(1)));
+    let (retention_task, retention) = RetentionTask::new(
+        db.clone(),
+        backups.clone(),
+        Duration::from_secs(config.retention_interval_secs.max(1)),
+        Duration::from_secs(config.orphan_grace_secs),
+    );
     let ctx = Ctx {
         auth: auth.clone(),
         agents: AgentsService::new(

@@ -46,6 +46,8 @@ pub struct Config {
     pub scheduler_interval_secs: u64,
     /// Interval of the periodic retention round (it also runs after each successful backup).
     pub retention_interval_secs: u64,
+    /// Objects of failed attempts and partial copies are removed this long after their execution ended.
+    pub orphan_grace_secs: u64,
     /// Stored chunk size agents cut backups into.
     pub chunk_size_bytes: u64,
     /// Chunks an agent uploads concurrently.
@@ -83,6 +85,7 @@ impl Default for Config {
             health_interval_secs: 300,
             scheduler_interval_secs: 5,
             retention_interval_secs: 3600,
+            orphan_grace_secs: 3600,
             upload_concurrency: 2,
             compression_workers: 2,
             log_format: "text".into(),

@@ -164,8 +164,10 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     // The controller deletes cloud objects itself.
     let del =
         c.backups.delete_backup(authed(pb::DeleteBackupRequest { id: ex.id.clone() }, &c.token)).await?.into_inner();
-    assert_eq!(del.deleted_objects, 2 * (ex.chunk_count + 1));
+    // S3 cannot tell an absent key from a deleted one, so its count may include the (absent) globals object.
+    assert!(del.deleted_objects >= 2 * (ex.chunk_count + 1), "{}", del.deleted_objects);
     assert_eq!(object_count(&s3_cfg).await?, 0);
+    assert_eq!(object_count(&az_cfg).await?, ex2.chunk_count as usize + 1, "only the fallback backup is left in Azure");
 
     // MariaDB to S3.
     let my = format!("dgt_cloudmy_{}", suffix());

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use dg_proto::v1 as pb;
 use dg_tests::{
-    cluster::{Clients, Cluster, authed},
+    cluster::{Clients, Cluster, ClusterOptions, authed},
     pg::TestDb,
     suffix,
 };
@@ -366,7 +366,8 @@ async fn encrypted_backups_need_the_agent_key() -> anyhow::Result<()> {
 async fn a_dump_tool_failing_after_the_upload_fails_the_backup() -> anyhow::Result<()> {
     let src = TestDb::create("tool").await?;
     src.connect().await?.execute(PG_SEED).await?;
-    let mut cluster = Cluster::start().await?;
+    // No grace for orphans: the failed attempt's uploaded chunks are swept at the next cleanup round.
+    let mut cluster = Cluster::start_with(ClusterOptions { orphan_grace_secs: Some(0), ..Default::default() }).await?;
     // A pg_dump that produces the whole dump, then exits non-zero.
     let tools = cluster.dir.path().join("tools");
     std::fs::create_dir_all(&tools)?;
@@ -397,9 +398,27 @@ async fn a_dump_tool_failing_after_the_upload_fails_the_backup() -> anyhow::Resu
     let list = c.backups.list_backups(authed(pb::ListBackupsRequest::default(), &c.token)).await?.into_inner();
     assert!(list.backups.is_empty(), "no backup listed");
 
+    // The chunks it uploaded are orphans: the cleanup worker removes them.
+    let store_dir = cluster.dir.path().join("t");
+    let files = |d: &std::path::Path| walk(d).into_iter().filter(|p| p.extension().is_some_and(|e| e == "zst")).count();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while files(&store_dir) > 0 {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "orphaned chunks were not swept");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     agent.stop().await;
     cluster.stop().await;
     Ok(())
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+    }
+    out
 }
 
 fn which_pg_dump() -> anyhow::Result<String> {

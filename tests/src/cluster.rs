@@ -33,11 +33,19 @@ pub struct ClusterOptions {
     pub session_ttl_secs: u64,
     /// Redis (default the local server, `DG_TEST_REDIS_URL`).
     pub redis_url: Option<String>,
+    /// Grace period before orphaned objects are swept (default: the controller's).
+    pub orphan_grace_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
     fn default() -> Self {
-        Self { chunk_size: 1024 * 1024, agent_cert_ttl_secs: 3600, session_ttl_secs: 3600, redis_url: None }
+        Self {
+            chunk_size: 1024 * 1024,
+            agent_cert_ttl_secs: 3600,
+            session_ttl_secs: 3600,
+            redis_url: None,
+            orphan_grace_secs: None,
+        }
     }
 }
 
@@ -114,6 +122,8 @@ impl Cluster {
                 .or_else(|| std::env::var("DG_TEST_REDIS_URL").ok())
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             scheduler_interval_secs: 1,
+            orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
+            retention_interval_secs: if opts.orphan_grace_secs.is_some() { 1 } else { 3600 },
             heartbeat_interval_secs: 2,
             admin_password: Some(ADMIN_PASSWORD.into()),
             ..Config::default()

@@ -492,4 +492,58 @@ impl Db {
         )
         .await
     }
+
+    /// Attempts whose objects are orphans (see `BackupsService::sweep_orphans`), ended more than `grace` ago.
+    pub async fn orphan_attempts(&self, grace: std::time::Duration) -> Result<Vec<OrphanAttempt>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT DISTINCT c.execution_id, c.attempt, c.storage_id FROM backup_chunk c \
+             JOIN execution e ON e.id = c.execution_id \
+             WHERE (e.status IN ('failed', 'cancelled') \
+                    OR (e.status = 'completed' AND (c.attempt <> e.attempt OR NOT EXISTS \
+                        (SELECT 1 FROM backup_copy b WHERE b.execution_id = e.id AND b.storage_id = c.storage_id)))) \
+               AND coalesce(e.finished_at, e.created_at) < now() - make_interval(secs => $1) LIMIT 100",
+            [grace.as_secs_f64().into()],
+        )
+        .await
+    }
+
+    /// Chunk keys of one attempt in one storage.
+    pub async fn attempt_chunk_keys(&self, id: Uuid, attempt: i32, storage: Uuid) -> Result<Vec<String>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Key {
+            object_key: String,
+        }
+        Ok(fetch_all::<Key>(
+            &self.conn,
+            "SELECT object_key FROM backup_chunk WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3",
+            [id.into(), attempt.into(), storage.into()],
+        )
+        .await?
+        .into_iter()
+        .map(|k| k.object_key)
+        .collect())
+    }
+
+    /// Forgets the chunks of one attempt in one storage (their objects are gone).
+    pub async fn delete_attempt_chunks(&self, id: Uuid, attempt: i32, storage: Uuid) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "DELETE FROM backup_chunk WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3",
+            [id.into(), attempt.into(), storage.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// An attempt's chunks in one storage that no backup counts.
+#[derive(Debug, Clone, sea_orm::FromQueryResult)]
+pub struct OrphanAttempt {
+    /// Execution.
+    pub execution_id: Uuid,
+    /// Attempt.
+    pub attempt: i32,
+    /// Storage.
+    pub storage_id: Uuid,
 }

@@ -189,45 +189,82 @@ impl BackupsService {
     }
 
     /// Deletes a backup: objects in every storage first (a storage is dropped from the backup's copies as soon
-    /// as its objects are gone), then the rows. Returns the number of objects deleted.
+    /// as its objects are gone), then the rows. Returns the number of objects deleted (a store that cannot
+    /// tell an absent object from a deleted one, like S3, counts every key it was asked to delete).
     pub async fn delete(&self, id: Uuid) -> ControllerResult<u32> {
-        let ex = self.completed_backup(id).await?;
+        self.completed_backup(id).await?;
         let mut by_storage: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
         for c in self.db.chunks_all_attempts(id).await? {
             by_storage.entry(c.storage_id).or_default().push(c.object_key);
         }
         let mut deleted = 0u32;
-        for (sid, mut keys) in by_storage {
-            if let Some(m) = &ex.manifest_key {
-                keys.push(m.clone());
-            }
+        for (sid, keys) in by_storage {
             let s = self.db.storage(sid).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {sid}")))?;
-            deleted += match self.source(&s)? {
-                Source::Cloud(store) => {
-                    let mut n = 0;
-                    for k in &keys {
-                        match store.delete(&ObjPath::from(k.as_str())).await {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => n += 1,
-                            Err(e) => return Err(ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
-                        }
-                    }
-                    n
-                }
-                Source::Agent { agent, target } => {
-                    let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(target), keys });
-                    let r = self.rpc.call(agent, kind, Duration::from_secs(120)).await?;
-                    if !r.error.is_empty() {
-                        return Err(ControllerError::Unavailable(format!("storage {}: {}", s.name, r.error)));
-                    }
-                    match r.kind {
-                        Some(pb::agent_response::Kind::Deleted(n)) => n,
-                        _ => 0,
-                    }
-                }
-            };
+            deleted += self.delete_keys(&s, attempt_objects(keys)).await?;
             self.db.drop_copy(id, sid).await?;
         }
         self.db.delete_backup_rows(id).await?;
         Ok(deleted)
     }
+
+    /// Deletes keys from one storage (through its agent for a local storage).
+    async fn delete_keys(&self, s: &Storage, keys: Vec<String>) -> ControllerResult<u32> {
+        Ok(match self.source(s)? {
+            Source::Cloud(store) => {
+                let mut n = 0;
+                for k in &keys {
+                    match store.delete(&ObjPath::from(k.as_str())).await {
+                        Ok(()) => n += 1,
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
+                    }
+                }
+                n
+            }
+            Source::Agent { agent, target } => {
+                let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(target), keys });
+                let r = self.rpc.call(agent, kind, Duration::from_secs(120)).await?;
+                if !r.error.is_empty() {
+                    return Err(ControllerError::Unavailable(format!("storage {}: {}", s.name, r.error)));
+                }
+                match r.kind {
+                    Some(pb::agent_response::Kind::Deleted(n)) => n,
+                    _ => 0,
+                }
+            }
+        })
+    }
+
+    /// Removes the objects (and chunk rows) of attempts that will never be a backup: failed or cancelled
+    /// executions, earlier attempts of a retried backup, and partial copies a backup does not count (a
+    /// replica storage dropped mid-way, a fallback storage that failed), once `grace` has passed since the
+    /// execution ended. Returns the number of objects deleted; an unreachable storage is retried next round.
+    pub async fn sweep_orphans(&self, grace: Duration) -> ControllerResult<u32> {
+        let mut deleted = 0;
+        for o in self.db.orphan_attempts(grace).await? {
+            let Some(s) = self.db.storage(o.storage_id).await? else { continue };
+            let keys = self.db.attempt_chunk_keys(o.execution_id, o.attempt, o.storage_id).await?;
+            match self.delete_keys(&s, attempt_objects(keys)).await {
+                Ok(n) => {
+                    deleted += n;
+                    self.db.delete_attempt_chunks(o.execution_id, o.attempt, o.storage_id).await?;
+                    tracing::info!(execution_id = %o.execution_id, attempt = o.attempt, storage = %s.name, objects = n, "orphaned objects removed");
+                }
+                Err(e) => tracing::debug!(execution_id = %o.execution_id, error = %e, "orphan sweep deferred"),
+            }
+        }
+        Ok(deleted)
+    }
+}
+
+/// Every object key of the attempts whose chunk keys are given: the chunks, plus each attempt's manifest and
+/// PostgreSQL globals object (deleting an absent one is harmless).
+fn attempt_objects(mut keys: Vec<String>) -> Vec<String> {
+    let prefixes: std::collections::BTreeSet<String> =
+        keys.iter().filter_map(|k| k.rsplit_once('/').map(|(p, _)| p.to_owned())).collect();
+    for p in prefixes {
+        keys.push(dg_common::manifest::manifest_key(&p));
+        keys.push(dg_common::manifest::globals_key(&p));
+    }
+    keys
 }

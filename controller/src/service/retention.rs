@@ -48,13 +48,14 @@ pub struct RetentionTask {
     backups: BackupsService,
     rx: mpsc::Receiver<Uuid>,
     interval: Duration,
+    orphan_grace: Duration,
 }
 
 impl RetentionTask {
     /// A task and the handle that feeds it.
-    pub fn new(db: Db, backups: BackupsService, interval: Duration) -> (Self, RetentionHandle) {
+    pub fn new(db: Db, backups: BackupsService, interval: Duration, orphan_grace: Duration) -> (Self, RetentionHandle) {
         let (tx, rx) = mpsc::channel(256);
-        (Self { db, backups, rx, interval }, RetentionHandle(tx))
+        (Self { db, backups, rx, interval, orphan_grace }, RetentionHandle(tx))
     }
 
     /// Runs until cancelled.
@@ -66,13 +67,18 @@ impl RetentionTask {
                 biased;
                 _ = cancel.cancelled() => break,
                 Some(job) = self.rx.recv() => vec![job],
-                _ = tick.tick() => match self.db.all_job_ids().await {
-                    Ok(ids) => ids,
-                    Err(e) => {
-                        warn!(error = %e, "retention round failed");
-                        continue;
+                _ = tick.tick() => {
+                    if let Err(e) = self.backups.sweep_orphans(self.orphan_grace).await {
+                        warn!(error = %e, "orphan sweep failed");
                     }
-                },
+                    match self.db.all_job_ids().await {
+                        Ok(ids) => ids,
+                        Err(e) => {
+                            warn!(error = %e, "retention round failed");
+                            continue;
+                        }
+                    }
+                }
             };
             for job in jobs {
                 if let Err(e) = self.apply(job).await {
