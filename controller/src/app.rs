@@ -59,6 +59,8 @@ pub struct RunningController {
     pub ca_pem: String,
     /// CA fingerprint agents pin.
     pub ca_fingerprint: String,
+    /// Where Prometheus metrics are served, when enabled.
+    pub metrics_addr: Option<SocketAddr>,
     cancel: CancellationToken,
     tracker: TaskTracker,
     db: Db,
@@ -135,6 +137,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let redis = redis_client(&config.redis_url).context("redis_url")?;
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let coord = Coordination::new(redis.clone());
+    let metrics = crate::metrics::Metrics::new().context("metrics")?;
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
     let (retention_task, retention) = RetentionTask::new(
         db.clone(),
@@ -153,13 +156,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             api_endpoint,
         ),
         catalog: catalog.clone(),
-        executions: ExecutionsService::new(db.clone(), waker.clone(), registry.clone(), coord.clone(), retention),
+        executions: ExecutionsService::new(
+            db.clone(),
+            waker.clone(),
+            registry.clone(),
+            coord.clone(),
+            retention,
+            metrics.clone(),
+        ),
         backups,
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
         rpc,
         registry: registry.clone(),
         agent_settings: Arc::new(AgentSettings { heartbeat: config.heartbeat_interval(), lease_secs }),
         db: db.clone(),
+        metrics: metrics.clone(),
     };
 
     let cancel = CancellationToken::new();
@@ -236,7 +247,16 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     );
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));
-    tracker.spawn(RedisWatchTask::new(coord.clone()).run(cancel.clone()));
+    tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
+            let bound = l.local_addr()?;
+            tracker.spawn(crate::metrics::serve(l, metrics, cancel.clone()));
+            Some(bound)
+        }
+        None => None,
+    };
     let scheduler_tick = Duration::from_secs(config.scheduler_interval_secs.max(1));
     tracker.spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick).run(cancel.clone()));
     tracker.spawn(retention_task.run(cancel.clone()));
@@ -255,6 +275,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         agent_addr,
         ca_pem: pki.ca_pem().to_owned(),
         ca_fingerprint: pki.fingerprint(),
+        metrics_addr,
         cancel,
         tracker,
         db,

@@ -54,6 +54,9 @@ pub struct Config {
     pub upload_concurrency: u32,
     /// zstd worker threads on the agent (0: compress on the pipeline thread).
     pub compression_workers: u32,
+    /// Prometheus metrics (`GET /metrics`); none disables them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// "text" or "json".
     pub log_format: String,
     /// OTLP gRPC endpoint for traces; none disables export.
@@ -89,6 +92,7 @@ impl Default for Config {
             upload_concurrency: 2,
             compression_workers: 2,
             log_format: "text".into(),
+            metrics_listen: None,
             otlp_endpoint: None,
             admin_username: "admin".into(),
             admin_password: None,

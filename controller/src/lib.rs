@@ -7,6 +7,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod service;

@@ -113,3 +113,41 @@ async fn two_replicas_start_together_on_one_database() -> anyhow::Result<()> {
     cluster.stop().await;
     Ok(())
 }
+
+/// `GET /metrics` over plain HTTP/1.0.
+async fn scrape(addr: std::net::SocketAddr) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    anyhow::ensure!(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"), "{out}");
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_what_happened() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start_with(ClusterOptions { metrics: true, ..Default::default() }).await?;
+    let addr = cluster.controller.as_ref().and_then(|c| c.metrics_addr).expect("metrics enabled");
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), "postgres", 5432, "").await?;
+    let (_, _, bad) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), "dgt_missing_db", 5432, "").await?;
+    assert_eq!(c.run_job(&job.id).await?.status, pb::ExecutionStatus::Completed as i32);
+    assert_eq!(c.run_job(&bad.id).await?.status, pb::ExecutionStatus::Failed as i32);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let text = scrape(addr).await?;
+    assert!(text.contains("dg_executions_finished_total{operation=\"backup\",status=\"completed\"} 1"), "{text}");
+    assert!(text.contains("dg_executions_finished_total{operation=\"backup\",status=\"failed\"} 1"), "{text}");
+    assert!(text.contains("dg_agents_connected 1"), "{text}");
+    assert!(text.contains("dg_redis_up 1"), "{text}");
+    let stored: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("dg_backup_bytes_stored_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(stored > 0, "{text}");
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}

@@ -35,6 +35,8 @@ pub struct ClusterOptions {
     pub redis_url: Option<String>,
     /// Grace period before orphaned objects are swept (default: the controller's).
     pub orphan_grace_secs: Option<u64>,
+    /// Serve Prometheus metrics on a free port.
+    pub metrics: bool,
 }
 
 impl Default for ClusterOptions {
@@ -45,6 +47,7 @@ impl Default for ClusterOptions {
             session_ttl_secs: 3600,
             redis_url: None,
             orphan_grace_secs: None,
+            metrics: false,
         }
     }
 }
@@ -123,6 +126,7 @@ impl Cluster {
                 .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
+            metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
             retention_interval_secs: if opts.orphan_grace_secs.is_some() { 1 } else { 3600 },
             heartbeat_interval_secs: 2,
             admin_password: Some(ADMIN_PASSWORD.into()),

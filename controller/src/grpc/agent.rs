@@ -148,6 +148,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("session closed"))?;
         let cancel = self.shutdown.child_token();
         let session = self.ctx.registry.register(agent.0, tx, cancel.clone());
+        self.ctx.metrics.agents_connected.set(i64::try_from(self.ctx.registry.connected().len()).unwrap_or(0));
         info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
 
         let ctx = self.ctx.clone();
@@ -159,6 +160,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
                 {
                     warn!(error = %e, "cannot record disconnect");
                 }
+                ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.connected().len()).unwrap_or(0));
                 info!("agent session closed");
             }
             .instrument(info_span!("agent_session", agent_id = %agent)),

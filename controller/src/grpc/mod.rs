@@ -41,6 +41,8 @@ pub struct Ctx {
     pub agent_settings: Arc<AgentSettings>,
     /// Audit writer.
     pub db: crate::db::Db,
+    /// Metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Session settings sent to agents.

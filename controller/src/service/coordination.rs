@@ -85,12 +85,13 @@ impl Coordination {
 /// Pings Redis every half second and flips the shared flag on transitions.
 pub struct RedisWatchTask {
     coord: Coordination,
+    metrics: crate::metrics::Metrics,
 }
 
 impl RedisWatchTask {
     /// New task.
-    pub fn new(coord: Coordination) -> Self {
-        Self { coord }
+    pub fn new(coord: Coordination, metrics: crate::metrics::Metrics) -> Self {
+        Self { coord, metrics }
     }
 
     /// Runs until cancelled.
@@ -105,6 +106,7 @@ impl RedisWatchTask {
             }
             let now = self.coord.ping().await;
             let before = self.coord.up.swap(now, Ordering::Relaxed);
+            self.metrics.redis_up.set(i64::from(now));
             match (before, now) {
                 (false, true) => info!("redis is reachable: scheduler and dispatch run"),
                 (true, false) => warn!("redis is down: scheduler and dispatch paused, queue operations refused"),

@@ -69,6 +69,7 @@ pub struct ExecutionsService {
     registry: AgentRegistry,
     coord: Coordination,
     retention: RetentionHandle,
+    metrics: crate::metrics::Metrics,
 }
 
 impl ExecutionsService {
@@ -79,8 +80,13 @@ impl ExecutionsService {
         registry: AgentRegistry,
         coord: Coordination,
         retention: RetentionHandle,
+        metrics: crate::metrics::Metrics,
     ) -> Self {
-        Self { db, waker, registry, coord, retention }
+        Self { db, waker, registry, coord, retention, metrics }
+    }
+
+    fn finished(&self, operation: Operation, status: Status) {
+        self.metrics.executions_finished.with_label_values(&[operation.as_str(), status.as_str()]).inc();
     }
 
     /// Asks dispatch for a round (e.g. an agent connected).
@@ -288,6 +294,9 @@ impl ExecutionsService {
                         ),
                     )
                     .await?;
+                self.finished(Operation::Backup, Status::Completed);
+                self.metrics.backup_bytes_stored.inc_by(u64::try_from(o.stored_bytes).unwrap_or(0));
+                self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
                 if let Some(job) = self.db.execution(id).await?.and_then(|e| e.job_id) {
                     self.retention.apply(job);
                 }
@@ -295,7 +304,9 @@ impl ExecutionsService {
             Err(reason) => {
                 let msg = format!("backup not committed: {reason}");
                 self.db.append_log(id, "error", &msg).await?;
-                self.db.finish_failed(id, Some(attempt), &msg, false).await?;
+                if self.db.finish_failed(id, Some(attempt), &msg, false).await? {
+                    self.finished(Operation::Backup, Status::Failed);
+                }
             }
         }
         self.waker.wake();
@@ -312,6 +323,7 @@ impl ExecutionsService {
     ) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         if self.db.complete_restore(id, attempt, raw).await? {
+            self.finished(Operation::Restore, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }
         self.waker.wake();
@@ -350,6 +362,7 @@ impl ExecutionsService {
             }
         }
         if self.db.finish_failed(id, Some(attempt), error, cancelled).await? {
+            self.finished(ex.operation, if cancelled { Status::Cancelled } else { Status::Failed });
             self.db.append_log(id, "error", error).await?;
         }
         self.waker.wake();
@@ -380,6 +393,7 @@ impl ExecutionsService {
         match ex.status {
             Status::Queued => {
                 if self.db.cancel_queued(id, "cancelled by an operator").await? {
+                    self.finished(ex.operation, Status::Cancelled);
                     self.db.append_log(id, "warn", "cancelled by an operator before it started").await?;
                 }
             }
@@ -404,6 +418,7 @@ impl ExecutionsService {
                     .finish_failed(id, Some(ex.attempt), "cancelled by an operator (agent not connected)", true)
                     .await?
                 {
+                    self.finished(ex.operation, Status::Cancelled);
                     self.db
                         .append_log(id, "warn", "cancelled by an operator while its agent was not connected")
                         .await?;
