@@ -41,6 +41,7 @@ use crate::{
         executions::ExecutionsService,
         health::{HealthService, HealthTask, redis_client},
         registry::AgentRegistry,
+        relay::RelayTask,
         retention::RetentionTask,
         scheduler::SchedulerTask,
     },
@@ -171,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         agent_settings: Arc::new(AgentSettings { heartbeat: config.heartbeat_interval(), lease_secs }),
         db: db.clone(),
         metrics: metrics.clone(),
+        coord: coord.clone(),
     };
 
     let cancel = CancellationToken::new();
@@ -231,6 +233,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     });
 
     let waker_for_scheduler = waker.clone();
+    let waker_for_relay = waker.clone();
     let dispatch = DispatchTask::new(
         db.clone(),
         key,
@@ -248,6 +251,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
+    let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), registry.clone(), waker_for_relay);
+    tracker.spawn(relay.run(cancel.clone()));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;

@@ -151,3 +151,48 @@ async fn prometheus_metrics_count_what_happened() -> anyhow::Result<()> {
     cluster.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_replica_reaches_an_agent_connected_to_the_first() -> anyhow::Result<()> {
+    use sqlx::Executor;
+    let src = dg_tests::pg::TestDb::create("relay").await?;
+    src.connect().await?.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)").await?;
+    let mut cluster = Cluster::start().await?;
+    let mut a = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut a).await?;
+    let (_, _, job) = a.setup_pg_job(&agent.id, &cluster.dir.path().join("r"), &src.name, 5432, "").await?;
+
+    // Replica B: same database and Redis, its own ports, no agent session.
+    let mut cfg = cluster.config.clone();
+    cfg.api_listen = "127.0.0.1:0".parse()?;
+    cfg.agent_listen = "127.0.0.1:0".parse()?;
+    let b_ctl = dg_controller::app::start(cfg).await?;
+    let mut b = cluster.clients_at(b_ctl.api_addr).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Queued through B, run by the agent on A.
+    let ok = b.run_job(&job.id).await?;
+    assert_eq!(ok.status, pb::ExecutionStatus::Completed as i32, "{}", ok.error);
+
+    // A dump held by a lock, cancelled through B: the cancel reaches the agent through A.
+    let mut locker = src.connect().await?;
+    locker.execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE").await?;
+    let run = b.jobs.run_now(authed(pb::RunNowRequest { job_id: job.id.clone() }, &b.token)).await?.into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !b.logs(&run.id).await?.contains("started") {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "dump never started");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.executions.cancel_execution(authed(pb::CancelExecutionRequest { id: run.id.clone() }, &b.token)).await?;
+    let done = b.wait_execution(&run.id, Duration::from_secs(30)).await?;
+    locker.execute("ROLLBACK").await?;
+    let logs = b.logs(&run.id).await?;
+    assert_eq!(done.status, pb::ExecutionStatus::Cancelled as i32, "{}\n{logs}", done.error);
+    assert!(logs.contains("forwarded to the replica"), "{logs}");
+    assert_eq!(done.error, "cancelled", "stopped by the agent, not ended from afar: {}", done.error);
+
+    b_ctl.shutdown().await;
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}

@@ -190,9 +190,20 @@ impl Cluster {
 
     /// Operator clients on one channel.
     pub async fn clients(&self) -> anyhow::Result<Clients> {
-        let ch = self.channel().await?;
+        self.clients_at(self.api_addr).await
+    }
+
+    /// Operator clients of another replica of this cluster (same CA and database), logged in there.
+    pub async fn clients_at(&self, api: SocketAddr) -> anyhow::Result<Clients> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("127.0.0.1");
+        let ch = Channel::from_shared(format!("https://127.0.0.1:{}", api.port()))?.tls_config(tls)?.connect().await?;
+        let token = AuthServiceClient::new(ch.clone())
+            .login(pb::LoginRequest { username: "admin".into(), password: ADMIN_PASSWORD.into() })
+            .await?
+            .into_inner()
+            .token;
         Ok(Clients {
-            token: self.login().await?,
+            token,
             agents: AgentServiceClient::new(ch.clone()),
             datasources: DatasourceServiceClient::new(ch.clone()),
             storages: StorageServiceClient::new(ch.clone()),

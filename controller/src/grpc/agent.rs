@@ -149,6 +149,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         let cancel = self.shutdown.child_token();
         let session = self.ctx.registry.register(agent.0, tx, cancel.clone());
         self.ctx.metrics.agents_connected.set(i64::try_from(self.ctx.registry.connected().len()).unwrap_or(0));
+        self.ctx.coord.set_presence(agent.0, self.ctx.agent_settings.heartbeat * 3).await;
         info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
 
         let ctx = self.ctx.clone();
@@ -161,6 +162,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
                     warn!(error = %e, "cannot record disconnect");
                 }
                 ctx.metrics.agents_connected.set(i64::try_from(ctx.registry.connected().len()).unwrap_or(0));
+                ctx.coord.clear_presence(agent.0).await;
                 info!("agent session closed");
             }
             .instrument(info_span!("agent_session", agent_id = %agent)),
@@ -204,7 +206,10 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
     use pb::agent_message::Kind;
     let a = agent.0;
     match m.kind {
-        Some(Kind::Heartbeat(_)) => ctx.agents.heartbeat(a, ctx.agent_settings.lease_secs).await?,
+        Some(Kind::Heartbeat(_)) => {
+            ctx.agents.heartbeat(a, ctx.agent_settings.lease_secs).await?;
+            ctx.coord.set_presence(a, ctx.agent_settings.heartbeat * 3).await;
+        }
         Some(Kind::ChunkReported(c)) => {
             let (id, attempt) = exec_ref(c.execution)?;
             ctx.executions

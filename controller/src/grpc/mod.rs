@@ -43,6 +43,8 @@ pub struct Ctx {
     pub db: crate::db::Db,
     /// Metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Redis coordination (agent presence).
+    pub coord: crate::service::coordination::Coordination,
 }
 
 /// Session settings sent to agents.

@@ -80,6 +80,69 @@ impl Coordination {
     pub fn client(&self) -> &RedisClient {
         &self.client
     }
+
+    /// This replica's id.
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Publishes a message; best effort (a lost wake-up is covered by the dispatch tick).
+    pub async fn publish(&self, channel: &str, payload: String) {
+        if self.is_up() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                self.client.publish::<i64, _, _>(channel.to_owned(), payload),
+            )
+            .await;
+        }
+    }
+
+    /// Records that `agent`'s session is on this replica, for `ttl` (refreshed by heartbeats).
+    pub async fn set_presence(&self, agent: uuid::Uuid, ttl: Duration) {
+        if self.is_up() {
+            let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+            let call = self.client.set::<(), _, _>(
+                presence_key(agent),
+                self.replica.clone(),
+                Some(Expiration::PX(ms)),
+                None,
+                false,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+        }
+    }
+
+    /// Forgets `agent`'s presence if it still points at this replica.
+    pub async fn clear_presence(&self, agent: uuid::Uuid) {
+        if self.is_up() {
+            let script = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+            let call = self.client.eval::<i64, _, _, _>(script, vec![presence_key(agent)], vec![self.replica.clone()]);
+            let _ = tokio::time::timeout(Duration::from_secs(1), call).await;
+        }
+    }
+
+    /// The replica holding `agent`'s session, if known.
+    pub async fn presence(&self, agent: uuid::Uuid) -> Option<String> {
+        if !self.is_up() {
+            return None;
+        }
+        tokio::time::timeout(Duration::from_secs(1), self.client.get::<Option<String>, _>(presence_key(agent)))
+            .await
+            .ok()?
+            .ok()?
+    }
+}
+
+/// Channel every replica listens on for dispatch wake-ups.
+pub const WAKE_CHANNEL: &str = "dataguardian:wake";
+
+fn presence_key(agent: uuid::Uuid) -> String {
+    format!("dataguardian:agent:{agent}")
+}
+
+/// The channel a replica listens on for messages addressed to it.
+pub fn replica_channel(replica: &str) -> String {
+    format!("dataguardian:replica:{replica}")
 }
 
 /// Pings Redis every half second and flips the shared flag on transitions.

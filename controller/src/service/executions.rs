@@ -118,6 +118,7 @@ impl ExecutionsService {
             .await?;
         self.db.append_log(ex.id, "info", &format!("queued by RunNow of job {}", job.name)).await?;
         self.waker.wake();
+        self.coord.publish(super::coordination::WAKE_CHANNEL, "wake".into()).await;
         Ok(ex)
     }
 
@@ -187,6 +188,7 @@ impl ExecutionsService {
             .append_log(ex.id, "info", &format!("{what} of backup {} into database {database} queued", backup.id))
             .await?;
         self.waker.wake();
+        self.coord.publish(super::coordination::WAKE_CHANNEL, "wake".into()).await;
         Ok(ex)
     }
 
@@ -411,8 +413,20 @@ impl ExecutionsService {
                     Some(tx) => tx.send(Ok(msg)).await.is_ok(),
                     None => false,
                 };
+                let elsewhere = if delivered { None } else { self.coord.presence(ex.agent_id).await };
                 if delivered {
                     self.db.append_log(id, "warn", "cancellation requested; stopping on the agent").await?;
+                } else if let Some(replica) = elsewhere.filter(|r| r != self.coord.replica()) {
+                    let m = super::relay::ReplicaMessage::Cancel {
+                        agent: ex.agent_id,
+                        execution: id,
+                        attempt: u32::try_from(ex.attempt).unwrap_or_default(),
+                    };
+                    let payload = serde_json::to_string(&m).unwrap_or_default();
+                    self.coord.publish(&super::coordination::replica_channel(&replica), payload).await;
+                    self.db
+                        .append_log(id, "warn", "cancellation forwarded to the replica holding the agent's session")
+                        .await?;
                 } else if self
                     .db
                     .finish_failed(id, Some(ex.attempt), "cancelled by an operator (agent not connected)", true)

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod executions;
 pub mod health;
 pub mod registry;
+pub mod relay;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;

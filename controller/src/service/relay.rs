@@ -1,0 +1,110 @@
+//! Messages between controller replicas over Redis pub/sub: dispatch wake-ups (work queued on one replica
+//! for an agent connected to another is assigned at once, not at the next dispatch tick) and cancellations
+//! addressed to the replica holding the agent's session. Best effort: PostgreSQL stays the source of truth,
+//! and a lost message only costs latency (wake-ups) or falls back to ending the attempt directly (cancels).
+
+use std::time::Duration;
+
+use dg_proto::v1 as pb;
+use fred::{clients::SubscriberClient, prelude::*};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+use uuid::Uuid;
+
+use super::{
+    coordination::{WAKE_CHANNEL, replica_channel},
+    dispatch::DispatchWaker,
+    registry::AgentRegistry,
+};
+
+/// A message addressed to one replica.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ReplicaMessage {
+    /// Stop an execution running on an agent connected to the receiving replica.
+    Cancel {
+        /// Agent.
+        agent: Uuid,
+        /// Execution.
+        execution: Uuid,
+        /// Attempt.
+        attempt: u32,
+    },
+}
+
+/// Listens on the wake channel and on this replica's channel.
+pub struct RelayTask {
+    url: String,
+    replica: String,
+    registry: AgentRegistry,
+    waker: DispatchWaker,
+}
+
+impl RelayTask {
+    /// New task for replica `replica`.
+    pub fn new(url: String, replica: String, registry: AgentRegistry, waker: DispatchWaker) -> Self {
+        Self { url, replica, registry, waker }
+    }
+
+    async fn subscriber(&self) -> Result<(SubscriberClient, tokio::task::JoinHandle<()>), fred::error::Error> {
+        let config = fred::types::config::Config::from_url(&self.url)?;
+        let sub = fred::types::Builder::from_config(config)
+            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
+            .set_policy(ReconnectPolicy::new_exponential(0, 200, 5_000, 2))
+            .build_subscriber_client()?;
+        sub.connect();
+        tokio::time::timeout(Duration::from_secs(3), sub.wait_for_connect())
+            .await
+            .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect"))??;
+        sub.subscribe(vec![WAKE_CHANNEL.to_owned(), replica_channel(&self.replica)]).await?;
+        // Re-subscribes after every reconnect.
+        let resubscribe = sub.manage_subscriptions();
+        Ok((sub, resubscribe))
+    }
+
+    /// Runs until cancelled; waits for Redis when it is down at start.
+    pub async fn run(self, cancel: CancellationToken) {
+        let (sub, resubscribe) = loop {
+            match self.subscriber().await {
+                Ok(s) => break s,
+                Err(e) => debug!(error = %e, "relay waiting for redis"),
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            }
+        };
+        let mut rx = sub.message_rx();
+        loop {
+            let msg = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                m = rx.recv() => m,
+            };
+            let Ok(msg) = msg else { continue };
+            if &*msg.channel == WAKE_CHANNEL {
+                self.waker.wake();
+                continue;
+            }
+            let Some(text) = msg.value.as_string() else { continue };
+            match serde_json::from_str::<ReplicaMessage>(&text) {
+                Ok(ReplicaMessage::Cancel { agent, execution, attempt }) => {
+                    if let Some(tx) = self.registry.sender(agent) {
+                        let m = pb::ControllerMessage {
+                            kind: Some(pb::controller_message::Kind::Cancel(pb::Cancel {
+                                execution: Some(pb::ExecutionRef { execution_id: execution.to_string(), attempt }),
+                                reason: "cancelled by an operator (through another replica)".into(),
+                            })),
+                        };
+                        let _ = tx.send(Ok(m)).await;
+                        info!(%execution, %agent, "cancellation relayed to the agent");
+                    }
+                }
+                Err(e) => debug!(error = %e, "unreadable relay message"),
+            }
+        }
+        resubscribe.abort();
+        let _ = sub.quit().await;
+    }
+}
