@@ -97,17 +97,7 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
     let mut warnings = Vec::new();
     let candidates = probe_storages(&task, rep, ctx, &mut warnings).await?;
 
-    let info = engine::test_connection(&source, &source.database).await?;
-    rep.log(
-        "info",
-        format!(
-            "connection test ok: {} {} answered in {} ms",
-            engine_name(engine),
-            info.version,
-            info.latency.as_millis()
-        ),
-    )
-    .await;
+    let info = super::test_connection(&source, rep).await?;
 
     let (cipher, wrapped) = if task.encryption_key_id.is_empty() {
         (None, None)

@@ -37,6 +37,18 @@ pub async fn forward_stderr(
     tail.into_iter().collect()
 }
 
+/// Tests the connection to the target's database and logs the server version and round trip.
+pub async fn test_connection(
+    t: &dg_proto::v1::DatabaseTarget,
+    rep: &Reporter,
+) -> crate::error::PipelineResult<crate::engine::ServerInfo> {
+    let info = crate::engine::test_connection(t, &t.database).await?;
+    let engine = crate::engine::engine_of(t).map(crate::engine::engine_name).unwrap_or("database");
+    let line = format!("connection test ok: {engine} {} answered in {} ms", info.version, info.latency.as_millis());
+    rep.log("info", line).await;
+    Ok(info)
+}
+
 /// Describes a failed tool run from its exit status and stderr tail.
 pub fn tool_failure(tool: &str, status: std::process::ExitStatus, tail: &[String]) -> String {
     let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{forward_stderr, tool_failure};
 use crate::{
     context::AgentContext,
-    engine::{self, engine_name, engine_of},
+    engine::{self, engine_of},
     error::{PipelineError, PipelineResult},
     executor::Reporter,
     keys::ChunkCipher,
@@ -204,17 +204,7 @@ async fn run_inner(
             rep.log("warn", format!("globals: {n}")).await;
         }
     }
-    let info = engine::test_connection(&target, &target.database).await?;
-    rep.log(
-        "info",
-        format!(
-            "connection test ok: {} {} answered in {} ms",
-            engine_name(engine),
-            info.version,
-            info.latency.as_millis()
-        ),
-    )
-    .await;
+    super::test_connection(&target, rep).await?;
 
     // 3. Stream: download (verify again) -> decrypt -> decompress -> restore tool (or a file first).
     let to_file: Option<PathBuf> = (engine == Engine::Postgres && task.parallel_jobs > 1)
