@@ -79,41 +79,44 @@ async fn schedule_runs_backups_and_retention_keeps_the_newest() -> anyhow::Resul
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "scheduler produced {runs} runs, {} kept", kept.len());
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let list = c
-        .executions
-        .list_executions(authed(
-            pb::ListExecutionsRequest { job_id: job.id.clone(), page_size: 500, ..Default::default() },
-            &c.token,
-        ))
-        .await?
-        .into_inner();
-    let logs = c.logs(&list.executions.last().map(|e| e.id.clone()).unwrap_or_default()).await?;
-    assert!(logs.contains("queued by the schedule"), "{logs}");
-    // Deleted backups' objects are gone: only the kept backups' directories remain.
-    let kept = completed_backups(&mut c, &job.id).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let kept_now = completed_backups(&mut c, &job.id).await?;
-    let ds_dir =
-        std::fs::read_dir(&dir)?.flatten().find(|e| e.path().is_dir()).map(|e| e.path()).expect("datasource dir");
-    let on_disk: Vec<String> =
-        std::fs::read_dir(&ds_dir)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-    assert!(
-        on_disk.len() <= kept_now.len() + 2,
-        "deleted backups leave no objects: {on_disk:?} vs {:?}",
-        kept.iter().map(|b| &b.id).collect::<Vec<_>>()
-    );
-
-    // Disabled: no new slots.
+    // Disabled: no new slots. (Checked first, so what follows looks at a settled set of backups.)
     c.jobs.disable_backup_job(authed(pb::DisableBackupJobRequest { id: job.id.clone() }, &c.token)).await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before: std::collections::HashSet<String> = execution_ids(&mut c, &job.id).await?.into_iter().collect();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let after: std::collections::HashSet<String> = execution_ids(&mut c, &job.id).await?.into_iter().collect();
     assert!(after.is_subset(&before), "a disabled job is not scheduled");
+
+    // The kept backups came from the schedule, and deleted backups left no objects behind.
+    let kept = completed_backups(&mut c, &job.id).await?;
+    assert_eq!(kept.len(), 2, "retention keeps the newest two");
+    let logs = c.logs(&kept[0].id).await?;
+    assert!(logs.contains("queued by the schedule"), "{logs}");
+    let ds_dir =
+        std::fs::read_dir(&dir)?.flatten().find(|e| e.path().is_dir()).map(|e| e.path()).expect("datasource dir");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&ds_dir)?
+        .flatten()
+        .filter(|e| has_files(&e.path()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut kept_ids: Vec<String> = kept.iter().map(|b| b.id.clone()).collect();
+    kept_ids.sort();
+    assert!(
+        on_disk.iter().all(|d| kept_ids.contains(d)),
+        "only kept backups have objects: {on_disk:?} vs {kept_ids:?}"
+    );
 
     agent.stop().await;
     cluster.stop().await;
     Ok(())
+}
+
+/// Whether any file lies below `dir` (emptied directories may stay behind).
+fn has_files(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir)
+        .map(|d| d.flatten().any(|e| if e.path().is_dir() { has_files(&e.path()) } else { true }))
+        .unwrap_or(false)
 }
 
 /// A private Redis on a free port that the test can stop and start again on the same port.
