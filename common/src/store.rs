@@ -222,6 +222,41 @@ pub fn from_target(t: &dg_proto::v1::StorageTarget) -> Result<StoreConfig, Store
     })
 }
 
+/// The configuration to carry in an agent task: the inverse of [`from_target`]. `agent_id` names the agent
+/// whose host holds a local storage.
+pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_proto::v1::StorageTarget {
+    use dg_proto::v1::{self as pb, storage_target::Config};
+    let config = match cfg {
+        StoreConfig::Local { path } => Config::Local(pb::LocalStorageConfig { path, agent_id }),
+        StoreConfig::S3 {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        } => Config::S3(pb::S3StorageConfig {
+            endpoint,
+            region,
+            bucket,
+            prefix,
+            path_style,
+            access_key_id,
+            secret_access_key,
+            allow_http,
+        }),
+        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
+            Config::Gcs(pb::GcsStorageConfig { bucket, prefix, service_account_key, endpoint })
+        }
+        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
+            Config::Azure(pb::AzureStorageConfig { account, container, prefix, access_key, endpoint })
+        }
+    };
+    pb::StorageTarget { storage_id, config: Some(config) }
+}
+
 /// Writes, reads back and deletes a probe object; returns the round trip.
 pub async fn probe(store: &dyn ObjectStore, key: &str) -> Result<Duration, StoreError> {
     use object_store::{ObjectStoreExt, PutPayload};

@@ -243,39 +243,8 @@ pub fn store_config(s: &Storage, key: &MasterKey) -> ControllerResult<StoreConfi
 
 /// What an agent needs to open a storage (credentials included: the agent moves the bytes).
 pub fn target(s: &Storage, key: &MasterKey) -> ControllerResult<pb::StorageTarget> {
-    use pb::storage_target::Config;
-    let config = match store_config(s, key)? {
-        StoreConfig::Local { path } => Config::Local(pb::LocalStorageConfig {
-            path,
-            agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
-        }),
-        StoreConfig::S3 {
-            endpoint,
-            region,
-            bucket,
-            prefix,
-            path_style,
-            access_key_id,
-            secret_access_key,
-            allow_http,
-        } => Config::S3(pb::S3StorageConfig {
-            endpoint,
-            region,
-            bucket,
-            prefix,
-            path_style,
-            access_key_id,
-            secret_access_key,
-            allow_http,
-        }),
-        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
-            Config::Gcs(pb::GcsStorageConfig { bucket, prefix, service_account_key, endpoint })
-        }
-        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
-            Config::Azure(pb::AzureStorageConfig { account, container, prefix, access_key, endpoint })
-        }
-    };
-    Ok(pb::StorageTarget { storage_id: s.id.to_string(), config: Some(config) })
+    let agent = s.agent_id.map(|a| a.to_string()).unwrap_or_default();
+    Ok(dg_common::store::to_target(s.id.to_string(), store_config(s, key)?, agent))
 }
 
 /// A storage is usable by `agent`: cloud storages by any agent, a local one only by its own agent.
