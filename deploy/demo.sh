@@ -6,11 +6,12 @@
 #   deploy/demo.sh --no-build reuse target/debug binaries as they are
 #
 # What it does, exactly as an operator would (grpcurl over TLS with server reflection, no .proto):
-#   1. tests/ensure-services.sh (local PostgreSQL, MariaDB, Redis, grpcurl, jq …)
+#   1. tests/ensure-services.sh --for demo: PostgreSQL, Redis, the PostgreSQL client tools, jq and
+#      grpcurl, installed and started when missing, and a role dg_demo (CREATEDB, generated password)
 #   2. cargo build --bin dg-controller --bin dg-agent (debug)
 #   3. fresh work dir .dg-demo/ (git-ignored): master key, controller.toml, logs, agent state, backups
-#   4. PostgreSQL databases: dg_demo_controller (controller state), dg_demo_source (sample data with
-#      awkward types), dg_demo_restored dropped
+#   4. PostgreSQL databases owned by dg_demo: dg_demo_controller (controller state), dg_demo_source
+#      (sample data with awkward types), dg_demo_restored dropped
 #   5. start dg-controller, fetch its CA, AuthService/Setup, create a join token, enroll and start
 #      dg-agent, wait until it is ONLINE
 #   6. create a local storage, a PostgreSQL datasource and a backup job; RunNow and wait
@@ -53,10 +54,7 @@ CA="$DEMO/ca.pem"
 ROWS="${DG_DEMO_ROWS:-50000}"
 export RUST_LOG="${RUST_LOG:-info}"
 
-# pip --user installs (non-root machines) live here.
-if [[ -d "${HOME:-/nonexistent}/.local/bin" ]]; then
-	PATH="$HOME/.local/bin:$PATH"
-fi
+export DG_CACHE_DIR="${DG_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/dataguardian}"
 
 T0=$SECONDS
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
@@ -66,8 +64,8 @@ die() {
 	exit 1
 }
 
-# psql against the local server as postgres; stops at the first SQL error.
-PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p 5432 -U postgres)
+# psql against the local server as the demo's own role (set once ensure-services.sh has run).
+PSQL=()
 
 # --- background processes -----------------------------------------------------------------------
 CTL_PID=""
@@ -239,10 +237,17 @@ print_execution_logs() {
 
 # =================================================================================================
 say "1/8 services"
-bash tests/ensure-services.sh
+bash tests/ensure-services.sh --for demo
+# The demo's role and tool directories (KEY=VALUE lines written by ensure-services.sh).
+while IFS='=' read -r key value; do
+	[[ "$key" =~ ^[A-Z_]+$ ]] && printf -v "$key" '%s' "$value"
+done <"$DG_CACHE_DIR/demo.env"
+PATH="$DG_TOOLS_PATH:$PATH"
 for t in grpcurl jq python3 psql pg_dump; do
 	command -v "$t" >/dev/null || die "$t is not on PATH after tests/ensure-services.sh"
 done
+PG_HOST=$DG_DEMO_PG_HOST PG_PORT=$DG_DEMO_PG_PORT PG_USER=$DG_DEMO_PG_USER
+PSQL=(psql -X -q -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER")
 
 # =================================================================================================
 say "2/8 build"
@@ -257,6 +262,12 @@ stop_leftovers
 rm -rf "$DEMO"
 mkdir -p "$DEMO/backups" "$DEMO/agent"
 chmod 0700 "$DEMO" "$DEMO/agent"
+# The role's password for psql and pg_dump, in a 0600 passfile rather than the environment.
+(
+	umask 077
+	printf '%s:%s:*:%s:%s\n' "$PG_HOST" "$PG_PORT" "$PG_USER" "$DG_DEMO_PG_PASSWORD" >"$DEMO/pgpass"
+)
+export PGPASSFILE="$DEMO/pgpass"
 
 # 32 random bytes as 64 hex characters, readable by the owner only.
 gen_hex32() {
@@ -383,9 +394,11 @@ AGENT_PORT=$(free_port "${DG_DEMO_AGENT_PORT:-7444}" "$API_PORT")
 API_ADDR="127.0.0.1:$API_PORT"
 info "API 127.0.0.1:$API_PORT, agent sessions 127.0.0.1:$AGENT_PORT"
 
+(umask 077 && : >"$CONF")
 cat >"$CONF" <<EOF
 # Written by deploy/demo.sh — local demo configuration (see deploy/controller.example.toml).
-database_url = "postgres://postgres@127.0.0.1:5432/dg_demo_controller"
+database_url = "postgres://$PG_USER:$DG_DEMO_PG_PASSWORD@$PG_HOST:$PG_PORT/dg_demo_controller"
+redis_url = "$DG_DEMO_REDIS_URL"
 master_key_file = "$DEMO/master.key"
 api_listen = "127.0.0.1:$API_PORT"
 agent_listen = "127.0.0.1:$AGENT_PORT"
@@ -486,9 +499,10 @@ STORAGE_ID=$(field "$storage" .id)
 [[ -n "$STORAGE_ID" ]] || die "CreateStorage returned no id: $storage"
 info "storage demo-local $STORAGE_ID -> $DEMO/backups"
 
-datasource=$(rpc DatasourceService/CreateDatasource "$(jq -nc --arg a "$AGENT_ID" '{
-	name:"demo-source", engine:"ENGINE_POSTGRES", host:"127.0.0.1", port:5432,
-	database:"dg_demo_source", username:"postgres", password:"demo-not-needed",
+datasource=$(rpc DatasourceService/CreateDatasource "$(jq -nc --arg a "$AGENT_ID" --arg h "$PG_HOST" \
+	--argjson p "$PG_PORT" --arg u "$PG_USER" --arg pw "$DG_DEMO_PG_PASSWORD" '{
+	name:"demo-source", engine:"ENGINE_POSTGRES", host:$h, port:$p,
+	database:"dg_demo_source", username:$u, password:$pw,
 	tlsMode:"TLS_MODE_DISABLE", agentId:$a}')")
 DS_ID=$(field "$datasource" .id)
 [[ -n "$DS_ID" ]] || die "CreateDatasource returned no id: $datasource"
@@ -588,7 +602,7 @@ fi
 
 # Schema: types, constraints, indexes, views, comments must survive too. pg_dump ≥ 15.14 writes a
 # random \restrict key into plain dumps; drop those lines before comparing.
-schema() { pg_dump -h 127.0.0.1 -U postgres --schema-only "$1" 2>&1 | grep -v -E '^\\(un)?restrict ' || true; }
+schema() { pg_dump -h "$PG_HOST" -p "$PG_PORT" -U "$PG_USER" --schema-only "$1" 2>&1 | grep -v -E '^\\(un)?restrict ' || true; }
 if diff <(schema dg_demo_source) <(schema dg_demo_restored) >"$DEMO/schema.diff"; then
 	printf '    %-9s %-26s %43s\n' schema "(pg_dump --schema-only)" ok
 else

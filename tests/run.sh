@@ -7,17 +7,22 @@
 #                                 or cargo test syntax when falling back)
 #
 # Steps:
-#   1. tests/ensure-services.sh   PostgreSQL, MariaDB, Redis, zstd, grpcurl, moto… installed and up
+#   1. tests/ensure-services.sh --for tests   PostgreSQL, MariaDB, Redis, zstd, grpcurl, moto, Azurite…
+#      installed and up, with the tests' own role and user (generated passwords in $DG_CACHE_DIR)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
 #   4. cargo nextest run --workspace --no-fail-fast [ARGS…]
 #      (falls back to `cargo test --workspace --no-fail-fast [ARGS…]` when cargo-nextest is not
-#      installed: installing it from source takes too long to do here)
+#      installed, as on a fresh machine: building it from source takes minutes. The suite passes
+#      under both; tests that install process-global state have a test target of their own)
 #
-# Environment (defaults are the local services ensure-services.sh provides; pre-set values win):
-#   DG_TEST_PG_URL       postgres://postgres@127.0.0.1:5432/postgres
-#   DG_TEST_MARIADB_URL  mysql://root@127.0.0.1:3306
+# Environment (defaults come from $DG_CACHE_DIR/test.env, written by ensure-services.sh; pre-set
+# values win):
+#   DG_TEST_PG_URL       postgres://dg_test:<generated>@127.0.0.1:5432/postgres
+#   DG_TEST_MARIADB_URL  mysql://dg_test:<generated>@127.0.0.1:3306
 #   DG_TEST_REDIS_URL    redis://127.0.0.1:6379
+#   DG_CACHE_DIR         ${XDG_CACHE_HOME:-$HOME/.cache}/dataguardian (passwords, Python venv, Azurite)
+#   DG_TEST_RUNNER=cargo use cargo test even when cargo-nextest is installed
 #   DG_SKIP_LINT=1       skip steps 2 and 3 (quick local iteration; CI never sets it)
 #
 # Prints the wall time of each step and the total at the end, also when a step fails.
@@ -62,16 +67,16 @@ step() {
 	CURRENT_STEP=""
 }
 
-# Tools that pip installed with --user (non-root machines) live here.
-if [[ -d "${HOME:-/nonexistent}/.local/bin" ]]; then
-	export PATH="$HOME/.local/bin:$PATH"
-fi
+export DG_CACHE_DIR="${DG_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/dataguardian}"
 
-export DG_TEST_PG_URL="${DG_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-export DG_TEST_MARIADB_URL="${DG_TEST_MARIADB_URL:-mysql://root@127.0.0.1:3306}"
-export DG_TEST_REDIS_URL="${DG_TEST_REDIS_URL:-redis://127.0.0.1:6379}"
+step services bash tests/ensure-services.sh --for tests
 
-step services bash tests/ensure-services.sh
+# The tests' credentials and tool directories (KEY=VALUE lines; values already set win).
+while IFS='=' read -r key value; do
+	[[ "$key" =~ ^[A-Z_]+$ ]] || continue
+	[[ -n "${!key:-}" ]] || export "$key=$value"
+done <"$DG_CACHE_DIR/test.env"
+export PATH="$DG_TOOLS_PATH:$PATH"
 
 if [[ "${DG_SKIP_LINT:-0}" != 1 ]]; then
 	step fmt cargo fmt --all -- --check
@@ -80,7 +85,7 @@ else
 	echo "DG_SKIP_LINT=1: skipping cargo fmt and cargo clippy"
 fi
 
-if cargo nextest --version >/dev/null 2>&1; then
+if [[ "${DG_TEST_RUNNER:-nextest}" == nextest ]] && cargo nextest --version >/dev/null 2>&1; then
 	step tests cargo nextest run --workspace --no-fail-fast "$@"
 else
 	echo "cargo-nextest is not installed; falling back to cargo test"

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use dg_common::manifest::Manifest;
 use dg_proto::v1 as pb;
+use dg_tests::pg_server;
 use dg_tests::{
     cluster::{Cluster, authed},
     pg::TestDb,
@@ -76,7 +77,7 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let storage_dir = cluster.dir.path().join("backups");
-    let (ds, storage, job) = c.setup_pg_job(&agent.id, &storage_dir, &source.name, 5432, "unused-with-trust").await?;
+    let (ds, storage, job) = c.setup_pg_job(&agent.id, &storage_dir, &source.name, &pg_server()).await?;
 
     let ex = c.run_job(&job.id).await?;
     let logs = c.logs(&ex.id).await?;
@@ -161,9 +162,10 @@ async fn backup_then_restore_yields_identical_data() -> anyhow::Result<()> {
                 name: "same-server-other-entry".into(),
                 engine: pb::Engine::Postgres as i32,
                 host: "localhost".into(),
-                port: 5432,
+                port: u32::from(pg_server().port),
                 database: target.name.clone(),
-                username: "postgres".into(),
+                username: pg_server().user,
+                password: pg_server().password,
                 tls_mode: pb::TlsMode::Disable as i32,
                 agent_id: agent.id.clone(),
                 ..Default::default()

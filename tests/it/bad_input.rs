@@ -5,6 +5,8 @@ use std::{future::Future, pin::Pin};
 
 use dg_proto::v1 as pb;
 use dg_tests::cluster::{Clients, Cluster, authed};
+use dg_tests::pg::TestDb;
+use dg_tests::pg_server;
 use tonic::{Code, Status};
 
 type Call = Pin<Box<dyn Future<Output = Result<(), Status>> + Send>>;
@@ -50,7 +52,8 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("b");
-    let (ds, st, job) = c.setup_pg_job(&agent.id, &dir, "postgres", 5432, "").await?;
+    let src = TestDb::create("bad").await?;
+    let (ds, st, job) = c.setup_pg_job(&agent.id, &dir, &src.name, &pg_server()).await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
     let t = c.token.clone();

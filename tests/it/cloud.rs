@@ -114,7 +114,7 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     }
 
     // PostgreSQL replicated to S3 and Azure.
-    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
     let job = c.job(&ds.id, &[&st_s3, &st_az], pb::StorageStrategy::Replicate, "").await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{}", ex.error, c.logs(&ex.id).await?);
@@ -171,14 +171,14 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
 
     // MariaDB to S3.
     let my = format!("dgt_cloudmy_{}", suffix());
-    let admin = std::env::var("DG_TEST_MARIADB_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let admin = dg_tests::mariadb_url();
     let mut m = sqlx::MySqlConnection::connect(&admin).await?;
     m.execute(sqlx::AssertSqlSafe(format!(
         "CREATE DATABASE `{my}`; CREATE TABLE `{my}`.t (id INT PRIMARY KEY, v VARCHAR(64)); \
          INSERT INTO `{my}`.t SELECT seq, MD5(seq) FROM `{my}`.seq_1_to_20000"
     )))
     .await?;
-    let mds = c.datasource(pb::Engine::Mariadb, &agent.id, 3306, &my, "root").await?;
+    let mds = c.datasource(pb::Engine::Mariadb, &agent.id, &my).await?;
     let mjob = c.job(&mds.id, &[&st_s3, &st_az], pb::StorageStrategy::Replicate, "").await?;
     let mex = c.run_job(&mjob.id).await?;
     assert_eq!(mex.status, pb::ExecutionStatus::Completed as i32, "{}", mex.error);

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use dg_proto::v1 as pb;
+use dg_tests::mariadb_url;
 use dg_tests::{
     cluster::{Clients, Cluster, ClusterOptions, authed},
     pg::TestDb,
@@ -15,10 +16,6 @@ use dg_tests::{
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor, MySqlConnection, Row};
 use tonic::Code;
-
-fn mariadb_url() -> String {
-    std::env::var("DG_TEST_MARIADB_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
-}
 
 /// A MariaDB database dropped at the end of the test.
 struct MyDb {
@@ -141,7 +138,7 @@ async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()
     let (sa, sb) = (c.local_storage(&agent.id, &a).await?, c.local_storage(&agent.id, &b).await?);
 
     // MariaDB, replicated to two storages.
-    let ds = c.datasource(pb::Engine::Mariadb, &agent.id, 3306, &src.name, "root").await?;
+    let ds = c.datasource(pb::Engine::Mariadb, &agent.id, &src.name).await?;
     let j = c.job(&ds.id, &[&sa, &sb], pb::StorageStrategy::Replicate, "").await?;
     let ex = c.run_job(&j.id).await?;
     let logs = c.logs(&ex.id).await?;
@@ -157,7 +154,7 @@ async fn mariadb_and_mysql_mode_backups_restore_identical() -> anyhow::Result<()
     assert_eq!(my_fingerprint(&dst).await?, before, "MariaDB restore differs");
 
     // The same server as a MySQL datasource: mysqldump/mysql (as far as this machine has MySQL tools).
-    let ds = c.datasource(pb::Engine::Mysql, &agent.id, 3306, &src.name, "root").await?;
+    let ds = c.datasource(pb::Engine::Mysql, &agent.id, &src.name).await?;
     let j = c.job(&ds.id, &[&sa], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&j.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
@@ -217,7 +214,7 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
         c.local_storage(&agent.id, &d).await?,
     );
     let dead = dead_storage(&mut c).await?;
-    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
 
     // Replicate with one storage down: completed, with a warning naming it; two complete copies.
     let j = c.job(&ds.id, &[&sa, &dead, &sb], pb::StorageStrategy::Replicate, "").await?;
@@ -312,7 +309,7 @@ async fn encrypted_backups_need_the_agent_key() -> anyhow::Result<()> {
     let key_file = dg_agent::keys::generate(&dg_agent::keys::keys_dir(&agent.state_dir), "prod-2026")?;
     let dir = cluster.dir.path().join("enc");
     let st = c.local_storage(&agent.id, &dir).await?;
-    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
     let j = c.job(&ds.id, &[&st], pb::StorageStrategy::Fallback, "prod-2026").await?;
     assert_eq!(j.encryption_key_id, "prod-2026");
     let ex = c.run_job(&j.id).await?;
@@ -388,7 +385,7 @@ async fn a_dump_tool_failing_after_the_upload_fails_the_backup() -> anyhow::Resu
     assert_eq!(a.path, wrapper.to_string_lossy(), "the configured tool dir comes first");
 
     let st = c.local_storage(&agent.id, &cluster.dir.path().join("t")).await?;
-    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
     let j = c.job(&ds.id, &[&st], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&j.id).await?;
     let logs = c.logs(&ex.id).await?;
@@ -448,7 +445,7 @@ async fn postgres_globals_are_kept_and_replayed() -> anyhow::Result<()> {
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("g");
     let st = c.local_storage(&agent.id, &dir).await?;
-    let ds = c.datasource(pb::Engine::Postgres, &agent.id, 5432, &src.name, "postgres").await?;
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
     let j = c
         .jobs
         .create_backup_job(authed(
@@ -473,7 +470,7 @@ async fn postgres_globals_are_kept_and_replayed() -> anyhow::Result<()> {
     assert!(sql.contains(&format!("CREATE ROLE {role}")), "the role is in the globals");
 
     // The role disappears; a restore with restore_globals brings it back before the grants are restored.
-    admin.execute(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE {role}"))).await?;
+    admin.execute(sqlx::AssertSqlSafe(format!("REVOKE ALL ON t FROM {role}; DROP ROLE {role}"))).await?;
     let dst = TestDb::reserve("glob_dst");
     let r = c
         .backups
@@ -495,7 +492,8 @@ async fn postgres_globals_are_kept_and_replayed() -> anyhow::Result<()> {
     let back: (i64,) =
         sqlx::query_as("SELECT count(*) FROM pg_roles WHERE rolname = $1").bind(&role).fetch_one(&mut admin).await?;
     let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", dst.name))).await;
-    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP OWNED BY {role}; DROP ROLE IF EXISTS {role}"))).await;
+    let _ = admin.execute(sqlx::AssertSqlSafe(format!("REVOKE ALL ON t FROM {role}"))).await;
+    let _ = admin.execute(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {role}"))).await;
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{logs}", r.error);
     assert_eq!(back.0, 1, "the role was recreated from the globals");
     assert!(

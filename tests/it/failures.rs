@@ -2,6 +2,7 @@
 //! error, and no backup is listed.
 
 use dg_proto::v1 as pb;
+use dg_tests::pg_server;
 use dg_tests::{
     cluster::{Cluster, authed},
     pg::ScramPostgres,
@@ -15,13 +16,15 @@ async fn missing_database_and_wrong_password_fail_cleanly() -> anyhow::Result<()
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("backups");
 
-    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "dgt_does_not_exist", 5432, "").await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "dgt_does_not_exist", &pg_server()).await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
     assert!(ex.error.contains("does not exist"), "readable error: {}", ex.error);
 
     let wrong = "wrong-password-Zq81";
-    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "postgres", scram.port, wrong).await?;
+    let (_, _, job) = c
+        .setup_pg_job(&agent.id, &dir, "postgres", &dg_tests::DbServer { password: wrong.into(), ..scram.server() })
+        .await?;
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
     assert!(ex.error.contains("password authentication failed"), "readable error: {}", ex.error);
@@ -29,7 +32,7 @@ async fn missing_database_and_wrong_password_fail_cleanly() -> anyhow::Result<()
     assert!(!ex.error.contains(wrong) && !logs.contains(wrong), "the password leaked");
 
     // The right password against the same server works, proving the failure was the password.
-    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "postgres", scram.port, &scram.password).await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, "postgres", &scram.server()).await?;
     let ok = c.run_job(&job.id).await?;
     assert_eq!(ok.status, pb::ExecutionStatus::Completed as i32, "{}", ok.error);
 

@@ -111,10 +111,11 @@ async fn operator_workflow_with_grpcurl() -> anyhow::Result<()> {
         "dataguardian.v1.StorageService/CreateStorage",
         &serde_json::json!({"name": "local", "local": {"path": path.to_string_lossy(), "agentId": agent_id}}),
     )?;
+    let pg = dg_tests::pg_server();
     let ds = g.call(
         "dataguardian.v1.DatasourceService/CreateDatasource",
-        &serde_json::json!({"name": "src", "engine": "ENGINE_POSTGRES", "host": "127.0.0.1", "port": 5432,
-            "database": source.name, "username": "postgres", "password": "grpcurl-secret-pw", "tlsMode": "TLS_MODE_DISABLE", "agentId": agent_id}),
+        &serde_json::json!({"name": "src", "engine": "ENGINE_POSTGRES", "host": pg.host, "port": pg.port,
+            "database": source.name, "username": pg.user, "password": pg.password, "tlsMode": "TLS_MODE_DISABLE", "agentId": agent_id}),
     )?;
     assert!(ds.get("password").is_none(), "password must never be returned: {ds}");
     let job = g.call(

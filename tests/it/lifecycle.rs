@@ -7,6 +7,8 @@ use std::time::Duration;
 use dg_common::tls;
 use dg_proto::v1 as pb;
 use dg_tests::cluster::{Cluster, ClusterOptions, authed};
+use dg_tests::pg::TestDb;
+use dg_tests::pg_server;
 
 fn cert_not_after(path: &std::path::Path) -> anyhow::Result<i64> {
     let der = tls::certs_from_pem(&std::fs::read_to_string(path)?)?.remove(0);
@@ -131,8 +133,9 @@ async fn prometheus_metrics_count_what_happened() -> anyhow::Result<()> {
     let addr = cluster.controller.as_ref().and_then(|c| c.metrics_addr).expect("metrics enabled");
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
-    let (_, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), "postgres", 5432, "").await?;
-    let (_, _, bad) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), "dgt_missing_db", 5432, "").await?;
+    let src = TestDb::create("metrics").await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), &src.name, &pg_server()).await?;
+    let (_, _, bad) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("m"), "dgt_missing_db", &pg_server()).await?;
     assert_eq!(c.run_job(&job.id).await?.status, pb::ExecutionStatus::Completed as i32);
     assert_eq!(c.run_job(&bad.id).await?.status, pb::ExecutionStatus::Failed as i32);
     tokio::time::sleep(Duration::from_millis(700)).await;
@@ -160,7 +163,7 @@ async fn a_second_replica_reaches_an_agent_connected_to_the_first() -> anyhow::R
     let mut cluster = Cluster::start().await?;
     let mut a = cluster.clients().await?;
     let agent = cluster.start_agent(&mut a).await?;
-    let (_, _, job) = a.setup_pg_job(&agent.id, &cluster.dir.path().join("r"), &src.name, 5432, "").await?;
+    let (_, _, job) = a.setup_pg_job(&agent.id, &cluster.dir.path().join("r"), &src.name, &pg_server()).await?;
 
     // Replica B: same database and Redis, its own ports, no agent session.
     let mut cfg = cluster.config.clone();

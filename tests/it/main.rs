@@ -11,6 +11,5 @@ mod grpcurl;
 mod lifecycle;
 mod operator_api;
 mod python_client;
-mod secrets;
 mod security;
 mod workers;

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use dg_proto::v1 as pb;
+use dg_tests::pg_server;
 use dg_tests::{
     cluster::{ADMIN_PASSWORD, Cluster, authed},
     pg::TestDb,
@@ -26,7 +27,7 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     let agent = cluster.start_agent(&mut c).await?;
     let t = c.token.clone();
     let dir = cluster.dir.path().join("backups");
-    let (ds, storage, job) = c.setup_pg_job(&agent.id, &dir, &source.name, 5432, "").await?;
+    let (ds, storage, job) = c.setup_pg_job(&agent.id, &dir, &source.name, &pg_server()).await?;
 
     // Datasource test, health history, an update that breaks it and one that fixes it.
     let ok =
@@ -210,7 +211,7 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     assert_eq!(keep.expect_err("a backup is deleted through BackupService").code(), Code::FailedPrecondition);
 
     // Retries: a job whose database is missing fails twice (max_attempts 2), then stays failed.
-    let (_, _, broken) = c.setup_pg_job(&agent.id, &dir, "dgt_missing_db", 5432, "").await?;
+    let (_, _, broken) = c.setup_pg_job(&agent.id, &dir, "dgt_missing_db", &pg_server()).await?;
     let upd = pb::UpdateBackupJobRequest {
         id: broken.id.clone(),
         retry: Some(pb::RetryPolicy { max_attempts: 2, backoff: Some(prost_types::Duration { seconds: 0, nanos: 0 }) }),
@@ -312,7 +313,8 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     // A queued execution is cancelled at once when its agent is away.
     agent.stop().await;
     c.wait_agent_status(&cluster_agent_id(&c, &t).await?, pb::AgentStatus::Offline, Duration::from_secs(10)).await?;
-    let (_, _, job2) = c.setup_pg_job(&cluster_agent_id(&c, &t).await?, &dir, "postgres", 5432, "").await?;
+    let queued_src = TestDb::create("queued").await?;
+    let (_, _, job2) = c.setup_pg_job(&cluster_agent_id(&c, &t).await?, &dir, &queued_src.name, &pg_server()).await?;
     let q = c.jobs.run_now(authed(pb::RunNowRequest { job_id: job2.id.clone() }, &t)).await?.into_inner();
     let q = c.executions.cancel_execution(authed(pb::CancelExecutionRequest { id: q.id }, &t)).await?.into_inner();
     assert_eq!(q.status, pb::ExecutionStatus::Cancelled as i32);

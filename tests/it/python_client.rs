@@ -4,14 +4,19 @@
 use std::{process::Command, time::Duration};
 
 use dg_proto::v1 as pb;
-use dg_tests::cluster::{ADMIN_PASSWORD, Cluster};
+use dg_tests::{
+    cluster::{ADMIN_PASSWORD, Cluster},
+    pg::TestDb,
+    pg_server,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_generated_client_logs_in_lists_and_runs_a_job() -> anyhow::Result<()> {
     let mut cluster = Cluster::start().await?;
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
-    let (_, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("b"), "postgres", 5432, "").await?;
+    let src = TestDb::create("py").await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("b"), &src.name, &pg_server()).await?;
 
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
     let addr = format!("127.0.0.1:{}", cluster.api_addr.port());

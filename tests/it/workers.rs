@@ -5,6 +5,7 @@
 use std::{process::Stdio, time::Duration};
 
 use dg_proto::v1 as pb;
+use dg_tests::pg_server;
 use dg_tests::{
     cluster::{Cluster, ClusterOptions, authed},
     pg::TestDb,
@@ -56,7 +57,7 @@ async fn schedule_runs_backups_and_retention_keeps_the_newest() -> anyhow::Resul
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
     let dir = cluster.dir.path().join("s");
-    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, &src.name, 5432, "").await?;
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, &src.name, &pg_server()).await?;
     let upd = pb::UpdateBackupJobRequest {
         id: job.id.clone(),
         cron: Some("*/2 * * * * *".into()),
@@ -162,7 +163,7 @@ async fn without_redis_the_queue_refuses_at_once_and_everything_resumes() -> any
     .await?;
     let mut c = cluster.clients().await?;
     let agent = cluster.start_agent(&mut c).await?;
-    let (ds, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("r"), &src.name, 5432, "").await?;
+    let (ds, _, job) = c.setup_pg_job(&agent.id, &cluster.dir.path().join("r"), &src.name, &pg_server()).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(c.run_job(&job.id).await?.status, pb::ExecutionStatus::Completed as i32);
 

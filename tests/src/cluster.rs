@@ -17,7 +17,7 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig},
 };
 
-use crate::{init_logging, pg::TestDb, suffix};
+use crate::{DbServer, init_logging, pg::TestDb, suffix};
 
 /// Password of the admin every cluster bootstraps.
 pub const ADMIN_PASSWORD: &str = "correct-horse-battery-staple";
@@ -119,11 +119,7 @@ impl Cluster {
             chunk_size_bytes: opts.chunk_size,
             agent_cert_ttl_secs: opts.agent_cert_ttl_secs,
             session_ttl_secs: opts.session_ttl_secs,
-            redis_url: opts
-                .redis_url
-                .clone()
-                .or_else(|| std::env::var("DG_TEST_REDIS_URL").ok())
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url),
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
@@ -320,14 +316,14 @@ impl Clients {
         Ok(r.lines.iter().map(|l| format!("[{}] {}", l.level, l.message)).collect::<Vec<_>>().join("\n"))
     }
 
-    /// Creates a local storage on an agent, a PostgreSQL datasource on the same agent and a job using both.
+    /// Creates a local storage on an agent, a PostgreSQL datasource (on `server`, with its login) on the same
+    /// agent and a job using both.
     pub async fn setup_pg_job(
         &mut self,
         agent: &str,
         storage_dir: &std::path::Path,
         database: &str,
-        port: u16,
-        password: &str,
+        server: &DbServer,
     ) -> anyhow::Result<(pb::Datasource, pb::Storage, pb::BackupJob)> {
         let t = self.token.clone();
         let storage = self
@@ -350,11 +346,11 @@ impl Clients {
                 pb::CreateDatasourceRequest {
                     name: format!("pg-{}", suffix()),
                     engine: pb::Engine::Postgres as i32,
-                    host: "127.0.0.1".into(),
-                    port: u32::from(port),
+                    host: server.host.clone(),
+                    port: u32::from(server.port),
                     database: database.into(),
-                    username: "postgres".into(),
-                    password: password.into(),
+                    username: server.user.clone(),
+                    password: server.password.clone(),
                     tls_mode: pb::TlsMode::Disable as i32,
                     agent_id: agent.into(),
                     labels: Default::default(),
@@ -397,22 +393,22 @@ impl Clients {
         Ok(self.storages.create_storage(authed(req, &self.token)).await?.into_inner())
     }
 
-    /// Creates a datasource (no password, TLS off) bound to an agent.
+    /// Creates a datasource (TLS off) bound to an agent, on the test server of its engine with the tests' login.
     pub async fn datasource(
         &mut self,
         engine: pb::Engine,
         agent: &str,
-        port: u32,
         database: &str,
-        user: &str,
     ) -> anyhow::Result<pb::Datasource> {
+        let server = if engine == pb::Engine::Postgres { crate::pg_server() } else { crate::mariadb_server() };
         let req = pb::CreateDatasourceRequest {
             name: format!("ds-{}", suffix()),
             engine: engine as i32,
-            host: "127.0.0.1".into(),
-            port,
+            host: server.host,
+            port: u32::from(server.port),
             database: database.into(),
-            username: user.into(),
+            username: server.user,
+            password: server.password,
             tls_mode: pb::TlsMode::Disable as i32,
             agent_id: agent.into(),
             ..Default::default()

@@ -100,6 +100,16 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl ScramPostgres {
+    /// This server and its superuser login.
+    pub fn server(&self) -> crate::DbServer {
+        crate::DbServer {
+            host: "127.0.0.1".into(),
+            port: self.port,
+            user: "postgres".into(),
+            password: self.password.clone(),
+        }
+    }
+
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
         let exe = self.bin.join(tool);
         let mut cmd = if self.as_postgres {

@@ -123,10 +123,6 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
             .take(32)
             .map(|t| convert::ToolJson { name: t.name.clone(), version: t.version.clone(), path: t.path.clone() })
             .collect();
-        self.ctx
-            .agents
-            .connected(agent.0, &hello.hostname, &hello.agent_version, serde_json::to_value(&tools).unwrap_or_default())
-            .await?;
         let running: Vec<(Uuid, i32)> = hello
             .running
             .iter()
@@ -147,7 +143,17 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         };
         tx.send(Ok(welcome)).await.map_err(|_| Status::unavailable("session closed"))?;
         let cancel = self.shutdown.child_token();
+        // Registered before the agent is marked online, so whoever sees it online can reach its session.
         let session = self.ctx.registry.register(agent.0, tx, cancel.clone());
+        if let Err(e) = self
+            .ctx
+            .agents
+            .connected(agent.0, &hello.hostname, &hello.agent_version, serde_json::to_value(&tools).unwrap_or_default())
+            .await
+        {
+            self.ctx.registry.unregister(agent.0, session);
+            return Err(e.into());
+        }
         self.ctx.metrics.agents_connected.set(i64::try_from(self.ctx.registry.connected().len()).unwrap_or(0));
         self.ctx.coord.set_presence(agent.0, self.ctx.agent_settings.heartbeat * 3).await;
         info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");

@@ -64,7 +64,7 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
     };
     let t = c.token.clone();
     let dir = cluster.dir.path().join("backups");
-    let (ds, _, job) = c.setup_pg_job(&agent.0, &dir, "postgres", scram.port, &scram.password).await?;
+    let (ds, _, job) = c.setup_pg_job(&agent.0, &dir, "postgres", &scram.server()).await?;
 
     // A cloud storage with a secret key, tested (it fails: nothing listens there).
     let s3_secret = "S3-Secret-Key-Never-Logged-42";
@@ -122,7 +122,14 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
 
     // A failing backup: a wrong password on another datasource.
     let wrong_db_password = "Wrong-Db-Password-13";
-    let (_, _, bad_job) = c.setup_pg_job(&agent.0, &dir, "postgres", scram.port, wrong_db_password).await?;
+    let (_, _, bad_job) = c
+        .setup_pg_job(
+            &agent.0,
+            &dir,
+            "postgres",
+            &dg_tests::DbServer { password: wrong_db_password.into(), ..scram.server() },
+        )
+        .await?;
     let bad = c.run_job(&bad_job.id).await?;
     assert_eq!(bad.status, pb::ExecutionStatus::Failed as i32);
     for e in [&ex, &done, &bad] {
