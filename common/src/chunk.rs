@@ -179,22 +179,100 @@ impl Write for BlockWriter {
 }
 
 /// Decompresses verified chunks from `rx` into blocks on `tx`. Runs on a blocking thread; returns the
-/// number of decompressed bytes.
+/// number of decompressed bytes. A stream that ends mid-frame is an error of kind `InvalidData` (see
+/// [`is_truncated`]): the decoder is finished, not just unwrapped, so a cut-off backup never passes as whole.
 pub fn decompress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, block: usize) -> std::io::Result<u64> {
     let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0 };
     let mut dec = zstd::stream::write::Decoder::new(writer)?;
     while let Some(chunk) = rx.blocking_recv() {
         dec.write_all(&chunk)?;
     }
-    dec.flush()?;
-    let mut w = dec.into_inner();
+    let mut w = dec.finish().map_err(|e| match e.kind() {
+        std::io::ErrorKind::BrokenPipe => e,
+        _ => std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{TRUNCATED}: {e}")),
+    })?;
     w.send()?;
     Ok(w.written)
 }
 
+const TRUNCATED: &str = "the stored stream is not a complete zstd stream (truncated or damaged)";
+
+/// True when a [`decompress`] error means the stream itself is bad (truncated mid-frame or corrupt), as opposed
+/// to the consumer going away.
+pub fn is_truncated(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::InvalidData
+}
+
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// Compresses `data` into chunks of `chunk` bytes; returns the chunks and the totals.
+    fn chunked(data: &[u8], chunk: usize, level: i32) -> (Vec<SealedChunk>, StreamTotals) {
+        let (tx, mut rx) = mpsc::channel(1 << 16);
+        let input = std::io::Cursor::new(data.to_vec());
+        let totals = compress(input, tx, level, 0, chunk, None).expect("compress");
+        let mut out = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            out.push(c);
+        }
+        (out, totals)
+    }
+
+    /// Decompresses `parts` in order.
+    fn unchunked(parts: Vec<Bytes>) -> std::io::Result<Vec<u8>> {
+        let (ctx, crx) = mpsc::channel(parts.len().max(1));
+        let (btx, mut brx) = mpsc::channel(1 << 16);
+        for p in parts {
+            ctx.blocking_send(p).expect("send");
+        }
+        drop(ctx);
+        decompress(crx, btx, 4096)?;
+        let mut out = Vec::new();
+        while let Ok(b) = brx.try_recv() {
+            out.extend_from_slice(&b);
+        }
+        Ok(out)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Any input, any chunk size: the chunks are full but the last, each checksum covers its bytes, the
+        /// whole checksum covers them in order, and decompressing gives back exactly the input.
+        #[test]
+        fn chunk_round_trip(data in proptest::collection::vec(any::<u8>(), 0..200_000), chunk in 1usize..70_000, level in 1i32..6) {
+            let (chunks, totals) = chunked(&data, chunk, level);
+            prop_assert_eq!(totals.raw_bytes, data.len() as u64);
+            prop_assert_eq!(chunks.len() as u32, totals.chunks);
+            prop_assert!(chunks.iter().rev().skip(1).all(|c| c.data.len() == chunk));
+            prop_assert!(chunks.iter().enumerate().all(|(i, c)| c.seq as usize == i));
+            let mut whole = Sha256::new();
+            for c in &chunks {
+                prop_assert_eq!(hex::encode(Sha256::digest(&c.data)), c.sha256.clone());
+                whole.update(&c.data);
+            }
+            prop_assert_eq!(hex::encode(whole.finalize()), totals.sha256);
+            let back = unchunked(chunks.into_iter().map(|c| c.data).collect()).expect("decompress");
+            prop_assert!(back == data);
+        }
+
+        /// A stored stream cut anywhere before its end (a lost last chunk, a short object) is refused as
+        /// truncated; it never decompresses "successfully" into a prefix of the data.
+        #[test]
+        fn truncated_streams_are_refused(data in proptest::collection::vec(any::<u8>(), 1..100_000), cut in 0.0f64..1.0) {
+            let (chunks, _) = chunked(&data, 8192, 3);
+            let stream: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
+            let keep = ((stream.len() as f64) * cut) as usize;
+            prop_assume!(keep < stream.len());
+            match unchunked(vec![Bytes::from(stream[..keep].to_vec())]) {
+                Err(e) => prop_assert!(is_truncated(&e), "{}", e),
+                Ok(out) => prop_assert!(false, "a truncated stream decompressed to {} bytes", out.len()),
+            }
+        }
+    }
 
     #[test]
     fn chunks_round_trip_and_hash() {

@@ -244,8 +244,8 @@ async fn run_inner(
         let (down_res, write_res, dec_res) = tokio::join!(downloader, file_writer, decompressor);
         let staged = async {
             down_res?;
+            decompressed(dec_res)?;
             let written = write_res?;
-            dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
             rep.log("info", format!("archive staged ({written} bytes); pg_restore with {} jobs", task.parallel_jobs))
                 .await;
             let mut run =
@@ -284,11 +284,12 @@ async fn run_inner(
         let tail = stderr_task.await.unwrap_or_default();
         drop(run);
         down_res?;
+        // A stream that does not decompress whole is the cause, whatever the tool made of the part it got.
+        let decompressed = decompressed(dec_res)?;
         if !status.success() {
             return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
         }
         let written = write_res?;
-        let decompressed = dec_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
         if written != decompressed {
             return Err(PipelineError::Integrity(format!("decompressed {decompressed} bytes but wrote {written}")));
         }
@@ -317,4 +318,14 @@ async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> 
         return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
     }
     Ok(tool)
+}
+
+/// The decompressor's outcome: a stream that is not complete zstd is an integrity failure, not an i/o one.
+fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> PipelineResult<u64> {
+    match r {
+        Ok(Ok(n)) => Ok(n),
+        Ok(Err(e)) if chunker::is_truncated(&e) => Err(PipelineError::Integrity(e.to_string())),
+        Ok(Err(e)) => Err(PipelineError::Io(e)),
+        Err(e) => Err(PipelineError::Io(std::io::Error::other(e))),
+    }
 }

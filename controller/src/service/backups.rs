@@ -179,9 +179,14 @@ impl BackupsService {
             if let Some((worker, forward)) = dec {
                 let res = worker.await;
                 let _ = forward.await;
-                if !matches!(res, Ok(Ok(_))) {
-                    let _ =
-                        tx.send(Err(ControllerError::DataLoss("the stored stream does not decompress".into()))).await;
+                let failure = match res {
+                    Ok(Ok(_)) => None,
+                    Ok(Err(e)) if dg_common::chunk::is_truncated(&e) => Some(e.to_string()),
+                    Ok(Err(e)) => Some(format!("the stored stream does not decompress: {e}")),
+                    Err(e) => Some(format!("the stored stream does not decompress: {e}")),
+                };
+                if let Some(msg) = failure {
+                    let _ = tx.send(Err(ControllerError::DataLoss(msg))).await;
                 }
             }
         });
