@@ -181,6 +181,7 @@ impl DispatchTask {
                     compression_workers: self.settings.compression_workers,
                     encryption_key_id: job.encryption_key_id.clone(),
                     include_globals: job.include_globals,
+                    datasource_id: ds.id.to_string(),
                 })
             }
             Operation::Restore => self.restore_task(ex, &ds).await?,

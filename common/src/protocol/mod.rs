@@ -1,0 +1,488 @@
+//! The agent protocol as domain types, shared by the controller and the agent: what an assignment asks for
+//! ([`Assignment`], [`Plan`]) and what an agent reports back ([`AgentReport`]). The generated `pb` messages
+//! appear only in [`wire`], which converts them: `TryFrom<pb::…>` on the receiving side is the one place
+//! protocol input is validated (an error names the field), `From<…> for pb::…` on the sending side.
+//!
+//! It lives in `dg-common` rather than `dg-proto` because it needs what `dg-common` owns (ids, the storage
+//! configuration, the object key layout), and `dg-proto` stays generated code plus the descriptor set.
+//!
+//! Everything an agent needs is a field: the attempt, the datasource, the object key layout, the decided
+//! target-database plan of a restore, and chunk size, level and concurrency already clamped to what the
+//! agent accepts. Nothing is parsed back out of an object key.
+
+pub mod wire;
+
+use std::collections::HashMap;
+
+use crate::{
+    ids::{DatasourceId, ExecutionId, StorageId},
+    manifest,
+    store::StoreConfig,
+};
+
+/// Why a protocol message was refused: the field (dotted path) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ProtocolError {
+    /// The offending field, e.g. `backup.source.port`.
+    pub field: String,
+    /// What is wrong, lowercase.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    /// The same error one level down: `parent.field`.
+    pub fn within(self, parent: &str) -> Self {
+        Self { field: format!("{parent}.{}", self.field), message: self.message }
+    }
+}
+
+impl crate::error::ServiceError for ProtocolError {
+    fn error_code(&self) -> crate::error::ErrorCode {
+        crate::error::ErrorCode::InvalidArgument
+    }
+}
+
+/// Result of decoding a protocol message.
+pub type ProtocolResult<T> = Result<T, ProtocolError>;
+
+/// The attempt number of an execution, from 1. Every report names the attempt it belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Attempt(pub u32);
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One attempt of one execution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecutionRef {
+    /// The execution.
+    pub id: ExecutionId,
+    /// Its attempt.
+    pub attempt: Attempt,
+}
+
+/// Database engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Engine {
+    /// PostgreSQL (`pg_dump`, `pg_restore`, `psql`).
+    Postgres,
+    /// MySQL (`mysqldump`, `mysql`).
+    Mysql,
+    /// MariaDB (`mariadb-dump`, `mariadb`).
+    Mariadb,
+}
+
+impl Engine {
+    /// Short name for manifests and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Postgres => "postgres",
+            Engine::Mysql => "mysql",
+            Engine::Mariadb => "mariadb",
+        }
+    }
+}
+
+/// How to use TLS towards a database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum TlsMode {
+    /// Never.
+    Disable,
+    /// When the server offers it.
+    #[default]
+    Prefer,
+    /// Always, without checking the certificate.
+    Require,
+    /// Always, checking the certificate and the host name.
+    VerifyFull,
+}
+
+/// A database the agent connects to, with the credentials for this one job. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseTarget {
+    /// Engine.
+    pub engine: Engine,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+    /// User.
+    pub username: String,
+    /// Password (may be empty).
+    pub password: String,
+    /// TLS mode.
+    pub tls_mode: TlsMode,
+}
+
+impl std::fmt::Debug for DatabaseTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseTarget")
+            .field("engine", &self.engine)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("username", &self.username)
+            .field("tls_mode", &self.tls_mode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A storage an agent writes to or reads from, with its credentials (`StoreConfig`'s `Debug` hides them).
+#[derive(Clone, Debug)]
+pub struct StorageTarget {
+    /// Storage id.
+    pub id: StorageId,
+    /// How to reach it.
+    pub config: StoreConfig,
+}
+
+/// How a backup uses several storages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// The first storage that accepts a probe takes the backup; the dump runs again into the next one if it
+    /// fails part-way.
+    Fallback,
+    /// Every chunk goes to every storage that works.
+    Replicate,
+}
+
+/// Where the objects of one attempt live: `<datasource>/<execution>/<attempt>/…`, from ids only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLayout {
+    /// The datasource backed up.
+    pub datasource: DatasourceId,
+    /// The execution and attempt.
+    pub execution: ExecutionRef,
+}
+
+impl ObjectLayout {
+    /// The attempt's key prefix.
+    pub fn prefix(&self) -> String {
+        manifest::attempt_prefix(self.datasource, self.execution.id, self.execution.attempt.0)
+    }
+
+    /// The key of chunk `seq`.
+    pub fn chunk_key(&self, seq: u32) -> String {
+        manifest::chunk_key(&self.prefix(), seq)
+    }
+
+    /// The manifest's key.
+    pub fn manifest_key(&self) -> String {
+        manifest::manifest_key(&self.prefix())
+    }
+
+    /// The PostgreSQL globals object's key.
+    pub fn globals_key(&self) -> String {
+        manifest::globals_key(&self.prefix())
+    }
+
+    /// The key of the probe object written to test a storage before a backup.
+    pub fn probe_key(&self) -> String {
+        format!("{}/.probe", self.prefix())
+    }
+}
+
+/// Chunk size bounds an agent accepts (bytes).
+pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(256 << 20);
+/// zstd levels an agent accepts; 0 on the wire means the default.
+pub const LEVEL_RANGE: std::ops::RangeInclusive<i32> = 1..=19;
+/// Default zstd level.
+pub const DEFAULT_LEVEL: i32 = 3;
+/// Concurrent uploads an agent accepts.
+pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
+/// Largest zstd worker count.
+pub const MAX_WORKERS: u32 = 16;
+
+/// A backup to run.
+#[derive(Clone, Debug)]
+pub struct BackupPlan {
+    /// The database to dump.
+    pub source: DatabaseTarget,
+    /// Storages in the job's order (at least one).
+    pub storages: Vec<StorageTarget>,
+    /// Strategy over them.
+    pub strategy: Strategy,
+    /// Where the attempt's objects go.
+    pub layout: ObjectLayout,
+    /// zstd level, within [`LEVEL_RANGE`].
+    pub compression_level: i32,
+    /// Stored chunk size, within [`CHUNK_SIZE_RANGE`].
+    pub chunk_size: u64,
+    /// Concurrent uploads per storage, within [`CONCURRENCY_RANGE`].
+    pub upload_concurrency: u32,
+    /// zstd worker threads (0: on the pipeline thread), at most [`MAX_WORKERS`].
+    pub compression_workers: u32,
+    /// Agent-held key that wraps the backup's data key; `None`: not encrypted.
+    pub encryption_key_id: Option<String>,
+    /// PostgreSQL: also store the cluster globals.
+    pub include_globals: bool,
+}
+
+/// A stored chunk to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// Position in the stream, from 0.
+    pub seq: u32,
+    /// Object key.
+    pub key: String,
+    /// Stored size.
+    pub size: u64,
+    /// Hex sha256 of the stored bytes (64 lowercase hex characters).
+    pub sha256: String,
+}
+
+/// What happens to the target database of a restore, decided by the controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetDatabasePlan {
+    /// Restore into the database as it is; it must exist.
+    Existing {
+        /// Drop the objects the backup contains before restoring them.
+        drop_existing: bool,
+    },
+    /// Create the database when missing, then restore.
+    CreateIfMissing {
+        /// Drop the objects the backup contains before restoring them.
+        drop_existing: bool,
+    },
+    /// A scratch database for a verification restore: it must not exist, is created, and is dropped
+    /// afterwards whatever the outcome.
+    Scratch,
+}
+
+impl TargetDatabasePlan {
+    /// The plan for a restore request's options.
+    pub fn decide(create_database: bool, drop_existing: bool, verification: bool) -> Self {
+        match (verification, create_database) {
+            (true, _) => TargetDatabasePlan::Scratch,
+            (false, true) => TargetDatabasePlan::CreateIfMissing { drop_existing },
+            (false, false) => TargetDatabasePlan::Existing { drop_existing },
+        }
+    }
+
+    /// Whether the database is created when missing.
+    pub fn creates(self) -> bool {
+        !matches!(self, TargetDatabasePlan::Existing { .. })
+    }
+
+    /// Whether existing objects are dropped first.
+    pub fn drops_existing(self) -> bool {
+        matches!(
+            self,
+            TargetDatabasePlan::Existing { drop_existing: true }
+                | TargetDatabasePlan::CreateIfMissing { drop_existing: true }
+        )
+    }
+
+    /// Whether the database is a scratch one, dropped after the restore.
+    pub fn is_scratch(self) -> bool {
+        self == TargetDatabasePlan::Scratch
+    }
+}
+
+/// A restore to run.
+#[derive(Clone, Debug)]
+pub struct RestorePlan {
+    /// The database to restore into (its `database` is the target database).
+    pub target: DatabaseTarget,
+    /// What happens to that database.
+    pub target_plan: TargetDatabasePlan,
+    /// Storages holding a complete copy, in preference order (at least one).
+    pub storages: Vec<StorageTarget>,
+    /// Chunks in stream order (seq 0, 1, …).
+    pub chunks: Vec<ChunkRef>,
+    /// Hex sha256 of the whole stored stream.
+    pub sha256: String,
+    /// Engine the backup was taken from.
+    pub source_engine: Engine,
+    /// Manifest object key (encryption details).
+    pub manifest_key: String,
+    /// PostgreSQL parallel restore jobs (1: stream from a pipe).
+    pub parallel_jobs: u32,
+    /// PostgreSQL: replay the stored globals first.
+    pub restore_globals: bool,
+}
+
+/// What an assignment asks for.
+#[derive(Clone, Debug)]
+pub enum Plan {
+    /// A backup.
+    Backup(BackupPlan),
+    /// A restore.
+    Restore(RestorePlan),
+}
+
+/// One attempt of an execution handed to an agent.
+#[derive(Clone, Debug)]
+pub struct Assignment {
+    /// The attempt.
+    pub execution: ExecutionRef,
+    /// W3C trace context of the controller's span.
+    pub trace_context: HashMap<String, String>,
+    /// What to do.
+    pub plan: Plan,
+}
+
+/// A chunk is durably stored in one storage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkStored {
+    /// The attempt.
+    pub execution: ExecutionRef,
+    /// The storage holding it.
+    pub storage: StorageId,
+    /// Position in the stream.
+    pub seq: u32,
+    /// Object key.
+    pub key: String,
+    /// Stored size.
+    pub size: u64,
+    /// Hex sha256 of the stored bytes.
+    pub sha256: String,
+    /// Uncompressed bytes it carries (approximate).
+    pub raw_bytes: u64,
+}
+
+/// Progress of a running attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    /// The attempt.
+    pub execution: ExecutionRef,
+    /// Uncompressed bytes so far.
+    pub raw_bytes: u64,
+    /// Stored bytes so far.
+    pub stored_bytes: u64,
+    /// Chunks stored so far.
+    pub chunks: u32,
+}
+
+/// Severity of an execution log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Information.
+    Info,
+    /// Something that did not fail the execution.
+    Warn,
+    /// A failure.
+    Error,
+}
+
+impl LogLevel {
+    /// Its name on the wire and in the execution log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// A log line of a running attempt (secrets already redacted).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogReport {
+    /// The attempt.
+    pub execution: ExecutionRef,
+    /// Severity.
+    pub level: LogLevel,
+    /// Text, at most [`MAX_LOG_CHARS`] characters.
+    pub message: String,
+}
+
+/// Longest log line or error kept.
+pub const MAX_LOG_CHARS: usize = 8192;
+/// Most warnings kept per backup, and their longest text.
+pub const MAX_WARNINGS: usize = 32;
+/// Longest warning kept.
+pub const MAX_WARNING_CHARS: usize = 1024;
+
+/// What a finished backup produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupResult {
+    /// Uncompressed dump bytes.
+    pub raw_bytes: u64,
+    /// Stored bytes of one copy.
+    pub stored_bytes: u64,
+    /// Chunks in one copy.
+    pub chunk_count: u32,
+    /// Hex sha256 of the whole stored stream.
+    pub sha256: String,
+    /// Manifest object key (the same in every storage).
+    pub manifest_key: String,
+    /// Storages holding a complete copy.
+    pub storages: Vec<StorageId>,
+    /// Dump tool and version.
+    pub tool_version: String,
+    /// Database server version.
+    pub server_version: String,
+    /// Problems that did not fail the backup.
+    pub warnings: Vec<String>,
+    /// Key id the chunks are encrypted with.
+    pub encryption_key_id: Option<String>,
+}
+
+/// What a finished restore did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreResult {
+    /// Bytes fed to the restore tool.
+    pub raw_bytes: u64,
+    /// Restore tool and version.
+    pub tool_version: String,
+}
+
+/// Everything an agent reports about the attempts it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentReport {
+    /// A chunk is stored.
+    ChunkStored(ChunkStored),
+    /// Progress.
+    Progress(Progress),
+    /// A log line.
+    Log(LogReport),
+    /// A backup attempt finished.
+    BackupCompleted {
+        /// The attempt.
+        execution: ExecutionRef,
+        /// What it produced.
+        result: BackupResult,
+    },
+    /// A restore attempt finished.
+    RestoreCompleted {
+        /// The attempt.
+        execution: ExecutionRef,
+        /// What it did.
+        result: RestoreResult,
+    },
+    /// An attempt failed, or stopped because it was cancelled.
+    Failed {
+        /// The attempt.
+        execution: ExecutionRef,
+        /// Readable error, secrets redacted.
+        error: String,
+        /// It stopped because of a cancellation.
+        cancelled: bool,
+    },
+}
+
+impl AgentReport {
+    /// The attempt the report is about.
+    pub fn execution(&self) -> ExecutionRef {
+        match self {
+            AgentReport::ChunkStored(c) => c.execution,
+            AgentReport::Progress(p) => p.execution,
+            AgentReport::Log(l) => l.execution,
+            AgentReport::BackupCompleted { execution, .. }
+            | AgentReport::RestoreCompleted { execution, .. }
+            | AgentReport::Failed { execution, .. } => *execution,
+        }
+    }
+}

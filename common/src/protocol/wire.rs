@@ -1,0 +1,782 @@
+//! Conversions between the protocol model and the generated `pb` messages. Receiving is `TryFrom` (the only
+//! validation of protocol input; an error names the field), sending is `From`. Only the two connection
+//! modules (the controller's session handling and the agent's session) call these.
+
+use dg_proto::v1 as pb;
+
+use super::{
+    AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkRef,
+    ChunkStored, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE, LogLevel, LogReport, MAX_LOG_CHARS,
+    MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan, Progress, ProtocolError, ProtocolResult,
+    RestorePlan, RestoreResult, StorageTarget, Strategy, TargetDatabasePlan, TlsMode,
+};
+use crate::{
+    ids::{DatasourceId, ExecutionId, StorageId},
+    store::{self, StoreConfig},
+};
+
+/// Most storages an assignment may name.
+const MAX_STORAGES: usize = 16;
+/// Most chunks a restore may name (256 MiB chunks: 256 TiB).
+const MAX_CHUNKS: usize = 1 << 20;
+
+fn required<T>(v: Option<T>, field: &str) -> ProtocolResult<T> {
+    v.ok_or_else(|| ProtocolError::new(field, "is required"))
+}
+
+fn uuid_field<T: From<uuid::Uuid>>(field: &str, s: &str) -> ProtocolResult<T> {
+    uuid::Uuid::parse_str(s).map(T::from).map_err(|_| ProtocolError::new(field, "must be a UUID"))
+}
+
+fn sha256_field(field: &str, s: &str) -> ProtocolResult<String> {
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        Ok(s.to_owned())
+    } else {
+        Err(ProtocolError::new(field, "must be 64 lowercase hex characters"))
+    }
+}
+
+/// Printable text of at most `max` characters (control characters other than tab dropped).
+fn text(s: &str, max: usize) -> String {
+    s.chars().filter(|c| *c == '\t' || !c.is_control()).take(max).collect()
+}
+
+/// An object key from the wire: relative, no `..`, no empty segment, no backslash or control character.
+fn key_field(field: &str, s: &str) -> ProtocolResult<String> {
+    let ok = !s.is_empty()
+        && s.len() <= 1024
+        && !s.starts_with('/')
+        && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+        && !s.chars().any(|c| c == '\\' || c.is_control());
+    if ok { Ok(s.to_owned()) } else { Err(ProtocolError::new(field, "must be a relative object key")) }
+}
+
+// ---- identities ---------------------------------------------------------------------------------------------
+
+impl TryFrom<pb::ExecutionRef> for ExecutionRef {
+    type Error = ProtocolError;
+    fn try_from(r: pb::ExecutionRef) -> ProtocolResult<Self> {
+        let id: ExecutionId = uuid_field("execution_id", &r.execution_id)?;
+        if r.attempt == 0 {
+            return Err(ProtocolError::new("attempt", "must be at least 1"));
+        }
+        Ok(Self { id, attempt: Attempt(r.attempt) })
+    }
+}
+
+impl From<ExecutionRef> for pb::ExecutionRef {
+    fn from(r: ExecutionRef) -> Self {
+        pb::ExecutionRef { execution_id: r.id.to_string(), attempt: r.attempt.0 }
+    }
+}
+
+fn execution_field(r: Option<pb::ExecutionRef>) -> ProtocolResult<ExecutionRef> {
+    ExecutionRef::try_from(required(r, "execution")?).map_err(|e| e.within("execution"))
+}
+
+// ---- enums --------------------------------------------------------------------------------------------------
+
+impl TryFrom<i32> for Engine {
+    type Error = ProtocolError;
+    fn try_from(v: i32) -> ProtocolResult<Self> {
+        match pb::Engine::try_from(v) {
+            Ok(pb::Engine::Postgres) => Ok(Engine::Postgres),
+            Ok(pb::Engine::Mysql) => Ok(Engine::Mysql),
+            Ok(pb::Engine::Mariadb) => Ok(Engine::Mariadb),
+            _ => Err(ProtocolError::new("engine", format!("unknown engine {v}"))),
+        }
+    }
+}
+
+impl From<Engine> for pb::Engine {
+    fn from(e: Engine) -> Self {
+        match e {
+            Engine::Postgres => pb::Engine::Postgres,
+            Engine::Mysql => pb::Engine::Mysql,
+            Engine::Mariadb => pb::Engine::Mariadb,
+        }
+    }
+}
+
+impl TryFrom<i32> for TlsMode {
+    type Error = ProtocolError;
+    fn try_from(v: i32) -> ProtocolResult<Self> {
+        match pb::TlsMode::try_from(v) {
+            Ok(pb::TlsMode::Unspecified | pb::TlsMode::Prefer) => Ok(TlsMode::Prefer),
+            Ok(pb::TlsMode::Disable) => Ok(TlsMode::Disable),
+            Ok(pb::TlsMode::Require) => Ok(TlsMode::Require),
+            Ok(pb::TlsMode::VerifyFull) => Ok(TlsMode::VerifyFull),
+            Err(_) => Err(ProtocolError::new("tls_mode", format!("unknown TLS mode {v}"))),
+        }
+    }
+}
+
+impl From<TlsMode> for pb::TlsMode {
+    fn from(t: TlsMode) -> Self {
+        match t {
+            TlsMode::Disable => pb::TlsMode::Disable,
+            TlsMode::Prefer => pb::TlsMode::Prefer,
+            TlsMode::Require => pb::TlsMode::Require,
+            TlsMode::VerifyFull => pb::TlsMode::VerifyFull,
+        }
+    }
+}
+
+impl TryFrom<i32> for Strategy {
+    type Error = ProtocolError;
+    fn try_from(v: i32) -> ProtocolResult<Self> {
+        match pb::StorageStrategy::try_from(v) {
+            Ok(pb::StorageStrategy::Unspecified | pb::StorageStrategy::Fallback) => Ok(Strategy::Fallback),
+            Ok(pb::StorageStrategy::Replicate) => Ok(Strategy::Replicate),
+            Err(_) => Err(ProtocolError::new("strategy", format!("unknown strategy {v}"))),
+        }
+    }
+}
+
+impl From<Strategy> for pb::StorageStrategy {
+    fn from(s: Strategy) -> Self {
+        match s {
+            Strategy::Fallback => pb::StorageStrategy::Fallback,
+            Strategy::Replicate => pb::StorageStrategy::Replicate,
+        }
+    }
+}
+
+// ---- targets ------------------------------------------------------------------------------------------------
+
+impl TryFrom<pb::DatabaseTarget> for DatabaseTarget {
+    type Error = ProtocolError;
+    fn try_from(t: pb::DatabaseTarget) -> ProtocolResult<Self> {
+        let port = u16::try_from(t.port)
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| ProtocolError::new("port", "must be 1 to 65535"))?;
+        if t.host.is_empty() || t.host.len() > 253 || t.host.starts_with('-') || t.host.chars().any(char::is_control) {
+            return Err(ProtocolError::new("host", "must be a host name or address"));
+        }
+        if t.database.is_empty() || t.database.len() > 128 || t.database.starts_with('-') {
+            return Err(ProtocolError::new("database", "must be 1 to 128 characters, not starting with '-'"));
+        }
+        if t.username.is_empty() || t.username.len() > 128 || t.username.starts_with('-') {
+            return Err(ProtocolError::new("username", "must be 1 to 128 characters, not starting with '-'"));
+        }
+        if [&t.host, &t.database, &t.username, &t.password].iter().any(|s| s.contains('\0')) {
+            return Err(ProtocolError::new("database", "must not contain NUL characters"));
+        }
+        Ok(Self {
+            engine: Engine::try_from(t.engine)?,
+            host: t.host,
+            port,
+            database: t.database,
+            username: t.username,
+            password: t.password,
+            tls_mode: TlsMode::try_from(t.tls_mode)?,
+        })
+    }
+}
+
+impl From<DatabaseTarget> for pb::DatabaseTarget {
+    fn from(t: DatabaseTarget) -> Self {
+        pb::DatabaseTarget {
+            engine: pb::Engine::from(t.engine) as i32,
+            host: t.host,
+            port: u32::from(t.port),
+            database: t.database,
+            username: t.username,
+            password: t.password,
+            tls_mode: pb::TlsMode::from(t.tls_mode) as i32,
+        }
+    }
+}
+
+impl TryFrom<pb::StorageTarget> for StorageTarget {
+    type Error = ProtocolError;
+    fn try_from(t: pb::StorageTarget) -> ProtocolResult<Self> {
+        let id: StorageId = uuid_field("storage_id", &t.storage_id)?;
+        let config = store::from_target(&t).map_err(|e| ProtocolError::new("config", e.0))?;
+        Ok(Self { id, config })
+    }
+}
+
+impl From<StorageTarget> for pb::StorageTarget {
+    fn from(t: StorageTarget) -> Self {
+        // The agent running the task is the one a local storage names; it needs no id of its own here.
+        store::to_target(t.id.to_string(), t.config, String::new())
+    }
+}
+
+fn storages_field(list: Vec<pb::StorageTarget>) -> ProtocolResult<Vec<StorageTarget>> {
+    if list.is_empty() || list.len() > MAX_STORAGES {
+        return Err(ProtocolError::new("storages", format!("must name 1 to {MAX_STORAGES} storages")));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, s)| StorageTarget::try_from(s).map_err(|e| e.within(&format!("storages[{i}]"))))
+        .collect()
+}
+
+// ---- plans --------------------------------------------------------------------------------------------------
+
+/// Reads the attempt prefix the controller sent; it must be exactly the one the ids dictate.
+fn layout_field(prefix: &str, datasource: &str, execution: ExecutionRef) -> ProtocolResult<ObjectLayout> {
+    let datasource: DatasourceId = uuid_field("datasource_id", datasource)?;
+    let layout = ObjectLayout { datasource, execution };
+    if prefix != layout.prefix() {
+        return Err(ProtocolError::new("key_prefix", "must be <datasource>/<execution>/<attempt> of this assignment"));
+    }
+    Ok(layout)
+}
+
+fn backup_plan(t: pb::BackupTask, execution: ExecutionRef) -> ProtocolResult<BackupPlan> {
+    let source = DatabaseTarget::try_from(required(t.source, "source")?).map_err(|e| e.within("source"))?;
+    let encryption_key_id = match t.encryption_key_id.as_str() {
+        "" => None,
+        k if k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+            Some(k.to_owned())
+        }
+        _ => return Err(ProtocolError::new("encryption_key_id", "must be 1 to 64 of [A-Za-z0-9_-]")),
+    };
+    Ok(BackupPlan {
+        layout: layout_field(&t.key_prefix, &t.datasource_id, execution)?,
+        source,
+        storages: storages_field(t.storages)?,
+        strategy: Strategy::try_from(t.strategy)?,
+        compression_level: if LEVEL_RANGE.contains(&t.compression_level) { t.compression_level } else { DEFAULT_LEVEL },
+        chunk_size: t.chunk_size.clamp(*CHUNK_SIZE_RANGE.start(), *CHUNK_SIZE_RANGE.end()),
+        upload_concurrency: t.upload_concurrency.clamp(*CONCURRENCY_RANGE.start(), *CONCURRENCY_RANGE.end()),
+        compression_workers: t.compression_workers.min(MAX_WORKERS),
+        encryption_key_id,
+        include_globals: t.include_globals,
+    })
+}
+
+impl From<BackupPlan> for pb::BackupTask {
+    fn from(p: BackupPlan) -> Self {
+        pb::BackupTask {
+            source: Some(p.source.into()),
+            storages: p.storages.into_iter().map(Into::into).collect(),
+            strategy: pb::StorageStrategy::from(p.strategy) as i32,
+            key_prefix: p.layout.prefix(),
+            compression_level: p.compression_level,
+            chunk_size: p.chunk_size,
+            upload_concurrency: p.upload_concurrency,
+            compression_workers: p.compression_workers,
+            encryption_key_id: p.encryption_key_id.unwrap_or_default(),
+            include_globals: p.include_globals,
+            datasource_id: p.layout.datasource.to_string(),
+        }
+    }
+}
+
+impl TryFrom<pb::ChunkRef> for ChunkRef {
+    type Error = ProtocolError;
+    fn try_from(c: pb::ChunkRef) -> ProtocolResult<Self> {
+        Ok(Self {
+            seq: c.seq,
+            key: key_field("key", &c.key)?,
+            size: c.size,
+            sha256: sha256_field("sha256", &c.sha256)?,
+        })
+    }
+}
+
+impl From<ChunkRef> for pb::ChunkRef {
+    fn from(c: ChunkRef) -> Self {
+        pb::ChunkRef { seq: c.seq, key: c.key, size: c.size, sha256: c.sha256 }
+    }
+}
+
+fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
+    let target = DatabaseTarget::try_from(required(t.target, "target")?).map_err(|e| e.within("target"))?;
+    if t.chunks.len() > MAX_CHUNKS {
+        return Err(ProtocolError::new("chunks", format!("must list at most {MAX_CHUNKS} chunks")));
+    }
+    let chunks = t
+        .chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let c = ChunkRef::try_from(c).map_err(|e| e.within(&format!("chunks[{i}]")))?;
+            if c.seq as usize != i {
+                return Err(ProtocolError::new(format!("chunks[{i}].seq"), "chunks must be listed in order from 0"));
+            }
+            Ok(c)
+        })
+        .collect::<ProtocolResult<Vec<_>>>()?;
+    if chunks.is_empty() {
+        return Err(ProtocolError::new("chunks", "must list at least one chunk"));
+    }
+    if t.drop_after && (t.drop_existing || !t.create_database) {
+        return Err(ProtocolError::new("drop_after", "a scratch database is created new and never cleaned first"));
+    }
+    Ok(RestorePlan {
+        target_plan: TargetDatabasePlan::decide(t.create_database, t.drop_existing, t.drop_after),
+        target,
+        storages: storages_field(t.storages)?,
+        chunks,
+        sha256: sha256_field("sha256", &t.sha256)?,
+        source_engine: Engine::try_from(t.source_engine).map_err(|e| e.within("source"))?,
+        manifest_key: key_field("manifest_key", &t.manifest_key)?,
+        parallel_jobs: t.parallel_jobs.clamp(1, 64),
+        restore_globals: t.restore_globals,
+    })
+}
+
+impl From<RestorePlan> for pb::RestoreTask {
+    fn from(p: RestorePlan) -> Self {
+        pb::RestoreTask {
+            target: Some(p.target.into()),
+            storages: p.storages.into_iter().map(Into::into).collect(),
+            chunks: p.chunks.into_iter().map(Into::into).collect(),
+            sha256: p.sha256,
+            create_database: p.target_plan.creates(),
+            drop_existing: p.target_plan.drops_existing(),
+            source_engine: pb::Engine::from(p.source_engine) as i32,
+            drop_after: p.target_plan.is_scratch(),
+            manifest_key: p.manifest_key,
+            parallel_jobs: p.parallel_jobs,
+            restore_globals: p.restore_globals,
+        }
+    }
+}
+
+impl TryFrom<pb::Assign> for Assignment {
+    type Error = ProtocolError;
+    fn try_from(a: pb::Assign) -> ProtocolResult<Self> {
+        let execution = ExecutionRef::try_from(pb::ExecutionRef { execution_id: a.execution_id, attempt: a.attempt })?;
+        let plan = match required(a.task, "task")? {
+            pb::assign::Task::Backup(t) => Plan::Backup(backup_plan(t, execution).map_err(|e| e.within("backup"))?),
+            pb::assign::Task::Restore(t) => Plan::Restore(restore_plan(t).map_err(|e| e.within("restore"))?),
+        };
+        let trace_context =
+            a.trace_context.into_iter().take(8).filter(|(k, v)| k.len() <= 64 && v.len() <= 512).collect();
+        Ok(Self { execution, trace_context, plan })
+    }
+}
+
+impl From<Assignment> for pb::Assign {
+    fn from(a: Assignment) -> Self {
+        pb::Assign {
+            execution_id: a.execution.id.to_string(),
+            attempt: a.execution.attempt.0,
+            trace_context: a.trace_context,
+            task: Some(match a.plan {
+                Plan::Backup(p) => pb::assign::Task::Backup(p.into()),
+                Plan::Restore(p) => pb::assign::Task::Restore(p.into()),
+            }),
+        }
+    }
+}
+
+// ---- reports ------------------------------------------------------------------------------------------------
+
+fn backup_result(b: pb::BackupResult) -> ProtocolResult<BackupResult> {
+    let storages = b
+        .storage_ids
+        .iter()
+        .enumerate()
+        .map(|(i, s)| uuid_field(&format!("storage_ids[{i}]"), s))
+        .collect::<ProtocolResult<Vec<StorageId>>>()?;
+    if storages.is_empty() || storages.len() > MAX_STORAGES {
+        return Err(ProtocolError::new("storage_ids", format!("must name 1 to {MAX_STORAGES} storages")));
+    }
+    Ok(BackupResult {
+        raw_bytes: b.raw_bytes,
+        stored_bytes: b.stored_bytes,
+        chunk_count: b.chunk_count,
+        sha256: sha256_field("sha256", &b.sha256)?,
+        manifest_key: key_field("manifest_key", &b.manifest_key)?,
+        storages,
+        tool_version: text(&b.tool_version, 256),
+        server_version: text(&b.server_version, 256),
+        warnings: b.warnings.iter().take(MAX_WARNINGS).map(|w| text(w, MAX_WARNING_CHARS)).collect(),
+        encryption_key_id: (!b.encryption_key_id.is_empty()).then(|| text(&b.encryption_key_id, 64)),
+    })
+}
+
+impl From<BackupResult> for pb::BackupResult {
+    fn from(b: BackupResult) -> Self {
+        pb::BackupResult {
+            raw_bytes: b.raw_bytes,
+            stored_bytes: b.stored_bytes,
+            chunk_count: b.chunk_count,
+            sha256: b.sha256,
+            manifest_key: b.manifest_key,
+            storage_ids: b.storages.iter().map(ToString::to_string).collect(),
+            tool_version: b.tool_version,
+            server_version: b.server_version,
+            warnings: b.warnings,
+            encryption_key_id: b.encryption_key_id.unwrap_or_default(),
+        }
+    }
+}
+
+/// The report an agent message carries, or `None` for the session-level kinds (Hello, Heartbeat, request
+/// answers), which the session layer handles itself.
+pub fn report_of(m: pb::agent_message::Kind) -> Option<ProtocolResult<AgentReport>> {
+    use pb::agent_message::Kind;
+    Some(match m {
+        Kind::ChunkReported(c) => chunk_stored(c).map(AgentReport::ChunkStored).map_err(|e| e.within("chunk_reported")),
+        Kind::Progress(p) => execution_field(p.execution)
+            .map(|execution| {
+                AgentReport::Progress(Progress {
+                    execution,
+                    raw_bytes: p.raw_bytes,
+                    stored_bytes: p.stored_bytes,
+                    chunks: p.chunks,
+                })
+            })
+            .map_err(|e| e.within("progress")),
+        Kind::Log(l) => execution_field(l.execution)
+            .map(|execution| {
+                let level = match l.level.as_str() {
+                    "warn" => LogLevel::Warn,
+                    "error" => LogLevel::Error,
+                    _ => LogLevel::Info,
+                };
+                AgentReport::Log(LogReport { execution, level, message: text(&l.message, MAX_LOG_CHARS) })
+            })
+            .map_err(|e| e.within("log")),
+        Kind::Completed(c) => completed(c).map_err(|e| e.within("completed")),
+        Kind::Failed(f) => execution_field(f.execution)
+            .map(|execution| AgentReport::Failed {
+                execution,
+                error: text(&f.error, MAX_LOG_CHARS),
+                cancelled: f.cancelled,
+            })
+            .map_err(|e| e.within("failed")),
+        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) | Kind::ObjectData(_) => return None,
+    })
+}
+
+fn chunk_stored(c: pb::ChunkReported) -> ProtocolResult<ChunkStored> {
+    Ok(ChunkStored {
+        execution: execution_field(c.execution)?,
+        storage: uuid_field("storage_id", &c.storage_id)?,
+        seq: c.seq,
+        key: key_field("key", &c.key)?,
+        size: c.size,
+        sha256: sha256_field("sha256", &c.sha256)?,
+        raw_bytes: c.raw_bytes,
+    })
+}
+
+fn completed(c: pb::Completed) -> ProtocolResult<AgentReport> {
+    let execution = execution_field(c.execution)?;
+    Ok(match required(c.result, "result")? {
+        pb::completed::Result::Backup(b) => {
+            AgentReport::BackupCompleted { execution, result: backup_result(b).map_err(|e| e.within("backup"))? }
+        }
+        pb::completed::Result::Restore(r) => AgentReport::RestoreCompleted {
+            execution,
+            result: RestoreResult { raw_bytes: r.raw_bytes, tool_version: text(&r.tool_version, 256) },
+        },
+    })
+}
+
+impl From<AgentReport> for pb::agent_message::Kind {
+    fn from(r: AgentReport) -> Self {
+        use pb::agent_message::Kind;
+        match r {
+            AgentReport::ChunkStored(c) => Kind::ChunkReported(pb::ChunkReported {
+                execution: Some(c.execution.into()),
+                storage_id: c.storage.to_string(),
+                seq: c.seq,
+                key: c.key,
+                size: c.size,
+                sha256: c.sha256,
+                raw_bytes: c.raw_bytes,
+            }),
+            AgentReport::Progress(p) => Kind::Progress(pb::Progress {
+                execution: Some(p.execution.into()),
+                raw_bytes: p.raw_bytes,
+                stored_bytes: p.stored_bytes,
+                chunks: p.chunks,
+            }),
+            AgentReport::Log(l) => Kind::Log(pb::LogLine {
+                execution: Some(l.execution.into()),
+                level: l.level.as_str().to_owned(),
+                message: l.message,
+                at: Some(now_ts()),
+            }),
+            AgentReport::BackupCompleted { execution, result } => Kind::Completed(pb::Completed {
+                execution: Some(execution.into()),
+                result: Some(pb::completed::Result::Backup(result.into())),
+            }),
+            AgentReport::RestoreCompleted { execution, result } => Kind::Completed(pb::Completed {
+                execution: Some(execution.into()),
+                result: Some(pb::completed::Result::Restore(pb::RestoreResult {
+                    raw_bytes: result.raw_bytes,
+                    tool_version: result.tool_version,
+                })),
+            }),
+            AgentReport::Failed { execution, error, cancelled } => {
+                Kind::Failed(pb::Failed { execution: Some(execution.into()), error, cancelled })
+            }
+        }
+    }
+}
+
+fn now_ts() -> prost_types::Timestamp {
+    let now = chrono::Utc::now();
+    prost_types::Timestamp { seconds: now.timestamp(), nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0) }
+}
+
+/// The running attempts a heartbeat or Hello lists (malformed entries are refused as a whole).
+pub fn running_of(list: Vec<pb::ExecutionRef>) -> ProtocolResult<Vec<ExecutionRef>> {
+    if list.len() > 64 {
+        return Err(ProtocolError::new("running", "must list at most 64 attempts"));
+    }
+    list.into_iter()
+        .enumerate()
+        .map(|(i, r)| ExecutionRef::try_from(r).map_err(|e| e.within(&format!("running[{i}]"))))
+        .collect()
+}
+
+/// A storage configuration as the controller keeps it, to be sent in an assignment or a request.
+pub fn storage_target(id: StorageId, config: StoreConfig) -> StorageTarget {
+    StorageTarget { id, config }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db() -> DatabaseTarget {
+        DatabaseTarget {
+            engine: Engine::Postgres,
+            host: "db.example".into(),
+            port: 5432,
+            database: "app".into(),
+            username: "backup".into(),
+            password: "s3cret".into(),
+            tls_mode: TlsMode::Require,
+        }
+    }
+
+    fn exec() -> ExecutionRef {
+        ExecutionRef { id: ExecutionId::new(), attempt: Attempt(2) }
+    }
+
+    fn storage() -> StorageTarget {
+        StorageTarget { id: StorageId::new(), config: StoreConfig::Local { path: "/var/backups/x".into() } }
+    }
+
+    fn backup(execution: ExecutionRef) -> Assignment {
+        Assignment {
+            execution,
+            trace_context: Default::default(),
+            plan: Plan::Backup(BackupPlan {
+                source: db(),
+                storages: vec![storage()],
+                strategy: Strategy::Replicate,
+                layout: ObjectLayout { datasource: DatasourceId::new(), execution },
+                compression_level: 5,
+                chunk_size: 4 << 20,
+                upload_concurrency: 2,
+                compression_workers: 2,
+                encryption_key_id: Some("prod-2026".into()),
+                include_globals: true,
+            }),
+        }
+    }
+
+    fn sha(c: char) -> String {
+        std::iter::repeat_n(c, 64).collect()
+    }
+
+    #[test]
+    fn a_backup_assignment_round_trips_and_keeps_its_layout() {
+        let a = backup(exec());
+        let back = Assignment::try_from(pb::Assign::from(a.clone())).expect("valid");
+        assert_eq!(back.execution, a.execution);
+        let (Plan::Backup(p), Plan::Backup(q)) = (&a.plan, &back.plan) else { panic!("a backup") };
+        assert_eq!(p.layout, q.layout);
+        assert_eq!(q.layout.chunk_key(7), format!("{}/00000007.zst", p.layout.prefix()));
+        assert_eq!((q.compression_level, q.chunk_size, q.upload_concurrency), (5, 4 << 20, 2));
+        assert_eq!(q.source, p.source);
+        assert_eq!(q.storages[0].id, p.storages[0].id);
+        assert_eq!(q.encryption_key_id.as_deref(), Some("prod-2026"));
+        assert!(!format!("{q:?}").contains("s3cret"), "Debug hides the password");
+    }
+
+    #[test]
+    fn backup_settings_are_clamped_and_the_prefix_must_match_the_ids() {
+        let a = backup(exec());
+        let mut w = pb::Assign::from(a);
+        let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+        t.chunk_size = 1;
+        t.compression_level = 99;
+        t.upload_concurrency = 0;
+        t.compression_workers = 1000;
+        let Plan::Backup(p) = Assignment::try_from(w.clone()).expect("valid").plan else { panic!("a backup") };
+        assert_eq!(
+            (p.chunk_size, p.compression_level, p.upload_concurrency, p.compression_workers),
+            (1 << 20, 3, 1, 16)
+        );
+
+        let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+        t.key_prefix = format!("{}/../../etc", t.datasource_id);
+        let e = Assignment::try_from(w).expect_err("a prefix that is not the ids' is refused");
+        assert_eq!(e.field, "backup.key_prefix");
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        type Edit = Box<dyn Fn(&mut pb::Assign)>;
+        let mut cases: Vec<(&str, Edit)> = vec![
+            ("attempt", Box::new(|a| a.attempt = 0)),
+            ("execution_id", Box::new(|a| a.execution_id = "nope".into())),
+            ("task", Box::new(|a| a.task = None)),
+        ];
+        let backup_case = |f: fn(&mut pb::BackupTask)| -> Edit {
+            Box::new(move |a| {
+                if let Some(pb::assign::Task::Backup(t)) = a.task.as_mut() {
+                    f(t)
+                }
+            })
+        };
+        cases.push(("backup.source.port", backup_case(|t| t.source.as_mut().map_or((), |s| s.port = 70000))));
+        cases.push(("backup.source.engine", backup_case(|t| t.source.as_mut().map_or((), |s| s.engine = 0))));
+        cases.push((
+            "backup.source.username",
+            backup_case(|t| t.source.as_mut().map_or((), |s| s.username = "-U".into())),
+        ));
+        cases.push(("backup.source", backup_case(|t| t.source = None)));
+        cases.push(("backup.storages", backup_case(|t| t.storages.clear())));
+        cases.push(("backup.storages[0].storage_id", backup_case(|t| t.storages[0].storage_id = "x".into())));
+        cases.push(("backup.encryption_key_id", backup_case(|t| t.encryption_key_id = "../k".into())));
+        cases.push(("backup.datasource_id", backup_case(|t| t.datasource_id = String::new())));
+        for (field, f) in cases {
+            let mut w = pb::Assign::from(backup(exec()));
+            f(&mut w);
+            let e = Assignment::try_from(w).expect_err(field);
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    fn restore_task() -> pb::RestoreTask {
+        pb::RestoreTask::from(RestorePlan {
+            target: db(),
+            target_plan: TargetDatabasePlan::CreateIfMissing { drop_existing: true },
+            storages: vec![storage()],
+            chunks: (0..3)
+                .map(|seq| ChunkRef { seq, key: format!("a/b/1/{seq:08}.zst"), size: 10, sha256: sha('a') })
+                .collect(),
+            sha256: sha('b'),
+            source_engine: Engine::Postgres,
+            manifest_key: "a/b/1/manifest.json".into(),
+            parallel_jobs: 4,
+            restore_globals: false,
+        })
+    }
+
+    fn restore_assign(t: pb::RestoreTask) -> pb::Assign {
+        pb::Assign {
+            execution_id: ExecutionId::new().to_string(),
+            attempt: 1,
+            trace_context: Default::default(),
+            task: Some(pb::assign::Task::Restore(t)),
+        }
+    }
+
+    #[test]
+    fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
+        let a = Assignment::try_from(restore_assign(restore_task())).expect("valid");
+        let Plan::Restore(p) = a.plan else { panic!("a restore") };
+        assert_eq!(p.target_plan, TargetDatabasePlan::CreateIfMissing { drop_existing: true });
+        assert_eq!(p.chunks.len(), 3);
+        assert_eq!(p.parallel_jobs, 4);
+
+        let mut t = restore_task();
+        t.chunks.swap(0, 1);
+        assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("order").field, "restore.chunks[0].seq");
+        let mut t = restore_task();
+        t.chunks[2].key = "../../etc/passwd".into();
+        assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("key").field, "restore.chunks[2].key");
+        let mut t = restore_task();
+        t.chunks[1].sha256 = "ABC".into();
+        assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("sha").field, "restore.chunks[1].sha256");
+        let mut t = restore_task();
+        t.drop_after = true;
+        assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("scratch").field, "restore.drop_after");
+    }
+
+    #[test]
+    fn the_target_database_plan_covers_every_request() {
+        for create in [false, true] {
+            for drop in [false, true] {
+                let scratch = TargetDatabasePlan::decide(create, drop, true);
+                assert_eq!(scratch, TargetDatabasePlan::Scratch);
+                assert!(scratch.creates() && !scratch.drops_existing() && scratch.is_scratch());
+                let p = TargetDatabasePlan::decide(create, drop, false);
+                assert_eq!((p.creates(), p.drops_existing(), p.is_scratch()), (create, drop, false));
+                // What is sent is what is received.
+                let mut t = restore_task();
+                t.create_database = p.creates();
+                t.drop_existing = p.drops_existing();
+                let Plan::Restore(back) = Assignment::try_from(restore_assign(t)).expect("valid").plan else {
+                    panic!("a restore")
+                };
+                assert_eq!(back.target_plan, p);
+            }
+        }
+    }
+
+    #[test]
+    fn reports_round_trip_and_are_validated() {
+        let e = exec();
+        let reports = vec![
+            AgentReport::ChunkStored(ChunkStored {
+                execution: e,
+                storage: StorageId::new(),
+                seq: 3,
+                key: "a/b/2/00000003.zst".into(),
+                size: 99,
+                sha256: sha('c'),
+                raw_bytes: 1000,
+            }),
+            AgentReport::Progress(Progress { execution: e, raw_bytes: 1, stored_bytes: 2, chunks: 3 }),
+            AgentReport::Log(LogReport { execution: e, level: LogLevel::Warn, message: "careful".into() }),
+            AgentReport::BackupCompleted {
+                execution: e,
+                result: BackupResult {
+                    raw_bytes: 10,
+                    stored_bytes: 5,
+                    chunk_count: 1,
+                    sha256: sha('d'),
+                    manifest_key: "a/b/2/manifest.json".into(),
+                    storages: vec![StorageId::new()],
+                    tool_version: "pg_dump 15".into(),
+                    server_version: "15.2".into(),
+                    warnings: vec!["w".into()],
+                    encryption_key_id: None,
+                },
+            },
+            AgentReport::RestoreCompleted {
+                execution: e,
+                result: RestoreResult { raw_bytes: 7, tool_version: "x".into() },
+            },
+            AgentReport::Failed { execution: e, error: "boom".into(), cancelled: true },
+        ];
+        for r in reports {
+            let back = report_of(r.clone().into()).expect("a report").expect("valid");
+            assert_eq!(back, r);
+            assert_eq!(back.execution(), e);
+        }
+
+        let bad = pb::agent_message::Kind::ChunkReported(pb::ChunkReported {
+            execution: Some(e.into()),
+            storage_id: StorageId::new().to_string(),
+            key: "/abs".into(),
+            sha256: sha('a'),
+            ..Default::default()
+        });
+        assert_eq!(report_of(bad).expect("a report").expect_err("abs key").field, "chunk_reported.key");
+        let no_result = pb::agent_message::Kind::Completed(pb::Completed { execution: Some(e.into()), result: None });
+        assert_eq!(report_of(no_result).expect("a report").expect_err("result").field, "completed.result");
+        let no_exec = pb::agent_message::Kind::Failed(pb::Failed::default());
+        assert_eq!(report_of(no_exec).expect("a report").expect_err("execution").field, "failed.execution");
+        assert!(report_of(pb::agent_message::Kind::Heartbeat(pb::Heartbeat::default())).is_none());
+    }
+}
