@@ -26,13 +26,17 @@
 #   --env NAME=VALUE   also set NAME for the commands inside (repeatable), e.g. DG_SKIP_LINT=1
 #   -v, --verbose      stream the commands' output to the terminal too (it always goes to a log)
 #   --clean            delete the root at the end (the cached tarball stays)
+#   -h, --help         this text
 #
 # How (each step is timed; the report goes to the terminal and to WORKDIR/last-report.txt):
 #   1. Host: installs debootstrap, iptables and iproute2 from Debian if missing.
 #   2. Root: `debootstrap --variant=minbase bookworm` once, cached as WORKDIR/pristine.tar.gz; every
 #      invocation unpacks a pristine copy into WORKDIR/root (--reuse: keeps the previous one). The
 #      root gets Debian's standard apt sources (bookworm, -updates, -security), the host's
-#      resolv.conf, /etc/hosts, the hostname dgfresh.
+#      resolv.conf, /etc/hosts, the hostname dgfresh, and what any machine on this network needs:
+#      the host's local CAs (/usr/local/share/ca-certificates, e.g. a TLS-intercepting egress
+#      proxy's) and the host's variables that point tools at the system CA bundle (SSL_CERT_FILE,
+#      NODE_EXTRA_CA_CERTS, PIP_CERT …).
 #   3. "Only a Rust toolchain": the host's ~/.rustup bind-mounted read-only at /root/.rustup (no
 #      toolchain can be downloaded here), a copy of ~/.cargo/bin holding only rustup and its proxies
 #      (no cargo-nextest, nothing `cargo install`ed), an empty CARGO_HOME (crates come from
@@ -40,13 +44,15 @@
 #      RUSTUP_AUTO_INSTALL=0; then `apt-get install --no-install-recommends gcc libc6-dev git curl
 #      ca-certificates` inside. Nothing else: the README commands must install the rest themselves.
 #   4. Project: a `git clone` of the checkout at /root/dataguardian, with its uncommitted changes.
-#   5. Isolation: a network namespace of its own (loopback + a veth to the host, NAT), so the host's
-#      services on 127.0.0.1 are out of reach and only the outside (the package registries) is
-#      reachable; PID, mount, IPC and UTS namespaces, so no host process is visible and everything
-#      started inside dies at the end. /dev is a small tmpfs (null zero full random urandom tty,
-#      own devpts, /dev/shm tmpfs for PostgreSQL), /sys and /proc/sys are read-only, /tmp and /run
-#      are the root's own directories (as in a container image). All four commands of one
-#      invocation run in the same "machine", one after the other, as a developer would type them.
+#   5. Isolation: a network namespace of its own (loopback + a veth to the host, NAT, IPv4 only), so
+#      the host's services on 127.0.0.1 (and on its other addresses) are out of reach and only the
+#      outside (the package registries) is; PID, mount, IPC and UTS namespaces, so no host process
+#      is visible and everything started inside dies at the end, and all mounts are made inside the
+#      private mount namespace (they vanish with it; the host never sees them). / is a mount point,
+#      /dev a small tmpfs (null zero full random urandom tty, own devpts, /dev/shm tmpfs for
+#      PostgreSQL), /proc the namespace's own, /sys and /proc/sys read-only, /tmp and /run the
+#      root's own directories (as in a container image). All commands of one invocation run in the
+#      same "machine", one after the other, as a developer would type them.
 #   6. In /root/dataguardian, HOME=/root, login shell: deploy/demo.sh, tests/run.sh, deploy/demo.sh,
 #      tests/run.sh. Each one's full output goes to WORKDIR/logs/RUN/NAME-N.log; a failing one has
 #      its last 60 lines printed. tests/run.sh's passed/failed counts are read off cargo test's
@@ -57,7 +63,8 @@
 #
 # Needs: root, ~3 GB free in WORKDIR (more for the builds), network to the package registries
 # (deb.debian.org, crates.io, PyPI, npm), the host's rustup toolchain that rust-toolchain.toml pins.
-# Not for CI: a developer runs it on demand (a full run takes well over half an hour on 2 cores).
+# One run at a time per WORKDIR (a lock). Not for CI: a developer runs it on demand (a full run
+# builds and tests the workspace twice: count tens of minutes on 2 cores).
 # Exit status: 0 only if every command passed.
 
 # shellcheck disable=SC2317 # the cleanup functions are only called from traps; shellcheck 0.9 calls them unreachable
@@ -186,11 +193,11 @@ HOST_CARGO_BIN="${CARGO_HOME:-/root/.cargo}/bin"
 info "debootstrap $(dpkg-query -W -f='${Version}' debootstrap 2>/dev/null || echo '?'), $($IPT --version), rustup home $HOST_RUSTUP"
 
 # --- the project --------------------------------------------------------------------------------
-if [[ -z "$SRC" ]]; then
-	SRC="$(git -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null)" || die "$SCRIPT_DIR is not in a git checkout: use --src"
-fi
-SRC="$(cd "$SRC" && pwd -P)"
 hgit() { git -c safe.directory='*' "$@"; } # the checkout may belong to another user
+if [[ -z "$SRC" ]]; then
+	SRC="$(hgit -C "$SCRIPT_DIR" rev-parse --show-toplevel 2>/dev/null)" || die "$SCRIPT_DIR is not in a git checkout: use --src"
+fi
+SRC="$(cd "$SRC" 2>/dev/null && pwd -P)" || die "--src: no such directory: $SRC"
 hgit -C "$SRC" rev-parse --verify -q HEAD >/dev/null || die "$SRC is not a git checkout with a commit"
 [[ -f "$SRC/deploy/demo.sh" && -f "$SRC/tests/run.sh" ]] || die "$SRC has no deploy/demo.sh and tests/run.sh"
 COMMIT="$(hgit -C "$SRC" log -1 --format='%h %s')"
@@ -363,14 +370,18 @@ net_down() {
 		$IPT -t "${words[0]}" -D "${words[@]:1}" 2>/dev/null || warn "could not remove iptables rule: $rule"
 	done
 	IPT_RULES=()
+	if [[ "$VETH_ADDED" -eq 1 ]]; then # (its peer inside goes with it)
+		ip link del "$VETH_HOST" 2>/dev/null
+		VETH_ADDED=0
+	fi
 	if [[ "$NETNS_ADDED" -eq 1 ]]; then
 		for p in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$p" 2>/dev/null || true; done
 		ip netns del "$NS" 2>/dev/null || warn "could not delete network namespace $NS"
 		NETNS_ADDED=0
 	fi
-	if [[ "$VETH_ADDED" -eq 1 ]]; then
-		ip link show "$VETH_HOST" >/dev/null 2>&1 && { ip link del "$VETH_HOST" || warn "could not delete $VETH_HOST"; }
-		VETH_ADDED=0
+	if ip link show "$VETH_HOST" >/dev/null 2>&1; then
+		sleep 1
+		ip link show "$VETH_HOST" >/dev/null 2>&1 && warn "$VETH_HOST is still there"
 	fi
 	if [[ -n "$IP_FORWARD_ORIG" ]]; then
 		local other f others=0
@@ -390,7 +401,8 @@ net_down() {
 
 cleanup() {
 	local rc=$?
-	trap '' INT TERM HUP
+	# Finish the cleanup whatever happens now (a second Ctrl-C, a reader of our output gone).
+	trap '' INT TERM HUP PIPE
 	set +e
 	[[ -n "$TAIL_PID" ]] && kill "$TAIL_PID" 2>/dev/null
 	if [[ -n "$INTERRUPTED" && "$PHASE" == commands ]]; then
@@ -422,6 +434,7 @@ trap cleanup EXIT
 trap 'on_signal INT 130' INT
 trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
+trap 'on_signal PIPE 141' PIPE # `… | tee log` and a Ctrl-C: tee is gone before we are
 
 # bg_run LOG CMD… — run CMD in the background with its output in LOG and wait for it, so that a
 # signal to this script is acted on at once; returns CMD's exit status.
@@ -476,7 +489,12 @@ else
 		BOOTSTRAP_NOTE="debootstrap $(fmt_dur "$debootstrap_secs") + caching"
 	fi
 	t0=$SECONDS
-	safe_rm "$ROOT"
+	if [[ -e "$ROOT" ]]; then
+		info "deleting the previous root"
+		safe_rm "$ROOT"
+		info "deleted in $(fmt_dur $((SECONDS - t0)))"
+	fi
+	t0=$SECONDS
 	mkdir "$ROOT"
 	tar -C "$ROOT" --numeric-owner --xattrs --xattrs-include='*' -xpf "$TARBALL"
 	untar_secs=$((SECONDS - t0))
@@ -665,8 +683,15 @@ ipt() {
 ipt nat POSTROUTING -s "$SUBNET" ! -o "$VETH_HOST" -j MASQUERADE
 ipt filter FORWARD -i "$VETH_HOST" -s "$SUBNET" -j ACCEPT
 ipt filter FORWARD -o "$VETH_HOST" -d "$SUBNET" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
-# Nothing on the host itself (its own addresses included) is reachable from inside.
+# Nothing on the host itself (its own addresses included) is reachable from inside, except a
+# resolver of the host's that listens on one of its own addresses.
 ipt filter INPUT -i "$VETH_HOST" -j DROP
+while read -r nameserver; do
+	if ip -o -4 addr show | grep -qF " inet $nameserver/"; then
+		ipt filter INPUT -i "$VETH_HOST" -d "$nameserver" -p udp --dport 53 -j ACCEPT
+		ipt filter INPUT -i "$VETH_HOST" -d "$nameserver" -p tcp --dport 53 -j ACCEPT
+	fi
+done < <(awk '/^nameserver[ \t]+[0-9.]+$/ { print $2 }' "$ROOT/etc/resolv.conf")
 info "inside: lo + eth0 $NS_IP/30 (mtu $mtu), default via $HOST_IP, NAT out of $uplink; host services unreachable"
 info "resolver: $(awk '/^nameserver/ { printf "%s ", $2 }' "$ROOT/etc/resolv.conf")(from $RESOLV)"
 
@@ -676,6 +701,9 @@ info "resolver: $(awk '/^nameserver/ { printf "%s ", $2 }' "$ROOT/etc/resolv.con
 machine_setup() {
 	set -euo pipefail
 	local root=$1 rustup=$2 init=$3 d
+	# The root a mount point of its own, as / is on any machine (df /, findmnt / work inside).
+	mount --bind "$root" "$root"
+	mount -t proc -o nosuid,nodev,noexec proc "$root/proc"
 	mount -t tmpfs -o mode=0755,nosuid,size=16m dev "$root/dev"
 	for d in null zero full random urandom tty; do
 		: >"$root/dev/$d"
@@ -723,7 +751,7 @@ start_machine() {
 	(
 		exec 9>&-
 		exec setsid ip netns exec "$NS" unshare --pid --fork --kill-child --mount --propagation private \
-			--uts --ipc --mount-proc="$ROOT/proc" \
+			--uts --ipc \
 			/bin/bash -c "$(declare -f machine_setup); machine_setup \"\$@\"" machine_setup "$ROOT" "$HOST_RUSTUP" "$init"
 	) </dev/null >>"$LOGDIR/machine.log" 2>&1 &
 	LAUNCH_PID=$!
@@ -814,7 +842,11 @@ count_tests() {
 # run_cmd NAME RUN SCRIPT STREAM — one command inside, logged and timed, its row in the report.
 run_cmd() {
 	local name=$1 run=$2 script=$3 stream=$4 slug log rc=0 next_tick
-	slug="$(echo "$name" | sed 's|.*/||; s|\.sh$||; s|[^A-Za-z0-9]|_|g')"
+	case "$name" in
+	deploy/demo.sh) slug=demo ;;
+	tests/run.sh) slug=tests ;;
+	*) slug=cmd ;;
+	esac
 	log="$LOGDIR/$slug-$run.log"
 	CUR=${#R_NAME[@]}
 	R_NAME+=("$name") R_RUN+=("$run") R_RESULT+=("running") R_WALL+=("") R_TESTS+=("")

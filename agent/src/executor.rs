@@ -1,147 +1,79 @@
-//! Runs assigned executions: one task each, with its own cancellation token (a child of the session's), and
-//! a [`Reporter`] that turns progress into session messages tagged with the execution and attempt.
+//! Runs assigned executions: one task per [`Assignment`], with its own cancellation token (a child of the
+//! session's) and a [`Reporter`]. Reports and heartbeats go to one bounded, ordered channel ([`Outbound`]),
+//! which the session drains into the stream: no code past the session sees a wire message, and a heartbeat
+//! that no longer lists an attempt always leaves after that attempt's final report. Called by the session
+//! only (assign, refuse, cancel, heartbeat, drain).
 
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use dg_proto::v1::{self as pb, agent_message::Kind};
+use dg_common::{
+    ids::ExecutionId,
+    protocol::{Assignment, Attempt, ExecutionRef, LogLevel, Plan},
+};
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, info, info_span};
 
-use crate::{context::AgentContext, error::PipelineError, pipeline};
+use crate::{
+    context::AgentContext,
+    error::PipelineError,
+    pipeline,
+    report::{Finished, Outbound, Reporter},
+};
 
-/// Sends reports about one execution attempt.
-#[derive(Clone, Debug)]
-pub struct Reporter {
-    tx: mpsc::Sender<pb::AgentMessage>,
-    execution: pb::ExecutionRef,
-}
-
-impl Reporter {
-    /// A reporter for one attempt.
-    pub fn new(tx: mpsc::Sender<pb::AgentMessage>, execution_id: String, attempt: u32) -> Self {
-        Self { tx, execution: pb::ExecutionRef { execution_id, attempt } }
-    }
-
-    /// The execution id.
-    pub fn execution_id(&self) -> &str {
-        &self.execution.execution_id
-    }
-
-    async fn send(&self, kind: Kind) {
-        // A closed session means the controller will fail this attempt on its own; nothing to do here.
-        let _ = self.tx.send(pb::AgentMessage { kind: Some(kind) }).await;
-    }
-
-    /// A log line for operators (already free of secrets).
-    pub async fn log(&self, level: &str, message: impl Into<String>) {
-        let message = message.into();
-        match level {
-            "error" => {
-                warn!(execution_id = %self.execution.execution_id, %message, "execution error")
-            }
-            _ => info!(execution_id = %self.execution.execution_id, %message, "execution log"),
-        }
-        self.send(Kind::Log(pb::LogLine {
-            execution: Some(self.execution.clone()),
-            level: level.to_owned(),
-            message,
-            at: Some(now_ts()),
-        }))
-        .await;
-    }
-
-    /// A chunk is durably stored in a storage.
-    pub async fn chunk(&self, storage_id: &str, seq: u32, key: &str, size: u64, sha256: &str, raw_bytes: u64) {
-        self.send(Kind::ChunkReported(pb::ChunkReported {
-            execution: Some(self.execution.clone()),
-            storage_id: storage_id.to_owned(),
-            seq,
-            key: key.to_owned(),
-            size,
-            sha256: sha256.to_owned(),
-            raw_bytes,
-        }))
-        .await;
-    }
-
-    /// Progress.
-    pub async fn progress(&self, raw_bytes: u64, stored_bytes: u64, chunks: u32) {
-        self.send(Kind::Progress(pb::Progress {
-            execution: Some(self.execution.clone()),
-            raw_bytes,
-            stored_bytes,
-            chunks,
-        }))
-        .await;
-    }
-
-    async fn completed(&self, result: pb::completed::Result) {
-        self.send(Kind::Completed(pb::Completed { execution: Some(self.execution.clone()), result: Some(result) }))
-            .await;
-    }
-
-    async fn failed(&self, error: String, cancelled: bool) {
-        self.send(Kind::Failed(pb::Failed { execution: Some(self.execution.clone()), error, cancelled })).await;
-    }
-}
-
-fn now_ts() -> prost_types::Timestamp {
-    let now = chrono::Utc::now();
-    prost_types::Timestamp { seconds: now.timestamp(), nanos: i32::try_from(now.timestamp_subsec_nanos()).unwrap_or(0) }
-}
+/// Attempts running in this session, by execution.
+type Running = HashMap<ExecutionId, (Attempt, CancellationToken)>;
 
 /// Executions running in this session.
 #[derive(Clone)]
 pub struct Executor {
-    tx: mpsc::Sender<pb::AgentMessage>,
-    running: Arc<Mutex<HashMap<String, (u32, CancellationToken)>>>,
+    reports: mpsc::Sender<Outbound>,
+    running: Arc<Mutex<Running>>,
     tracker: TaskTracker,
     session: CancellationToken,
     ctx: AgentContext,
 }
 
 impl Executor {
-    /// An executor whose jobs stop when `session` is cancelled.
-    pub fn new(tx: mpsc::Sender<pb::AgentMessage>, session: CancellationToken, ctx: AgentContext) -> Self {
-        Self { tx, running: Arc::default(), tracker: TaskTracker::new(), session, ctx }
+    /// An executor whose jobs report on `reports` and stop when `session` is cancelled.
+    pub fn new(reports: mpsc::Sender<Outbound>, session: CancellationToken, ctx: AgentContext) -> Self {
+        Self { reports, running: Arc::default(), tracker: TaskTracker::new(), session, ctx }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u32, CancellationToken)>> {
-        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
+        lock(&self.running)
     }
 
-    /// What is running, for heartbeats.
-    pub fn running(&self) -> Vec<pb::ExecutionRef> {
-        self.lock()
-            .iter()
-            .map(|(id, (attempt, _))| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
-            .collect()
+    /// What is running.
+    pub fn running(&self) -> Vec<ExecutionRef> {
+        self.lock().iter().map(|(id, (attempt, _))| ExecutionRef { id: *id, attempt: *attempt }).collect()
+    }
+
+    /// Queues a heartbeat listing what runs now, behind every report already queued (an attempt leaves the
+    /// running list only after its final report is queued). False when the session is gone.
+    pub async fn heartbeat(&self) -> bool {
+        let running = self.running();
+        self.reports.send(Outbound::Heartbeat(running)).await.is_ok()
     }
 
     /// Starts an assigned execution.
-    pub fn assign(&self, a: pb::Assign) {
+    pub fn assign(&self, a: Assignment) {
+        let execution = a.execution;
         let cancel = self.session.child_token();
-        self.lock().insert(a.execution_id.clone(), (a.attempt, cancel.clone()));
-        let rep = Reporter::new(self.tx.clone(), a.execution_id.clone(), a.attempt);
-        let span = info_span!("execution", execution_id = %a.execution_id, attempt = a.attempt);
+        self.lock().insert(execution.id, (execution.attempt, cancel.clone()));
+        let rep = Reporter::new(self.reports.clone(), execution);
+        let span = info_span!("execution", execution_id = %execution.id, attempt = %execution.attempt);
         dg_common::telemetry::set_parent(&span, &a.trace_context);
         let running = self.running.clone();
-        let id = a.execution_id.clone();
         let ctx = self.ctx.clone();
         self.tracker.spawn(
             async move {
-                let result = match a.task {
-                    Some(pb::assign::Task::Backup(t)) => {
-                        pipeline::backup::run(t, &rep, &cancel, &ctx).await.map(pb::completed::Result::Backup)
-                    }
-                    Some(pb::assign::Task::Restore(t)) => {
-                        pipeline::restore::run(t, &rep, &cancel, &ctx).await.map(pb::completed::Result::Restore)
-                    }
-                    None => Err(PipelineError::Invalid("assignment without a task".into())),
+                let result = match &a.plan {
+                    Plan::Backup(p) => pipeline::backup::run(p, &rep, &cancel, &ctx).await.map(Finished::Backup),
+                    Plan::Restore(p) => pipeline::restore::run(p, &rep, &cancel, &ctx).await.map(Finished::Restore),
                 };
                 match result {
                     Ok(r) => {
@@ -149,25 +81,37 @@ impl Executor {
                         rep.completed(r).await;
                     }
                     Err(PipelineError::Cancelled) => {
-                        rep.log("warn", "cancelled").await;
+                        rep.log(LogLevel::Warn, "cancelled").await;
                         rep.failed("cancelled".into(), true).await;
                     }
                     Err(e) => {
                         let msg = e.to_string();
-                        rep.log("error", msg.clone()).await;
+                        rep.log(LogLevel::Error, msg.clone()).await;
                         rep.failed(msg, false).await;
                     }
                 }
-                running.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&id);
+                // A newer attempt of the same execution may have replaced this one meanwhile; leave it listed.
+                let mut running = lock(&running);
+                if running.get(&execution.id).is_some_and(|(attempt, _)| *attempt == execution.attempt) {
+                    running.remove(&execution.id);
+                }
             }
             .instrument(span),
         );
     }
 
+    /// Reports an attempt that cannot start (its assignment did not convert) the way a failed one is
+    /// reported, so the controller ends it at once instead of waiting for its lease to expire.
+    pub async fn refuse(&self, execution: ExecutionRef, error: String) {
+        let rep = Reporter::new(self.reports.clone(), execution);
+        rep.log(LogLevel::Error, error.clone()).await;
+        rep.failed(error, false).await;
+    }
+
     /// Stops an execution if it runs with this attempt.
-    pub fn cancel(&self, execution_id: &str, attempt: u32) {
-        if let Some((a, token)) = self.lock().get(execution_id)
-            && *a == attempt
+    pub fn cancel(&self, execution: ExecutionRef) {
+        if let Some((attempt, token)) = self.lock().get(&execution.id)
+            && *attempt == execution.attempt
         {
             token.cancel();
         }
@@ -177,5 +121,93 @@ impl Executor {
     pub async fn drain(&self, deadline: std::time::Duration) {
         self.tracker.close();
         let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
+    }
+}
+
+fn lock(running: &Mutex<Running>) -> std::sync::MutexGuard<'_, Running> {
+    running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use dg_common::{
+        ids::{DatasourceId, StorageId},
+        protocol::{AgentReport, BackupPlan, DatabaseTarget, Engine, ObjectLayout, StorageTarget, Strategy, TlsMode},
+        store::StoreConfig,
+    };
+
+    use super::*;
+
+    fn backup(execution: ExecutionRef) -> Assignment {
+        Assignment {
+            execution,
+            trace_context: Default::default(),
+            plan: Plan::Backup(BackupPlan {
+                source: DatabaseTarget {
+                    engine: Engine::Postgres,
+                    host: "db.invalid".into(),
+                    port: 5432,
+                    database: "app".into(),
+                    username: "backup".into(),
+                    password: String::new(),
+                    tls_mode: TlsMode::Disable,
+                },
+                // No local root is configured below, so the storage is refused before anything is dumped.
+                storages: vec![StorageTarget {
+                    id: StorageId::new(),
+                    config: StoreConfig::Local { path: "/x".into() },
+                }],
+                strategy: Strategy::Replicate,
+                layout: ObjectLayout { datasource: DatasourceId::new(), execution },
+                compression_level: 3,
+                chunk_size: 1 << 20,
+                upload_concurrency: 1,
+                compression_workers: 0,
+                encryption_key_id: None,
+                include_globals: false,
+            }),
+        }
+    }
+
+    async fn until_failed(rx: &mut mpsc::Receiver<Outbound>) -> Vec<AgentReport> {
+        let mut got = Vec::new();
+        while let Ok(Some(o)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            let Outbound::Report(r) = o else { continue };
+            let last = matches!(r, AgentReport::Failed { .. });
+            got.push(r);
+            if last {
+                break;
+            }
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn attempts_report_failures_for_their_own_attempt_and_leave_the_running_list() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (tx, mut rx) = mpsc::channel(16);
+        let session = CancellationToken::new();
+        let executor = Executor::new(tx, session.clone(), AgentContext::new(dir.path(), vec![], Default::default()));
+
+        let execution = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(2) };
+        executor.assign(backup(execution));
+        let got = until_failed(&mut rx).await;
+        assert!(got.iter().all(|r| r.execution() == execution), "{got:?}");
+        let Some(AgentReport::Failed { error, cancelled: false, .. }) = got.last() else { panic!("{got:?}") };
+        assert!(error.contains("no storage usable"), "{error}");
+        assert!(
+            got.iter().any(|r| matches!(r, AgentReport::Log(l) if l.level == LogLevel::Error && l.message == *error)),
+            "the failure is in the execution log too: {got:?}"
+        );
+        executor.drain(Duration::from_secs(5)).await;
+        assert!(executor.running().is_empty());
+
+        let refused = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(1) };
+        executor.refuse(refused, "invalid assignment: backup.source.port: must be 1 to 65535".into()).await;
+        let got = until_failed(&mut rx).await;
+        assert_eq!(got.len(), 2, "a log line, then the failure: {got:?}");
+        assert!(matches!(&got[1], AgentReport::Failed { execution, cancelled: false, .. } if *execution == refused));
     }
 }

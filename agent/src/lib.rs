@@ -9,6 +9,7 @@ pub mod error;
 pub mod executor;
 pub mod keys;
 pub mod pipeline;
+pub mod report;
 pub mod requests;
 pub mod session;
 pub mod state;

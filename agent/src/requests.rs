@@ -1,15 +1,26 @@
 //! Short operations the controller asks of the agent over the session (connection and storage tests, object
 //! reads for downloads, object deletes for retention and backup deletion). Each is answered by one
 //! `AgentResponse` carrying the request id; a read first streams `ObjectData` pieces of at most 1 MiB.
+//!
+//! Part of the connection edge: the request and response envelopes are `pb` messages, but the database and
+//! storage targets they carry are converted into the protocol model (`TryFrom`) before any engine or storage
+//! code sees them; a target that does not convert is answered with the conversion error in the response's
+//! `error`. Called by the session, one spawned task per request.
 
 use std::time::Duration;
 
-use dg_proto::v1::{self as pb, agent_message::Kind, agent_request, agent_response};
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use tokio::sync::mpsc;
 
-use crate::{context::AgentContext, engine, storage};
+use dg_common::protocol::{DatabaseTarget, ProtocolError, StorageTarget};
+use dg_proto::v1::{self as pb, agent_message::Kind, agent_request, agent_response};
+
+use crate::{
+    context::AgentContext,
+    engine,
+    storage::{self, OpenStorage},
+};
 
 const PIECE: usize = 1024 * 1024;
 
@@ -29,13 +40,48 @@ fn failed_test(error: String) -> pb::TestResult {
     pb::TestResult { ok: false, latency: None, error, server_version: String::new(), checked_at: Some(now()) }
 }
 
+/// The model value of a request's required target field, or the conversion error naming the field.
+fn convert<W, T>(wire: Option<W>, field: &str) -> Result<T, String>
+where
+    T: TryFrom<W, Error = ProtocolError>,
+{
+    let wire = wire.ok_or_else(|| ProtocolError::new(field, "is required").to_string())?;
+    T::try_from(wire).map_err(|e| e.within(field).to_string())
+}
+
+/// Converts a request's storage target and opens it.
+fn open_storage(wire: Option<pb::StorageTarget>, ctx: &AgentContext) -> Result<OpenStorage, String> {
+    let target: StorageTarget = convert(wire, "storage")?;
+    storage::open(&target, ctx).map_err(|e| e.to_string())
+}
+
+/// Opens a storage and writes, reads back and deletes a probe object. A storage that does not open is a
+/// failed test, not a request error.
+async fn test_storage(target: &StorageTarget, ctx: &AgentContext) -> pb::TestResult {
+    let s = match storage::open(target, ctx) {
+        Ok(s) => s,
+        Err(e) => return failed_test(e.to_string()),
+    };
+    let key = format!(".dataguardian-probe/{}", uuid::Uuid::new_v4());
+    match dg_common::store::probe(s.store.as_ref(), &key).await {
+        Ok(d) => pb::TestResult {
+            ok: true,
+            latency: Some(duration(d)),
+            error: String::new(),
+            server_version: String::new(),
+            checked_at: Some(now()),
+        },
+        Err(e) => failed_test(e.0),
+    }
+}
+
 /// Handles one request and sends its answer (and data) on `tx`.
 pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, ctx: AgentContext) {
     let id = req.request_id.clone();
     let (kind, error) = match req.kind {
-        Some(agent_request::Kind::TestDatabase(t)) => {
-            let r = match t.target {
-                Some(target) => match engine::test_connection(&target, &target.database).await {
+        Some(agent_request::Kind::TestDatabase(t)) => match convert::<_, DatabaseTarget>(t.target, "target") {
+            Ok(target) => {
+                let r = match engine::test_connection(&target, &target.database).await {
                     Ok(info) => pb::TestResult {
                         ok: true,
                         latency: Some(duration(info.latency)),
@@ -44,37 +90,21 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
                         checked_at: Some(now()),
                     },
                     Err(e) => failed_test(e.to_string()),
-                },
-                None => failed_test("no target".into()),
-            };
-            (Some(agent_response::Kind::Test(r)), String::new())
-        }
-        Some(agent_request::Kind::TestStorage(t)) => {
-            let r = match t.storage.as_ref().map(|t| storage::open(t, &ctx)) {
-                Some(Ok(s)) => {
-                    let key = format!(".dataguardian-probe/{}", uuid::Uuid::new_v4());
-                    match dg_common::store::probe(s.store.as_ref(), &key).await {
-                        Ok(d) => pb::TestResult {
-                            ok: true,
-                            latency: Some(duration(d)),
-                            error: String::new(),
-                            server_version: String::new(),
-                            checked_at: Some(now()),
-                        },
-                        Err(e) => failed_test(e.0),
-                    }
-                }
-                Some(Err(e)) => failed_test(e.to_string()),
-                None => failed_test("no storage".into()),
-            };
-            (Some(agent_response::Kind::Test(r)), String::new())
-        }
+                };
+                (Some(agent_response::Kind::Test(r)), String::new())
+            }
+            Err(e) => (None, e),
+        },
+        Some(agent_request::Kind::TestStorage(t)) => match convert::<_, StorageTarget>(t.storage, "storage") {
+            Ok(target) => (Some(agent_response::Kind::Test(test_storage(&target, &ctx).await)), String::new()),
+            Err(e) => (None, e),
+        },
         Some(agent_request::Kind::ReadObject(r)) => match read(&id, r, &tx, &ctx).await {
             Ok(n) => (Some(agent_response::Kind::ReadBytes(n)), String::new()),
             Err(e) => (None, e),
         },
-        Some(agent_request::Kind::DeleteObjects(d)) => match d.storage.as_ref().map(|t| storage::open(t, &ctx)) {
-            Some(Ok(s)) => {
+        Some(agent_request::Kind::DeleteObjects(d)) => match open_storage(d.storage, &ctx) {
+            Ok(s) => {
                 let mut n = 0u32;
                 let mut error = String::new();
                 for key in &d.keys {
@@ -89,8 +119,7 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
                 }
                 (Some(agent_response::Kind::Deleted(n)), error)
             }
-            Some(Err(e)) => (None, e.to_string()),
-            None => (None, "no storage".into()),
+            Err(e) => (None, e),
         },
         None => (None, "unknown request".into()),
     };
@@ -105,7 +134,7 @@ async fn read(
     tx: &mpsc::Sender<pb::AgentMessage>,
     ctx: &AgentContext,
 ) -> Result<u64, String> {
-    let s = r.storage.as_ref().map(|t| storage::open(t, ctx)).ok_or("no storage")?.map_err(|e| e.to_string())?;
+    let s = open_storage(r.storage, ctx)?;
     let mut stream = s.store.get(&ObjPath::from(r.key.as_str())).await.map_err(|e| e.to_string())?.into_stream();
     let mut sent = 0u64;
     while let Some(part) = stream.next().await {

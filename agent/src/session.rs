@@ -2,10 +2,21 @@
 //! heartbeats, Assign and Cancel. Any disconnect ends the session's running jobs (the controller fails their
 //! attempts) and reconnects after a jittered exponential backoff. The certificate is renewed over the same
 //! connection two thirds into its life; the new one is used from the next connection on.
+//!
+//! This module is the agent's protocol edge: an incoming `Assign` or `Cancel` is converted into the protocol
+//! model (`Assignment`, `ExecutionRef`) here, and is the only validation of it; an assignment that does not
+//! convert is not run but reported failed. Jobs' reports and the heartbeats share one bounded, ordered
+//! channel ([`Outbound`]), and [`ReportForwardTask`] is the one place where they leave the agent as wire
+//! messages. Requests
+//! (`requests.rs`) and enrollment/renewal keep their own `pb` envelopes.
 
 use std::time::{Duration, Instant};
 
-use dg_common::{backoff::reconnect_delays, tls};
+use dg_common::{
+    backoff::reconnect_delays,
+    protocol::{Assignment, ExecutionRef, ProtocolError},
+    tls,
+};
 use dg_proto::{
     AGENT_PROTOCOL_VERSION,
     v1::{self as pb, agent_session_service_client::AgentSessionServiceClient, controller_message::Kind},
@@ -21,9 +32,15 @@ use crate::{
     enroll,
     error::ConnectionError,
     executor::Executor,
+    report::Outbound,
     state::{AgentState, StateDir},
     tools,
 };
+
+/// Wire messages waiting for the stream (reports, heartbeats, request answers).
+const OUTBOUND_QUEUE: usize = 256;
+/// Reports waiting for the forwarder.
+const REPORT_QUEUE: usize = 256;
 
 /// How the agent runs.
 #[derive(Clone, Debug)]
@@ -108,6 +125,60 @@ async fn renew(client: &mut AgentSessionServiceClient<Channel>, dir: &StateDir) 
     Ok(())
 }
 
+/// Moves the jobs' reports into the session stream: the one place where reports leave the agent (the
+/// place for an outbox that keeps them until the controller acknowledges them). It has no cancellation
+/// token on purpose: it ends when the last `Reporter` is gone or the stream is closed, so the final
+/// reports of jobs stopped by a shutdown still leave.
+struct ReportForwardTask {
+    reports: mpsc::Receiver<Outbound>,
+    outbound: mpsc::Sender<pb::AgentMessage>,
+}
+
+impl ReportForwardTask {
+    fn new(reports: mpsc::Receiver<Outbound>, outbound: mpsc::Sender<pb::AgentMessage>) -> Self {
+        Self { reports, outbound }
+    }
+
+    async fn run(mut self) {
+        while let Some(next) = self.reports.recv().await {
+            let kind = match next {
+                Outbound::Report(report) => report.into(),
+                Outbound::Heartbeat(running) => pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+                    sent_at: None,
+                    running: running.into_iter().map(Into::into).collect(),
+                }),
+            };
+            if self.outbound.send(pb::AgentMessage { kind: Some(kind) }).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// An assignment as the model has it, or why not, with its attempt when that much is readable.
+fn assignment_of(a: pb::Assign) -> Result<Assignment, (Option<ExecutionRef>, ProtocolError)> {
+    let execution =
+        ExecutionRef::try_from(pb::ExecutionRef { execution_id: a.execution_id.clone(), attempt: a.attempt }).ok();
+    Assignment::try_from(a).map_err(|e| (execution, e))
+}
+
+fn hello(tools: Vec<tools::FoundTool>) -> pb::Hello {
+    pb::Hello {
+        protocol_version: AGENT_PROTOCOL_VERSION,
+        agent_version: crate::VERSION.to_owned(),
+        hostname: enroll::hostname(),
+        tools: tools
+            .into_iter()
+            .map(|t| pb::ToolInfo {
+                name: t.name.to_owned(),
+                version: t.version,
+                path: t.path.to_string_lossy().into_owned(),
+            })
+            .collect(),
+        running: Vec::new(),
+    }
+}
+
 async fn session_once(
     dir: &StateDir,
     state: &AgentState,
@@ -116,14 +187,8 @@ async fn session_once(
 ) -> Result<(), ConnectionError> {
     let channel = connect(dir, state).await?;
     let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
-    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(256);
-    let hello = pb::Hello {
-        protocol_version: AGENT_PROTOCOL_VERSION,
-        agent_version: crate::VERSION.to_owned(),
-        hostname: enroll::hostname(),
-        tools: tools::discover(&opts.tools).await,
-        running: Vec::new(),
-    };
+    let (tx, rx) = mpsc::channel::<pb::AgentMessage>(OUTBOUND_QUEUE);
+    let hello = hello(tools::discover(&opts.tools).await);
     tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)) })
         .await
         .map_err(|_| ConnectionError::Config("session channel closed".into()))?;
@@ -136,6 +201,12 @@ async fn session_once(
         Ok(Err(s)) => return Err(s.into()),
         Err(_) => return Err(ConnectionError::Config("no Welcome within 15 s".into())),
     };
+    if welcome.protocol_version != AGENT_PROTOCOL_VERSION {
+        return Err(ConnectionError::Config(format!(
+            "the controller speaks agent protocol {}, this agent speaks {AGENT_PROTOCOL_VERSION}: upgrade the older side",
+            welcome.protocol_version
+        )));
+    }
     let hb = welcome
         .heartbeat_interval
         .and_then(|d| u64::try_from(d.seconds).ok())
@@ -145,7 +216,9 @@ async fn session_once(
 
     let session_cancel = cancel.child_token();
     let ctx = AgentContext::new(dir.root(), opts.local_roots.clone(), opts.tools.clone());
-    let executor = Executor::new(tx.clone(), session_cancel.clone(), ctx.clone());
+    let (reports, reports_rx) = mpsc::channel::<Outbound>(REPORT_QUEUE);
+    let mut forwarder = tokio::spawn(ReportForwardTask::new(reports_rx, tx.clone()).run());
+    let executor = Executor::new(reports, session_cancel.clone(), ctx.clone());
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_check = tokio::time::interval(Duration::from_secs(5));
@@ -155,8 +228,7 @@ async fn session_once(
             biased;
             _ = cancel.cancelled() => break Ok(()),
             _ = heartbeat.tick() => {
-                let msg = pb::Heartbeat { sent_at: None, running: executor.running() };
-                if tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Heartbeat(msg)) }).await.is_err() {
+                if !executor.heartbeat().await {
                     break Ok(());
                 }
             }
@@ -168,14 +240,25 @@ async fn session_once(
                 }
             }
             m = inbound.message() => match m {
-                Ok(Some(pb::ControllerMessage { kind: Some(Kind::Assign(a)) })) => {
-                    info!(execution_id = %a.execution_id, attempt = a.attempt, "assignment received");
-                    executor.assign(a);
-                }
+                Ok(Some(pb::ControllerMessage { kind: Some(Kind::Assign(a)) })) => match assignment_of(a) {
+                    Ok(a) => {
+                        info!(execution_id = %a.execution.id, attempt = %a.execution.attempt, "assignment received");
+                        executor.assign(a);
+                    }
+                    Err((Some(execution), e)) => {
+                        warn!(execution_id = %execution.id, attempt = %execution.attempt, error = %e, "assignment refused");
+                        executor.refuse(execution, format!("invalid assignment: {e}")).await;
+                    }
+                    Err((None, e)) => warn!(error = %e, "assignment refused; it names no readable attempt"),
+                },
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Cancel(c)) })) => {
-                    if let Some(r) = c.execution {
-                        info!(execution_id = %r.execution_id, reason = %c.reason, "cancel received");
-                        executor.cancel(&r.execution_id, r.attempt);
+                    match c.execution.map(ExecutionRef::try_from) {
+                        Some(Ok(r)) => {
+                            info!(execution_id = %r.id, attempt = %r.attempt, reason = %c.reason, "cancel received");
+                            executor.cancel(r);
+                        }
+                        Some(Err(e)) => warn!(error = %e, "cancel refused"),
+                        None => {}
                     }
                 }
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Request(r)) })) => {
@@ -189,5 +272,102 @@ async fn session_once(
     };
     session_cancel.cancel();
     executor.drain(Duration::from_secs(10)).await;
+    // The stopped jobs' last reports are queued; let them reach the stream before it closes. A job still
+    // running after the drain keeps its reporter, so the wait is bounded too.
+    drop(executor);
+    if tokio::time::timeout(Duration::from_secs(2), &mut forwarder).await.is_err() {
+        forwarder.abort();
+    }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use dg_common::{
+        ids::{DatasourceId, ExecutionId, StorageId},
+        protocol::{
+            AgentReport, Attempt, BackupPlan, DatabaseTarget, Engine, LogLevel, LogReport, ObjectLayout, Plan,
+            StorageTarget, Strategy, TlsMode,
+        },
+        store::StoreConfig,
+    };
+
+    use super::*;
+
+    fn backup_assign(execution: ExecutionRef) -> pb::Assign {
+        pb::Assign::from(Assignment {
+            execution,
+            trace_context: Default::default(),
+            plan: Plan::Backup(BackupPlan {
+                source: DatabaseTarget {
+                    engine: Engine::Mariadb,
+                    host: "db.example".into(),
+                    port: 3306,
+                    database: "shop".into(),
+                    username: "backup".into(),
+                    password: "s3cret".into(),
+                    tls_mode: TlsMode::Disable,
+                },
+                storages: vec![StorageTarget {
+                    id: StorageId::new(),
+                    config: StoreConfig::Local { path: "/var/backups/dataguardian/a".into() },
+                }],
+                strategy: Strategy::Fallback,
+                layout: ObjectLayout { datasource: DatasourceId::new(), execution },
+                compression_level: 3,
+                chunk_size: 8 << 20,
+                upload_concurrency: 3,
+                compression_workers: 0,
+                encryption_key_id: None,
+                include_globals: false,
+            }),
+        })
+    }
+
+    #[test]
+    fn a_bad_assignment_is_refused_for_its_attempt_when_the_attempt_is_readable() {
+        let execution = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(3) };
+        let good = assignment_of(backup_assign(execution)).expect("a valid assignment converts");
+        assert_eq!(good.execution, execution);
+        let Plan::Backup(p) = good.plan else { panic!("a backup") };
+        assert_eq!(p.layout.execution, execution, "the layout is the assignment's attempt");
+
+        let mut bad = backup_assign(execution);
+        if let Some(pb::assign::Task::Backup(pb::BackupTask { source: Some(s), .. })) = bad.task.as_mut() {
+            s.port = 0;
+        }
+        let (refused, e) = assignment_of(bad).expect_err("port 0");
+        assert_eq!(refused, Some(execution), "the Failed report can name the attempt");
+        assert_eq!(e.field, "backup.source.port");
+
+        let mut unreadable = backup_assign(execution);
+        unreadable.attempt = 0;
+        let (refused, e) = assignment_of(unreadable).expect_err("attempt 0");
+        assert_eq!((refused, e.field.as_str()), (None, "attempt"));
+    }
+
+    #[tokio::test]
+    async fn reports_and_heartbeats_leave_in_queue_order_until_the_last_reporter_is_gone() {
+        let execution = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(1) };
+        let (reports, reports_rx) = mpsc::channel(2);
+        let (outbound, mut wire) = mpsc::channel(8);
+        let forwarder = tokio::spawn(ReportForwardTask::new(reports_rx, outbound).run());
+        let log = AgentReport::Log(LogReport { execution, level: LogLevel::Error, message: "boom".into() });
+        let failed = AgentReport::Failed { execution, error: "boom".into(), cancelled: false };
+        // The attempt's final report is queued before the heartbeat that no longer lists it.
+        for o in [Outbound::Report(log.clone()), Outbound::Report(failed.clone()), Outbound::Heartbeat(vec![])] {
+            reports.send(o).await.expect("forwarder running");
+        }
+        drop(reports);
+        tokio::time::timeout(Duration::from_secs(5), forwarder).await.expect("ends without reporters").expect("join");
+        let mut got = Vec::new();
+        while let Ok(m) = wire.try_recv() {
+            got.push(m.kind.expect("a kind"));
+        }
+        assert_eq!(got.len(), 3);
+        let report = |k: &pb::agent_message::Kind| dg_common::protocol::wire::report_of(k.clone());
+        assert_eq!(report(&got[0]).expect("a report").expect("valid"), log);
+        assert_eq!(report(&got[1]).expect("a report").expect("valid"), failed);
+        assert!(matches!(&got[2], pb::agent_message::Kind::Heartbeat(h) if h.running.is_empty()), "{:?}", got[2]);
+    }
 }

@@ -1,8 +1,7 @@
-//! Discovery of the dump and restore tools on this host, reported to the controller in Hello.
+//! Discovery of the dump and restore tools on this host; the session reports them to the controller in
+//! Hello (converting them to the wire there), the engines resolve tools through [`Tools`].
 
 use std::{path::PathBuf, process::Stdio, sync::Arc};
-
-use dg_proto::v1::ToolInfo;
 
 /// Tools the agent knows how to use.
 pub const KNOWN_TOOLS: &[&str] = &["pg_dump", "pg_restore", "psql", "mariadb-dump", "mariadb", "mysqldump", "mysql"];
@@ -26,15 +25,26 @@ impl Tools {
     }
 }
 
+/// An installed tool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundTool {
+    /// One of [`KNOWN_TOOLS`].
+    pub name: &'static str,
+    /// Its version number (empty when it did not tell).
+    pub version: String,
+    /// Where it is.
+    pub path: PathBuf,
+}
+
 /// Finds each known tool and asks for its version.
-pub async fn discover(tools: &Tools) -> Vec<ToolInfo> {
+pub async fn discover(tools: &Tools) -> Vec<FoundTool> {
     let mut out = Vec::new();
     for name in KNOWN_TOOLS {
         let Some(path) = tools.resolve(name) else {
             continue;
         };
         let version = version_of(&path.to_string_lossy()).await.unwrap_or_default();
-        out.push(ToolInfo { name: (*name).to_owned(), version, path: path.to_string_lossy().into_owned() });
+        out.push(FoundTool { name, version, path });
     }
     out
 }

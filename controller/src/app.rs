@@ -20,6 +20,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tracing::info;
 
+use crate::session::{registry::AgentRegistry, rpc::AgentRpc};
 use crate::{
     config::Config,
     db::Db,
@@ -31,8 +32,8 @@ use crate::{
     },
     pki::Pki,
     service::{
-        agent_rpc::AgentRpc,
         agents::AgentsService,
+        attempts::AttemptEnder,
         auth::AuthService,
         backups::BackupsService,
         catalog::CatalogService,
@@ -40,7 +41,6 @@ use crate::{
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask, redis_client},
-        registry::AgentRegistry,
         relay::RelayTask,
         retention::RetentionTask,
         scheduler::SchedulerTask,
@@ -139,6 +139,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let coord = Coordination::new(redis.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;
+    let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone());
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
     let (retention_task, retention) = RetentionTask::new(
         db.clone(),
@@ -164,6 +165,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             coord.clone(),
             retention,
             metrics.clone(),
+            ender.clone(),
         ),
         backups,
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
@@ -234,22 +236,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
 
     let waker_for_scheduler = waker.clone();
     let waker_for_relay = waker.clone();
-    let dispatch = DispatchTask::new(
-        db.clone(),
+    let dispatch = DispatchTask {
+        db: db.clone(),
         key,
-        catalog.clone(),
-        registry.clone(),
+        catalog: catalog.clone(),
+        registry: registry.clone(),
         waker,
-        DispatchSettings {
+        settings: DispatchSettings {
             lease_secs,
             chunk_size: config.chunk_size_bytes,
             upload_concurrency: config.upload_concurrency,
             compression_workers: config.compression_workers,
         },
-        coord.clone(),
-    );
+        coord: coord.clone(),
+        ender: ender.clone(),
+    };
     tracker.spawn(dispatch.run(cancel.clone()));
-    tracker.spawn(ReaperTask::new(db.clone()).run(cancel.clone()));
+    tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
     let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), registry.clone(), waker_for_relay);
     tracker.spawn(relay.run(cancel.clone()));

@@ -47,6 +47,9 @@ pub enum ControllerError {
     /// Certificate authority failure.
     #[error("pki: {0}")]
     Pki(String),
+    /// An agent message that does not decode; names the field.
+    #[error(transparent)]
+    Protocol(#[from] dg_common::protocol::ProtocolError),
 }
 
 impl From<DbErr> for ControllerError {
@@ -58,8 +61,26 @@ impl From<DbErr> for ControllerError {
             Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
                 ControllerError::FailedPrecondition("a referenced object does not exist or is still in use".into())
             }
+            // PostgreSQL is unreachable or the pool is exhausted: a retry later can succeed.
+            _ if db_unreachable(&e) => {
+                ControllerError::Unavailable("the controller database is unavailable; retry later".into())
+            }
             _ => ControllerError::Database(e),
         }
+    }
+}
+
+/// The database could not be reached (pool timeout, connection refused or lost mid-query), as opposed to a
+/// query that failed on a working database.
+pub fn db_unreachable(e: &DbErr) -> bool {
+    use sea_orm::RuntimeErr;
+    match e {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Query(RuntimeErr::SqlxError(x)) | DbErr::Exec(RuntimeErr::SqlxError(x)) => matches!(
+            **x,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        ),
+        _ => false,
     }
 }
 
@@ -72,7 +93,7 @@ impl From<rcgen::Error> for ControllerError {
 impl ServiceError for ControllerError {
     fn error_code(&self) -> ErrorCode {
         match self {
-            ControllerError::Invalid(_) => ErrorCode::InvalidArgument,
+            ControllerError::Invalid(_) | ControllerError::Protocol(_) => ErrorCode::InvalidArgument,
             ControllerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
             ControllerError::NotFound(_) => ErrorCode::NotFound,
             ControllerError::AlreadyExists(_) => ErrorCode::AlreadyExists,

@@ -11,3 +11,4 @@ pub mod metrics;
 pub mod model;
 pub mod pki;
 pub mod service;
+pub mod session;

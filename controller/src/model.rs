@@ -264,6 +264,12 @@ pub struct Execution {
     pub encryption_key_id: Option<String>,
     /// Warnings (JSON array of strings).
     pub warnings: serde_json::Value,
+    /// An operator asked to cancel it while it ran.
+    pub cancel_requested: bool,
+    /// A completed backup whose deletion has started.
+    pub deleting: bool,
+    /// A heartbeat of its agent listed the current attempt.
+    pub agent_listed: bool,
 }
 
 /// One stored chunk copy.
@@ -326,4 +332,69 @@ pub struct AuditEvent {
     pub target_id: Option<String>,
     /// Outcome.
     pub outcome: String,
+}
+
+/// The options of a restore execution, stored in its `options` column as one typed value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct RestoreOptions {
+    /// Create the target database when missing.
+    pub create_database: bool,
+    /// Drop the backup's objects in the target before restoring them.
+    pub drop_existing: bool,
+    /// A verification restore into a scratch database, dropped afterwards.
+    pub verification: bool,
+    /// Storage to read first.
+    pub source_storage_id: Option<Uuid>,
+    /// PostgreSQL parallel restore jobs.
+    pub parallel_jobs: u32,
+    /// PostgreSQL: replay the globals first.
+    pub restore_globals: bool,
+}
+
+impl RestoreOptions {
+    /// The options of an execution (defaults for what it does not say).
+    pub fn of(options: &serde_json::Value) -> Self {
+        serde_json::from_value(options.clone()).unwrap_or_default()
+    }
+
+    /// What happens to the target database.
+    pub fn target_plan(&self) -> dg_common::protocol::TargetDatabasePlan {
+        dg_common::protocol::TargetDatabasePlan::decide(self.create_database, self.drop_existing, self.verification)
+    }
+
+    /// As stored.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
+}
+
+impl From<Engine> for dg_common::protocol::Engine {
+    fn from(e: Engine) -> Self {
+        match e {
+            Engine::Postgres => dg_common::protocol::Engine::Postgres,
+            Engine::Mysql => dg_common::protocol::Engine::Mysql,
+            Engine::Mariadb => dg_common::protocol::Engine::Mariadb,
+        }
+    }
+}
+
+impl From<TlsMode> for dg_common::protocol::TlsMode {
+    fn from(t: TlsMode) -> Self {
+        match t {
+            TlsMode::Disable => dg_common::protocol::TlsMode::Disable,
+            TlsMode::Prefer => dg_common::protocol::TlsMode::Prefer,
+            TlsMode::Require => dg_common::protocol::TlsMode::Require,
+            TlsMode::VerifyFull => dg_common::protocol::TlsMode::VerifyFull,
+        }
+    }
+}
+
+impl From<Strategy> for dg_common::protocol::Strategy {
+    fn from(s: Strategy) -> Self {
+        match s {
+            Strategy::Fallback => dg_common::protocol::Strategy::Fallback,
+            Strategy::Replicate => dg_common::protocol::Strategy::Replicate,
+        }
+    }
 }

@@ -8,6 +8,7 @@ mod m0001_initial;
 mod m0002_operator_api;
 mod m0003_data_path;
 mod m0004_globals;
+mod m0005_attempts;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0002_operator_api::Migration),
             Box::new(m0003_data_path::Migration),
             Box::new(m0004_globals::Migration),
+            Box::new(m0005_attempts::Migration),
         ]
     }
 }

@@ -11,8 +11,12 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/dataguardian_descriptor.bin"));
 
 /// Agent protocol version this build speaks. Bumped only for incompatible changes; additions are
-/// backwards compatible and keep the number.
-pub const AGENT_PROTOCOL_VERSION: u32 = 1;
+/// backwards compatible and keep the number. Both sides refuse a version they do not speak, with an error
+/// naming both versions.
+///
+/// 2: `BackupTask.datasource_id` is required and `key_prefix` must be exactly the one the ids dictate; the
+/// controller ends attempts its agent's heartbeats do not list.
+pub const AGENT_PROTOCOL_VERSION: u32 = 2;
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,7 @@ mod failures;
 mod grpcurl;
 mod lifecycle;
 mod operator_api;
+mod protocol;
 mod python_client;
 mod security;
 mod workers;

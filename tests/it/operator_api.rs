@@ -220,7 +220,7 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     c.jobs.update_backup_job(authed(upd, &t)).await?;
     let failed = c.run_job(&broken.id).await?;
     assert_eq!((failed.status, failed.attempt), (pb::ExecutionStatus::Failed as i32, 2), "{failed:?}");
-    assert!(c.logs(&failed.id).await?.contains("retry 2 of 2"));
+    assert!(c.logs(&failed.id).await?.contains("attempt 2 of 2"));
 
     // Listing filters and pages.
     let page = c

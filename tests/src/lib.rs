@@ -8,6 +8,7 @@
 
 pub mod cluster;
 pub mod emulators;
+pub mod fake_agent;
 pub mod pg;
 
 use std::path::PathBuf;

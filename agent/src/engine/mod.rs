@@ -1,7 +1,8 @@
 //! Database engines behind one interface: connection test, database creation and removal, and the dump and
 //! restore commands. Every tool runs from argv (never a shell); credentials go through a 0600 file (libpq
 //! passfile, or a MariaDB/MySQL option file), never the command line; values derived from user input are
-//! passed in `--option=value` form so they cannot be read as options.
+//! passed in `--option=value` form so they cannot be read as options. Targets are the protocol model's
+//! [`DatabaseTarget`] (typed engine, port and TLS mode), already validated where the session received them.
 
 pub mod mysql;
 pub mod postgres;
@@ -11,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use dg_proto::v1::{DatabaseTarget, Engine};
+use dg_common::protocol::{DatabaseTarget, Engine};
 use tokio::process::Command;
 
 use crate::{
@@ -44,53 +45,35 @@ pub struct ToolRun {
     pub creds: tempfile::NamedTempFile,
 }
 
-/// The engine of a target.
-pub fn engine_of(t: &DatabaseTarget) -> PipelineResult<Engine> {
-    match Engine::try_from(t.engine) {
-        Ok(Engine::Unspecified) | Err(_) => Err(PipelineError::Invalid(format!("unknown engine {}", t.engine))),
-        Ok(e) => Ok(e),
-    }
-}
-
-/// Short name for manifests and logs.
-pub fn engine_name(e: Engine) -> &'static str {
-    match e {
-        Engine::Postgres => "postgres",
-        Engine::Mysql => "mysql",
-        Engine::Mariadb => "mariadb",
-        Engine::Unspecified => "unspecified",
-    }
-}
-
 /// Connects to `database` and reads the server version.
 pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
-    match engine_of(t)? {
+    match t.engine {
         Engine::Postgres => postgres::test_connection(t, database).await,
-        _ => mysql::test_connection(t, database).await,
+        Engine::Mysql | Engine::Mariadb => mysql::test_connection(t, database).await,
     }
 }
 
 /// Creates `database` unless it exists; returns whether it was created.
 pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
-    match engine_of(t)? {
+    match t.engine {
         Engine::Postgres => postgres::ensure_database(t, database).await,
-        _ => mysql::ensure_database(t, database).await,
+        Engine::Mysql | Engine::Mariadb => mysql::ensure_database(t, database).await,
     }
 }
 
 /// Drops `database`.
 pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
-    match engine_of(t)? {
+    match t.engine {
         Engine::Postgres => postgres::drop_database(t, database).await,
-        _ => mysql::drop_database(t, database).await,
+        Engine::Mysql | Engine::Mariadb => mysql::drop_database(t, database).await,
     }
 }
 
 /// The dump command for the target's database, after checking the tool can dump that server.
 pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
-    match engine_of(t)? {
+    match t.engine {
         Engine::Postgres => postgres::dump(t, server, tools).await,
-        e => mysql::dump(t, e, tools).await,
+        Engine::Mysql | Engine::Mariadb => mysql::dump(t, tools).await,
     }
 }
 
@@ -102,9 +85,9 @@ pub async fn restore(
     jobs: u32,
     tools: &Tools,
 ) -> PipelineResult<ToolRun> {
-    match engine_of(t)? {
+    match t.engine {
         Engine::Postgres => postgres::restore(t, drop_existing, file, jobs, tools).await,
-        e => mysql::restore(t, e, tools).await,
+        Engine::Mysql | Engine::Mariadb => mysql::restore(t, tools).await,
     }
 }
 

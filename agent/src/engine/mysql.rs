@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dg_proto::v1::{DatabaseTarget, Engine, TlsMode};
+use dg_common::protocol::{DatabaseTarget, Engine, TlsMode};
 use sqlx::{
     ConnectOptions, Connection, Row,
     mysql::{MySqlConnectOptions, MySqlSslMode},
@@ -16,15 +16,15 @@ use crate::error::{PipelineError, PipelineResult};
 use crate::tools::Tools;
 
 fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
-    let ssl = match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+    let ssl = match t.tls_mode {
         TlsMode::Disable => MySqlSslMode::Disabled,
-        TlsMode::Unspecified | TlsMode::Prefer => MySqlSslMode::Preferred,
+        TlsMode::Prefer => MySqlSslMode::Preferred,
         TlsMode::Require => MySqlSslMode::Required,
         TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
     };
     let mut o = MySqlConnectOptions::new()
         .host(&t.host)
-        .port(u16::try_from(t.port).unwrap_or(3306))
+        .port(t.port)
         .username(&t.username)
         .ssl_mode(ssl)
         .disable_statement_logging();
@@ -107,11 +107,11 @@ fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
         option_value(&t.username),
         option_value(&t.password)
     );
-    match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+    match t.tls_mode {
         TlsMode::Disable => s.push_str("skip-ssl\n"),
         TlsMode::Require => s.push_str("ssl\n"),
         TlsMode::VerifyFull => s.push_str("ssl\nssl-verify-server-cert\n"),
-        TlsMode::Unspecified | TlsMode::Prefer => {}
+        TlsMode::Prefer => {}
     }
     credentials_file("dg-my-", &s)
 }
@@ -126,10 +126,11 @@ fn base(tool: &std::path::Path, creds: &std::path::Path) -> Command {
 }
 
 /// `mariadb-dump`/`mysqldump` of the target database: one consistent snapshot, with routines, triggers and
-/// events, binary columns in hex, no CREATE DATABASE (so it restores under any name).
-pub async fn dump(t: &DatabaseTarget, engine: Engine, tools: &Tools) -> PipelineResult<ToolRun> {
+/// events, binary columns in hex, no CREATE DATABASE (so it restores under any name). The target's engine
+/// decides which of the two tool names is tried first.
+pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> {
     let names: &[&'static str] =
-        if engine == Engine::Mysql { &["mysqldump", "mariadb-dump"] } else { &["mariadb-dump", "mysqldump"] };
+        if t.engine == Engine::Mysql { &["mysqldump", "mariadb-dump"] } else { &["mariadb-dump", "mysqldump"] };
     let (tool, path, version) = find_tool(tools, names).await?;
     let creds = option_file(t)?;
     let mut cmd = base(&path, creds.path());
@@ -145,8 +146,8 @@ pub async fn dump(t: &DatabaseTarget, engine: Engine, tools: &Tools) -> Pipeline
 }
 
 /// The `mariadb`/`mysql` client reading the dump from stdin into the target database.
-pub async fn restore(t: &DatabaseTarget, engine: Engine, tools: &Tools) -> PipelineResult<ToolRun> {
-    let names: &[&'static str] = if engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
+pub async fn restore(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> {
+    let names: &[&'static str] = if t.engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
     let (tool, path, version) = find_tool(tools, names).await?;
     let creds = option_file(t)?;
     let mut cmd = base(&path, creds.path());

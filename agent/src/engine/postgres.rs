@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use dg_proto::v1::{DatabaseTarget, TlsMode};
+use dg_common::protocol::{DatabaseTarget, TlsMode};
 use sqlx::{
     ConnectOptions, Connection, Row,
     postgres::{PgConnectOptions, PgSslMode},
@@ -16,9 +16,9 @@ use crate::error::{PipelineError, PipelineResult};
 use crate::tools::Tools;
 
 fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
-    match TlsMode::try_from(t.tls_mode).unwrap_or(TlsMode::Prefer) {
+    match t.tls_mode {
         TlsMode::Disable => (PgSslMode::Disable, "disable"),
-        TlsMode::Unspecified | TlsMode::Prefer => (PgSslMode::Prefer, "prefer"),
+        TlsMode::Prefer => (PgSslMode::Prefer, "prefer"),
         TlsMode::Require => (PgSslMode::Require, "require"),
         TlsMode::VerifyFull => (PgSslMode::VerifyFull, "verify-full"),
     }
@@ -27,7 +27,7 @@ fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
 fn options(t: &DatabaseTarget, database: &str) -> PgConnectOptions {
     let mut o = PgConnectOptions::new_without_pgpass()
         .host(&t.host)
-        .port(u16::try_from(t.port).unwrap_or(5432))
+        .port(t.port)
         .username(&t.username)
         .database(database)
         .ssl_mode(ssl_mode(t).0)

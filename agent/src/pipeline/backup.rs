@@ -7,6 +7,9 @@
 //! every storage that accepted the probe; a storage that fails (at the probe or part-way) is dropped with a
 //! warning and the backup completes while at least one storage holds a complete copy: a degraded copy is
 //! better than no backup, and the warning on the execution says which copy is missing.
+//!
+//! Every object key comes from the plan's [`ObjectLayout`] (ids only), and so do the manifest's attempt and
+//! datasource; chunk size, level, concurrency and workers arrive already clamped by the protocol model.
 
 use std::{
     collections::HashSet,
@@ -15,11 +18,6 @@ use std::{
 };
 
 use bytes::Bytes;
-use dg_common::{
-    chunk as chunker,
-    manifest::{self, MANIFEST_FORMAT, Manifest, ManifestChunk},
-};
-use dg_proto::v1::{BackupResult, BackupTask, DatabaseTarget, StorageStrategy};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStoreExt, PutPayload, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
@@ -27,13 +25,20 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use dg_common::{
+    chunk as chunker,
+    ids::StorageId,
+    manifest::{self, MANIFEST_FORMAT, Manifest, ManifestChunk},
+    protocol::{BackupPlan, BackupResult, DatabaseTarget, Engine, LogLevel, ObjectLayout, Strategy},
+};
+
 use super::{forward_stderr, tool_failure};
 use crate::{
     context::AgentContext,
-    engine::{self, ServerInfo, engine_name, engine_of},
+    engine::{self, ServerInfo},
     error::{PipelineError, PipelineResult},
-    executor::Reporter,
     keys::ChunkCipher,
+    report::Reporter,
     storage::{self, OpenStorage},
 };
 
@@ -55,7 +60,7 @@ fn blocking_pipe(stdout: tokio::process::ChildStdout) -> PipelineResult<std::fs:
 
 /// Runs one backup attempt.
 pub async fn run(
-    task: BackupTask,
+    plan: &BackupPlan,
     rep: &Reporter,
     cancel: &CancellationToken,
     ctx: &AgentContext,
@@ -63,13 +68,13 @@ pub async fn run(
     tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),
-        r = run_inner(task, rep, ctx) => r,
+        r = run_inner(plan, rep, ctx) => r,
     }
 }
 
-/// Settings of one pass, derived from the task.
+/// Settings of one pass, derived from the plan.
 struct PassSettings {
-    prefix: String,
+    layout: ObjectLayout,
     chunk_size: usize,
     level: i32,
     workers: u32,
@@ -88,85 +93,61 @@ struct PassOutput {
     options: Vec<String>,
 }
 
-async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> PipelineResult<BackupResult> {
-    let source = task.source.clone().ok_or_else(|| PipelineError::Invalid("backup task without a source".into()))?;
-    let engine = engine_of(&source)?;
-    if task.key_prefix.is_empty() || task.key_prefix.contains("..") {
-        return Err(PipelineError::Invalid("bad key prefix".into()));
-    }
+async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> PipelineResult<BackupResult> {
+    let source = &plan.source;
+    let layout = plan.layout;
     let mut warnings = Vec::new();
-    let candidates = probe_storages(&task, rep, ctx, &mut warnings).await?;
+    let candidates = probe_storages(plan, rep, ctx, &mut warnings).await?;
 
-    let info = super::test_connection(&source, rep).await?;
+    let info = super::test_connection(source, rep).await?;
 
-    let (cipher, wrapped) = if task.encryption_key_id.is_empty() {
-        (None, None)
-    } else {
-        let (c, w) = ChunkCipher::create(&ctx.keys_dir, &task.encryption_key_id, rep.execution_id())?;
-        rep.log(
-            "info",
-            format!("chunks are encrypted (AES-256-GCM) with a data key wrapped by key \"{}\"", task.encryption_key_id),
-        )
-        .await;
-        (Some(Arc::new(c)), Some(w))
+    let (cipher, wrapped) = match &plan.encryption_key_id {
+        None => (None, None),
+        Some(key_id) => {
+            // The data key is bound to the backup, whose id is its execution id.
+            let (c, w) = ChunkCipher::create(&ctx.keys_dir, key_id, &layout.execution.id.to_string())?;
+            let line = format!("chunks are encrypted (AES-256-GCM) with a data key wrapped by key \"{key_id}\"");
+            rep.log(LogLevel::Info, line).await;
+            (Some(Arc::new(c)), Some(w))
+        }
     };
     let settings = PassSettings {
-        prefix: task.key_prefix.clone(),
-        chunk_size: usize::try_from(task.chunk_size).unwrap_or(0).clamp(1 << 20, 256 << 20),
-        level: if (1..=19).contains(&task.compression_level) { task.compression_level } else { 3 },
-        workers: task.compression_workers.min(16),
-        concurrency: usize::try_from(task.upload_concurrency).unwrap_or(3).clamp(1, 32),
+        layout,
+        chunk_size: usize::try_from(plan.chunk_size)
+            .map_err(|_| PipelineError::Invalid(format!("chunk size {} does not fit this host", plan.chunk_size)))?,
+        level: plan.compression_level,
+        workers: plan.compression_workers,
+        concurrency: plan.upload_concurrency as usize,
         cipher,
         tools: ctx.tools.clone(),
     };
 
-    let replicate = StorageStrategy::try_from(task.strategy) == Ok(StorageStrategy::Replicate);
-    let out = if replicate {
-        one_pass(&source, &info, &candidates, &settings, rep).await?
-    } else {
-        let mut result = None;
-        for (i, s) in candidates.iter().enumerate() {
-            match one_pass(&source, &info, std::slice::from_ref(s), &settings, rep).await {
-                Ok(out) => {
-                    result = Some(out);
-                    break;
-                }
-                Err(e @ PipelineError::Storage { .. }) if i + 1 < candidates.len() => {
-                    let w =
-                        format!("storage {} failed during the backup ({e}); dumping again into the next storage", s.id);
-                    rep.log("warn", w.clone()).await;
-                    warnings.push(w);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        result.ok_or_else(|| PipelineError::Storage {
-            storage: "all".into(),
-            message: "no storage took the backup".into(),
-        })?
+    let out = match plan.strategy {
+        Strategy::Replicate => one_pass(source, &info, &candidates, &settings, rep).await?,
+        Strategy::Fallback => fallback(source, &info, &candidates, &settings, rep, &mut warnings).await?,
     };
     warnings.extend(out.dropped.iter().cloned());
 
-    let globals = if task.include_globals && engine == dg_proto::v1::Engine::Postgres {
-        let (sql, tool) = engine::postgres::dump_globals(&source, &ctx.tools).await?;
+    let globals = if plan.include_globals && source.engine == Engine::Postgres {
+        let (sql, tool) = engine::postgres::dump_globals(source, &ctx.tools).await?;
         let compressed = zstd::encode_all(sql.as_slice(), settings.level)?;
         let stored = match &settings.cipher {
             Some(c) => c.seal(engine::postgres::GLOBALS_SEQ, &compressed),
             None => compressed,
         };
-        let key = manifest::globals_key(&task.key_prefix);
+        let key = layout.globals_key();
         let sha256 = hex::encode(Sha256::digest(&stored));
         let body = Bytes::from(stored);
         for s in &out.complete {
             s.store
                 .put(&ObjPath::from(key.as_str()), PutPayload::from(body.clone()))
                 .await
-                .map_err(|e| PipelineError::Storage { storage: s.id.clone(), message: format!("globals: {e}") })?;
+                .map_err(|e| PipelineError::Storage { storage: s.id.to_string(), message: format!("globals: {e}") })?;
         }
-        rep.log("info", format!("globals dumped with {tool} ({} bytes of SQL)", sql.len())).await;
+        rep.log(LogLevel::Info, format!("globals dumped with {tool} ({} bytes of SQL)", sql.len())).await;
         Some(manifest::ManifestObject { key, size: body.len() as u64, sha256 })
     } else {
-        if task.include_globals {
+        if plan.include_globals {
             warnings.push("include_globals applies to PostgreSQL only; ignored".into());
         }
         None
@@ -174,10 +155,10 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
 
     let m = Manifest {
         format: MANIFEST_FORMAT,
-        execution_id: rep.execution_id().to_owned(),
-        attempt: task.key_prefix.rsplit('/').next().and_then(|a| a.parse().ok()).unwrap_or(0),
-        datasource_id: task.key_prefix.split('/').next().unwrap_or_default().to_owned(),
-        engine: engine_name(engine).into(),
+        execution_id: layout.execution.id.to_string(),
+        attempt: layout.execution.attempt.0,
+        datasource_id: layout.datasource.to_string(),
+        engine: source.engine.name().into(),
         tool_version: out.tool.clone(),
         server_version: info.version.clone(),
         options: out.options.clone(),
@@ -188,20 +169,20 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
         stored_bytes: out.totals.stored_bytes,
         sha256: out.totals.sha256.clone(),
         chunks: out.chunks,
-        encryption_key_id: (!task.encryption_key_id.is_empty()).then(|| task.encryption_key_id.clone()),
+        encryption_key_id: plan.encryption_key_id.clone(),
         wrapped_key: wrapped,
         encryption: settings.cipher.as_ref().map(|_| "AES-256-GCM".to_owned()),
         globals,
     };
-    let manifest_key = manifest::manifest_key(&task.key_prefix);
+    let manifest_key = layout.manifest_key();
     let body = Bytes::from(m.to_bytes());
     let mut holders = Vec::new();
     for s in &out.complete {
         match s.store.put(&ObjPath::from(manifest_key.as_str()), PutPayload::from(body.clone())).await {
-            Ok(_) => holders.push(s.id.clone()),
+            Ok(_) => holders.push(s.id),
             Err(e) => {
                 let w = format!("storage {}: manifest write failed: {e}", s.id);
-                rep.log("warn", w.clone()).await;
+                rep.log(LogLevel::Warn, w.clone()).await;
                 warnings.push(w);
             }
         }
@@ -211,7 +192,7 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
     }
     let t = &out.totals;
     rep.log(
-        "info",
+        LogLevel::Info,
         format!(
             "dump finished: {} raw bytes, {} stored bytes in {} chunks, sha256 {}",
             t.raw_bytes, t.stored_bytes, t.chunks, t.sha256
@@ -224,37 +205,60 @@ async fn run_inner(task: BackupTask, rep: &Reporter, ctx: &AgentContext) -> Pipe
         chunk_count: t.chunks,
         sha256: t.sha256.clone(),
         manifest_key,
-        storage_ids: holders,
+        storages: holders,
         tool_version: out.tool,
         server_version: info.version,
         warnings,
-        encryption_key_id: task.encryption_key_id,
+        encryption_key_id: plan.encryption_key_id.clone(),
     })
 }
 
-/// Opens the task's storages and keeps those that accept a probe object, in the job's order.
+/// The fallback strategy: one storage at a time, in order, dumping again into the next one when a storage
+/// fails part-way.
+async fn fallback(
+    source: &DatabaseTarget,
+    info: &ServerInfo,
+    candidates: &[OpenStorage],
+    settings: &PassSettings,
+    rep: &Reporter,
+    warnings: &mut Vec<String>,
+) -> PipelineResult<PassOutput> {
+    for (i, s) in candidates.iter().enumerate() {
+        match one_pass(source, info, std::slice::from_ref(s), settings, rep).await {
+            Ok(out) => return Ok(out),
+            Err(e @ PipelineError::Storage { .. }) if i + 1 < candidates.len() => {
+                let w = format!("storage {} failed during the backup ({e}); dumping again into the next storage", s.id);
+                rep.log(LogLevel::Warn, w.clone()).await;
+                warnings.push(w);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(PipelineError::Storage { storage: "all".into(), message: "no storage took the backup".into() })
+}
+
+/// Opens the plan's storages and keeps those that accept a probe object, in the job's order.
 async fn probe_storages(
-    task: &BackupTask,
+    plan: &BackupPlan,
     rep: &Reporter,
     ctx: &AgentContext,
     warnings: &mut Vec<String>,
 ) -> PipelineResult<Vec<OpenStorage>> {
     let mut usable = Vec::new();
     let mut reasons = Vec::new();
-    for t in &task.storages {
+    for t in &plan.storages {
         let probe = async {
             let s = storage::open(t, ctx)?;
-            let key = format!("{}/.probe", task.key_prefix);
-            dg_common::store::probe(s.store.as_ref(), &key)
+            dg_common::store::probe(s.store.as_ref(), &plan.layout.probe_key())
                 .await
-                .map_err(|e| PipelineError::Storage { storage: s.id.clone(), message: e.0 })?;
+                .map_err(|e| PipelineError::Storage { storage: s.id.to_string(), message: e.0 })?;
             Ok::<_, PipelineError>(s)
         };
         match probe.await {
             Ok(s) => usable.push(s),
             Err(e) => {
-                let w = format!("storage {} unusable: {e}", t.storage_id);
-                rep.log("warn", w.clone()).await;
+                let w = format!("storage {} unusable: {e}", t.id);
+                rep.log(LogLevel::Warn, w.clone()).await;
                 warnings.push(w);
                 reasons.push(e.to_string());
             }
@@ -266,8 +270,8 @@ async fn probe_storages(
             message: format!("no storage usable: {}", reasons.join("; ")),
         });
     }
-    let ids: Vec<_> = usable.iter().map(|s| s.id.as_str()).collect();
-    rep.log("info", format!("usable storage(s), in order: {}", ids.join(", "))).await;
+    let ids: Vec<_> = usable.iter().map(|s| s.id.to_string()).collect();
+    rep.log(LogLevel::Info, format!("usable storage(s), in order: {}", ids.join(", "))).await;
     Ok(usable)
 }
 
@@ -288,8 +292,8 @@ async fn one_pass(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
-    let ids: Vec<_> = targets.iter().map(|t| t.id.as_str()).collect();
-    rep.log("info", format!("{tool} started (zstd level {}), writing to {}", s.level, ids.join(", "))).await;
+    let ids: Vec<_> = targets.iter().map(|t| t.id.to_string()).collect();
+    rep.log(LogLevel::Info, format!("{tool} started (zstd level {}), writing to {}", s.level, ids.join(", "))).await;
     let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
     let stderr_task =
         tokio::spawn(forward_stderr(child.stderr.take(), tool_name, rep.clone(), vec![source.password.clone()]));
@@ -303,7 +307,7 @@ async fn one_pass(
         s.cipher.clone().map(|c| Box::new(move |seq, data: Vec<u8>| c.seal(seq, &data)) as chunker::Sealer);
     let compressor =
         tokio::task::spawn_blocking(move || chunker::compress(input, chunk_tx, level, workers, chunk_size, sealer));
-    let uploader = upload_all(chunk_rx, targets, &s.prefix, s.concurrency, rep);
+    let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, rep);
     let (upload_res, comp_res) = tokio::join!(uploader, compressor);
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
@@ -328,44 +332,45 @@ type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>);
 async fn upload_all(
     rx: mpsc::Receiver<chunker::SealedChunk>,
     targets: &[OpenStorage],
-    prefix: &str,
+    layout: &ObjectLayout,
     concurrency: usize,
     rep: &Reporter,
 ) -> PipelineResult<Uploaded> {
-    let failed: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let failed: Arc<Mutex<Vec<(StorageId, String)>>> = Arc::default();
     let progress = Arc::new(Mutex::new((0u64, 0u64, 0u32)));
-    let is_failed =
-        |f: &Mutex<Vec<(String, String)>>, id: &str| f.lock().map(|f| f.iter().any(|(s, _)| s == id)).unwrap_or(true);
+    let is_failed = |f: &Mutex<Vec<(StorageId, String)>>, id: StorageId| {
+        f.lock().map(|f| f.iter().any(|(s, _)| *s == id)).unwrap_or(true)
+    };
     let mut chunks: Vec<ManifestChunk> = ReceiverStream::new(rx)
         .map(|c| {
             let failed = failed.clone();
             let progress = progress.clone();
             async move {
-                let key = manifest::chunk_key(prefix, c.seq);
+                let key = layout.chunk_key(c.seq);
                 let path = ObjPath::from(key.as_str());
                 let mut stored_somewhere = false;
                 let mut last_error = String::new();
                 for s in targets {
-                    if is_failed(&failed, &s.id) {
+                    if is_failed(&failed, s.id) {
                         continue;
                     }
                     match put_with_retry(s, &path, c.data.clone()).await {
                         Ok(()) => {
                             stored_somewhere = true;
-                            rep.chunk(&s.id, c.seq, &key, c.data.len() as u64, &c.sha256, c.raw_bytes).await;
+                            rep.chunk(s.id, c.seq, &key, c.data.len() as u64, &c.sha256, c.raw_bytes).await;
                         }
                         Err(e) => {
                             last_error = e.to_string();
                             let w = format!("storage {} dropped from this backup: chunk {}: {e}", s.id, c.seq);
-                            rep.log("warn", w.clone()).await;
+                            rep.log(LogLevel::Warn, w.clone()).await;
                             if let Ok(mut f) = failed.lock() {
-                                f.push((s.id.clone(), w));
+                                f.push((s.id, w));
                             }
                         }
                     }
                 }
                 if !stored_somewhere {
-                    let storage = if targets.len() == 1 { targets[0].id.clone() } else { "all".into() };
+                    let storage = if targets.len() == 1 { targets[0].id.to_string() } else { "all".into() };
                     return Err(PipelineError::Storage { storage, message: format!("chunk {}: {last_error}", c.seq) });
                 }
                 let (raw, stored, n) = {
@@ -383,8 +388,8 @@ async fn upload_all(
         .try_collect()
         .await?;
     let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
-    let failed_ids: HashSet<&str> = failed.iter().map(|(s, _)| s.as_str()).collect();
-    let complete: Vec<OpenStorage> = targets.iter().filter(|s| !failed_ids.contains(s.id.as_str())).cloned().collect();
+    let failed_ids: HashSet<StorageId> = failed.iter().map(|(s, _)| *s).collect();
+    let complete: Vec<OpenStorage> = targets.iter().filter(|s| !failed_ids.contains(&s.id)).cloned().collect();
     if complete.is_empty() {
         return Err(PipelineError::Storage { storage: "all".into(), message: "every storage failed".into() });
     }

@@ -1,14 +1,21 @@
 //! The data path. Backup: dump tool stdout -> zstd (blocking thread) -> fixed-size chunks with sha256 ->
 //! concurrent uploads -> manifest last. Restore: verify every chunk against its sha256 first, then download
 //! again (verifying each chunk before use) -> zstd decoder -> restore tool stdin. Memory is bounded by channel
-//! capacities: at most a few chunks are ever held at once, never the whole dump.
+//! capacities: at most a few chunks are ever held at once, never the whole dump. Both take the protocol
+//! model's plans (`BackupPlan`, `RestorePlan`) and return its results; the executor calls them.
 
 pub mod backup;
 pub mod restore;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::executor::Reporter;
+use dg_common::protocol::{DatabaseTarget, LogLevel};
+
+use crate::{
+    engine::{self, ServerInfo},
+    error::PipelineResult,
+    report::Reporter,
+};
 
 /// How many stderr lines of a tool are kept for the error message.
 const STDERR_TAIL: usize = 20;
@@ -28,7 +35,7 @@ pub async fn forward_stderr(
     let refs: Vec<&str> = secrets.iter().map(String::as_str).collect();
     while let Ok(Some(line)) = lines.next_line().await {
         let line = dg_common::redact::redact(&line, &refs);
-        rep.log("warn", format!("{tool}: {line}")).await;
+        rep.log(LogLevel::Warn, format!("{tool}: {line}")).await;
         if tail.len() == STDERR_TAIL {
             tail.pop_front();
         }
@@ -38,14 +45,11 @@ pub async fn forward_stderr(
 }
 
 /// Tests the connection to the target's database and logs the server version and round trip.
-pub async fn test_connection(
-    t: &dg_proto::v1::DatabaseTarget,
-    rep: &Reporter,
-) -> crate::error::PipelineResult<crate::engine::ServerInfo> {
-    let info = crate::engine::test_connection(t, &t.database).await?;
-    let engine = crate::engine::engine_of(t).map(crate::engine::engine_name).unwrap_or("database");
+pub async fn test_connection(t: &DatabaseTarget, rep: &Reporter) -> PipelineResult<ServerInfo> {
+    let info = engine::test_connection(t, &t.database).await?;
+    let engine = t.engine.name();
     let line = format!("connection test ok: {engine} {} answered in {} ms", info.version, info.latency.as_millis());
-    rep.log("info", line).await;
+    rep.log(LogLevel::Info, line).await;
     Ok(info)
 }
 

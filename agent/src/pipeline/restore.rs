@@ -5,50 +5,57 @@
 //! the chunks are read again, each verified again before use (it could have changed since), decrypted,
 //! decompressed and piped into the restore tool (or, for a parallel PostgreSQL restore, written to a
 //! temporary file in the agent's work directory first).
+//!
+//! What happens to the target database is the plan's `TargetDatabasePlan`, decided by the controller; the
+//! chunk list arrives validated (in order from seq 0, safe keys, hex sha256s) by the protocol model.
 
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use dg_common::{chunk as chunker, manifest::Manifest};
-use dg_proto::v1::{ChunkRef, Engine, RestoreResult, RestoreTask};
 use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tokio_util::sync::CancellationToken;
 
+use dg_common::{
+    chunk as chunker,
+    manifest::Manifest,
+    protocol::{ChunkRef, Engine, LogLevel, RestorePlan, RestoreResult},
+};
+
 use super::{forward_stderr, tool_failure};
 use crate::{
     context::AgentContext,
-    engine::{self, engine_of},
+    engine,
     error::{PipelineError, PipelineResult},
-    executor::Reporter,
     keys::ChunkCipher,
+    report::Reporter,
     storage::{self, OpenStorage},
 };
 
 /// Decompressed block size written to the restore tool.
 const BLOCK: usize = 256 * 1024;
 
-/// Runs one restore attempt. A verification restore (`drop_after`) drops the database it created at the
-/// end, whatever the outcome.
+/// Runs one restore attempt. A verification restore (a scratch target database) drops the database it
+/// created at the end, whatever the outcome.
 pub async fn run(
-    task: RestoreTask,
+    plan: &RestorePlan,
     rep: &Reporter,
     cancel: &CancellationToken,
     ctx: &AgentContext,
 ) -> PipelineResult<RestoreResult> {
-    let verify_target = task.drop_after.then(|| task.target.clone()).flatten();
     let mut created = false;
     let result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),
-        r = run_inner(task, rep, ctx, &mut created) => r,
+        r = run_inner(plan, rep, ctx, &mut created) => r,
     };
     // Only a database this attempt created is dropped.
-    if let Some(t) = verify_target.filter(|_| created) {
-        match engine::drop_database(&t, &t.database).await {
-            Ok(()) => rep.log("info", format!("verification database {} dropped", t.database)).await,
-            Err(e) => rep.log("warn", format!("verification database {} not dropped: {e}", t.database)).await,
+    if plan.target_plan.is_scratch() && created {
+        let t = &plan.target;
+        match engine::drop_database(t, &t.database).await {
+            Ok(()) => rep.log(LogLevel::Info, format!("verification database {} dropped", t.database)).await,
+            Err(e) => rep.log(LogLevel::Warn, format!("verification database {} not dropped: {e}", t.database)).await,
         }
     }
     result
@@ -107,21 +114,21 @@ async fn read_manifest(stores: &[OpenStorage], key: &str) -> PipelineResult<Mani
 }
 
 async fn run_inner(
-    task: RestoreTask,
+    plan: &RestorePlan,
     rep: &Reporter,
     ctx: &AgentContext,
     created_db: &mut bool,
 ) -> PipelineResult<RestoreResult> {
-    let target = task.target.clone().ok_or_else(|| PipelineError::Invalid("restore task without a target".into()))?;
-    let engine = engine_of(&target)?;
-    if task.source_engine != target.engine {
+    let target = &plan.target;
+    let engine = target.engine;
+    if plan.source_engine != engine {
         return Err(PipelineError::Invalid("a backup restores only into the engine it was taken from".into()));
     }
     let mut stores = Vec::new();
-    for t in &task.storages {
+    for t in &plan.storages {
         match storage::open(t, ctx) {
             Ok(s) => stores.push(s),
-            Err(e) => rep.log("warn", format!("storage {} unusable: {e}", t.storage_id)).await,
+            Err(e) => rep.log(LogLevel::Warn, format!("storage {} unusable: {e}", t.id)).await,
         }
     }
     if stores.is_empty() {
@@ -130,23 +137,19 @@ async fn run_inner(
             message: "no storage holding the backup can be opened".into(),
         });
     }
-    if task.chunks.is_empty() {
-        return Err(PipelineError::Integrity("the backup has no chunks".into()));
-    }
 
     // 1. Everything that can fail without the database: the key, then every chunk.
-    let manifest =
-        if task.manifest_key.is_empty() { None } else { Some(read_manifest(&stores, &task.manifest_key).await?) };
-    let cipher = match manifest.as_ref().map(|m| (&m.encryption_key_id, &m.wrapped_key, &m.execution_id)) {
-        Some((Some(k), Some(w), backup)) => {
-            let c = ChunkCipher::open(&ctx.keys_dir, k, backup, w)?;
-            rep.log("info", format!("backup is encrypted with key \"{k}\"; data key unwrapped")).await;
+    let manifest = read_manifest(&stores, &plan.manifest_key).await?;
+    let cipher = match (&manifest.encryption_key_id, &manifest.wrapped_key) {
+        (Some(k), Some(w)) => {
+            let c = ChunkCipher::open(&ctx.keys_dir, k, &manifest.execution_id, w)?;
+            rep.log(LogLevel::Info, format!("backup is encrypted with key \"{k}\"; data key unwrapped")).await;
             Some(c)
         }
         _ => None,
     };
-    let globals_sql = if task.restore_globals {
-        let g = manifest.as_ref().and_then(|m| m.globals.clone()).ok_or_else(|| {
+    let globals_sql = if plan.restore_globals {
+        let g = manifest.globals.clone().ok_or_else(|| {
             PipelineError::Invalid("restore_globals: this backup has no globals (its job did not include them)".into())
         })?;
         let as_chunk = ChunkRef { seq: 0, key: g.key.clone(), size: g.size, sha256: g.sha256.clone() };
@@ -163,56 +166,57 @@ async fn run_inner(
     let all: Vec<usize> = (0..stores.len()).collect();
     let mut whole = Sha256::new();
     let mut total = 0u64;
-    let mut sources = Vec::with_capacity(task.chunks.len());
-    for (i, c) in task.chunks.iter().enumerate() {
-        if c.seq as usize != i {
-            return Err(PipelineError::Integrity(format!("chunk list has a gap at position {i}")));
-        }
+    let mut sources = Vec::with_capacity(plan.chunks.len());
+    for c in &plan.chunks {
         let (src, data) = fetch_any(&stores, &all, c).await?;
         whole.update(&data);
         total += data.len() as u64;
         sources.push(src);
     }
-    if !task.sha256.is_empty() && !hex::encode(whole.finalize()).eq_ignore_ascii_case(&task.sha256) {
+    if !hex::encode(whole.finalize()).eq_ignore_ascii_case(&plan.sha256) {
         return Err(PipelineError::Integrity("the chunks do not add up to the backup's sha256".into()));
     }
-    rep.log("info", format!("verified {} chunks ({total} bytes) against their sha256", task.chunks.len())).await;
+    let line = format!("verified {} chunks ({total} bytes) against their sha256", plan.chunks.len());
+    rep.log(LogLevel::Info, line).await;
 
     // 2. Prepare the target.
-    let mysql_like = engine != Engine::Postgres;
-    if task.drop_existing && mysql_like && !task.drop_after {
-        engine::drop_database(&target, &target.database).await?;
-        rep.log("info", format!("dropped database {} (drop_existing)", target.database)).await;
+    let target_plan = plan.target_plan;
+    // MariaDB/MySQL: dropping the existing objects is dropping and recreating the database; PostgreSQL
+    // leaves it to `pg_restore --clean`.
+    let recreate = target_plan.drops_existing() && engine != Engine::Postgres;
+    if recreate {
+        engine::drop_database(target, &target.database).await?;
+        rep.log(LogLevel::Info, format!("dropped database {} (drop_existing)", target.database)).await;
     }
-    if task.create_database || task.drop_after || (task.drop_existing && mysql_like) {
-        let created = engine::ensure_database(&target, &target.database).await?;
+    if target_plan.creates() || recreate {
+        let created = engine::ensure_database(target, &target.database).await?;
         *created_db = created;
-        if task.drop_after && !created {
+        if target_plan.is_scratch() && !created {
             return Err(PipelineError::Invalid(format!(
                 "verification database {} already exists; refusing to restore into it",
                 target.database
             )));
         }
         if created {
-            rep.log("info", format!("created database {}", target.database)).await;
+            rep.log(LogLevel::Info, format!("created database {}", target.database)).await;
         }
     }
     if let Some(sql) = &globals_sql {
-        let notes = engine::postgres::restore_globals(&target, &ctx.tools, sql).await?;
-        rep.log("info", format!("globals replayed ({} bytes of SQL)", sql.len())).await;
+        let notes = engine::postgres::restore_globals(target, &ctx.tools, sql).await?;
+        rep.log(LogLevel::Info, format!("globals replayed ({} bytes of SQL)", sql.len())).await;
         for n in notes.into_iter().take(50) {
-            rep.log("warn", format!("globals: {n}")).await;
+            rep.log(LogLevel::Warn, format!("globals: {n}")).await;
         }
     }
-    super::test_connection(&target, rep).await?;
+    super::test_connection(target, rep).await?;
 
     // 3. Stream: download (verify again) -> decrypt -> decompress -> restore tool (or a file first).
-    let to_file: Option<PathBuf> = (engine == Engine::Postgres && task.parallel_jobs > 1)
-        .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution_id())));
+    let to_file: Option<PathBuf> = (engine == Engine::Postgres && plan.parallel_jobs > 1)
+        .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution().id)));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
     let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(8);
     let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK));
-    let chunks = task.chunks.clone();
+    let chunks = &plan.chunks;
     let downloader = async move {
         for (c, src) in chunks.iter().zip(sources) {
             let mut order = vec![src];
@@ -246,17 +250,17 @@ async fn run_inner(
             down_res?;
             decompressed(dec_res)?;
             let written = write_res?;
-            rep.log("info", format!("archive staged ({written} bytes); pg_restore with {} jobs", task.parallel_jobs))
-                .await;
-            let mut run =
-                engine::restore(&target, task.drop_existing, Some(&path), task.parallel_jobs, &ctx.tools).await?;
+            let line = format!("archive staged ({written} bytes); pg_restore with {} jobs", plan.parallel_jobs);
+            rep.log(LogLevel::Info, line).await;
+            let drop_existing = target_plan.drops_existing();
+            let mut run = engine::restore(target, drop_existing, Some(&path), plan.parallel_jobs, &ctx.tools).await?;
             run_tool(&mut run, rep, &target.password).await.map(|tool| (written, tool))
         };
         let r = staged.await;
         let _ = std::fs::remove_file(&path);
         r
     } else {
-        let mut run = engine::restore(&target, task.drop_existing, None, 1, &ctx.tools).await?;
+        let mut run = engine::restore(target, target_plan.drops_existing(), None, 1, &ctx.tools).await?;
         let tool = format!("{} {}", run.tool, run.version);
         let mut child = run
             .cmd
@@ -265,7 +269,7 @@ async fn run_inner(
             .stderr(std::process::Stdio::piped())
             .spawn()
             .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
-        rep.log("info", format!("{tool} started")).await;
+        rep.log(LogLevel::Info, format!("{tool} started")).await;
         let stderr_task =
             tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), vec![target.password.clone()]));
         let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
@@ -284,11 +288,16 @@ async fn run_inner(
         let tail = stderr_task.await.unwrap_or_default();
         drop(run);
         down_res?;
-        // A stream that does not decompress whole is the cause, whatever the tool made of the part it got.
-        let decompressed = decompressed(dec_res)?;
+        // A stream that does not decompress whole is the cause, whatever the tool made of the part it got; a
+        // tool that stopped reading (it failed) is reported as the tool's failure.
+        let decompressed = decompressed(dec_res);
+        if let Err(e @ PipelineError::Integrity(_)) = decompressed {
+            return Err(e);
+        }
         if !status.success() {
             return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
         }
+        let decompressed = decompressed?;
         let written = write_res?;
         if written != decompressed {
             return Err(PipelineError::Integrity(format!("decompressed {decompressed} bytes but wrote {written}")));
@@ -296,7 +305,7 @@ async fn run_inner(
         Ok((written, tool))
     };
     let (written, tool) = result?;
-    rep.log("info", format!("restore finished: {written} bytes restored with {tool}")).await;
+    rep.log(LogLevel::Info, format!("restore finished: {written} bytes restored with {tool}")).await;
     Ok(RestoreResult { raw_bytes: written, tool_version: tool })
 }
 

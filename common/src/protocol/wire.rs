@@ -231,10 +231,18 @@ fn backup_plan(t: pb::BackupTask, execution: ExecutionRef) -> ProtocolResult<Bac
     let source = DatabaseTarget::try_from(required(t.source, "source")?).map_err(|e| e.within("source"))?;
     let encryption_key_id = match t.encryption_key_id.as_str() {
         "" => None,
-        k if k.len() <= 64 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') => {
+        k if k.len() <= 64
+            && !k.starts_with('.')
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
             Some(k.to_owned())
         }
-        _ => return Err(ProtocolError::new("encryption_key_id", "must be 1 to 64 of [A-Za-z0-9_-]")),
+        _ => {
+            return Err(ProtocolError::new(
+                "encryption_key_id",
+                "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'",
+            ));
+        }
     };
     Ok(BackupPlan {
         layout: layout_field(&t.key_prefix, &t.datasource_id, execution)?,
@@ -317,7 +325,7 @@ fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
         sha256: sha256_field("sha256", &t.sha256)?,
         source_engine: Engine::try_from(t.source_engine).map_err(|e| e.within("source"))?,
         manifest_key: key_field("manifest_key", &t.manifest_key)?,
-        parallel_jobs: t.parallel_jobs.clamp(1, 64),
+        parallel_jobs: t.parallel_jobs.clamp(1, 16),
         restore_globals: t.restore_globals,
     })
 }
@@ -349,7 +357,7 @@ impl TryFrom<pb::Assign> for Assignment {
             pb::assign::Task::Restore(t) => Plan::Restore(restore_plan(t).map_err(|e| e.within("restore"))?),
         };
         let trace_context =
-            a.trace_context.into_iter().take(8).filter(|(k, v)| k.len() <= 64 && v.len() <= 512).collect();
+            a.trace_context.into_iter().filter(|(k, v)| k.len() <= 64 && v.len() <= 512).take(8).collect();
         Ok(Self { execution, trace_context, plan })
     }
 }
@@ -447,6 +455,21 @@ pub fn report_of(m: pb::agent_message::Kind) -> Option<ProtocolResult<AgentRepor
             .map_err(|e| e.within("failed")),
         Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) | Kind::ObjectData(_) => return None,
     })
+}
+
+/// The attempt a report message names, when that part decodes (to end the attempt of a report whose other
+/// fields are malformed).
+pub fn execution_of(m: &pb::agent_message::Kind) -> Option<ExecutionRef> {
+    use pb::agent_message::Kind;
+    let r = match m {
+        Kind::ChunkReported(c) => c.execution.clone(),
+        Kind::Progress(p) => p.execution.clone(),
+        Kind::Log(l) => l.execution.clone(),
+        Kind::Completed(c) => c.execution.clone(),
+        Kind::Failed(f) => f.execution.clone(),
+        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) | Kind::ObjectData(_) => None,
+    }?;
+    ExecutionRef::try_from(r).ok()
 }
 
 fn chunk_stored(c: pb::ChunkReported) -> ProtocolResult<ChunkStored> {
@@ -575,7 +598,7 @@ mod tests {
                 chunk_size: 4 << 20,
                 upload_concurrency: 2,
                 compression_workers: 2,
-                encryption_key_id: Some("prod-2026".into()),
+                encryption_key_id: Some("prod.2026".into()),
                 include_globals: true,
             }),
         }
@@ -596,7 +619,7 @@ mod tests {
         assert_eq!((q.compression_level, q.chunk_size, q.upload_concurrency), (5, 4 << 20, 2));
         assert_eq!(q.source, p.source);
         assert_eq!(q.storages[0].id, p.storages[0].id);
-        assert_eq!(q.encryption_key_id.as_deref(), Some("prod-2026"));
+        assert_eq!(q.encryption_key_id.as_deref(), Some("prod.2026"));
         assert!(!format!("{q:?}").contains("s3cret"), "Debug hides the password");
     }
 

@@ -139,17 +139,10 @@ impl Db {
     }
 
     /// Heartbeat: refreshes liveness and extends the lease of the agent's running executions.
-    pub async fn agent_heartbeat(&self, id: Uuid, lease_secs: i64) -> Result<(), DbErr> {
+    pub async fn agent_heartbeat(&self, id: Uuid) -> Result<(), DbErr> {
         execute(&self.conn, "UPDATE agent SET last_heartbeat_at = now(), connected = true WHERE id = $1", [id.into()])
-            .await?;
-        execute(
-            &self.conn,
-            "UPDATE execution SET lease_until = now() + make_interval(secs => $2) \
-             WHERE agent_id = $1 AND status = 'running'",
-            [id.into(), (lease_secs as f64).into()],
-        )
-        .await
-        .map(|_| ())
+            .await
+            .map(|_| ())
     }
 
     /// Session closed.

@@ -421,17 +421,6 @@ impl Db {
         .map(|r| r.id)
         .collect())
     }
-
-    /// Whether a queued or running restore reads this backup.
-    pub async fn backup_in_use(&self, backup: Uuid) -> Result<bool, DbErr> {
-        Ok(fetch_one::<Count>(
-            &self.conn,
-            "SELECT count(*) AS n FROM execution WHERE source_backup_id = $1 AND status IN ('queued', 'running')",
-            [backup.into()],
-        )
-        .await?
-        .is_some_and(|c| c.n > 0))
-    }
 }
 
 async fn set_targets(txn: &DatabaseTransaction, job: Uuid, storage_ids: &[Uuid]) -> Result<(), DbErr> {

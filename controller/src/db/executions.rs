@@ -9,7 +9,8 @@ use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 
 const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
-                       source_backup_id, target_database, options, encryption_key_id, warnings";
+                       source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
+                       agent_listed";
 
 /// A new execution.
 #[derive(Debug, Clone)]
@@ -68,6 +69,30 @@ pub struct ChunkReport {
     pub raw_bytes: i64,
 }
 
+/// What marking a backup for deletion found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeleteMark {
+    /// Marked; no restore of it can be queued from now on.
+    Marked,
+    /// Not a completed backup.
+    NotFound,
+    /// This queued or running execution reads it.
+    InUse(Uuid),
+}
+
+/// What recording a chunk report did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkRecord {
+    /// Newly recorded.
+    Recorded,
+    /// The same report again (a resend): nothing changed.
+    Duplicate,
+    /// The same seq and storage reported before with other contents.
+    Conflict,
+    /// The attempt is not a running backup attempt.
+    NotRunning,
+}
+
 /// The outcome a backup reported.
 #[derive(Debug, Clone)]
 pub struct BackupOutcome {
@@ -96,8 +121,16 @@ pub struct BackupOutcome {
 impl Db {
     /// Queues an execution.
     pub async fn insert_execution(&self, n: &NewExecution) -> Result<Execution, DbErr> {
+        self.insert_execution_on(&self.conn, n).await
+    }
+
+    async fn insert_execution_on(
+        &self,
+        c: &impl sea_orm::ConnectionTrait,
+        n: &NewExecution,
+    ) -> Result<Execution, DbErr> {
         fetch_one(
-            &self.conn,
+            c,
             &format!(
                 "INSERT INTO execution (id, operation, status, job_id, datasource_id, agent_id, source_backup_id, \
                  target_database, options) VALUES ($1, $2, 'queued', $3, $4, $5, $6, $7, $8) RETURNING {EX_COLS}"
@@ -115,6 +148,62 @@ impl Db {
         )
         .await?
         .ok_or(DbErr::RecordNotInserted)
+    }
+
+    /// Queues an execution that reads backup `backup` (a restore), holding the backup's row so that a deletion
+    /// cannot start in between. `None` when the backup is not a completed backup or is being deleted.
+    pub async fn insert_reading_execution(&self, backup: Uuid, n: &NewExecution) -> Result<Option<Execution>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Flag {
+            deleting: bool,
+        }
+        let txn = self.conn.begin().await?;
+        let flag: Option<Flag> = fetch_one(
+            &txn,
+            "SELECT deleting FROM execution WHERE id = $1 AND operation = 'backup' AND status = 'completed' FOR SHARE",
+            [backup.into()],
+        )
+        .await?;
+        if !matches!(flag, Some(Flag { deleting: false })) {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let ex = self.insert_execution_on(&txn, n).await?;
+        txn.commit().await?;
+        Ok(Some(ex))
+    }
+
+    /// Marks a completed backup as being deleted, unless a queued or running execution reads it: one
+    /// transaction holding the backup's row, so a restore cannot be queued between the check and the mark.
+    pub async fn mark_deleting(&self, backup: Uuid) -> Result<DeleteMark, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Reader {
+            id: Uuid,
+        }
+        let txn = self.conn.begin().await?;
+        let locked = execute(
+            &txn,
+            "SELECT 1 FROM execution WHERE id = $1 AND operation = 'backup' AND status = 'completed' FOR UPDATE",
+            [backup.into()],
+        )
+        .await?;
+        if locked == 0 {
+            txn.rollback().await?;
+            return Ok(DeleteMark::NotFound);
+        }
+        let reader: Option<Reader> = fetch_one(
+            &txn,
+            "SELECT id FROM execution WHERE source_backup_id = $1 AND status IN ('queued', 'running') LIMIT 1",
+            [backup.into()],
+        )
+        .await?;
+        if let Some(r) = reader {
+            txn.rollback().await?;
+            return Ok(DeleteMark::InUse(r.id));
+        }
+        execute(&txn, "UPDATE execution SET deleting = true WHERE id = $1", [backup.into()]).await?;
+        txn.commit().await?;
+        Ok(DeleteMark::Marked)
     }
 
     /// One execution.
@@ -180,14 +269,91 @@ impl Db {
         .await
     }
 
+    /// Extends the leases of the attempts an agent's heartbeat lists (and only those).
+    pub async fn extend_leases(&self, agent_id: Uuid, running: &[(Uuid, i32)], lease_secs: i64) -> Result<(), DbErr> {
+        if running.is_empty() {
+            return Ok(());
+        }
+        let list = serde_json::Value::Array(
+            running.iter().map(|(id, a)| serde_json::json!({ "id": id, "attempt": a })).collect(),
+        );
+        execute(
+            &self.conn,
+            "UPDATE execution e SET lease_until = now() + make_interval(secs => $3), agent_listed = true \
+             FROM jsonb_to_recordset($2::jsonb) AS r(id uuid, attempt int) \
+             WHERE e.agent_id = $1 AND e.status = 'running' AND e.id = r.id AND e.attempt = r.attempt",
+            [agent_id.into(), list.into(), (lease_secs as f64).into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Running attempts of an agent that its heartbeat does not list although they were claimed more than
+    /// `grace_secs` ago (the agent never started them, or forgot them).
+    pub async fn unlisted_attempts(
+        &self,
+        agent_id: Uuid,
+        running: &[(Uuid, i32)],
+        grace_secs: i64,
+    ) -> Result<Vec<Execution>, DbErr> {
+        let list = serde_json::Value::Array(
+            running.iter().map(|(id, a)| serde_json::json!({ "id": id, "attempt": a })).collect(),
+        );
+        fetch_all(
+            &self.conn,
+            &format!(
+                "SELECT {EX_COLS} FROM execution e WHERE e.agent_id = $1 AND e.status = 'running' \
+                 AND e.started_at < now() - make_interval(secs => $3) \
+                 AND NOT EXISTS (SELECT 1 FROM jsonb_to_recordset($2::jsonb) AS r(id uuid, attempt int) \
+                                 WHERE r.id = e.id AND r.attempt = e.attempt)"
+            ),
+            [agent_id.into(), list.into(), (grace_secs as f64).into()],
+        )
+        .await
+    }
+
+    /// Running attempts whose lease expired.
+    pub async fn expired_attempts(&self) -> Result<Vec<Execution>, DbErr> {
+        fetch_all(
+            &self.conn,
+            &format!("SELECT {EX_COLS} FROM execution WHERE status = 'running' AND lease_until < now()"),
+            [],
+        )
+        .await
+    }
+
+    /// Gives every running attempt a fresh lease (after the controller's database was unreachable, when no
+    /// heartbeat could be recorded).
+    pub async fn extend_all_leases(&self, lease_secs: i64) -> Result<u64, DbErr> {
+        execute(
+            &self.conn,
+            "UPDATE execution SET lease_until = greatest(lease_until, now() + make_interval(secs => $1)) \
+             WHERE status = 'running'",
+            [(lease_secs as f64).into()],
+        )
+        .await
+    }
+
+    /// Records an operator's cancellation of a running attempt.
+    pub async fn request_cancel(&self, id: Uuid, attempt: i32) -> Result<bool, DbErr> {
+        Ok(execute(
+            &self.conn,
+            "UPDATE execution SET cancel_requested = true WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into()],
+        )
+        .await?
+            == 1)
+    }
+
     /// Claims a queued execution: `queued -> running` with the next attempt number and a lease. `None` when
     /// another replica claimed it first.
     pub async fn claim(&self, id: Uuid, lease_secs: i64) -> Result<Option<Execution>, DbErr> {
         fetch_one(
             &self.conn,
             &format!(
-                "UPDATE execution SET status = 'running', attempt = attempt + 1, started_at = now(), \
+                "UPDATE execution SET status = 'running', attempt = attempt + 1, started_at = now(), agent_listed = false, \
                  lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'queued' \
+                 AND NOT EXISTS (SELECT 1 FROM execution b WHERE b.id = execution.source_backup_id AND b.deleting) \
                  RETURNING {EX_COLS}"
             ),
             [id.into(), (lease_secs as f64).into()],
@@ -196,14 +362,13 @@ impl Db {
     }
 
     /// Records a reported chunk if the attempt is current. Returns false for a stale attempt.
-    pub async fn record_chunk(&self, c: &ChunkReport) -> Result<bool, DbErr> {
+    pub async fn record_chunk(&self, c: &ChunkReport) -> Result<ChunkRecord, DbErr> {
         let n = execute(
             &self.conn,
             "INSERT INTO backup_chunk (execution_id, attempt, storage_id, seq, object_key, size, sha256, raw_bytes) \
              SELECT $1, $2, $3, $4, $5, $6, $7, $8 WHERE EXISTS (SELECT 1 FROM execution \
              WHERE id = $1 AND attempt = $2 AND status = 'running' AND operation = 'backup') \
-             ON CONFLICT (execution_id, attempt, storage_id, seq) DO UPDATE SET object_key = EXCLUDED.object_key, \
-             size = EXCLUDED.size, sha256 = EXCLUDED.sha256, raw_bytes = EXCLUDED.raw_bytes",
+             ON CONFLICT (execution_id, attempt, storage_id, seq) DO NOTHING",
             [
                 c.execution_id.into(),
                 c.attempt.into(),
@@ -216,7 +381,32 @@ impl Db {
             ],
         )
         .await?;
-        Ok(n == 1)
+        if n == 1 {
+            return Ok(ChunkRecord::Recorded);
+        }
+        #[derive(sea_orm::FromQueryResult)]
+        struct Recorded {
+            object_key: String,
+            size: i64,
+            sha256: String,
+        }
+        let existing: Option<Recorded> = fetch_one(
+            &self.conn,
+            "SELECT object_key, size, sha256 FROM backup_chunk \
+             WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3 AND seq = $4",
+            [c.execution_id.into(), c.attempt.into(), c.storage_id.into(), c.seq.into()],
+        )
+        .await?;
+        Ok(match existing {
+            None => ChunkRecord::NotRunning,
+            Some(r) => {
+                if r.object_key == c.key && r.size == c.size && r.sha256 == c.sha256 {
+                    ChunkRecord::Duplicate
+                } else {
+                    ChunkRecord::Conflict
+                }
+            }
+        })
     }
 
     /// Commits a backup: every storage claimed complete must hold exactly `chunk_count` recorded chunks
@@ -326,23 +516,6 @@ impl Db {
         )
         .await?
             == 1)
-    }
-
-    /// Fails every running execution whose lease expired (agent silent). Returns their ids.
-    pub async fn reap_expired(&self) -> Result<Vec<Uuid>, DbErr> {
-        #[derive(sea_orm::FromQueryResult)]
-        struct Id {
-            id: Uuid,
-        }
-        let rows: Vec<Id> = fetch_all(
-            &self.conn,
-            "UPDATE execution SET status = 'failed', finished_at = now(), lease_until = NULL, \
-             error = 'agent lost: no heartbeat before the lease expired' \
-             WHERE status = 'running' AND lease_until < now() RETURNING id",
-            [],
-        )
-        .await?;
-        Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
     /// Appends a log line.

@@ -20,7 +20,7 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::IssuedCert,
     catalog::Deletion,
-    executions::{BackupOutcome, ChunkReport, ExecutionFilter, NewExecution},
+    executions::{BackupOutcome, ChunkRecord, ChunkReport, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
 };
 

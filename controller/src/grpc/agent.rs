@@ -4,7 +4,7 @@
 
 use std::{pin::Pin, time::Duration};
 
-use dg_common::{error::FieldError, ids::AgentId, tls};
+use dg_common::{error::FieldError, ids::AgentId, protocol::wire, tls};
 use dg_proto::{
     AGENT_PROTOCOL_VERSION,
     v1::{self as pb, agent_enrollment_service_server, agent_session_service_server},
@@ -17,11 +17,8 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
-use super::{Ctx, convert, validate};
-use crate::{
-    db::{BackupOutcome, ChunkReport},
-    error::ControllerResult,
-};
+use super::{Ctx, convert};
+use crate::error::{ControllerError, ControllerResult};
 
 /// Enrollment handler.
 #[derive(Clone, Debug)]
@@ -123,10 +120,10 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
             .take(32)
             .map(|t| convert::ToolJson { name: t.name.clone(), version: t.version.clone(), path: t.path.clone() })
             .collect();
-        let running: Vec<(Uuid, i32)> = hello
-            .running
-            .iter()
-            .filter_map(|r| Some((r.execution_id.parse().ok()?, i32::try_from(r.attempt).ok()?)))
+        let running: Vec<(Uuid, i32)> = wire::running_of(hello.running)
+            .map_err(|e| dg_common::error::to_status(e.within("hello")))?
+            .into_iter()
+            .map(|r| (r.id.0, i32::try_from(r.attempt.0).unwrap_or(i32::MAX)))
             .collect();
         self.ctx.executions.reconcile(agent.0, &running).await?;
 
@@ -201,96 +198,35 @@ async fn read_loop(ctx: &Ctx, agent: AgentId, inbound: &mut Streaming<pb::AgentM
     }
 }
 
-fn exec_ref(r: Option<pb::ExecutionRef>) -> Result<(Uuid, i32), FieldError> {
-    let r = r.ok_or_else(|| FieldError::new("execution", "is required"))?;
-    let id = validate::id("execution.execution_id", &r.execution_id)?;
-    let attempt = i32::try_from(r.attempt).map_err(|_| FieldError::new("execution.attempt", "out of range"))?;
-    Ok((id, attempt))
-}
-
 async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerResult<()> {
     use pb::agent_message::Kind;
-    let a = agent.0;
-    match m.kind {
-        Some(Kind::Heartbeat(_)) => {
-            ctx.agents.heartbeat(a, ctx.agent_settings.lease_secs).await?;
-            ctx.coord.set_presence(a, ctx.agent_settings.heartbeat * 3).await;
+    let Some(kind) = m.kind else { return Ok(()) };
+    if let Some(report) = wire::report_of(kind.clone()) {
+        return match report {
+            Ok(r) => ctx.executions.report(agent, r).await,
+            // A report that does not decode is input that does not fit the attempt: it ends the attempt
+            // (when it names one this agent runs).
+            Err(e) => match wire::execution_of(&kind) {
+                Some(execution) => ctx.executions.refuse_report(agent, execution, e.to_string()).await,
+                None => Err(ControllerError::Protocol(e)),
+            },
+        };
+    }
+    match kind {
+        Kind::Heartbeat(h) => {
+            let running = wire::running_of(h.running).map_err(|e| ControllerError::Protocol(e.within("heartbeat")))?;
+            ctx.agents.heartbeat(agent.0).await?;
+            ctx.coord.set_presence(agent.0, ctx.agent_settings.heartbeat * 3).await;
+            let s = &ctx.agent_settings;
+            // An assignment gets one heartbeat interval (plus delivery slack) to show up in the agent's list.
+            let grace = i64::try_from(s.heartbeat.as_secs()).unwrap_or(10) * 2 + 1;
+            ctx.executions.heartbeat(agent, &running, s.lease_secs, grace).await?;
         }
-        Some(Kind::ChunkReported(c)) => {
-            let (id, attempt) = exec_ref(c.execution)?;
-            ctx.executions
-                .report_chunk(
-                    a,
-                    ChunkReport {
-                        execution_id: id,
-                        attempt,
-                        storage_id: validate::id("storage_id", &c.storage_id)?,
-                        seq: i32::try_from(c.seq).map_err(|_| FieldError::new("seq", "out of range"))?,
-                        key: c.key,
-                        size: i64::try_from(c.size).map_err(|_| FieldError::new("size", "out of range"))?,
-                        sha256: c.sha256,
-                        raw_bytes: i64::try_from(c.raw_bytes).unwrap_or(i64::MAX),
-                    },
-                )
-                .await?;
-        }
-        Some(Kind::Progress(p)) => {
-            let (id, attempt) = exec_ref(p.execution)?;
-            ctx.executions.report_progress(a, id, attempt, p.raw_bytes, p.stored_bytes, p.chunks).await?;
-        }
-        Some(Kind::Response(r)) => ctx.rpc.on_response(r),
-        Some(Kind::ObjectData(d)) => ctx.rpc.on_data(d).await,
-        Some(Kind::Log(l)) => {
-            let (id, _) = exec_ref(l.execution)?;
-            let msg: String = l.message.chars().take(8192).collect();
-            ctx.executions.report_log(a, id, &l.level, &msg).await?;
-        }
-        Some(Kind::Completed(c)) => {
-            let (id, attempt) = exec_ref(c.execution)?;
-            match c.result {
-                Some(pb::completed::Result::Backup(b)) => {
-                    let storage_ids =
-                        b.storage_ids.iter().map(|s| validate::id("storage_ids", s)).collect::<Result<Vec<_>, _>>()?;
-                    ctx.executions
-                        .report_backup_completed(
-                            a,
-                            id,
-                            attempt,
-                            BackupOutcome {
-                                raw_bytes: i64::try_from(b.raw_bytes).unwrap_or(i64::MAX),
-                                stored_bytes: i64::try_from(b.stored_bytes).unwrap_or(i64::MAX),
-                                chunk_count: i32::try_from(b.chunk_count).unwrap_or(i32::MAX),
-                                sha256: b.sha256,
-                                manifest_key: b.manifest_key,
-                                storage_ids,
-                                tool_version: b.tool_version,
-                                server_version: b.server_version,
-                                warnings: b
-                                    .warnings
-                                    .into_iter()
-                                    .take(32)
-                                    .map(|w| w.chars().take(1024).collect())
-                                    .collect(),
-                                encryption_key_id: (!b.encryption_key_id.is_empty()).then_some(b.encryption_key_id),
-                            },
-                        )
-                        .await?;
-                }
-                Some(pb::completed::Result::Restore(r)) => {
-                    ctx.executions
-                        .report_restore_completed(a, id, attempt, i64::try_from(r.raw_bytes).unwrap_or(i64::MAX))
-                        .await?;
-                }
-                None => return Err(FieldError::new("result", "is required").into()),
-            }
-        }
-        Some(Kind::Failed(f)) => {
-            let (id, attempt) = exec_ref(f.execution)?;
-            let error: String = f.error.chars().take(8192).collect();
-            ctx.executions.report_failed(a, id, attempt, &error, f.cancelled).await?;
-        }
-        Some(Kind::Hello(_)) => return Err(FieldError::new("hello", "sent twice").into()),
-        None => {}
+        Kind::Response(r) => ctx.rpc.on_response(r),
+        Kind::ObjectData(d) => ctx.rpc.on_data(d).await,
+        Kind::Hello(_) => return Err(FieldError::new("hello", "sent twice").into()),
+        // Reports were handled above.
+        _ => {}
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     model::{self, Status, Strategy, TlsMode},
-    service::{catalog::TestOutcome, dispatch::engine_pb, schedule, storages},
+    service::{catalog::TestOutcome, schedule, storages},
 };
 
 /// A timestamp for responses.
@@ -252,5 +252,14 @@ pub fn audit_event(a: &model::AuditEvent) -> pb::AuditEvent {
         target_kind: a.target_kind.clone(),
         target_id: a.target_id.clone().unwrap_or_default(),
         outcome: a.outcome.clone(),
+    }
+}
+
+/// The pb engine of a domain engine.
+pub fn engine_pb(e: crate::model::Engine) -> pb::Engine {
+    match e {
+        crate::model::Engine::Postgres => pb::Engine::Postgres,
+        crate::model::Engine::Mysql => pb::Engine::Mysql,
+        crate::model::Engine::Mariadb => pb::Engine::Mariadb,
     }
 }

@@ -10,11 +10,12 @@ pub mod validate;
 
 use std::sync::Arc;
 
+use crate::session::{registry::AgentRegistry, rpc::AgentRpc};
 use crate::{
     model::Session,
     service::{
-        agent_rpc::AgentRpc, agents::AgentsService, auth::AuthService, backups::BackupsService,
-        catalog::CatalogService, executions::ExecutionsService, health::HealthService, registry::AgentRegistry,
+        agents::AgentsService, auth::AuthService, backups::BackupsService, catalog::CatalogService,
+        executions::ExecutionsService, health::HealthService,
     },
 };
 

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use dg_common::ids::AgentId;
 use uuid::Uuid;
 
-use super::registry::AgentRegistry;
+use crate::session::registry::AgentRegistry;
 use crate::{
     crypto,
     db::{Db, Page},
@@ -157,8 +157,8 @@ impl AgentsService {
     }
 
     /// Heartbeat.
-    pub async fn heartbeat(&self, id: Uuid, lease_secs: i64) -> ControllerResult<()> {
-        Ok(self.db.agent_heartbeat(id, lease_secs).await?)
+    pub async fn heartbeat(&self, id: Uuid) -> ControllerResult<()> {
+        Ok(self.db.agent_heartbeat(id).await?)
     }
 
     /// Session closed.

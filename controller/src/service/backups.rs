@@ -6,16 +6,16 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::{Bytes, BytesMut};
-use dg_proto::v1::{self as pb, agent_request};
 use object_store::{ObjectStore, ObjectStoreExt, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use super::{agent_rpc::AgentRpc, storages};
+use super::storages;
+use crate::session::rpc::AgentRpc;
 use crate::{
     crypto::MasterKey,
-    db::Db,
+    db::{Db, DeleteMark},
     error::{ControllerError, ControllerResult},
     model::{Chunk, Execution, Operation, Status, Storage, StorageKind},
 };
@@ -34,7 +34,7 @@ pub struct BackupsService {
 /// An opened source of objects.
 enum Source {
     Cloud(Arc<dyn ObjectStore>),
-    Agent { agent: Uuid, target: pb::StorageTarget },
+    Agent { agent: Uuid, target: dg_common::protocol::StorageTarget },
 }
 
 impl BackupsService {
@@ -85,9 +85,7 @@ impl BackupsService {
                     .await
                     .map_err(|_| "agent did not finish the read".to_owned())?
                     .map_err(|_| "agent disconnected".to_owned())?;
-                if !r.error.is_empty() {
-                    return Err(r.error);
-                }
+                r?;
                 Ok(buf.freeze())
             }
         }
@@ -193,11 +191,20 @@ impl BackupsService {
         Ok(rx)
     }
 
-    /// Deletes a backup: objects in every storage first (a storage is dropped from the backup's copies as soon
+    /// Deletes a backup, refused while a queued or running restore reads it (checked atomically with marking
+    /// it, so no restore can be queued meanwhile): objects in every storage first (a storage is dropped from the backup's copies as soon
     /// as its objects are gone), then the rows. Returns the number of objects deleted (a store that cannot
     /// tell an absent object from a deleted one, like S3, counts every key it was asked to delete).
     pub async fn delete(&self, id: Uuid) -> ControllerResult<u32> {
-        self.completed_backup(id).await?;
+        match self.db.mark_deleting(id).await? {
+            DeleteMark::Marked => {}
+            DeleteMark::NotFound => return Err(ControllerError::NotFound(format!("backup {id}"))),
+            DeleteMark::InUse(reader) => {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "backup {id} is read by execution {reader} (queued or running); delete it once that ends"
+                )));
+            }
+        }
         let mut by_storage: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
         for c in self.db.chunks_all_attempts(id).await? {
             by_storage.entry(c.storage_id).or_default().push(c.object_key);
@@ -226,17 +233,11 @@ impl BackupsService {
                 }
                 n
             }
-            Source::Agent { agent, target } => {
-                let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(target), keys });
-                let r = self.rpc.call(agent, kind, Duration::from_secs(120)).await?;
-                if !r.error.is_empty() {
-                    return Err(ControllerError::Unavailable(format!("storage {}: {}", s.name, r.error)));
-                }
-                match r.kind {
-                    Some(pb::agent_response::Kind::Deleted(n)) => n,
-                    _ => 0,
-                }
-            }
+            Source::Agent { agent, target } => self
+                .rpc
+                .delete(agent, target, keys)
+                .await?
+                .map_err(|e| ControllerError::Unavailable(format!("storage {}: {e}", s.name)))?,
         })
     }
 

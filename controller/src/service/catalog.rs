@@ -5,14 +5,13 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
-use dg_proto::v1::{self as pb, agent_request};
 use uuid::Uuid;
 
 use super::{
-    agent_rpc::AgentRpc,
     schedule,
     storages::{self, StorageSpec},
 };
+use crate::session::rpc::{AgentRpc, TestReport};
 use crate::{
     crypto::MasterKey,
     db::{Db, Deletion, Page},
@@ -158,16 +157,10 @@ impl TestOutcome {
         }
     }
 
-    fn from_pb(r: pb::TestResult) -> Self {
-        let latency = r
-            .latency
-            .map(|d| Duration::new(u64::try_from(d.seconds).unwrap_or(0), u32::try_from(d.nanos).unwrap_or(0)))
-            .unwrap_or_default();
-        Self { ok: r.ok, latency, error: r.error, server_version: r.server_version, checked_at: Utc::now() }
+    fn from_report(r: TestReport) -> Self {
+        Self { ok: r.ok, latency: r.latency, error: r.error, server_version: r.server_version, checked_at: Utc::now() }
     }
 }
-
-const TEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Catalog service.
 #[derive(Clone, Debug)]
@@ -282,25 +275,24 @@ impl CatalogService {
     }
 
     /// The connection details for one job, password decrypted (sent only to the bound agent).
-    pub fn database_target(&self, ds: &Datasource, database: Option<String>) -> ControllerResult<pb::DatabaseTarget> {
+    pub fn database_target(
+        &self,
+        ds: &Datasource,
+        database: Option<String>,
+    ) -> ControllerResult<dg_common::protocol::DatabaseTarget> {
         let password = match &ds.password_ciphertext {
             Some(ct) => String::from_utf8(self.key.decrypt(ds.id.as_bytes(), ct)?)
                 .map_err(|_| ControllerError::Pki("stored password is not UTF-8".into()))?,
             None => String::new(),
         };
-        Ok(pb::DatabaseTarget {
-            engine: super::dispatch::engine_pb(ds.engine) as i32,
+        Ok(dg_common::protocol::DatabaseTarget {
+            engine: ds.engine.into(),
             host: ds.host.clone(),
-            port: u32::try_from(ds.port).unwrap_or_default(),
+            port: u16::try_from(ds.port).unwrap_or_default(),
             database: database.unwrap_or_else(|| ds.database_name.clone()),
             username: ds.username.clone(),
             password,
-            tls_mode: match ds.tls_mode {
-                TlsMode::Disable => pb::TlsMode::Disable,
-                TlsMode::Prefer => pb::TlsMode::Prefer,
-                TlsMode::Require => pb::TlsMode::Require,
-                TlsMode::VerifyFull => pb::TlsMode::VerifyFull,
-            } as i32,
+            tls_mode: ds.tls_mode.into(),
         })
     }
 
@@ -308,20 +300,14 @@ impl CatalogService {
     pub async fn test_datasource(&self, id: Uuid) -> ControllerResult<TestOutcome> {
         let ds = self.datasource(id).await?;
         let target = self.database_target(&ds, None)?;
-        let kind = agent_request::Kind::TestDatabase(pb::TestDatabase { target: Some(target) });
-        let outcome = self.agent_test(ds.agent_id, kind).await;
+        let outcome = Self::outcome(self.rpc.test_database(ds.agent_id, target).await);
         self.record("datasource", id, &outcome).await?;
         Ok(outcome)
     }
 
-    async fn agent_test(&self, agent: Uuid, kind: agent_request::Kind) -> TestOutcome {
-        match self.rpc.call(agent, kind, TEST_TIMEOUT).await {
-            Ok(pb::AgentResponse { kind: Some(pb::agent_response::Kind::Test(r)), .. }) => TestOutcome::from_pb(r),
-            Ok(r) => TestOutcome::failed(if r.error.is_empty() {
-                "unexpected answer from the agent".into()
-            } else {
-                r.error
-            }),
+    fn outcome(r: ControllerResult<TestReport>) -> TestOutcome {
+        match r {
+            Ok(r) => TestOutcome::from_report(r),
             Err(e) => TestOutcome::failed(e.to_string()),
         }
     }
@@ -441,9 +427,7 @@ impl CatalogService {
         };
         if s.kind == StorageKind::Local {
             let Some(agent) = s.agent_id else { return TestOutcome::failed("local storage without an agent") };
-            return self
-                .agent_test(agent, agent_request::Kind::TestStorage(pb::TestStorage { storage: Some(target) }))
-                .await;
+            return Self::outcome(self.rpc.test_storage(agent, target).await);
         }
         let probe = async {
             let cfg = storages::store_config(s, &self.key).map_err(|e| e.to_string())?;

@@ -2,33 +2,32 @@
 //! reaper that fails executions whose agent went silent. Claiming is a compare-and-set in PostgreSQL, so
 //! several replicas can dispatch side by side; an agent runs one execution at a time.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
-use dg_common::{manifest, telemetry};
-use dg_proto::v1 as pb;
-use tokio::{sync::Notify, time::MissedTickBehavior};
+use dg_common::{
+    protocol::{self, Assignment, Attempt, BackupPlan, ChunkRef, ExecutionRef, ObjectLayout, Plan, RestorePlan},
+    telemetry,
+};
+use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
-use uuid::Uuid;
 
-use super::{catalog::CatalogService, coordination::Coordination, registry::AgentRegistry, storages};
+use super::{
+    attempts::{AttemptEnder, EndCause},
+    catalog::CatalogService,
+    coordination::Coordination,
+    storages,
+};
+use crate::session::registry::AgentRegistry;
 use crate::{
     crypto::MasterKey,
     db::Db,
     error::{ControllerError, ControllerResult},
-    model::{Execution, Operation, Strategy},
+    model::{Execution, Operation, RestoreOptions},
+    session::ToAgent,
 };
 
-/// Wakes the dispatcher (cheap to clone).
-#[derive(Clone, Debug, Default)]
-pub struct DispatchWaker(Arc<Notify>);
-
-impl DispatchWaker {
-    /// Ask for a dispatch round now.
-    pub fn wake(&self) {
-        self.0.notify_one();
-    }
-}
+pub use super::waker::DispatchWaker;
 
 /// Settings of dispatch.
 #[derive(Clone, Debug)]
@@ -43,40 +42,27 @@ pub struct DispatchSettings {
     pub compression_workers: u32,
 }
 
-/// The dispatch loop.
+/// The dispatch loop. Built with a struct literal: every field is a dependency it needs.
 pub struct DispatchTask {
-    db: Db,
-    key: MasterKey,
-    catalog: CatalogService,
-    registry: AgentRegistry,
-    waker: DispatchWaker,
-    settings: DispatchSettings,
-    coord: Coordination,
-}
-
-/// The pb engine of a domain engine.
-pub fn engine_pb(e: crate::model::Engine) -> pb::Engine {
-    match e {
-        crate::model::Engine::Postgres => pb::Engine::Postgres,
-        crate::model::Engine::Mysql => pb::Engine::Mysql,
-        crate::model::Engine::Mariadb => pb::Engine::Mariadb,
-    }
+    /// Persistence.
+    pub db: Db,
+    /// Decrypts the credentials an assignment carries.
+    pub key: MasterKey,
+    /// Datasources and jobs.
+    pub catalog: CatalogService,
+    /// Sessions on this replica.
+    pub registry: AgentRegistry,
+    /// Wake-ups.
+    pub waker: DispatchWaker,
+    /// Settings.
+    pub settings: DispatchSettings,
+    /// Redis health (dispatch pauses without it).
+    pub coord: Coordination,
+    /// Ends attempts that cannot be assigned or delivered.
+    pub ender: AttemptEnder,
 }
 
 impl DispatchTask {
-    /// New task.
-    pub fn new(
-        db: Db,
-        key: MasterKey,
-        catalog: CatalogService,
-        registry: AgentRegistry,
-        waker: DispatchWaker,
-        settings: DispatchSettings,
-        coord: Coordination,
-    ) -> Self {
-        Self { db, key, catalog, registry, waker, settings, coord }
-    }
-
     /// Runs until cancelled: a round on every wake-up and every two seconds.
     pub async fn run(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -85,7 +71,7 @@ impl DispatchTask {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
-                _ = self.waker.0.notified() => {},
+                _ = self.waker.notified() => {},
                 _ = tick.tick() => {},
             }
             if let Err(e) = self.round().await {
@@ -115,31 +101,31 @@ impl DispatchTask {
     async fn assign(&self, ex: Execution) -> ControllerResult<()> {
         let span = info_span!("execution", execution_id = %ex.id, attempt = ex.attempt, operation = %ex.operation);
         async {
-            let attempt = Some(ex.attempt);
-            let msg = match self.build_assign(&ex).await {
-                Ok(m) => m,
+            let assignment = match self.assignment(&ex).await {
+                Ok(a) => a,
+                Err(ControllerError::Unavailable(e)) => {
+                    // The database went away mid-build: the attempt is ended by the reaper's lease logic once
+                    // it is back (and retried per policy); nothing was sent.
+                    warn!(error = %e, "cannot assign execution now");
+                    return Ok(());
+                }
                 Err(e) => {
                     let text = match &e {
                         ControllerError::Database(_) | ControllerError::Crypto(_) => "internal error".to_owned(),
                         other => other.to_string(),
                     };
                     warn!(error = %e, "cannot assign execution");
-                    self.db.append_log(ex.id, "error", &text).await?;
-                    self.db.finish_failed(ex.id, attempt, &text, false).await?;
+                    self.ender.end(&ex, ex.attempt, EndCause::Unassignable(text)).await?;
                     return Ok(());
                 }
             };
-            let sent = match self.registry.sender(ex.agent_id) {
-                Some(tx) => tx.send(Ok(msg)).await.is_ok(),
-                None => false,
-            };
-            if sent {
+            if self.registry.deliver(ex.agent_id, ToAgent::Assign(Box::new(assignment))).await {
                 info!(agent_id = %ex.agent_id, "assigned");
                 let line = format!("assigned to agent {} (attempt {})", ex.agent_id, ex.attempt);
                 self.db.append_log(ex.id, "info", &line).await?;
             } else {
-                // The agent left between claim and send: fail this attempt; nothing was started.
-                self.db.finish_failed(ex.id, attempt, "agent disconnected before the assignment", false).await?;
+                // The agent left between claim and send: nothing was started; retried per policy.
+                self.ender.end(&ex, ex.attempt, EndCause::DeliveryFailed).await?;
             }
             Ok(())
         }
@@ -147,61 +133,70 @@ impl DispatchTask {
         .await
     }
 
-    async fn build_assign(&self, ex: &Execution) -> ControllerResult<pb::ControllerMessage> {
+    async fn assignment(&self, ex: &Execution) -> ControllerResult<Assignment> {
+        let execution = ExecutionRef {
+            id: ex.id.into(),
+            attempt: Attempt(
+                u32::try_from(ex.attempt)
+                    .map_err(|_| ControllerError::FailedPrecondition("attempt out of range".into()))?,
+            ),
+        };
         let ds = self.catalog.datasource(ex.datasource_id).await?;
-        let task = match ex.operation {
-            Operation::Backup => {
-                let job_id = ex
-                    .job_id
-                    .ok_or_else(|| ControllerError::FailedPrecondition("the backup job was deleted".into()))?;
-                let (job, _) = self.catalog.job(job_id).await?;
-                let targets = self
-                    .db
-                    .job_storages(job_id)
-                    .await?
-                    .iter()
-                    .filter(|s| storages::reachable_by(s, ex.agent_id))
-                    .map(|s| storages::target(s, &self.key))
-                    .collect::<ControllerResult<Vec<_>>>()?;
-                if targets.is_empty() {
-                    return Err(ControllerError::FailedPrecondition("no storage of the job is reachable".into()));
-                }
-                let attempt = u32::try_from(ex.attempt).unwrap_or_default();
-                pb::assign::Task::Backup(pb::BackupTask {
-                    source: Some(self.catalog.database_target(&ds, None)?),
-                    storages: targets,
-                    strategy: match job.storage_strategy {
-                        Strategy::Fallback => pb::StorageStrategy::Fallback,
-                        Strategy::Replicate => pb::StorageStrategy::Replicate,
-                    } as i32,
-                    key_prefix: manifest::attempt_prefix(ds.id.into(), ex.id.into(), attempt),
-                    compression_level: job.compression_level,
-                    chunk_size: self.settings.chunk_size,
-                    upload_concurrency: self.settings.upload_concurrency,
-                    compression_workers: self.settings.compression_workers,
-                    encryption_key_id: job.encryption_key_id.clone(),
-                    include_globals: job.include_globals,
-                    datasource_id: ds.id.to_string(),
-                })
-            }
-            Operation::Restore => self.restore_task(ex, &ds).await?,
+        let plan = match ex.operation {
+            Operation::Backup => Plan::Backup(self.backup_plan(ex, execution, &ds).await?),
+            Operation::Restore => Plan::Restore(self.restore_plan(ex, &ds).await?),
             Operation::Verify => {
                 return Err(ControllerError::FailedPrecondition(
                     "standalone verification runs are not supported".into(),
                 ));
             }
         };
-        Ok(pb::ControllerMessage {
-            kind: Some(pb::controller_message::Kind::Assign(pb::Assign {
-                execution_id: ex.id.to_string(),
-                attempt: u32::try_from(ex.attempt).unwrap_or_default(),
-                trace_context: telemetry::inject_current(),
-                task: Some(task),
-            })),
+        Ok(Assignment { execution, trace_context: telemetry::inject_current(), plan })
+    }
+
+    async fn backup_plan(
+        &self,
+        ex: &Execution,
+        execution: ExecutionRef,
+        ds: &crate::model::Datasource,
+    ) -> ControllerResult<BackupPlan> {
+        let job_id =
+            ex.job_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup job was deleted".into()))?;
+        let (job, _) = self.catalog.job(job_id).await?;
+        let storages = self
+            .db
+            .job_storages(job_id)
+            .await?
+            .iter()
+            .filter(|s| storages::reachable_by(s, ex.agent_id))
+            .map(|s| storages::target(s, &self.key))
+            .collect::<ControllerResult<Vec<_>>>()?;
+        if storages.is_empty() {
+            return Err(ControllerError::FailedPrecondition("no storage of the job is reachable".into()));
+        }
+        let clamp = |v: u32, r: &std::ops::RangeInclusive<u32>| v.clamp(*r.start(), *r.end());
+        Ok(BackupPlan {
+            source: self.catalog.database_target(ds, None)?,
+            storages,
+            strategy: job.storage_strategy.into(),
+            layout: ObjectLayout { datasource: ds.id.into(), execution },
+            compression_level: if protocol::LEVEL_RANGE.contains(&job.compression_level) {
+                job.compression_level
+            } else {
+                protocol::DEFAULT_LEVEL
+            },
+            chunk_size: self
+                .settings
+                .chunk_size
+                .clamp(*protocol::CHUNK_SIZE_RANGE.start(), *protocol::CHUNK_SIZE_RANGE.end()),
+            upload_concurrency: clamp(self.settings.upload_concurrency, &protocol::CONCURRENCY_RANGE),
+            compression_workers: self.settings.compression_workers.min(protocol::MAX_WORKERS),
+            encryption_key_id: (!job.encryption_key_id.is_empty()).then(|| job.encryption_key_id.clone()),
+            include_globals: job.include_globals,
         })
     }
 
-    async fn restore_task(&self, ex: &Execution, ds: &crate::model::Datasource) -> ControllerResult<pb::assign::Task> {
+    async fn restore_plan(&self, ex: &Execution, ds: &crate::model::Datasource) -> ControllerResult<RestorePlan> {
         let backup_id =
             ex.source_backup_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup was deleted".into()))?;
         let backup = self
@@ -210,21 +205,20 @@ impl DispatchTask {
             .await?
             .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
         let source_ds = self.catalog.datasource(backup.datasource_id).await?;
+        let options = RestoreOptions::of(&ex.options);
         let mut copies = self.db.backup_storage_ids(backup_id).await?;
-        let preferred: Option<Uuid> =
-            ex.options.get("source_storage_id").and_then(|v| v.as_str()).and_then(|s| s.parse().ok());
-        if let Some(p) = preferred {
+        if let Some(p) = options.source_storage_id {
             copies.sort_by_key(|c| *c != p);
         }
-        let mut targets = Vec::new();
+        let mut storages = Vec::new();
         for sid in &copies {
             if let Some(s) = self.db.storage(*sid).await?
                 && storages::reachable_by(&s, ex.agent_id)
             {
-                targets.push(storages::target(&s, &self.key)?);
+                storages.push(storages::target(&s, &self.key)?);
             }
         }
-        if targets.is_empty() {
+        if storages.is_empty() {
             return Err(ControllerError::FailedPrecondition(
                 "no storage holding this backup is reachable from the target's agent".into(),
             ));
@@ -237,59 +231,80 @@ impl DispatchTask {
             .await?
             .into_iter()
             .filter(|c| c.storage_id == first)
-            .map(|c| pb::ChunkRef {
+            .map(|c| ChunkRef {
                 seq: u32::try_from(c.seq).unwrap_or_default(),
                 key: c.object_key,
                 size: u64::try_from(c.size).unwrap_or_default(),
                 sha256: c.sha256,
             })
             .collect();
-        let opt = |k: &str| ex.options.get(k).and_then(serde_json::Value::as_bool).unwrap_or(false);
-        Ok(pb::assign::Task::Restore(pb::RestoreTask {
-            target: Some(self.catalog.database_target(ds, ex.target_database.clone())?),
-            storages: targets,
+        Ok(RestorePlan {
+            target: self.catalog.database_target(ds, ex.target_database.clone())?,
+            target_plan: options.target_plan(),
+            storages,
             chunks,
             sha256: backup.sha256.clone().unwrap_or_default(),
-            create_database: opt("create_database"),
-            drop_existing: opt("drop_existing"),
-            source_engine: engine_pb(source_ds.engine) as i32,
-            drop_after: opt("verification"),
+            source_engine: source_ds.engine.into(),
             manifest_key: backup.manifest_key.clone().unwrap_or_default(),
-            parallel_jobs: ex.options.get("parallel_jobs").and_then(serde_json::Value::as_u64).unwrap_or(1) as u32,
-            restore_globals: opt("restore_globals"),
-        }))
+            parallel_jobs: options.parallel_jobs.max(1),
+            restore_globals: options.restore_globals,
+        })
     }
 }
 
-/// Fails executions whose lease expired (the agent went silent). Needs only PostgreSQL.
+/// Ends attempts whose lease expired (the agent went silent) through the common ending path, so the job's
+/// retry policy applies. Needs only PostgreSQL. After the database was unreachable (no heartbeat could be
+/// recorded meanwhile), every running attempt first gets a fresh lease instead of being reaped.
 pub struct ReaperTask {
     db: Db,
+    ender: AttemptEnder,
+    lease_secs: i64,
 }
 
 impl ReaperTask {
     /// New task.
-    pub fn new(db: Db) -> Self {
-        Self { db }
+    pub fn new(db: Db, ender: AttemptEnder, lease_secs: i64) -> Self {
+        Self { db, ender, lease_secs }
     }
 
     /// Runs until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut db_was_down = false;
         loop {
             tokio::select! {
                 biased;
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {},
             }
-            match self.db.reap_expired().await {
-                Ok(ids) => {
-                    for id in ids {
-                        warn!(execution_id = %id, "lease expired; execution failed");
+            if db_was_down {
+                match self.db.extend_all_leases(self.lease_secs).await {
+                    Ok(n) => {
+                        info!(attempts = n, "controller database reachable again: running attempts get a fresh lease");
+                        db_was_down = false;
                     }
+                    Err(e) => warn!(error = %e, "reaper: database still unreachable"),
+                }
+                continue;
+            }
+            match self.round().await {
+                Ok(()) => {}
+                Err(ControllerError::Unavailable(e)) => {
+                    warn!(error = %e, "reaper: database unreachable; leases will be renewed when it returns");
+                    db_was_down = true;
                 }
                 Err(e) => warn!(error = %e, "reaper round failed"),
             }
         }
+    }
+
+    async fn round(&self) -> ControllerResult<()> {
+        for ex in self.db.expired_attempts().await? {
+            if self.ender.end(&ex, ex.attempt, EndCause::LeaseExpired).await? {
+                warn!(execution_id = %ex.id, attempt = ex.attempt, "lease expired; attempt ended");
+            }
+        }
+        Ok(())
     }
 }

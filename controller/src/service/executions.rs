@@ -7,9 +7,20 @@ use std::time::Duration;
 use dg_proto::v1 as pb;
 use uuid::Uuid;
 
-use super::{coordination::Coordination, dispatch::DispatchWaker, registry::AgentRegistry, retention::RetentionHandle};
+use super::{
+    attempts::{AttemptEnder, EndCause},
+    coordination::Coordination,
+    retention::RetentionHandle,
+    waker::DispatchWaker,
+};
+use dg_common::{
+    ids::AgentId,
+    protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout},
+};
+
+use crate::session::{ToAgent, registry::AgentRegistry};
 use crate::{
-    db::{BackupOutcome, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
+    db::{BackupOutcome, ChunkRecord, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
     model::{Chunk, Execution, LogLine, Operation, Status},
 };
@@ -70,6 +81,7 @@ pub struct ExecutionsService {
     coord: Coordination,
     retention: RetentionHandle,
     metrics: crate::metrics::Metrics,
+    ender: AttemptEnder,
 }
 
 impl ExecutionsService {
@@ -81,8 +93,9 @@ impl ExecutionsService {
         coord: Coordination,
         retention: RetentionHandle,
         metrics: crate::metrics::Metrics,
+        ender: AttemptEnder,
     ) -> Self {
-        Self { db, waker, registry, coord, retention, metrics }
+        Self { db, waker, registry, coord, retention, metrics, ender }
     }
 
     fn finished(&self, operation: Operation, status: Status) {
@@ -166,23 +179,28 @@ impl ExecutionsService {
         };
         let ex = self
             .db
-            .insert_execution(&NewExecution {
-                operation: Operation::Restore,
-                job_id: None,
-                datasource_id: target.id,
-                agent_id: target.agent_id,
-                source_backup_id: Some(backup.id),
-                target_database: Some(database.clone()),
-                options: serde_json::json!({
-                    "create_database": r.create_database || r.verification_mode,
-                    "drop_existing": r.drop_existing && !r.verification_mode,
-                    "verification": r.verification_mode,
-                    "source_storage_id": r.source_storage_id,
-                    "parallel_jobs": r.parallel_jobs,
-                    "restore_globals": r.restore_globals,
-                }),
-            })
-            .await?;
+            .insert_reading_execution(
+                backup.id,
+                &NewExecution {
+                    operation: Operation::Restore,
+                    job_id: None,
+                    datasource_id: target.id,
+                    agent_id: target.agent_id,
+                    source_backup_id: Some(backup.id),
+                    target_database: Some(database.clone()),
+                    options: crate::model::RestoreOptions {
+                        create_database: r.create_database || r.verification_mode,
+                        drop_existing: r.drop_existing && !r.verification_mode,
+                        verification: r.verification_mode,
+                        source_storage_id: r.source_storage_id,
+                        parallel_jobs: r.parallel_jobs.max(1),
+                        restore_globals: r.restore_globals,
+                    }
+                    .to_json(),
+                },
+            )
+            .await?
+            .ok_or_else(|| ControllerError::FailedPrecondition(format!("backup {} is being deleted", backup.id)))?;
         let what = if r.verification_mode { "verification restore" } else { "restore" };
         self.db
             .append_log(ex.id, "info", &format!("{what} of backup {} into database {database} queued", backup.id))
@@ -252,20 +270,111 @@ impl ExecutionsService {
         }
     }
 
-    /// A chunk is stored. Stale attempts are rejected.
-    pub async fn report_chunk(&self, agent: Uuid, c: ChunkReport) -> ControllerResult<()> {
-        self.owned(agent, c.execution_id).await?;
-        if !self.db.record_chunk(&c).await? {
+    /// Applies one agent report. Reports are accepted only from the agent the execution is assigned to, for
+    /// its current attempt, and only when they fit what the attempt was asked to do (operation, object keys
+    /// and storages of the plan); a report that does not fit ends the attempt.
+    pub async fn report(&self, agent: AgentId, report: AgentReport) -> ControllerResult<()> {
+        let execution = report.execution();
+        let (id, attempt) = (execution.id.0, i32::try_from(execution.attempt.0).unwrap_or(i32::MAX));
+        let a = agent.0;
+        match report {
+            AgentReport::ChunkStored(c) => self.report_chunk(a, c).await,
+            AgentReport::Progress(p) => {
+                self.report_progress(a, id, attempt, p.raw_bytes, p.stored_bytes, p.chunks).await
+            }
+            AgentReport::Log(l) => self.report_log(a, id, l.level.as_str(), &l.message).await,
+            AgentReport::BackupCompleted { result, .. } => self.report_backup_completed(a, id, attempt, result).await,
+            AgentReport::RestoreCompleted { result, .. } => {
+                self.report_restore_completed(a, id, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
+            }
+            AgentReport::Failed { error, cancelled, .. } => self.report_failed(a, id, attempt, &error, cancelled).await,
+        }
+    }
+
+    /// Ends a running attempt of this agent because one of its reports did not decode.
+    pub async fn refuse_report(&self, agent: AgentId, execution: ExecutionRef, why: String) -> ControllerResult<()> {
+        let ex = self.owned(agent.0, execution.id.0).await?;
+        let attempt = i32::try_from(execution.attempt.0).unwrap_or(i32::MAX);
+        if ex.status != Status::Running || ex.attempt != attempt {
             return Err(ControllerError::FailedPrecondition(format!(
-                "execution {} attempt {} is not running",
-                c.execution_id, c.attempt
+                "execution {} attempt {attempt} is not running",
+                ex.id
             )));
         }
-        Ok(())
+        self.refuse(&ex, attempt, why).await
+    }
+
+    /// Ends a running attempt because what its agent reported does not fit it.
+    async fn refuse(&self, ex: &Execution, attempt: i32, why: String) -> ControllerResult<()> {
+        let cause = EndCause::Refused(why);
+        let msg = cause.to_string();
+        self.ender.end(ex, attempt, cause).await?;
+        Err(ControllerError::FailedPrecondition(msg))
+    }
+
+    /// The storages a backup attempt may write to: the job's.
+    async fn plan_storages(&self, ex: &Execution) -> ControllerResult<Vec<Uuid>> {
+        Ok(match ex.job_id {
+            Some(job) => self.db.job_storages(job).await?.into_iter().map(|s| s.id).collect(),
+            None => Vec::new(),
+        })
+    }
+
+    fn layout(ex: &Execution, attempt: i32) -> ObjectLayout {
+        ObjectLayout {
+            datasource: ex.datasource_id.into(),
+            execution: ExecutionRef { id: ex.id.into(), attempt: Attempt(u32::try_from(attempt).unwrap_or(0)) },
+        }
+    }
+
+    /// A chunk is stored. Stale attempts are rejected; a key or storage outside the plan, or a second report of
+    /// the same chunk with other contents, ends the attempt.
+    async fn report_chunk(&self, agent: Uuid, c: ChunkStored) -> ControllerResult<()> {
+        let ex = self.owned(agent, c.execution.id.0).await?;
+        let attempt = i32::try_from(c.execution.attempt.0).unwrap_or(i32::MAX);
+        if ex.status != Status::Running || ex.attempt != attempt {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "execution {} attempt {attempt} is not running",
+                ex.id
+            )));
+        }
+        if ex.operation != Operation::Backup {
+            return self.refuse(&ex, attempt, format!("a chunk report for a {} execution", ex.operation)).await;
+        }
+        let expected = Self::layout(&ex, attempt).chunk_key(c.seq);
+        if c.key != expected {
+            return self
+                .refuse(&ex, attempt, format!("chunk {} has key {}, the plan says {expected}", c.seq, c.key))
+                .await;
+        }
+        if !self.plan_storages(&ex).await?.contains(&c.storage.0) {
+            return self.refuse(&ex, attempt, format!("storage {} is not one of the job's storages", c.storage)).await;
+        }
+        let report = ChunkReport {
+            execution_id: ex.id,
+            attempt,
+            storage_id: c.storage.0,
+            seq: i32::try_from(c.seq).map_err(|_| ControllerError::FailedPrecondition("seq out of range".into()))?,
+            key: c.key,
+            size: i64::try_from(c.size).unwrap_or(i64::MAX),
+            sha256: c.sha256,
+            raw_bytes: i64::try_from(c.raw_bytes).unwrap_or(i64::MAX),
+        };
+        match self.db.record_chunk(&report).await? {
+            ChunkRecord::Recorded | ChunkRecord::Duplicate => Ok(()),
+            ChunkRecord::Conflict => {
+                let why = format!("chunk {} in storage {} reported twice with different contents", c.seq, c.storage);
+                self.refuse(&ex, attempt, why).await
+            }
+            ChunkRecord::NotRunning => Err(ControllerError::FailedPrecondition(format!(
+                "execution {} attempt {attempt} is not running",
+                ex.id
+            ))),
+        }
     }
 
     /// A log line.
-    pub async fn report_log(&self, agent: Uuid, id: Uuid, level: &str, message: &str) -> ControllerResult<()> {
+    async fn report_log(&self, agent: Uuid, id: Uuid, level: &str, message: &str) -> ControllerResult<()> {
         self.owned(agent, id).await?;
         let level = match level {
             "warn" | "error" | "info" => level,
@@ -275,15 +384,42 @@ impl ExecutionsService {
         Ok(())
     }
 
-    /// A backup finished on the agent: commit it if every chunk is recorded, otherwise fail it.
-    pub async fn report_backup_completed(
+    /// A backup finished on the agent: commit it if it fits the plan and every chunk is recorded, otherwise
+    /// fail it.
+    async fn report_backup_completed(
         &self,
         agent: Uuid,
         id: Uuid,
         attempt: i32,
-        o: BackupOutcome,
+        r: BackupResult,
     ) -> ControllerResult<()> {
-        self.owned(agent, id).await?;
+        let ex = self.owned(agent, id).await?;
+        if ex.status == Status::Running && ex.attempt == attempt {
+            if ex.operation != Operation::Backup {
+                return self.refuse(&ex, attempt, format!("a backup result for a {} execution", ex.operation)).await;
+            }
+            let expected = Self::layout(&ex, attempt).manifest_key();
+            if r.manifest_key != expected {
+                let why = format!("manifest key {}, the plan says {expected}", r.manifest_key);
+                return self.refuse(&ex, attempt, why).await;
+            }
+            let allowed = self.plan_storages(&ex).await?;
+            if let Some(s) = r.storages.iter().find(|s| !allowed.contains(&s.0)) {
+                return self.refuse(&ex, attempt, format!("storage {s} is not one of the job's storages")).await;
+            }
+        }
+        let o = BackupOutcome {
+            raw_bytes: i64::try_from(r.raw_bytes).unwrap_or(i64::MAX),
+            stored_bytes: i64::try_from(r.stored_bytes).unwrap_or(i64::MAX),
+            chunk_count: i32::try_from(r.chunk_count).unwrap_or(i32::MAX),
+            sha256: r.sha256,
+            manifest_key: r.manifest_key,
+            storage_ids: r.storages.iter().map(|s| s.0).collect(),
+            tool_version: r.tool_version,
+            server_version: r.server_version,
+            warnings: r.warnings,
+            encryption_key_id: r.encryption_key_id,
+        };
         match self.db.complete_backup(id, attempt, &o).await? {
             Ok(()) => {
                 self.db
@@ -304,10 +440,8 @@ impl ExecutionsService {
                 }
             }
             Err(reason) => {
-                let msg = format!("backup not committed: {reason}");
-                self.db.append_log(id, "error", &msg).await?;
-                if self.db.finish_failed(id, Some(attempt), &msg, false).await? {
-                    self.finished(Operation::Backup, Status::Failed);
+                if let Some(ex) = self.db.execution(id).await? {
+                    self.ender.end(&ex, attempt, EndCause::CommitMismatch(reason)).await?;
                 }
             }
         }
@@ -316,14 +450,11 @@ impl ExecutionsService {
     }
 
     /// A restore finished on the agent.
-    pub async fn report_restore_completed(
-        &self,
-        agent: Uuid,
-        id: Uuid,
-        attempt: i32,
-        raw: i64,
-    ) -> ControllerResult<()> {
-        self.owned(agent, id).await?;
+    async fn report_restore_completed(&self, agent: Uuid, id: Uuid, attempt: i32, raw: i64) -> ControllerResult<()> {
+        let ex = self.owned(agent, id).await?;
+        if ex.status == Status::Running && ex.attempt == attempt && ex.operation != Operation::Restore {
+            return self.refuse(&ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
+        }
         if self.db.complete_restore(id, attempt, raw).await? {
             self.finished(Operation::Restore, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
@@ -334,7 +465,7 @@ impl ExecutionsService {
 
     /// An execution failed (or was cancelled) on the agent. A failed backup attempt is queued again while
     /// its job's retry policy allows.
-    pub async fn report_failed(
+    async fn report_failed(
         &self,
         agent: Uuid,
         id: Uuid,
@@ -343,36 +474,33 @@ impl ExecutionsService {
         cancelled: bool,
     ) -> ControllerResult<()> {
         let ex = self.owned(agent, id).await?;
-        if !cancelled && ex.operation == Operation::Backup && ex.attempt == attempt {
-            let policy = match ex.job_id {
-                Some(j) => self.db.job(j).await?.map(|j| (j.retry_max_attempts, j.retry_backoff_secs)),
-                None => None,
-            };
-            if let Some((max, backoff)) = policy
-                && attempt < max
-                && self.db.requeue(id, attempt, backoff, error).await?
-            {
-                let next = attempt + 1;
-                self.db
-                    .append_log(
-                        id,
-                        "warn",
-                        &format!("attempt {attempt} failed: {error}; retry {next} of {max} in {backoff}s"),
-                    )
-                    .await?;
-                return Ok(());
-            }
+        let cause = if cancelled { EndCause::AgentCancelled } else { EndCause::AgentFailed(error.to_owned()) };
+        self.ender.end(&ex, attempt, cause).await?;
+        Ok(())
+    }
+
+    /// A heartbeat: the attempts it lists get their leases extended (and only those); attempts of this agent
+    /// that were assigned more than `grace_secs` ago but are not listed are ended (the agent never started them
+    /// or lost them), through the common path, so they are retried per policy.
+    pub async fn heartbeat(
+        &self,
+        agent: AgentId,
+        running: &[ExecutionRef],
+        lease_secs: i64,
+        grace_secs: i64,
+    ) -> ControllerResult<()> {
+        let pairs: Vec<(Uuid, i32)> =
+            running.iter().map(|r| (r.id.0, i32::try_from(r.attempt.0).unwrap_or(i32::MAX))).collect();
+        self.db.extend_leases(agent.0, &pairs, lease_secs).await?;
+        for ex in self.db.unlisted_attempts(agent.0, &pairs, grace_secs).await? {
+            let cause = EndCause::NotRunning { was_listed: ex.agent_listed };
+            self.ender.end(&ex, ex.attempt, cause).await?;
         }
-        if self.db.finish_failed(id, Some(attempt), error, cancelled).await? {
-            self.finished(ex.operation, if cancelled { Status::Cancelled } else { Status::Failed });
-            self.db.append_log(id, "error", error).await?;
-        }
-        self.waker.wake();
         Ok(())
     }
 
     /// Live progress of a running attempt.
-    pub async fn report_progress(
+    async fn report_progress(
         &self,
         agent: Uuid,
         id: Uuid,
@@ -400,19 +528,11 @@ impl ExecutionsService {
                 }
             }
             Status::Running => {
-                let msg = pb::ControllerMessage {
-                    kind: Some(pb::controller_message::Kind::Cancel(pb::Cancel {
-                        execution: Some(pb::ExecutionRef {
-                            execution_id: id.to_string(),
-                            attempt: u32::try_from(ex.attempt).unwrap_or_default(),
-                        }),
-                        reason: "cancelled by an operator".into(),
-                    })),
-                };
-                let delivered = match self.registry.sender(ex.agent_id) {
-                    Some(tx) => tx.send(Ok(msg)).await.is_ok(),
-                    None => false,
-                };
+                self.db.request_cancel(id, ex.attempt).await?;
+                let execution =
+                    ExecutionRef { id: id.into(), attempt: Attempt(u32::try_from(ex.attempt).unwrap_or(0)) };
+                let msg = ToAgent::Cancel { execution, reason: "cancelled by an operator".into() };
+                let delivered = self.registry.deliver(ex.agent_id, msg).await;
                 let elsewhere = if delivered { None } else { self.coord.presence(ex.agent_id).await };
                 if delivered {
                     self.db.append_log(id, "warn", "cancellation requested; stopping on the agent").await?;
@@ -427,15 +547,10 @@ impl ExecutionsService {
                     self.db
                         .append_log(id, "warn", "cancellation forwarded to the replica holding the agent's session")
                         .await?;
-                } else if self
-                    .db
-                    .finish_failed(id, Some(ex.attempt), "cancelled by an operator (agent not connected)", true)
-                    .await?
-                {
-                    self.finished(ex.operation, Status::Cancelled);
-                    self.db
-                        .append_log(id, "warn", "cancelled by an operator while its agent was not connected")
-                        .await?;
+                } else {
+                    let mut ex = ex.clone();
+                    ex.cancel_requested = true;
+                    self.ender.end(&ex, ex.attempt, EndCause::OperatorCancelled).await?;
                 }
             }
             _ => {
@@ -526,15 +641,13 @@ impl ExecutionsService {
         rx
     }
 
-    /// A session opened: executions the controller thinks run on the agent but the agent does not report
-    /// (it restarted) are failed.
+    /// A session opened: attempts the controller thinks run on the agent but the agent does not list in its
+    /// Hello (it restarted) are ended through the common path; the ones it lists keep running (a reconnect
+    /// within the lease does not fail work).
     pub async fn reconcile(&self, agent: Uuid, running: &[(Uuid, i32)]) -> ControllerResult<()> {
         for ex in self.db.running_for_agent(agent).await? {
             if !running.contains(&(ex.id, ex.attempt)) {
-                let msg = "agent restarted during the execution";
-                if self.db.finish_failed(ex.id, Some(ex.attempt), msg, false).await? {
-                    self.db.append_log(ex.id, "error", msg).await?;
-                }
+                self.ender.end(&ex, ex.attempt, EndCause::AgentRestarted).await?;
             }
         }
         Ok(())

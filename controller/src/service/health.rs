@@ -9,7 +9,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::{catalog::CatalogService, registry::AgentRegistry};
+use super::catalog::CatalogService;
+use crate::session::registry::AgentRegistry;
 use crate::{
     db::{AuditFilter, Db, Page},
     error::ControllerResult,

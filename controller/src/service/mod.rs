@@ -1,8 +1,8 @@
 //! Domain services: the controller's logic between the gRPC edge and persistence. Each takes validated domain
 //! input and returns domain records or a [`crate::error::ControllerError`].
 
-pub mod agent_rpc;
 pub mod agents;
+pub mod attempts;
 pub mod auth;
 pub mod backups;
 pub mod catalog;
@@ -10,9 +10,9 @@ pub mod coordination;
 pub mod dispatch;
 pub mod executions;
 pub mod health;
-pub mod registry;
 pub mod relay;
 pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod storages;
+pub mod waker;

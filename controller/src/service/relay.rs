@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use dg_proto::v1 as pb;
+use dg_common::protocol::{Attempt, ExecutionRef};
 use fred::{clients::SubscriberClient, prelude::*};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -14,9 +14,9 @@ use uuid::Uuid;
 
 use super::{
     coordination::{WAKE_CHANNEL, replica_channel},
-    dispatch::DispatchWaker,
-    registry::AgentRegistry,
+    waker::DispatchWaker,
 };
+use crate::session::{ToAgent, registry::AgentRegistry};
 
 /// A message addressed to one replica.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,14 +90,11 @@ impl RelayTask {
             let Some(text) = msg.value.as_string() else { continue };
             match serde_json::from_str::<ReplicaMessage>(&text) {
                 Ok(ReplicaMessage::Cancel { agent, execution, attempt }) => {
-                    if let Some(tx) = self.registry.sender(agent) {
-                        let m = pb::ControllerMessage {
-                            kind: Some(pb::controller_message::Kind::Cancel(pb::Cancel {
-                                execution: Some(pb::ExecutionRef { execution_id: execution.to_string(), attempt }),
-                                reason: "cancelled by an operator (through another replica)".into(),
-                            })),
-                        };
-                        let _ = tx.send(Ok(m)).await;
+                    let m = ToAgent::Cancel {
+                        execution: ExecutionRef { id: execution.into(), attempt: Attempt(attempt) },
+                        reason: "cancelled by an operator (through another replica)".into(),
+                    };
+                    if self.registry.deliver(agent, m).await {
                         info!(%execution, %agent, "cancellation relayed to the agent");
                     }
                 }

@@ -11,7 +11,11 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::backups::BackupsService;
-use crate::{db::Db, error::ControllerResult, model::BackupJob};
+use crate::{
+    db::Db,
+    error::{ControllerError, ControllerResult},
+    model::BackupJob,
+};
 
 /// How many completed backups a job keeps; `None` keeps all of them.
 pub fn keep_count(job: &BackupJob) -> Option<usize> {
@@ -92,10 +96,14 @@ impl RetentionTask {
         let Some(job) = self.db.job(job_id).await? else { return Ok(()) };
         let backups = self.db.completed_backup_ids(job_id).await?;
         for id in to_delete(&backups, keep_count(&job)) {
-            if self.db.backup_in_use(id).await? {
-                continue; // a restore reads it; next round
-            }
-            let objects = self.backups.delete(id).await?;
+            let objects = match self.backups.delete(id).await {
+                Ok(n) => n,
+                Err(ControllerError::FailedPrecondition(why)) => {
+                    info!(job_id = %job_id, backup_id = %id, reason = %why, "retention deferred");
+                    continue; // a restore reads it; next round
+                }
+                Err(e) => return Err(e),
+            };
             info!(job_id = %job_id, backup_id = %id, objects, "retention deleted a backup");
             self.db.audit("retention", "backup.delete", "backup", Some(id.to_string()), "ok").await?;
         }

@@ -10,7 +10,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{coordination::Coordination, dispatch::DispatchWaker, schedule};
+use super::{coordination::Coordination, schedule, waker::DispatchWaker};
 use crate::{db::Db, error::ControllerResult};
 
 /// Redis key of the leader lock.

@@ -242,9 +242,8 @@ pub fn store_config(s: &Storage, key: &MasterKey) -> ControllerResult<StoreConfi
 }
 
 /// What an agent needs to open a storage (credentials included: the agent moves the bytes).
-pub fn target(s: &Storage, key: &MasterKey) -> ControllerResult<pb::StorageTarget> {
-    let agent = s.agent_id.map(|a| a.to_string()).unwrap_or_default();
-    Ok(dg_common::store::to_target(s.id.to_string(), store_config(s, key)?, agent))
+pub fn target(s: &Storage, key: &MasterKey) -> ControllerResult<dg_common::protocol::StorageTarget> {
+    Ok(dg_common::protocol::StorageTarget { id: s.id.into(), config: store_config(s, key)? })
 }
 
 /// A storage is usable by `agent`: cloud storages by any agent, a local one only by its own agent.

@@ -1,6 +1,8 @@
 //! Short request/response exchanges with an agent over its session (tests, object reads and deletes on the
 //! agent's host). A request is registered under a fresh id, sent as `AgentRequest`, and completed when the
-//! agent's `AgentResponse` with that id arrives; object reads also receive `ObjectData` pieces first.
+//! agent's `AgentResponse` with that id arrives; object reads also receive `ObjectData` pieces first. Callers
+//! use the typed operations ([`AgentRpc::test_database`], [`AgentRpc::test_storage`], [`AgentRpc::read`],
+//! [`AgentRpc::delete`]); the wire messages stay in this module.
 
 use std::{
     collections::HashMap,
@@ -9,12 +11,35 @@ use std::{
 };
 
 use bytes::Bytes;
+use dg_common::protocol::{DatabaseTarget, StorageTarget};
 use dg_proto::v1::{self as pb, agent_request, controller_message};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::registry::AgentRegistry;
 use crate::error::{ControllerError, ControllerResult};
+
+/// How long an agent gets to answer a test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An agent's answer to a connection or storage test.
+#[derive(Clone, Debug)]
+pub struct TestReport {
+    /// The test passed.
+    pub ok: bool,
+    /// Round trip measured by the agent.
+    pub latency: Duration,
+    /// Why it failed.
+    pub error: String,
+    /// Database server version (database tests).
+    pub server_version: String,
+}
+
+impl TestReport {
+    fn failed(error: String) -> Self {
+        Self { ok: false, latency: Duration::ZERO, error, server_version: String::new() }
+    }
+}
 
 struct Pending {
     reply: oneshot::Sender<pb::AgentResponse>,
@@ -83,7 +108,7 @@ impl AgentRpc {
     }
 
     /// Sends a request and waits for its answer.
-    pub async fn call(
+    async fn call(
         &self,
         agent: Uuid,
         kind: agent_request::Kind,
@@ -100,17 +125,75 @@ impl AgentRpc {
         }
     }
 
-    /// Reads one object through an agent: returns a receiver of its bytes and of the final answer.
+    /// Reads one object through an agent: returns a receiver of its bytes and of the final answer (the
+    /// number of bytes sent, or the agent's error).
     pub async fn read(
         &self,
         agent: Uuid,
-        storage: pb::StorageTarget,
+        storage: StorageTarget,
         key: String,
-    ) -> ControllerResult<(mpsc::Receiver<Bytes>, oneshot::Receiver<pb::AgentResponse>, ReadGuard)> {
+    ) -> ControllerResult<(mpsc::Receiver<Bytes>, oneshot::Receiver<Result<u64, String>>, ReadGuard)> {
         let (data_tx, data_rx) = mpsc::channel(4);
-        let kind = agent_request::Kind::ReadObject(pb::ReadObject { storage: Some(storage), key });
+        let kind = agent_request::Kind::ReadObject(pb::ReadObject { storage: Some(storage.into()), key });
         let (id, rx) = self.send(agent, kind, Some(data_tx)).await?;
-        Ok((data_rx, rx, ReadGuard { rpc: self.clone(), id }))
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(async move {
+            if let Ok(r) = rx.await {
+                let _ = done_tx.send(match r.kind {
+                    _ if !r.error.is_empty() => Err(r.error),
+                    Some(pb::agent_response::Kind::ReadBytes(n)) => Ok(n),
+                    _ => Err("unexpected answer from the agent".into()),
+                });
+            }
+        });
+        Ok((data_rx, done_rx, ReadGuard { rpc: self.clone(), id }))
+    }
+
+    /// Tests a database connection from an agent.
+    pub async fn test_database(&self, agent: Uuid, target: DatabaseTarget) -> ControllerResult<TestReport> {
+        let kind = agent_request::Kind::TestDatabase(pb::TestDatabase { target: Some(target.into()) });
+        self.test(agent, kind).await
+    }
+
+    /// Tests a storage from an agent (write, read back and delete a probe object).
+    pub async fn test_storage(&self, agent: Uuid, storage: StorageTarget) -> ControllerResult<TestReport> {
+        let kind = agent_request::Kind::TestStorage(pb::TestStorage { storage: Some(storage.into()) });
+        self.test(agent, kind).await
+    }
+
+    async fn test(&self, agent: Uuid, kind: agent_request::Kind) -> ControllerResult<TestReport> {
+        let r = self.call(agent, kind, TEST_TIMEOUT).await?;
+        Ok(match r.kind {
+            Some(pb::agent_response::Kind::Test(t)) => TestReport {
+                ok: t.ok,
+                latency: t
+                    .latency
+                    .map(|d| Duration::new(u64::try_from(d.seconds).unwrap_or(0), u32::try_from(d.nanos).unwrap_or(0)))
+                    .unwrap_or_default()
+                    .min(TEST_TIMEOUT),
+                error: t.error.chars().take(4096).collect(),
+                server_version: t.server_version.chars().take(256).collect(),
+            },
+            _ => {
+                TestReport::failed(if r.error.is_empty() { "unexpected answer from the agent".into() } else { r.error })
+            }
+        })
+    }
+
+    /// Deletes objects through an agent: the number deleted, or the agent's error (inner `Err`).
+    pub async fn delete(
+        &self,
+        agent: Uuid,
+        storage: StorageTarget,
+        keys: Vec<String>,
+    ) -> ControllerResult<Result<u32, String>> {
+        let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(storage.into()), keys });
+        let r = self.call(agent, kind, Duration::from_secs(120)).await?;
+        Ok(match r.kind {
+            _ if !r.error.is_empty() => Err(r.error),
+            Some(pb::agent_response::Kind::Deleted(n)) => Ok(n),
+            _ => Ok(0),
+        })
     }
 
     /// An answer arrived.

@@ -65,6 +65,14 @@ impl AgentRegistry {
         }
     }
 
+    /// Sends a command to an agent connected here; false when it is not (or its session just closed).
+    pub async fn deliver(&self, agent: Uuid, m: super::ToAgent) -> bool {
+        match self.sender(agent) {
+            Some(tx) => tx.send(Ok(m.into())).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// The outbound sender of an agent's session.
     pub fn sender(&self, agent: Uuid) -> Option<SessionSender> {
         self.lock().get(&agent).map(|e| e.tx.clone())

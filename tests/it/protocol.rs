@@ -1,0 +1,317 @@
+//! The agent protocol under misbehaving peers, driven by the scripted fake agent over real mTLS: reports that
+//! do not fit the plan end the attempt (wrong operation, wrong key, conflicting seq, wrong manifest key); stale
+//! attempts and other agents' reports change nothing; an attempt missing from the heartbeats is ended and
+//! retried per the job's policy; a cancellation the agent never confirms still ends `cancelled`; a reconnect
+//! that lists the attempt keeps it running; a well-formed backup completes.
+
+use std::time::Duration;
+
+use dg_proto::v1::{self as pb, agent_message::Kind};
+use dg_tests::{
+    cluster::{Clients, Cluster, authed},
+    fake_agent::{FakeAgent, FakeSession, chunk_for, exec_ref},
+    suffix,
+};
+use sha2::{Digest, Sha256};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+async fn status(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
+    Ok(c.executions.get_execution(authed(pb::GetExecutionRequest { id: id.into() }, &c.token)).await?.into_inner())
+}
+
+/// A job on a local storage of `agent` and a datasource bound to it, with `max_attempts`.
+async fn job_for(
+    c: &mut Clients,
+    cluster: &Cluster,
+    agent: &str,
+    max_attempts: u32,
+) -> anyhow::Result<(String, String)> {
+    let storage = c.local_storage(agent, &cluster.dir.path().join(format!("s-{}", suffix()))).await?;
+    let ds = c.datasource(pb::Engine::Postgres, agent, "postgres").await?;
+    let req = pb::CreateBackupJobRequest {
+        name: format!("job-{}", suffix()),
+        datasource_id: ds.id,
+        storage_ids: vec![storage.id.clone()],
+        retry: Some(pb::RetryPolicy { max_attempts, backoff: Some(prost_types::Duration { seconds: 0, nanos: 0 }) }),
+        ..Default::default()
+    };
+    let job = c.jobs.create_backup_job(authed(req, &c.token)).await?.into_inner();
+    Ok((job.id, storage.id))
+}
+
+async fn run_now(c: &mut Clients, job: &str) -> anyhow::Result<String> {
+    Ok(c.jobs.run_now(authed(pb::RunNowRequest { job_id: job.into() }, &c.token)).await?.into_inner().id)
+}
+
+/// Waits for an assignment while heartbeating with `listed` (the assignment itself is listed once it arrives).
+async fn assigned(s: &mut FakeSession) -> anyhow::Result<pb::Assign> {
+    let a = s.next_assign(WAIT).await?;
+    s.heartbeat(&[(a.execution_id.clone(), a.attempt)]).await?;
+    Ok(a)
+}
+
+fn backup_prefix(a: &pb::Assign) -> String {
+    match &a.task {
+        Some(pb::assign::Task::Backup(b)) => b.key_prefix.clone(),
+        _ => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_nothing() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let fake = FakeAgent::enroll(&cluster, &mut c).await?;
+    let other = FakeAgent::enroll(&cluster, &mut c).await?;
+    let mut s = fake.connect(&[]).await?;
+    let stranger = other.connect(&[]).await?;
+    let (job, storage) = job_for(&mut c, &cluster, &fake.id, 1).await?;
+
+    // A restore result for a backup.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    assert_eq!(a.execution_id, id);
+    s.send(Kind::Completed(pb::Completed {
+        execution: Some(exec_ref(&a)),
+        result: Some(pb::completed::Result::Restore(pb::RestoreResult { raw_bytes: 1, tool_version: "x".into() })),
+    }))
+    .await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ex.error.contains("a restore result for a backup execution"), "{}", ex.error);
+
+    // The same chunk twice is fine; the same seq with other contents ends the attempt.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    s.send(chunk_for(&a, &storage, 0, b"first")).await?;
+    s.send(chunk_for(&a, &storage, 0, b"first")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(status(&mut c, &id).await?.status, pb::ExecutionStatus::Running as i32, "a resend is idempotent");
+    s.send(chunk_for(&a, &storage, 0, b"other")).await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ex.error.contains("reported twice with different contents"), "{}", ex.error);
+
+    // A key outside the plan.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    let Kind::ChunkReported(mut bad) = chunk_for(&a, &storage, 0, b"x") else { unreachable!() };
+    bad.key = format!("{}/../../elsewhere.zst", backup_prefix(&a));
+    s.send(Kind::ChunkReported(bad)).await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ex.error.contains("chunk_reported.key: must be a relative object key"), "{}", ex.error);
+    // A well-formed key of another attempt's layout is refused against the plan.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    let Kind::ChunkReported(mut bad) = chunk_for(&a, &storage, 0, b"x") else { unreachable!() };
+    bad.key = dg_common::manifest::chunk_key(&format!("{}9", backup_prefix(&a)), 0);
+    s.send(Kind::ChunkReported(bad)).await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert!(ex.error.contains("the plan says"), "{}", ex.error);
+    assert_eq!(
+        c.backups
+            .get_backup(authed(pb::GetBackupRequest { id: id.clone() }, &c.token))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.code()),
+        Err(tonic::Code::NotFound),
+        "nothing of it is a backup"
+    );
+
+    // Stale attempts and other agents' reports change nothing; a wrong manifest key ends the attempt.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    let mut stale = a.clone();
+    stale.attempt += 7;
+    s.send(Kind::Failed(pb::Failed { execution: Some(exec_ref(&stale)), error: "stale".into(), cancelled: false }))
+        .await?;
+    stranger
+        .send(Kind::Failed(pb::Failed { execution: Some(exec_ref(&a)), error: "not mine".into(), cancelled: false }))
+        .await?;
+    stranger.send(chunk_for(&a, &storage, 0, b"x")).await?;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let ex = status(&mut c, &id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Running as i32, "stale and foreign reports are ignored: {}", ex.error);
+    s.send(chunk_for(&a, &storage, 0, b"data")).await?;
+    let sha = hex::encode(Sha256::digest(b"data"));
+    let result = |manifest_key: String| {
+        Kind::Completed(pb::Completed {
+            execution: Some(exec_ref(&a)),
+            result: Some(pb::completed::Result::Backup(pb::BackupResult {
+                raw_bytes: 4,
+                stored_bytes: 4,
+                chunk_count: 1,
+                sha256: sha.clone(),
+                manifest_key,
+                storage_ids: vec![storage.clone()],
+                tool_version: "fake".into(),
+                server_version: "15".into(),
+                warnings: vec![],
+                encryption_key_id: String::new(),
+            })),
+        })
+    };
+    s.send(result("somewhere/else/manifest.json".into())).await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ex.error.contains("manifest key"), "{}", ex.error);
+
+    // A backup that fits its plan completes and is listed.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    s.send(chunk_for(&a, &storage, 0, b"data")).await?;
+    let good = match result(String::new()) {
+        Kind::Completed(mut done) => {
+            done.execution = Some(exec_ref(&a));
+            if let Some(pb::completed::Result::Backup(b)) = done.result.as_mut() {
+                b.manifest_key = dg_common::manifest::manifest_key(&backup_prefix(&a));
+            }
+            Kind::Completed(done)
+        }
+        other => other,
+    };
+    s.send(good).await?;
+    let ex = c.wait_execution(&id, WAIT).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}", ex.error);
+    let backups = c.backups.list_backups(authed(pb::ListBackupsRequest::default(), &c.token)).await?.into_inner();
+    assert_eq!(backups.backups.iter().map(|b| b.id.clone()).collect::<Vec<_>>(), vec![id.clone()], "only the good one");
+
+    // A backup that a restore reads cannot be deleted; a backup whose deletion started cannot be restored.
+    let restore = c
+        .backups
+        .restore_backup(authed(
+            pb::RestoreBackupRequest {
+                backup_id: id.clone(),
+                target_database: "dgt_scratch".into(),
+                confirm_target_database: "dgt_scratch".into(),
+                create_database: true,
+                ..Default::default()
+            },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    let r = assigned(&mut s).await?;
+    assert_eq!(r.execution_id, restore.id);
+    let refused = c.backups.delete_backup(authed(pb::DeleteBackupRequest { id: id.clone() }, &c.token)).await;
+    assert_eq!(refused.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::FailedPrecondition), "in use by a restore");
+    s.send(Kind::Completed(pb::Completed {
+        execution: Some(exec_ref(&r)),
+        result: Some(pb::completed::Result::Restore(pb::RestoreResult { raw_bytes: 4, tool_version: "fake".into() })),
+    }))
+    .await?;
+    assert_eq!(c.wait_execution(&restore.id, WAIT).await?.status, pb::ExecutionStatus::Completed as i32);
+    // The fake agent refuses the object deletion, so the deletion stops part-way with the backup marked.
+    let mut deleter = c.backups.clone();
+    let delete = deleter.delete_backup(authed(pb::DeleteBackupRequest { id: id.clone() }, &c.token));
+    // The fake answers the DeleteObjects request (with an error) while it reads its session.
+    let (stopped, _) = tokio::join!(delete, s.next(Duration::from_secs(3)));
+    assert_eq!(stopped.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::Unavailable));
+    let again = c
+        .backups
+        .restore_backup(authed(
+            pb::RestoreBackupRequest { backup_id: id.clone(), verification_mode: true, ..Default::default() },
+            &c.token,
+        ))
+        .await;
+    assert_eq!(again.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::FailedPrecondition), "being deleted");
+
+    cluster.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_the_agent_does_not_run_is_ended_and_retried_and_a_cancel_holds() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let fake = FakeAgent::enroll(&cluster, &mut c).await?;
+    let mut s = fake.connect(&[]).await?;
+    let (job, _) = job_for(&mut c, &cluster, &fake.id, 2).await?;
+
+    // The agent takes the assignment but never lists it (a lost Completed, a crash of the attempt…): it is
+    // ended after the grace and retried; the second attempt is ended the same way and fails for good.
+    let id = run_now(&mut c, &job).await?;
+    let first = s.next_assign(WAIT).await?;
+    assert_eq!((first.execution_id.as_str(), first.attempt), (id.as_str(), 1));
+    let second = assign_while_heartbeating(&mut s, &[], Duration::from_secs(30)).await?;
+    assert_eq!((second.execution_id.as_str(), second.attempt), (id.as_str(), 2), "retried per policy");
+    let heartbeat_nothing = async {
+        loop {
+            let _ = s.heartbeat(&[]).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let ex = tokio::select! {
+        _ = heartbeat_nothing => unreachable!(),
+        ex = c.wait_execution(&id, Duration::from_secs(40)) => ex?,
+    };
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ex.error.contains("not running this attempt"), "{}", ex.error);
+    assert!(c.logs(&id).await?.contains("attempt 2 of 2"), "the retry is logged");
+
+    // A cancellation the agent never confirms: the attempt still ends `cancelled`, not retried, once the agent
+    // stops listing it.
+    let mut s = fake.connect(&[]).await?;
+    let (job, _) = job_for(&mut c, &cluster, &fake.id, 3).await?;
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    let cancelled =
+        c.executions.cancel_execution(authed(pb::CancelExecutionRequest { id: id.clone() }, &c.token)).await?;
+    assert_eq!(cancelled.into_inner().status, pb::ExecutionStatus::Running as i32, "the agent is asked first");
+    match s.next(WAIT).await? {
+        pb::controller_message::Kind::Cancel(k) => {
+            assert_eq!(k.execution.map(|e| e.attempt), Some(a.attempt))
+        }
+        other => anyhow::bail!("expected Cancel, got {other:?}"),
+    }
+    let ex = loop {
+        s.heartbeat(&[]).await?;
+        let ex = status(&mut c, &id).await?;
+        if ex.status != pb::ExecutionStatus::Running as i32 {
+            break ex;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(ex.status, pb::ExecutionStatus::Cancelled as i32, "{}", ex.error);
+
+    // A short disconnect: the agent reconnects and lists its attempt in Hello; the attempt keeps running.
+    let id = run_now(&mut c, &job).await?;
+    let a = assigned(&mut s).await?;
+    s.close();
+    let s = fake.connect(&[(a.execution_id.clone(), a.attempt)]).await?;
+    for _ in 0..12 {
+        s.heartbeat(&[(a.execution_id.clone(), a.attempt)]).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(status(&mut c, &id).await?.status, pb::ExecutionStatus::Running as i32, "kept through a reconnect");
+    // The agent-reported failure goes through the same ending path: attempt 2 is queued (policy 3).
+    s.send(Kind::Failed(pb::Failed { execution: Some(exec_ref(&a)), error: "pg_dump died".into(), cancelled: false }))
+        .await?;
+    let mut s = s;
+    let again = assign_while_heartbeating(&mut s, &[], WAIT).await?;
+    assert_eq!((again.execution_id.as_str(), again.attempt), (id.as_str(), 2));
+    assert!(c.logs(&id).await?.contains("attempt 1 ended: pg_dump died"), "{}", c.logs(&id).await?);
+    cluster.stop().await;
+    Ok(())
+}
+
+/// Heartbeats with `listed` every half second until an assignment arrives.
+async fn assign_while_heartbeating(
+    s: &mut FakeSession,
+    listed: &[(String, u32)],
+    limit: Duration,
+) -> anyhow::Result<pb::Assign> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        s.heartbeat(listed).await?;
+        match s.next(Duration::from_millis(500)).await {
+            Ok(pb::controller_message::Kind::Assign(a)) => return Ok(a),
+            Ok(other) => anyhow::bail!("expected Assign, got {other:?}"),
+            Err(e) if e.to_string().starts_with("no controller message") => {}
+            Err(e) => return Err(e),
+        }
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no assignment within {limit:?}");
+    }
+}

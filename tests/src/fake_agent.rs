@@ -1,0 +1,150 @@
+//! A scripted fake agent: enrolled through the public API with a real certificate, it opens the real mTLS
+//! session and then does exactly what a test tells it (send a Hello listing some attempts, heartbeat with a
+//! chosen list, report chunks, results or failures, ignore a Cancel), so protocol cases run in milliseconds
+//! without a database tool. The same peer can drive fleet-scale tests.
+
+use std::time::Duration;
+
+use dg_agent::{enroll, state::StateDir};
+use dg_proto::{
+    AGENT_PROTOCOL_VERSION,
+    v1::{self as pb, agent_message::Kind, agent_session_service_client::AgentSessionServiceClient},
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Streaming, transport::Identity};
+
+use crate::{
+    cluster::{Clients, Cluster, authed},
+    suffix,
+};
+
+/// An enrolled identity that can open sessions.
+pub struct FakeAgent {
+    /// Agent id.
+    pub id: String,
+    dir: StateDir,
+}
+
+/// One open session of a fake agent.
+pub struct FakeSession {
+    tx: mpsc::Sender<pb::AgentMessage>,
+    inbound: Streaming<pb::ControllerMessage>,
+}
+
+impl FakeAgent {
+    /// Enrolls a new agent through `CreateJoinToken` + `Enroll`.
+    pub async fn enroll(cluster: &Cluster, c: &mut Clients) -> anyhow::Result<Self> {
+        let jt =
+            c.agents.create_join_token(authed(pb::CreateJoinTokenRequest::default(), &c.token)).await?.into_inner();
+        let dir = StateDir::open(&cluster.dir.path().join(format!("fake-{}", suffix())))?;
+        let id = enroll::enroll(&cluster.api_endpoint(), &jt.token, &jt.ca_fingerprint, &dir).await?;
+        Ok(Self { id, dir })
+    }
+
+    /// Opens a session: Hello (listing `running`, as (execution id, attempt)), then waits for Welcome.
+    pub async fn connect(&self, running: &[(String, u32)]) -> anyhow::Result<FakeSession> {
+        let state = self.dir.load()?;
+        let identity = Identity::from_pem(self.dir.read("cert.pem")?, self.dir.read("key.pem")?);
+        let channel = enroll::channel(&state.agent_endpoint, &self.dir.read("ca.pem")?, Some(identity)).await?;
+        let mut client = AgentSessionServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(pb::AgentMessage {
+            kind: Some(Kind::Hello(pb::Hello {
+                protocol_version: AGENT_PROTOCOL_VERSION,
+                agent_version: "fake".into(),
+                hostname: "fake-host".into(),
+                tools: vec![],
+                running: running
+                    .iter()
+                    .map(|(id, attempt)| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
+                    .collect(),
+            })),
+        })
+        .await?;
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await?? {
+            Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::Welcome(_)) }) => {}
+            other => anyhow::bail!("expected Welcome, got {other:?}"),
+        }
+        Ok(FakeSession { tx, inbound })
+    }
+}
+
+impl FakeSession {
+    /// Sends one message.
+    pub async fn send(&self, kind: Kind) -> anyhow::Result<()> {
+        self.tx.send(pb::AgentMessage { kind: Some(kind) }).await.map_err(|_| anyhow::anyhow!("session closed"))
+    }
+
+    /// A heartbeat listing `running`.
+    pub async fn heartbeat(&self, running: &[(String, u32)]) -> anyhow::Result<()> {
+        self.send(Kind::Heartbeat(pb::Heartbeat {
+            sent_at: None,
+            running: running
+                .iter()
+                .map(|(id, attempt)| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
+                .collect(),
+        }))
+        .await
+    }
+
+    /// The next controller message other than a request (requests are answered with an error), within `limit`.
+    pub async fn next(&mut self, limit: Duration) -> anyhow::Result<pb::controller_message::Kind> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("no controller message within {limit:?}"))??
+                .ok_or_else(|| anyhow::anyhow!("session closed by the controller"))?;
+            match m.kind {
+                Some(pb::controller_message::Kind::Request(r)) => {
+                    let resp = pb::AgentResponse {
+                        request_id: r.request_id,
+                        error: "fake agent: requests are not scripted".into(),
+                        kind: None,
+                    };
+                    self.send(Kind::Response(resp)).await?;
+                }
+                Some(k) => return Ok(k),
+                None => {}
+            }
+        }
+    }
+
+    /// Waits for the next `Assign`, heartbeating with `running` meanwhile is up to the caller.
+    pub async fn next_assign(&mut self, limit: Duration) -> anyhow::Result<pb::Assign> {
+        match self.next(limit).await? {
+            pb::controller_message::Kind::Assign(a) => Ok(a),
+            other => anyhow::bail!("expected Assign, got {other:?}"),
+        }
+    }
+
+    /// Closes the session (the stream ends).
+    pub fn close(self) {
+        drop(self);
+    }
+}
+
+/// The `ExecutionRef` of an assignment.
+pub fn exec_ref(a: &pb::Assign) -> pb::ExecutionRef {
+    pb::ExecutionRef { execution_id: a.execution_id.clone(), attempt: a.attempt }
+}
+
+/// A chunk report for seq `seq` of a backup assignment, with the key its plan dictates.
+pub fn chunk_for(a: &pb::Assign, storage_id: &str, seq: u32, data: &[u8]) -> Kind {
+    use sha2::{Digest, Sha256};
+    let prefix = match &a.task {
+        Some(pb::assign::Task::Backup(b)) => b.key_prefix.clone(),
+        _ => String::new(),
+    };
+    Kind::ChunkReported(pb::ChunkReported {
+        execution: Some(exec_ref(a)),
+        storage_id: storage_id.into(),
+        seq,
+        key: dg_common::manifest::chunk_key(&prefix, seq),
+        size: data.len() as u64,
+        sha256: hex::encode(Sha256::digest(data)),
+        raw_bytes: data.len() as u64,
+    })
+}
