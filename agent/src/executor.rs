@@ -1,36 +1,44 @@
-//! Runs assigned executions: one task per [`Assignment`], with its own cancellation token (a child of the
-//! session's) and a [`Reporter`]. Reports and heartbeats go to one bounded, ordered channel ([`Outbound`]),
-//! which the session drains into the stream: no code past the session sees a wire message, and a heartbeat
-//! that no longer lists an attempt always leaves after that attempt's final report. Called by the session
-//! only (assign, refuse, cancel, heartbeat, drain).
+//! Runs assigned executions: one task per [`Assignment`], with its own cancellation token and a
+//! [`Reporter`]. The executor lives as long as the agent, not a session: a short disconnect does not stop
+//! running attempts (the next Hello lists them, and the controller keeps them while their leases hold, or
+//! aborts them). Reports and heartbeats go to one bounded, ordered channel ([`Outbound`]), which the
+//! session drains into the stream: no code past the session sees a wire message, and a heartbeat that no
+//! longer lists an attempt always leaves after that attempt's final report. An aborted attempt (the
+//! controller ended it) stops at once, reports nothing more, and its objects are deleted best-effort.
+//! Called by the session only (assign, refuse, cancel, abort, heartbeat, drain).
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use dg_common::{
     ids::ExecutionId,
-    protocol::{Assignment, Attempt, ExecutionRef, LogLevel, Plan},
+    protocol::{Assignment, Attempt, BackupPlan, ExecutionRef, LogLevel, Plan},
 };
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{Instrument, info, info_span};
+use tracing::{Instrument, info, info_span, warn};
 
 use crate::{
     context::AgentContext,
     error::PipelineError,
+    outbox::Outbox,
     pipeline,
     report::{Finished, Outbound, Reporter},
 };
 
-/// Attempts running in this session, by execution.
-type Running = HashMap<ExecutionId, (Attempt, CancellationToken)>;
+/// Attempts running on this agent, by execution: attempt, cancellation, aborted by the controller.
+type Running = HashMap<ExecutionId, (Attempt, CancellationToken, Arc<AtomicBool>)>;
 
-/// Executions running in this session.
+/// Executions running on this agent.
 #[derive(Clone)]
 pub struct Executor {
     reports: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     running: Arc<Mutex<Running>>,
     tracker: TaskTracker,
     session: CancellationToken,
@@ -38,9 +46,10 @@ pub struct Executor {
 }
 
 impl Executor {
-    /// An executor whose jobs report on `reports` and stop when `session` is cancelled.
-    pub fn new(reports: mpsc::Sender<Outbound>, session: CancellationToken, ctx: AgentContext) -> Self {
-        Self { reports, running: Arc::default(), tracker: TaskTracker::new(), session, ctx }
+    /// An executor whose jobs report on `reports` (acknowledged through `outbox`) and stop when `root` is
+    /// cancelled (the agent stops).
+    pub fn new(reports: mpsc::Sender<Outbound>, outbox: Outbox, root: CancellationToken, ctx: AgentContext) -> Self {
+        Self { reports, outbox, running: Arc::default(), tracker: TaskTracker::new(), session: root, ctx }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Running> {
@@ -49,7 +58,7 @@ impl Executor {
 
     /// What is running.
     pub fn running(&self) -> Vec<ExecutionRef> {
-        self.lock().iter().map(|(id, (attempt, _))| ExecutionRef { id: *id, attempt: *attempt }).collect()
+        self.lock().iter().map(|(id, (attempt, ..))| ExecutionRef { id: *id, attempt: *attempt }).collect()
     }
 
     /// Queues a heartbeat listing what runs now, behind every report already queued (an attempt leaves the
@@ -63,8 +72,10 @@ impl Executor {
     pub fn assign(&self, a: Assignment) {
         let execution = a.execution;
         let cancel = self.session.child_token();
-        self.lock().insert(execution.id, (execution.attempt, cancel.clone()));
-        let rep = Reporter::new(self.reports.clone(), execution);
+        let aborted = Arc::new(AtomicBool::new(false));
+        self.lock().insert(execution.id, (execution.attempt, cancel.clone(), aborted.clone()));
+        let rep = Reporter::new(self.reports.clone(), self.outbox.clone(), execution);
+        let outbox = self.outbox.clone();
         let span = info_span!("execution", execution_id = %execution.id, attempt = %execution.attempt);
         dg_common::telemetry::set_parent(&span, &a.trace_context);
         let running = self.running.clone();
@@ -75,24 +86,33 @@ impl Executor {
                     Plan::Backup(p) => pipeline::backup::run(p, &rep, &cancel, &ctx).await.map(Finished::Backup),
                     Plan::Restore(p) => pipeline::restore::run(p, &rep, &cancel, &ctx).await.map(Finished::Restore),
                 };
-                match result {
-                    Ok(r) => {
-                        info!("execution finished");
-                        rep.completed(r).await;
+                if aborted.load(Ordering::SeqCst) {
+                    // The controller ended this attempt: nothing it does counts any more.
+                    warn!("attempt aborted by the controller");
+                    outbox.forget(execution);
+                    if let Plan::Backup(p) = &a.plan {
+                        remove_attempt_objects(p, &ctx).await;
                     }
-                    Err(PipelineError::Cancelled) => {
-                        rep.log(LogLevel::Warn, "cancelled").await;
-                        rep.failed("cancelled".into(), true).await;
-                    }
-                    Err(e) => {
-                        let msg = e.to_string();
-                        rep.log(LogLevel::Error, msg.clone()).await;
-                        rep.failed(msg, false).await;
+                } else {
+                    match result {
+                        Ok(r) => {
+                            info!("execution finished");
+                            rep.completed(r).await;
+                        }
+                        Err(PipelineError::Cancelled) => {
+                            rep.log(LogLevel::Warn, "cancelled").await;
+                            rep.failed("cancelled".into(), true).await;
+                        }
+                        Err(e) => {
+                            let msg = e.to_string();
+                            rep.log(LogLevel::Error, msg.clone()).await;
+                            rep.failed(msg, false).await;
+                        }
                     }
                 }
                 // A newer attempt of the same execution may have replaced this one meanwhile; leave it listed.
                 let mut running = lock(&running);
-                if running.get(&execution.id).is_some_and(|(attempt, _)| *attempt == execution.attempt) {
+                if running.get(&execution.id).is_some_and(|(attempt, ..)| *attempt == execution.attempt) {
                     running.remove(&execution.id);
                 }
             }
@@ -103,24 +123,68 @@ impl Executor {
     /// Reports an attempt that cannot start (its assignment did not convert) the way a failed one is
     /// reported, so the controller ends it at once instead of waiting for its lease to expire.
     pub async fn refuse(&self, execution: ExecutionRef, error: String) {
-        let rep = Reporter::new(self.reports.clone(), execution);
+        let rep = Reporter::new(self.reports.clone(), self.outbox.clone(), execution);
         rep.log(LogLevel::Error, error.clone()).await;
         rep.failed(error, false).await;
     }
 
     /// Stops an execution if it runs with this attempt.
     pub fn cancel(&self, execution: ExecutionRef) {
-        if let Some((attempt, token)) = self.lock().get(&execution.id)
+        if let Some((attempt, token, _)) = self.lock().get(&execution.id)
             && *attempt == execution.attempt
         {
             token.cancel();
         }
     }
 
-    /// Waits (bounded) for every job to stop after the session was cancelled.
+    /// Stops an attempt the controller has ended: its tool is killed (the pipeline is dropped), it reports
+    /// nothing more, writes no manifest, and what it wrote is deleted. Returns whether it was running.
+    pub fn abort(&self, execution: ExecutionRef) -> bool {
+        if let Some((attempt, token, aborted)) = self.lock().get(&execution.id)
+            && *attempt == execution.attempt
+        {
+            aborted.store(true, Ordering::SeqCst);
+            token.cancel();
+            return true;
+        }
+        self.outbox.forget(execution);
+        false
+    }
+
+    /// Stops every attempt (the agent was cut off from the controller for longer than any lease).
+    pub fn cancel_all(&self) {
+        for (_, token, _) in self.lock().values() {
+            token.cancel();
+        }
+    }
+
+    /// Waits (bounded) for every job to stop after the agent was stopped.
     pub async fn drain(&self, deadline: std::time::Duration) {
         self.tracker.close();
         let _ = tokio::time::timeout(deadline, self.tracker.wait()).await;
+    }
+}
+
+/// Deletes, best-effort, every object below an aborted backup attempt's prefix in each of its storages (the
+/// controller's cleanup sweeps whatever this misses).
+async fn remove_attempt_objects(plan: &BackupPlan, ctx: &AgentContext) {
+    use futures::TryStreamExt;
+    use object_store::{ObjectStoreExt, path::Path as ObjPath};
+    let prefix = ObjPath::from(plan.layout.prefix());
+    for t in &plan.storages {
+        let Ok(s) = crate::storage::open(t, ctx) else { continue };
+        let keys: Vec<ObjPath> = match s.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await {
+            Ok(k) => k,
+            Err(e) => {
+                warn!(storage = %t.id, error = %e, "cannot list an aborted attempt's objects");
+                continue;
+            }
+        };
+        for k in keys {
+            if let Err(e) = s.store.delete(&k).await {
+                warn!(storage = %t.id, key = %k, error = %e, "cannot delete an aborted attempt's object");
+            }
+        }
     }
 }
 
@@ -189,7 +253,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let (tx, mut rx) = mpsc::channel(16);
         let session = CancellationToken::new();
-        let executor = Executor::new(tx, session.clone(), AgentContext::new(dir.path(), vec![], Default::default()));
+        let ctx = AgentContext::new(dir.path(), vec![], Default::default());
+        let executor = Executor::new(tx, Outbox::default(), session.clone(), ctx);
 
         let execution = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(2) };
         executor.assign(backup(execution));

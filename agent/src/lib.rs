@@ -8,6 +8,7 @@ pub mod enroll;
 pub mod error;
 pub mod executor;
 pub mod keys;
+pub mod outbox;
 pub mod pipeline;
 pub mod report;
 pub mod requests;

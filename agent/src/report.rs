@@ -1,7 +1,9 @@
 //! How a running attempt speaks: a [`Reporter`] per attempt turns what a pipeline does into [`AgentReport`]s
 //! tagged with the execution and attempt, and queues them as [`Outbound`] messages on the session's one
 //! ordered channel (heartbeats share it, so a heartbeat that no longer lists an attempt leaves after that
-//! attempt's final report). Pipelines and the executor depend on this module; it depends on neither.
+//! attempt's final report). Reports the controller must acknowledge are counted in the [`Outbox`] first, so
+//! [`Reporter::settled`] can wait for them. Pipelines and the executor depend on this module; it depends on
+//! neither.
 
 use dg_common::{
     ids::StorageId,
@@ -9,6 +11,8 @@ use dg_common::{
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
+
+use crate::outbox::{Outbox, needs_ack};
 
 /// What leaves through the session's one ordered queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +27,7 @@ pub enum Outbound {
 #[derive(Clone, Debug)]
 pub struct Reporter {
     tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     execution: ExecutionRef,
 }
 
@@ -36,8 +41,14 @@ pub(crate) enum Finished {
 
 impl Reporter {
     /// A reporter for one attempt.
-    pub fn new(tx: mpsc::Sender<Outbound>, execution: ExecutionRef) -> Self {
-        Self { tx, execution }
+    pub fn new(tx: mpsc::Sender<Outbound>, outbox: Outbox, execution: ExecutionRef) -> Self {
+        Self { tx, outbox, execution }
+    }
+
+    /// Waits until the controller has acknowledged every report of this attempt sent so far (it recorded
+    /// them, or it ended the attempt, which an `Abort` then says).
+    pub async fn settled(&self) {
+        self.outbox.settled(self.execution).await;
     }
 
     /// The attempt reported on.
@@ -46,7 +57,10 @@ impl Reporter {
     }
 
     async fn send(&self, report: AgentReport) {
-        // A closed session means the controller will fail this attempt on its own; nothing to do here.
+        if needs_ack(&report) {
+            self.outbox.track(self.execution);
+        }
+        // The queue outlives sessions; it closes only when the agent stops.
         let _ = self.tx.send(Outbound::Report(report)).await;
     }
 

@@ -124,7 +124,10 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
         None => (None, "unknown request".into()),
     };
     let _ = tx
-        .send(pb::AgentMessage { kind: Some(Kind::Response(pb::AgentResponse { request_id: id, error, kind })) })
+        .send(pb::AgentMessage {
+            kind: Some(Kind::Response(pb::AgentResponse { request_id: id, error, kind })),
+            report_seq: 0,
+        })
         .await;
 }
 
@@ -141,7 +144,9 @@ async fn read(
         let part = part.map_err(|e| e.to_string())?;
         for piece in part.chunks(PIECE) {
             let msg = pb::ObjectData { request_id: id.to_owned(), data: piece.to_vec() };
-            tx.send(pb::AgentMessage { kind: Some(Kind::ObjectData(msg)) }).await.map_err(|_| "session closed")?;
+            tx.send(pb::AgentMessage { kind: Some(Kind::ObjectData(msg)), report_seq: 0 })
+                .await
+                .map_err(|_| "session closed")?;
             sent += piece.len() as u64;
         }
     }

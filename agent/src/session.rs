@@ -1,14 +1,17 @@
-//! `dg-agent run`: keeps one mTLS session to the controller. Hello (protocol version, tools) -> Welcome ->
-//! heartbeats, Assign and Cancel. Any disconnect ends the session's running jobs (the controller fails their
-//! attempts) and reconnects after a jittered exponential backoff. The certificate is renewed over the same
-//! connection two thirds into its life; the new one is used from the next connection on.
+//! `dg-agent run`: keeps one mTLS session to the controller. Hello (protocol version, tools, the attempts
+//! still running) -> Welcome -> heartbeats, Assign, Cancel, Abort and Ack. A disconnect does not stop running
+//! attempts: the agent reconnects after a jittered exponential backoff and lists them in its next Hello (the
+//! controller keeps them while their leases hold, else aborts them); after `max_offline` without a session
+//! they are cancelled. The certificate is renewed over the same connection two thirds into its life; the new
+//! one is used from the next connection on.
 //!
-//! This module is the agent's protocol edge: an incoming `Assign` or `Cancel` is converted into the protocol
-//! model (`Assignment`, `ExecutionRef`) here, and is the only validation of it; an assignment that does not
-//! convert is not run but reported failed. Jobs' reports and the heartbeats share one bounded, ordered
-//! channel ([`Outbound`]), and [`ReportForwardTask`] is the one place where they leave the agent as wire
-//! messages. Requests
-//! (`requests.rs`) and enrollment/renewal keep their own `pb` envelopes.
+//! This module is the agent's protocol edge: an incoming `Assign`, `Cancel` or `Abort` is converted into the
+//! protocol model (`Assignment`, `ExecutionRef`) here, and is the only validation of it; an assignment that
+//! does not convert is not run but reported failed. Jobs' reports and the heartbeats share one bounded,
+//! ordered channel ([`Outbound`]), and [`ReportForwardTask`] is the one place where they leave the agent as
+//! wire messages, numbered by the [`Outbox`] when they need an acknowledgement; a new session first sends
+//! again whatever was not acknowledged. Requests (`requests.rs`) and enrollment/renewal keep their own `pb`
+//! envelopes.
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +24,9 @@ use dg_proto::{
     AGENT_PROTOCOL_VERSION,
     v1::{self as pb, agent_session_service_client::AgentSessionServiceClient, controller_message::Kind},
 };
-use tokio::sync::mpsc;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex as AsyncMutex, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Identity};
@@ -32,6 +37,7 @@ use crate::{
     enroll,
     error::ConnectionError,
     executor::Executor,
+    outbox::Outbox,
     report::Outbound,
     state::{AgentState, StateDir},
     tools,
@@ -53,6 +59,8 @@ pub struct RunOptions {
     pub local_roots: Vec<std::path::PathBuf>,
     /// Where database client tools are looked up first.
     pub tools: tools::Tools,
+    /// Running attempts are cancelled after this long without a session (longer than any lease).
+    pub max_offline: Duration,
 }
 
 impl Default for RunOptions {
@@ -62,23 +70,52 @@ impl Default for RunOptions {
             max_backoff: Duration::from_secs(60),
             local_roots: vec![std::path::PathBuf::from("/var/backups/dataguardian")],
             tools: tools::Tools::default(),
+            max_offline: Duration::from_secs(600),
         }
     }
+}
+
+/// What outlives a session: the executor with its running attempts, the queue their reports wait in, and
+/// the outbox of reports not yet acknowledged.
+struct Agent {
+    executor: Executor,
+    outbox: Outbox,
+    queue: Arc<AsyncMutex<mpsc::Receiver<Outbound>>>,
+    ctx: AgentContext,
 }
 
 /// Runs sessions until `cancel`.
 pub async fn run(dir: StateDir, opts: RunOptions, cancel: CancellationToken) -> Result<(), ConnectionError> {
     let state = dir.load()?;
     info!(agent_id = %state.agent_id, endpoint = %state.agent_endpoint, "agent starting");
+    let ctx = AgentContext::new(dir.root(), opts.local_roots.clone(), opts.tools.clone());
+    let (reports, queue) = mpsc::channel::<Outbound>(REPORT_QUEUE);
+    let outbox = Outbox::default();
+    let jobs = cancel.child_token();
+    let agent = Agent {
+        executor: Executor::new(reports, outbox.clone(), jobs.clone(), ctx.clone()),
+        outbox,
+        queue: Arc::new(AsyncMutex::new(queue)),
+        ctx,
+    };
     let mut delays = reconnect_delays(opts.min_backoff, opts.max_backoff);
+    let mut last_session = Instant::now();
     loop {
         let started = Instant::now();
-        match session_once(&dir, &state, &opts, &cancel).await {
-            Ok(()) => info!("session ended"),
+        match session_once(&dir, &state, &opts, &cancel, &agent).await {
+            Ok(true) => {
+                info!("session ended");
+                last_session = Instant::now();
+            }
+            Ok(false) => info!("session ended before it was established"),
             Err(e) => warn!(error = %e, "session failed"),
         }
         if cancel.is_cancelled() {
-            return Ok(());
+            break;
+        }
+        if last_session.elapsed() > opts.max_offline && !agent.executor.running().is_empty() {
+            warn!(offline_s = last_session.elapsed().as_secs(), "no session for too long; cancelling running attempts");
+            agent.executor.cancel_all();
         }
         if started.elapsed() > Duration::from_secs(60) {
             delays = reconnect_delays(opts.min_backoff, opts.max_backoff);
@@ -86,10 +123,13 @@ pub async fn run(dir: StateDir, opts: RunOptions, cancel: CancellationToken) -> 
         let d = delays.next().unwrap_or(opts.max_backoff);
         info!(delay_ms = d.as_millis() as u64, "reconnecting");
         tokio::select! {
-            _ = cancel.cancelled() => return Ok(()),
+            _ = cancel.cancelled() => break,
             _ = tokio::time::sleep(d) => {},
         }
     }
+    jobs.cancel();
+    agent.executor.drain(Duration::from_secs(10)).await;
+    Ok(())
 }
 
 /// Completes a renewal interrupted between writing the new key and certificate.
@@ -125,31 +165,46 @@ async fn renew(client: &mut AgentSessionServiceClient<Channel>, dir: &StateDir) 
     Ok(())
 }
 
-/// Moves the jobs' reports into the session stream: the one place where reports leave the agent (the
-/// place for an outbox that keeps them until the controller acknowledges them). It has no cancellation
-/// token on purpose: it ends when the last `Reporter` is gone or the stream is closed, so the final
-/// reports of jobs stopped by a shutdown still leave.
+/// Moves the jobs' reports and the heartbeats into one session's stream, in queue order: the one place where
+/// they leave the agent. First it sends again every report the controller has not acknowledged (from an
+/// earlier session, or queued while there was none), then what the queue holds, and every second the
+/// reports the controller asked to have sent again. The queue outlives the session: the next session's
+/// forwarder takes it over.
 struct ReportForwardTask {
-    reports: mpsc::Receiver<Outbound>,
+    queue: Arc<AsyncMutex<mpsc::Receiver<Outbound>>>,
+    outbox: Outbox,
     outbound: mpsc::Sender<pb::AgentMessage>,
 }
 
 impl ReportForwardTask {
-    fn new(reports: mpsc::Receiver<Outbound>, outbound: mpsc::Sender<pb::AgentMessage>) -> Self {
-        Self { reports, outbound }
-    }
-
-    async fn run(mut self) {
-        while let Some(next) = self.reports.recv().await {
-            let kind = match next {
-                Outbound::Report(report) => report.into(),
-                Outbound::Heartbeat(running) => pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
-                    sent_at: None,
-                    running: running.into_iter().map(Into::into).collect(),
-                }),
+    async fn run(self) {
+        let mut queue = self.queue.lock().await;
+        for m in self.outbox.unacked() {
+            if self.outbound.send(m).await.is_err() {
+                return;
+            }
+        }
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let messages = tokio::select! {
+                next = queue.recv() => match next {
+                    Some(Outbound::Report(report)) => vec![self.outbox.stamp(report)],
+                    Some(Outbound::Heartbeat(running)) => vec![pb::AgentMessage {
+                        kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
+                            sent_at: None,
+                            running: running.into_iter().map(Into::into).collect(),
+                        })),
+                        report_seq: 0,
+                    }],
+                    None => return,
+                },
+                _ = retry.tick() => self.outbox.due(),
             };
-            if self.outbound.send(pb::AgentMessage { kind: Some(kind) }).await.is_err() {
-                break;
+            for m in messages {
+                if self.outbound.send(m).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -162,7 +217,7 @@ fn assignment_of(a: pb::Assign) -> Result<Assignment, (Option<ExecutionRef>, Pro
     Assignment::try_from(a).map_err(|e| (execution, e))
 }
 
-fn hello(tools: Vec<tools::FoundTool>) -> pb::Hello {
+fn hello(tools: Vec<tools::FoundTool>, running: Vec<ExecutionRef>) -> pb::Hello {
     pb::Hello {
         protocol_version: AGENT_PROTOCOL_VERSION,
         agent_version: crate::VERSION.to_owned(),
@@ -175,21 +230,23 @@ fn hello(tools: Vec<tools::FoundTool>) -> pb::Hello {
                 path: t.path.to_string_lossy().into_owned(),
             })
             .collect(),
-        running: Vec::new(),
+        running: running.into_iter().map(Into::into).collect(),
     }
 }
 
+/// One session; true when it was established (Welcome received).
 async fn session_once(
     dir: &StateDir,
     state: &AgentState,
     opts: &RunOptions,
     cancel: &CancellationToken,
-) -> Result<(), ConnectionError> {
+    agent: &Agent,
+) -> Result<bool, ConnectionError> {
     let channel = connect(dir, state).await?;
     let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(OUTBOUND_QUEUE);
-    let hello = hello(tools::discover(&opts.tools).await);
-    tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)) })
+    let hello = hello(tools::discover(&opts.tools).await, agent.executor.running());
+    tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)), report_seq: 0 })
         .await
         .map_err(|_| ConnectionError::Config("session channel closed".into()))?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
@@ -214,11 +271,10 @@ async fn session_once(
         .map_or(Duration::from_secs(10), Duration::from_secs);
     info!(agent_id = %welcome.agent_id, heartbeat_s = hb.as_secs(), "session established");
 
-    let session_cancel = cancel.child_token();
-    let ctx = AgentContext::new(dir.root(), opts.local_roots.clone(), opts.tools.clone());
-    let (reports, reports_rx) = mpsc::channel::<Outbound>(REPORT_QUEUE);
-    let mut forwarder = tokio::spawn(ReportForwardTask::new(reports_rx, tx.clone()).run());
-    let executor = Executor::new(reports, session_cancel.clone(), ctx.clone());
+    let executor = &agent.executor;
+    let forwarder =
+        ReportForwardTask { queue: agent.queue.clone(), outbox: agent.outbox.clone(), outbound: tx.clone() };
+    let mut forwarder = tokio::spawn(forwarder.run());
     let mut heartbeat = tokio::time::interval(hb);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut renew_check = tokio::time::interval(Duration::from_secs(5));
@@ -261,8 +317,19 @@ async fn session_once(
                         None => {}
                     }
                 }
+                Ok(Some(pb::ControllerMessage { kind: Some(Kind::Abort(x)) })) => {
+                    match x.execution.map(ExecutionRef::try_from) {
+                        Some(Ok(r)) => {
+                            let running = executor.abort(r);
+                            warn!(execution_id = %r.id, attempt = %r.attempt, reason = %x.reason, running, "abort received");
+                        }
+                        Some(Err(e)) => warn!(error = %e, "abort refused"),
+                        None => {}
+                    }
+                }
+                Ok(Some(pb::ControllerMessage { kind: Some(Kind::Ack(k)) })) => agent.outbox.ack(k.report_seq, k.retry_later),
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Request(r)) })) => {
-                    tokio::spawn(crate::requests::handle(r, tx.clone(), ctx.clone()));
+                    tokio::spawn(crate::requests::handle(r, tx.clone(), agent.ctx.clone()));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ok(()),
@@ -270,15 +337,16 @@ async fn session_once(
             }
         }
     };
-    session_cancel.cancel();
-    executor.drain(Duration::from_secs(10)).await;
-    // The stopped jobs' last reports are queued; let them reach the stream before it closes. A job still
-    // running after the drain keeps its reporter, so the wait is bounded too.
-    drop(executor);
-    if tokio::time::timeout(Duration::from_secs(2), &mut forwarder).await.is_err() {
-        forwarder.abort();
+    if cancel.is_cancelled() {
+        // The agent stops: stop the jobs while the session is still up, so their last reports can leave.
+        executor.cancel_all();
+        executor.drain(Duration::from_secs(10)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), agent.outbox.all_settled()).await;
     }
-    result
+    // The forwarder gives the queue back for the next session; unacknowledged reports stay in the outbox.
+    forwarder.abort();
+    let _ = (&mut forwarder).await;
+    result.map(|()| true)
 }
 
 #[cfg(test)]
@@ -351,7 +419,9 @@ mod tests {
         let execution = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(1) };
         let (reports, reports_rx) = mpsc::channel(2);
         let (outbound, mut wire) = mpsc::channel(8);
-        let forwarder = tokio::spawn(ReportForwardTask::new(reports_rx, outbound).run());
+        let outbox = Outbox::default();
+        let queue = Arc::new(AsyncMutex::new(reports_rx));
+        let forwarder = tokio::spawn(ReportForwardTask { queue, outbox: outbox.clone(), outbound }.run());
         let log = AgentReport::Log(LogReport { execution, level: LogLevel::Error, message: "boom".into() });
         let failed = AgentReport::Failed { execution, error: "boom".into(), cancelled: false };
         // The attempt's final report is queued before the heartbeat that no longer lists it.
@@ -361,9 +431,13 @@ mod tests {
         drop(reports);
         tokio::time::timeout(Duration::from_secs(5), forwarder).await.expect("ends without reporters").expect("join");
         let mut got = Vec::new();
+        let mut seqs = Vec::new();
         while let Ok(m) = wire.try_recv() {
+            seqs.push(m.report_seq);
             got.push(m.kind.expect("a kind"));
         }
+        assert_eq!(seqs, vec![0, 1, 0], "only the state-changing report is numbered for an acknowledgement");
+        assert_eq!(outbox.unacked().len(), 1, "and kept until it is acknowledged");
         assert_eq!(got.len(), 3);
         let report = |k: &pb::agent_message::Kind| dg_common::protocol::wire::report_of(k.clone());
         assert_eq!(report(&got[0]).expect("a report").expect("valid"), log);

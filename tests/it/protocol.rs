@@ -65,6 +65,19 @@ async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_n
     let fake = FakeAgent::enroll(&cluster, &mut c).await?;
     let other = FakeAgent::enroll(&cluster, &mut c).await?;
     let mut s = fake.connect(&[]).await?;
+    // A Hello that lists an attempt this agent does not run on the controller gets it aborted at once.
+    let ghost = (uuid::Uuid::now_v7().to_string(), 1);
+    let mut haunted = other.connect(std::slice::from_ref(&ghost)).await?;
+    haunted.drain(Duration::from_millis(500)).await?;
+    assert_eq!(
+        haunted
+            .aborts
+            .iter()
+            .filter_map(|x| x.execution.as_ref().map(|e| (e.execution_id.clone(), e.attempt)))
+            .collect::<Vec<_>>(),
+        vec![ghost]
+    );
+    drop(haunted);
     let stranger = other.connect(&[]).await?;
     let (job, storage) = job_for(&mut c, &cluster, &fake.id, 1).await?;
 
@@ -131,9 +144,21 @@ async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_n
         .send(Kind::Failed(pb::Failed { execution: Some(exec_ref(&a)), error: "not mine".into(), cancelled: false }))
         .await?;
     stranger.send(chunk_for(&a, &storage, 0, b"x")).await?;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    s.drain(Duration::from_millis(700)).await?;
+    let mut stranger = stranger;
+    stranger.drain(Duration::from_millis(300)).await?;
     let ex = status(&mut c, &id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Running as i32, "stale and foreign reports are ignored: {}", ex.error);
+    // ... and answered with an Abort of the attempt they name, so a zombie stops.
+    assert!(s.aborts.iter().any(|x| x.execution == Some(exec_ref(&stale))), "{:?}", s.aborts);
+    assert!(stranger.aborts.iter().any(|x| x.execution == Some(exec_ref(&a))), "{:?}", stranger.aborts);
+    assert!(!s.aborts.iter().any(|x| x.execution == Some(exec_ref(&a))), "the live attempt is not aborted");
+    // A numbered report is acknowledged once it is recorded; a resend of it is acknowledged again.
+    s.send_numbered(chunk_for(&a, &storage, 0, b"data"), 41).await?;
+    s.send_numbered(chunk_for(&a, &storage, 0, b"data"), 41).await?;
+    s.drain(Duration::from_millis(500)).await?;
+    let acks: Vec<(u64, bool)> = s.acks.iter().map(|k| (k.report_seq, k.retry_later)).collect();
+    assert_eq!(acks, vec![(41, false), (41, false)]);
     s.send(chunk_for(&a, &storage, 0, b"data")).await?;
     let sha = hex::encode(Sha256::digest(b"data"));
     let result = |manifest_key: String| {
@@ -314,4 +339,55 @@ async fn assign_while_heartbeating(
         }
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "no assignment within {limit:?}");
     }
+}
+
+/// The real agent through a controller restart in the middle of a backup: the agent keeps the attempt
+/// running, lists it in its next Hello, sends again what was not acknowledged, writes the manifest once every
+/// chunk is acknowledged, and the backup completes at attempt 1 and restores identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_restart_mid_backup_finishes_the_backup_at_attempt_one() -> anyhow::Result<()> {
+    use sqlx::Executor as _;
+    let src = dg_tests::pg::TestDb::create("restart").await?;
+    src.connect()
+        .await?
+        .execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); \
+             INSERT INTO t SELECT g, md5(random()::text) || md5(random()::text) FROM generate_series(1, 400000) g",
+        )
+        .await?;
+    let before = src.table_fingerprint("t").await?;
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let dir = cluster.dir.path().join("restart");
+    let (_, _, job) = c.setup_pg_job(&agent.id, &dir, &src.name, &dg_tests::pg_server()).await?;
+    let id = run_now(&mut c, &job.id).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ex = status(&mut c, &id).await?;
+        if ex.chunk_count >= 1 {
+            break;
+        }
+        anyhow::ensure!(ex.status != pb::ExecutionStatus::Completed as i32, "finished before the restart");
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "no chunk recorded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut config = cluster.config.clone();
+    config.api_listen = cluster.api_addr;
+    config.agent_listen = cluster.agent_addr;
+    cluster.stop().await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    cluster.controller = Some(dg_controller::app::start(config).await?);
+    let mut c = cluster.clients().await?;
+    let ex = c.wait_execution(&id, Duration::from_secs(120)).await?;
+    let logs = c.logs(&id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{logs}", ex.error);
+    assert_eq!(ex.attempt, 1, "not retried: the attempt survived the restart\n{logs}");
+    let dst = dg_tests::pg::TestDb::reserve("restart_dst");
+    let r = c.restore_into(&id, &dst.name).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
+    assert_eq!(dst.table_fingerprint("t").await?, before);
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
 }

@@ -32,6 +32,7 @@ async fn try_session(cluster: &Cluster, identity: Option<Identity>) -> anyhow::R
             tools: vec![],
             running: vec![],
         })),
+        report_seq: 0,
     })
     .await?;
     let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();

@@ -157,6 +157,7 @@ impl Cluster {
             max_backoff: Duration::from_secs(2),
             local_roots: vec![self.dir.path().to_owned()],
             tools: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -26,10 +26,15 @@ pub struct FakeAgent {
     dir: StateDir,
 }
 
-/// One open session of a fake agent.
+/// One open session of a fake agent. Acks and Aborts the controller sends are collected (not returned by
+/// [`FakeSession::next`]), for the test to look at.
 pub struct FakeSession {
     tx: mpsc::Sender<pb::AgentMessage>,
     inbound: Streaming<pb::ControllerMessage>,
+    /// Acknowledgements received.
+    pub acks: Vec<pb::Ack>,
+    /// Aborts received.
+    pub aborts: Vec<pb::Abort>,
 }
 
 impl FakeAgent {
@@ -50,6 +55,7 @@ impl FakeAgent {
         let mut client = AgentSessionServiceClient::new(channel);
         let (tx, rx) = mpsc::channel(64);
         tx.send(pb::AgentMessage {
+            report_seq: 0,
             kind: Some(Kind::Hello(pb::Hello {
                 protocol_version: AGENT_PROTOCOL_VERSION,
                 agent_version: "fake".into(),
@@ -67,14 +73,31 @@ impl FakeAgent {
             Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::Welcome(_)) }) => {}
             other => anyhow::bail!("expected Welcome, got {other:?}"),
         }
-        Ok(FakeSession { tx, inbound })
+        Ok(FakeSession { tx, inbound, acks: Vec::new(), aborts: Vec::new() })
     }
 }
 
 impl FakeSession {
-    /// Sends one message.
+    /// Sends one message (no acknowledgement asked).
     pub async fn send(&self, kind: Kind) -> anyhow::Result<()> {
-        self.tx.send(pb::AgentMessage { kind: Some(kind) }).await.map_err(|_| anyhow::anyhow!("session closed"))
+        self.send_numbered(kind, 0).await
+    }
+
+    /// Sends one message with a `report_seq` (the controller acknowledges it).
+    pub async fn send_numbered(&self, kind: Kind, report_seq: u64) -> anyhow::Result<()> {
+        self.tx
+            .send(pb::AgentMessage { kind: Some(kind), report_seq })
+            .await
+            .map_err(|_| anyhow::anyhow!("session closed"))
+    }
+
+    /// Reads the session for `d`, collecting Acks and Aborts (answering requests).
+    pub async fn drain(&mut self, d: Duration) -> anyhow::Result<()> {
+        match self.next(d).await {
+            Ok(other) => anyhow::bail!("unexpected {other:?}"),
+            Err(e) if e.to_string().starts_with("no controller message") => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     /// A heartbeat listing `running`.
@@ -106,6 +129,8 @@ impl FakeSession {
                     };
                     self.send(Kind::Response(resp)).await?;
                 }
+                Some(pb::controller_message::Kind::Ack(a)) => self.acks.push(a),
+                Some(pb::controller_message::Kind::Abort(a)) => self.aborts.push(a),
                 Some(k) => return Ok(k),
                 None => {}
             }

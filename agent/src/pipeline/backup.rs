@@ -153,6 +153,10 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         None
     };
 
+    // The manifest is written only once the controller has acknowledged every chunk of this attempt: an
+    // attempt it has ended gets an Abort instead, which stops this pipeline before a manifest exists.
+    rep.log(LogLevel::Info, "waiting for the controller to acknowledge every chunk").await;
+    rep.settled().await;
     let m = Manifest {
         format: MANIFEST_FORMAT,
         execution_id: layout.execution.id.to_string(),

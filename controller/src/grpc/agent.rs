@@ -4,7 +4,12 @@
 
 use std::{pin::Pin, time::Duration};
 
-use dg_common::{error::FieldError, ids::AgentId, protocol::wire, tls};
+use dg_common::{
+    error::FieldError,
+    ids::AgentId,
+    protocol::{ExecutionRef, wire},
+    tls,
+};
 use dg_proto::{
     AGENT_PROTOCOL_VERSION,
     v1::{self as pb, agent_enrollment_service_server, agent_session_service_server},
@@ -18,7 +23,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
 
 use super::{Ctx, convert};
-use crate::error::{ControllerError, ControllerResult};
+use crate::{
+    error::{ControllerError, ControllerResult},
+    session::ToAgent,
+};
 
 /// Enrollment handler.
 #[derive(Clone, Debug)]
@@ -101,7 +109,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         self.ctx.agents.active(agent.0).await?;
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(15), inbound.message()).await {
-            Ok(Ok(Some(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(h)) }))) => h,
+            Ok(Ok(Some(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(h)), .. }))) => h,
             Ok(Ok(_)) => {
                 return Err(Status::invalid_argument("hello: the first message must be Hello"));
             }
@@ -125,7 +133,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
             .into_iter()
             .map(|r| (r.id.0, i32::try_from(r.attempt.0).unwrap_or(i32::MAX)))
             .collect();
-        self.ctx.executions.reconcile(agent.0, &running).await?;
+        let stale = self.ctx.executions.reconcile(agent.0, &running).await?;
 
         let (tx, rx) = mpsc::channel(64);
         let welcome = pb::ControllerMessage {
@@ -170,6 +178,11 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
             }
             .instrument(info_span!("agent_session", agent_id = %agent)),
         );
+        // Attempts the agent still runs but the controller has ended are void: stop them.
+        for execution in stale {
+            let reason = "the controller ended this attempt while the agent was away".to_owned();
+            self.ctx.registry.deliver(agent.0, ToAgent::Abort { execution, reason }).await;
+        }
         // The agent may have queued work.
         self.ctx.executions.wake();
         Ok(Response::new(Box::pin(ReceiverStream::new(rx)) as SessionStream))
@@ -200,17 +213,21 @@ async fn read_loop(ctx: &Ctx, agent: AgentId, inbound: &mut Streaming<pb::AgentM
 
 async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerResult<()> {
     use pb::agent_message::Kind;
+    let report_seq = m.report_seq;
     let Some(kind) = m.kind else { return Ok(()) };
     if let Some(report) = wire::report_of(kind.clone()) {
-        return match report {
+        let execution = wire::execution_of(&kind);
+        let outcome = match report {
             Ok(r) => ctx.executions.report(agent, r).await,
             // A report that does not decode is input that does not fit the attempt: it ends the attempt
             // (when it names one this agent runs).
-            Err(e) => match wire::execution_of(&kind) {
+            Err(e) => match execution {
                 Some(execution) => ctx.executions.refuse_report(agent, execution, e.to_string()).await,
                 None => Err(ControllerError::Protocol(e)),
             },
         };
+        answer(ctx, agent, report_seq, execution, &outcome).await;
+        return outcome;
     }
     match kind {
         Kind::Heartbeat(h) => {
@@ -229,4 +246,25 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
         _ => {}
     }
     Ok(())
+}
+
+/// Answers a report: an `Abort` when the controller has ended (or never gave this agent) the attempt it is
+/// about, and for a report with a sequence number an `Ack`, asking for a resend when the report could not be
+/// recorded now (the controller's database is unavailable): a report is never dropped silently.
+async fn answer(
+    ctx: &Ctx,
+    agent: AgentId,
+    report_seq: u64,
+    execution: Option<ExecutionRef>,
+    outcome: &ControllerResult<()>,
+) {
+    let retry_later = matches!(outcome, Err(ControllerError::Unavailable(_) | ControllerError::Database(_)));
+    let ended = matches!(outcome, Err(ControllerError::FailedPrecondition(_) | ControllerError::NotFound(_)));
+    if ended && let (Some(execution), Err(e)) = (execution, outcome) {
+        let reason = e.to_string();
+        ctx.registry.deliver(agent.0, ToAgent::Abort { execution, reason }).await;
+    }
+    if report_seq != 0 {
+        ctx.registry.deliver(agent.0, ToAgent::Ack { report_seq, retry_later }).await;
+    }
 }

@@ -277,6 +277,22 @@ impl ExecutionsService {
         let execution = report.execution();
         let (id, attempt) = (execution.id.0, i32::try_from(execution.attempt.0).unwrap_or(i32::MAX));
         let a = agent.0;
+        let ex = self.owned(a, id).await?;
+        let current = ex.attempt == attempt;
+        let terminal_report = matches!(
+            report,
+            AgentReport::BackupCompleted { .. } | AgentReport::RestoreCompleted { .. } | AgentReport::Failed { .. }
+        );
+        if !(current && ex.status == Status::Running) {
+            if current && terminal_report && ex.status.is_terminal() {
+                return Ok(()); // a resend of the final report: already applied
+            }
+            // A stale attempt, or one the controller has ended or requeued: the caller aborts it.
+            return Err(ControllerError::FailedPrecondition(format!(
+                "execution {id} attempt {attempt} is not running (it is {} at attempt {})",
+                ex.status, ex.attempt
+            )));
+        }
         match report {
             AgentReport::ChunkStored(c) => self.report_chunk(a, c).await,
             AgentReport::Progress(p) => {
@@ -643,13 +659,22 @@ impl ExecutionsService {
 
     /// A session opened: attempts the controller thinks run on the agent but the agent does not list in its
     /// Hello (it restarted) are ended through the common path; the ones it lists keep running (a reconnect
-    /// within the lease does not fail work).
-    pub async fn reconcile(&self, agent: Uuid, running: &[(Uuid, i32)]) -> ControllerResult<()> {
-        for ex in self.db.running_for_agent(agent).await? {
+    /// within the lease does not fail work). Returns the attempts the agent lists that are not running for
+    /// it here (ended meanwhile, or never its own): the caller aborts them on the agent.
+    pub async fn reconcile(&self, agent: Uuid, running: &[(Uuid, i32)]) -> ControllerResult<Vec<ExecutionRef>> {
+        let ours = self.db.running_for_agent(agent).await?;
+        for ex in &ours {
             if !running.contains(&(ex.id, ex.attempt)) {
-                self.ender.end(&ex, ex.attempt, EndCause::AgentRestarted).await?;
+                self.ender.end(ex, ex.attempt, EndCause::AgentRestarted).await?;
             }
         }
-        Ok(())
+        Ok(running
+            .iter()
+            .filter(|(id, attempt)| !ours.iter().any(|e| e.id == *id && e.attempt == *attempt))
+            .map(|(id, attempt)| ExecutionRef {
+                id: (*id).into(),
+                attempt: Attempt(u32::try_from(*attempt).unwrap_or(0)),
+            })
+            .collect())
     }
 }

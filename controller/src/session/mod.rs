@@ -21,6 +21,20 @@ pub enum ToAgent {
         /// Why (shown in the agent's log).
         reason: String,
     },
+    /// The controller has ended this attempt: stop it, delete what it wrote, write no manifest.
+    Abort {
+        /// The attempt.
+        execution: ExecutionRef,
+        /// Why (shown in the agent's log).
+        reason: String,
+    },
+    /// A report is durable (`retry_later`: it could not be recorded now; send it again).
+    Ack {
+        /// The report's sequence number.
+        report_seq: u64,
+        /// Send it again later.
+        retry_later: bool,
+    },
 }
 
 impl From<ToAgent> for pb::ControllerMessage {
@@ -31,6 +45,10 @@ impl From<ToAgent> for pb::ControllerMessage {
             ToAgent::Cancel { execution, reason } => {
                 Kind::Cancel(pb::Cancel { execution: Some(execution.into()), reason })
             }
+            ToAgent::Abort { execution, reason } => {
+                Kind::Abort(pb::Abort { execution: Some(execution.into()), reason })
+            }
+            ToAgent::Ack { report_seq, retry_later } => Kind::Ack(pb::Ack { report_seq, retry_later }),
         };
         pb::ControllerMessage { kind: Some(kind) }
     }
