@@ -391,3 +391,55 @@ async fn a_controller_restart_mid_backup_finishes_the_backup_at_attempt_one() ->
     cluster.stop().await;
     Ok(())
 }
+
+/// Dropped reports: the controller's database fails the first chunk insert and the first commit of the
+/// backup (triggers on its own tables). Each report is answered "retry later", sent again by the agent, and
+/// the backup completes at attempt 1, restorable, instead of staying `running` forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_the_database_could_not_record_is_sent_again_not_lost() -> anyhow::Result<()> {
+    use sqlx::Executor as _;
+    let src = dg_tests::pg::TestDb::create("dropped").await?;
+    src.connect()
+        .await?
+        .execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 50000) g")
+        .await?;
+    let before = src.table_fingerprint("t").await?;
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    // Sequences are not transactional, so "fail the first time" survives the failing statement's rollback.
+    cluster
+        .db
+        .connect()
+        .await?
+        .execute(
+            "CREATE SEQUENCE fault_chunk; CREATE SEQUENCE fault_commit;
+             CREATE FUNCTION fail_first_chunk() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN IF nextval('fault_chunk') = 1 THEN RAISE EXCEPTION 'injected: chunk insert lost'; END IF;
+               RETURN NEW; END $$;
+             CREATE FUNCTION fail_first_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN IF NEW.status = 'completed' AND nextval('fault_commit') = 1 THEN
+                 RAISE EXCEPTION 'injected: commit lost'; END IF;
+               RETURN NEW; END $$;
+             CREATE TRIGGER fail_chunk BEFORE INSERT ON backup_chunk FOR EACH ROW EXECUTE FUNCTION fail_first_chunk();
+             CREATE TRIGGER fail_commit BEFORE UPDATE ON execution FOR EACH ROW EXECUTE FUNCTION fail_first_commit();",
+        )
+        .await?;
+    let (_, _, job) =
+        c.setup_pg_job(&agent.id, &cluster.dir.path().join("d"), &src.name, &dg_tests::pg_server()).await?;
+    let ex = c.run_job(&job.id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{}", ex.error, c.logs(&ex.id).await?);
+    assert_eq!(ex.attempt, 1, "the lost reports were sent again, not retried as a new attempt");
+    let faults: (i64, i64) =
+        sqlx::query_as("SELECT (SELECT last_value FROM fault_chunk), (SELECT last_value FROM fault_commit)")
+            .fetch_one(&mut cluster.db.connect().await?)
+            .await?;
+    assert!(faults.0 >= 2 && faults.1 >= 2, "both faults fired and were retried: {faults:?}");
+    let dst = dg_tests::pg::TestDb::reserve("dropped_dst");
+    let r = c.restore_into(&ex.id, &dst.name).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
+    assert_eq!(dst.table_fingerprint("t").await?, before);
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}
