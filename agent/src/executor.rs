@@ -61,11 +61,23 @@ impl Executor {
         self.lock().iter().map(|(id, (attempt, ..))| ExecutionRef { id: *id, attempt: *attempt }).collect()
     }
 
-    /// Queues a heartbeat listing what runs now, behind every report already queued (an attempt leaves the
-    /// running list only after its final report is queued). False when the session is gone.
+    /// What a heartbeat or Hello lists: the attempts running, and those whose final report the controller has
+    /// not acknowledged yet (for the controller they still run; dropping them would end them as lost).
+    pub fn listed(&self) -> Vec<ExecutionRef> {
+        let mut list = self.running();
+        for e in self.outbox.pending_attempts() {
+            if !list.contains(&e) {
+                list.push(e);
+            }
+        }
+        list
+    }
+
+    /// Queues a heartbeat listing [`Executor::listed`], behind every report already queued (an attempt leaves
+    /// the running list only after its final report is queued). False when the session is gone.
     pub async fn heartbeat(&self) -> bool {
-        let running = self.running();
-        self.reports.send(Outbound::Heartbeat(running)).await.is_ok()
+        let listed = self.listed();
+        self.reports.send(Outbound::Heartbeat(listed)).await.is_ok()
     }
 
     /// Starts an assigned execution.

@@ -62,6 +62,11 @@ impl Outbox {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Attempts with reports not acknowledged yet (still "running" for the controller until they are).
+    pub fn pending_attempts(&self) -> Vec<ExecutionRef> {
+        self.lock().pending.keys().copied().collect()
+    }
+
     /// A reporter is about to queue a report that needs an acknowledgement.
     pub fn track(&self, execution: ExecutionRef) {
         *self.lock().pending.entry(execution).or_default() += 1;

@@ -107,7 +107,14 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
             Ok(s) => {
                 let mut n = 0u32;
                 let mut error = String::new();
-                for key in &d.keys {
+                let mut keys: Vec<String> = d.keys.clone();
+                if !d.prefix.is_empty() {
+                    match listed(&s, &d.prefix).await {
+                        Ok(more) => keys.extend(more),
+                        Err(e) => error = e,
+                    }
+                }
+                for key in keys.iter().filter(|_| error.is_empty()) {
                     match s.store.delete(&ObjPath::from(key.as_str())).await {
                         Ok(()) => n += 1,
                         Err(object_store::Error::NotFound { .. }) => {}
@@ -129,6 +136,20 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
             report_seq: 0,
         })
         .await;
+}
+
+/// The keys below `prefix` (an attempt's, from ids: no `..`, relative) in a storage.
+async fn listed(s: &crate::storage::OpenStorage, prefix: &str) -> Result<Vec<String>, String> {
+    use futures::TryStreamExt;
+    if prefix.starts_with('/') || prefix.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+        return Err("prefix: must be a relative object key prefix".into());
+    }
+    s.store
+        .list(Some(&ObjPath::from(prefix)))
+        .map_ok(|m| m.location.to_string())
+        .try_collect()
+        .await
+        .map_err(|e| format!("list {prefix}: {e}"))
 }
 
 async fn read(

@@ -245,7 +245,7 @@ async fn session_once(
     let channel = connect(dir, state).await?;
     let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(OUTBOUND_QUEUE);
-    let hello = hello(tools::discover(&opts.tools).await, agent.executor.running());
+    let hello = hello(tools::discover(&opts.tools).await, agent.executor.listed());
     tx.send(pb::AgentMessage { kind: Some(pb::agent_message::Kind::Hello(hello)), report_seq: 0 })
         .await
         .map_err(|_| ConnectionError::Config("session channel closed".into()))?;

@@ -9,6 +9,7 @@ mod m0002_operator_api;
 mod m0003_data_path;
 mod m0004_globals;
 mod m0005_attempts;
+mod m0006_sweeps;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0003_data_path::Migration),
             Box::new(m0004_globals::Migration),
             Box::new(m0005_attempts::Migration),
+            Box::new(m0006_sweeps::Migration),
         ]
     }
 }

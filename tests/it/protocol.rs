@@ -443,3 +443,41 @@ async fn a_report_the_database_could_not_record_is_sent_again_not_lost() -> anyh
     cluster.stop().await;
     Ok(())
 }
+
+/// Objects of an ended attempt are swept after the grace period on every round until its prefix is empty,
+/// whoever wrote them and whenever (a zombie agent's late chunk included); a completed backup in the same
+/// storage is never touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_attempts_prefix_is_swept_until_empty_and_backups_stay() -> anyhow::Result<()> {
+    use sqlx::Executor as _;
+    let src = dg_tests::pg::TestDb::create("sweep").await?;
+    src.connect().await?.execute("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)").await?;
+    let opts = dg_tests::cluster::ClusterOptions { orphan_grace_secs: Some(3), ..Default::default() };
+    let mut cluster = Cluster::start_with(opts).await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let dir = cluster.dir.path().join("sweep");
+    let (_, _, good) = c.setup_pg_job(&agent.id, &dir, &src.name, &dg_tests::pg_server()).await?;
+    let kept = c.run_job(&good.id).await?;
+    assert_eq!(kept.status, pb::ExecutionStatus::Completed as i32, "{}", kept.error);
+    let (ds, _, bad) = c.setup_pg_job(&agent.id, &dir, "dgt_no_such_database", &dg_tests::pg_server()).await?;
+    let failed = c.run_job(&bad.id).await?;
+    assert_eq!(failed.status, pb::ExecutionStatus::Failed as i32);
+    // A zombie of the failed attempt writes a chunk late, where its layout says.
+    let late = dir.join(format!("{}/{}/1", ds.id, failed.id));
+    std::fs::create_dir_all(&late)?;
+    std::fs::write(late.join("00000003.zst"), b"late write")?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while late.join("00000003.zst").exists() {
+        anyhow::ensure!(tokio::time::Instant::now() < deadline, "the late write was never swept");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Several rounds later the completed backup is whole and restores.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let dst = dg_tests::pg::TestDb::reserve("sweep_dst");
+    let r = c.restore_into(&kept.id, &dst.name).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}

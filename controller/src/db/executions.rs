@@ -69,6 +69,19 @@ pub struct ChunkReport {
     pub raw_bytes: i64,
 }
 
+/// An ended attempt's prefix to sweep in one storage.
+#[derive(Clone, Debug, sea_orm::FromQueryResult)]
+pub struct Sweep {
+    /// Execution.
+    pub execution_id: Uuid,
+    /// Attempt.
+    pub attempt: i32,
+    /// Storage.
+    pub storage_id: Uuid,
+    /// `<datasource>/<execution>/<attempt>`.
+    pub prefix: String,
+}
+
 /// What marking a backup for deletion found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteMark {
@@ -679,6 +692,44 @@ impl Db {
             [grace.as_secs_f64().into()],
         )
         .await
+    }
+
+    /// Records that attempt `attempt` of a backup ended without becoming the backup: each of `storages` gets
+    /// the attempt's prefix swept until it is empty.
+    pub async fn add_sweeps(&self, id: Uuid, attempt: i32, prefix: &str, storages: &[Uuid]) -> Result<(), DbErr> {
+        for s in storages {
+            execute(
+                &self.conn,
+                "INSERT INTO attempt_sweep (execution_id, attempt, storage_id, prefix) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT DO NOTHING",
+                [id.into(), attempt.into(), (*s).into(), prefix.into()],
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Sweeps whose grace has passed and whose prefix has not been found empty yet.
+    pub async fn due_sweeps(&self, grace: std::time::Duration) -> Result<Vec<Sweep>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT execution_id, attempt, storage_id, prefix FROM attempt_sweep \
+             WHERE NOT done AND ended_at < now() - make_interval(secs => $1) ORDER BY ended_at LIMIT 100",
+            [grace.as_secs_f64().into()],
+        )
+        .await
+    }
+
+    /// Records a sweep round: `empty` ends the sweep.
+    pub async fn swept(&self, s: &Sweep, empty: bool) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "UPDATE attempt_sweep SET swept_at = now(), done = $4 \
+             WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3",
+            [s.execution_id.into(), s.attempt.into(), s.storage_id.into(), empty.into()],
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Chunk keys of one attempt in one storage.

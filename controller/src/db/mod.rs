@@ -20,7 +20,7 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::IssuedCert,
     catalog::Deletion,
-    executions::{BackupOutcome, ChunkRecord, ChunkReport, DeleteMark, ExecutionFilter, NewExecution},
+    executions::{BackupOutcome, ChunkRecord, ChunkReport, DeleteMark, ExecutionFilter, NewExecution, Sweep},
     health::AuditFilter,
 };
 

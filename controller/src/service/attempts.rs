@@ -171,6 +171,14 @@ impl AttemptEnder {
             _ => RetryPolicy::ONCE,
         };
         let n = u32::try_from(attempt).unwrap_or(0);
+        if ex.operation == Operation::Backup
+            && let Some(job) = ex.job_id
+        {
+            // Whatever this attempt wrote (or a zombie of it writes later) is swept until its prefix is empty.
+            let storages: Vec<_> = self.db.job_storages(job).await?.into_iter().map(|s| s.id).collect();
+            let prefix = dg_common::manifest::attempt_prefix(ex.datasource_id.into(), ex.id.into(), n);
+            self.db.add_sweeps(ex.id, attempt, &prefix, &storages).await?;
+        }
         let ended = match decide(ex.operation, &cause, n, policy, ex.cancel_requested) {
             Decision::Retry { next, after_secs } => {
                 let retried = self

@@ -259,7 +259,53 @@ impl BackupsService {
                 Err(e) => tracing::debug!(execution_id = %o.execution_id, error = %e, "orphan sweep deferred"),
             }
         }
+        for sweep in self.db.due_sweeps(grace).await? {
+            let Some(s) = self.db.storage(sweep.storage_id).await? else {
+                self.db.swept(&sweep, true).await?; // the storage is gone, and its objects with it
+                continue;
+            };
+            match self.delete_prefix(&s, &sweep.prefix).await {
+                Ok(n) => {
+                    deleted += n;
+                    self.db.swept(&sweep, n == 0).await?;
+                    if n > 0 {
+                        tracing::info!(execution_id = %sweep.execution_id, attempt = sweep.attempt, storage = %s.name, objects = n, "ended attempt's objects removed");
+                    }
+                }
+                Err(e) => tracing::debug!(execution_id = %sweep.execution_id, error = %e, "attempt sweep deferred"),
+            }
+        }
         Ok(deleted)
+    }
+
+    /// Deletes every object below `prefix` in one storage (through its agent for a local storage); returns
+    /// how many there were.
+    async fn delete_prefix(&self, s: &Storage, prefix: &str) -> ControllerResult<u32> {
+        use futures::TryStreamExt;
+        match self.source(s)? {
+            Source::Cloud(store) => {
+                let keys: Vec<ObjPath> = store
+                    .list(Some(&ObjPath::from(prefix)))
+                    .map_ok(|m| m.location)
+                    .try_collect()
+                    .await
+                    .map_err(|e| ControllerError::Unavailable(format!("storage {}: {e}", s.name)))?;
+                let mut n = 0;
+                for k in keys {
+                    match store.delete(&k).await {
+                        Ok(()) => n += 1,
+                        Err(object_store::Error::NotFound { .. }) => {}
+                        Err(e) => return Err(ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
+                    }
+                }
+                Ok(n)
+            }
+            Source::Agent { agent, target } => self
+                .rpc
+                .delete_prefix(agent, target, prefix.to_owned())
+                .await?
+                .map_err(|e| ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
+        }
     }
 }
 

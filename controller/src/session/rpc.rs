@@ -180,6 +180,26 @@ impl AgentRpc {
         })
     }
 
+    /// Deletes every object below `prefix` through an agent: the number deleted, or the agent's error.
+    pub async fn delete_prefix(
+        &self,
+        agent: Uuid,
+        storage: StorageTarget,
+        prefix: String,
+    ) -> ControllerResult<Result<u32, String>> {
+        let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects {
+            storage: Some(storage.into()),
+            keys: vec![],
+            prefix,
+        });
+        let r = self.call(agent, kind, Duration::from_secs(120)).await?;
+        Ok(match r.kind {
+            _ if !r.error.is_empty() => Err(r.error),
+            Some(pb::agent_response::Kind::Deleted(n)) => Ok(n),
+            _ => Ok(0),
+        })
+    }
+
     /// Deletes objects through an agent: the number deleted, or the agent's error (inner `Err`).
     pub async fn delete(
         &self,
@@ -187,7 +207,11 @@ impl AgentRpc {
         storage: StorageTarget,
         keys: Vec<String>,
     ) -> ControllerResult<Result<u32, String>> {
-        let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects { storage: Some(storage.into()), keys });
+        let kind = agent_request::Kind::DeleteObjects(pb::DeleteObjects {
+            storage: Some(storage.into()),
+            keys,
+            prefix: String::new(),
+        });
         let r = self.call(agent, kind, Duration::from_secs(120)).await?;
         Ok(match r.kind {
             _ if !r.error.is_empty() => Err(r.error),
