@@ -151,7 +151,62 @@ impl Manifest {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    fn arb_manifest() -> impl Strategy<Value = Manifest> {
+        let chunk = (any::<u32>(), "[a-z0-9/._-]{1,40}", any::<u64>(), "[0-9a-f]{64}")
+            .prop_map(|(seq, key, size, sha256)| ManifestChunk { seq, key, size, sha256 });
+        (
+            (any::<u32>(), "\\PC{0,40}", "\\PC{0,40}", "\\PC{0,40}"),
+            (proptest::collection::vec("\\PC{0,20}", 0..4), -5i32..25, any::<u64>(), any::<u64>()),
+            (proptest::collection::vec(chunk, 0..20), proptest::option::of("[a-z0-9.-]{1,20}")),
+        )
+            .prop_map(|((attempt, tool, server, created), (options, level, raw, stored), (chunks, key))| {
+                Manifest {
+                    format: MANIFEST_FORMAT,
+                    execution_id: ExecutionId::new().to_string(),
+                    attempt,
+                    datasource_id: DatasourceId::new().to_string(),
+                    engine: "mariadb".into(),
+                    tool_version: tool,
+                    server_version: server,
+                    options,
+                    created_at: created,
+                    compression: "zstd".into(),
+                    compression_level: level,
+                    raw_bytes: raw,
+                    stored_bytes: stored,
+                    sha256: "0".repeat(64),
+                    chunks,
+                    encryption: key.as_ref().map(|_| "AES-256-GCM".into()),
+                    wrapped_key: key.as_ref().map(|_| "ab".repeat(30)),
+                    encryption_key_id: key,
+                    globals: None,
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        /// Any manifest (unicode text, many chunks, encrypted or not) reads back equal; flipping any one byte
+        /// of what was written, or cutting it short, never yields a manifest that differs from the original.
+        #[test]
+        fn manifest_round_trip_and_any_damage_is_refused(m in arb_manifest(), pos in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>()) {
+            let bytes = m.to_bytes();
+            prop_assert_eq!(Manifest::from_bytes(&bytes).expect("valid"), m.clone());
+            let mut flipped = bytes.clone();
+            let i = pos.index(flipped.len());
+            flipped[i] ^= 0x01;
+            if let Ok(back) = Manifest::from_bytes(&flipped) {
+                prop_assert_eq!(back, m.clone(), "a flip that still parses must be insignificant (whitespace)");
+            }
+            let short = &bytes[..cut.index(bytes.len())];
+            prop_assert!(Manifest::from_bytes(short).is_err(), "a truncated manifest is refused");
+        }
+    }
 
     fn sample() -> Manifest {
         Manifest {

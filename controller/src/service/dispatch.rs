@@ -206,10 +206,7 @@ impl DispatchTask {
             .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
         let source_ds = self.catalog.datasource(backup.datasource_id).await?;
         let options = RestoreOptions::of(&ex.options);
-        let mut copies = self.db.backup_storage_ids(backup_id).await?;
-        if let Some(p) = options.source_storage_id {
-            copies.sort_by_key(|c| *c != p);
-        }
+        let copies = copy_order(self.db.backup_storage_ids(backup_id).await?, options.source_storage_id);
         let mut storages = Vec::new();
         for sid in &copies {
             if let Some(s) = self.db.storage(*sid).await?
@@ -250,6 +247,15 @@ impl DispatchTask {
             restore_globals: options.restore_globals,
         })
     }
+}
+
+/// The order a restore reads a backup's complete copies in: the operator's preferred storage first, then the
+/// others in their recorded order (stable, so every attempt of a restore reads the same way).
+pub fn copy_order(mut copies: Vec<uuid::Uuid>, preferred: Option<uuid::Uuid>) -> Vec<uuid::Uuid> {
+    if let Some(p) = preferred {
+        copies.sort_by_key(|c| *c != p);
+    }
+    copies
 }
 
 /// Ends attempts whose lease expired (the agent went silent) through the common ending path, so the job's
@@ -306,5 +312,26 @@ impl ReaperTask {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::copy_order;
+
+    #[test]
+    fn the_preferred_copy_is_read_first_and_the_rest_keep_their_order() {
+        let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
+        assert_eq!(copy_order(ids.clone(), None), ids);
+        for (i, p) in ids.iter().enumerate() {
+            let mut expected = vec![*p];
+            expected.extend(ids.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| *c));
+            assert_eq!(copy_order(ids.clone(), Some(*p)), expected);
+        }
+        // A preferred storage that holds no copy changes nothing (the request was refused earlier anyway).
+        assert_eq!(copy_order(ids.clone(), Some(Uuid::now_v7())), ids);
+        assert!(copy_order(vec![], Some(ids[0])).is_empty());
     }
 }
