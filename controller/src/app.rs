@@ -224,7 +224,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(
-            AgentSessionServiceServer::new(SessionSvc::new(ctx.clone(), cancel.clone()))
+            AgentSessionServiceServer::new(SessionSvc::new(ctx.clone(), cancel.clone(), tracker.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
         );
     let c = cancel.clone();

@@ -17,7 +17,7 @@ use dg_proto::{
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 use uuid::Uuid;
@@ -69,12 +69,14 @@ impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
 pub struct SessionSvc {
     ctx: Ctx,
     shutdown: CancellationToken,
+    tracker: TaskTracker,
 }
 
 impl SessionSvc {
-    /// New handler; `shutdown` closes every session.
-    pub fn new(ctx: Ctx, shutdown: CancellationToken) -> Self {
-        Self { ctx, shutdown }
+    /// New handler; `shutdown` closes every session, and each session's task runs on `tracker`, so the
+    /// controller's shutdown waits for sessions to record their end.
+    pub fn new(ctx: Ctx, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self { ctx, shutdown, tracker }
     }
 }
 
@@ -164,7 +166,7 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
 
         let ctx = self.ctx.clone();
-        tokio::spawn(
+        self.tracker.spawn(
             async move {
                 read_loop(&ctx, agent, &mut inbound, cancel).await;
                 if ctx.registry.unregister(agent.0, session)
