@@ -180,22 +180,11 @@ impl Executor {
 /// Deletes, best-effort, every object below an aborted backup attempt's prefix in each of its storages (the
 /// controller's cleanup sweeps whatever this misses).
 async fn remove_attempt_objects(plan: &BackupPlan, ctx: &AgentContext) {
-    use futures::TryStreamExt;
-    use object_store::{ObjectStoreExt, path::Path as ObjPath};
-    let prefix = ObjPath::from(plan.layout.prefix());
+    let prefix = plan.layout.prefix();
     for t in &plan.storages {
         let Ok(s) = crate::storage::open(t, ctx) else { continue };
-        let keys: Vec<ObjPath> = match s.store.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await {
-            Ok(k) => k,
-            Err(e) => {
-                warn!(storage = %t.id, error = %e, "cannot list an aborted attempt's objects");
-                continue;
-            }
-        };
-        for k in keys {
-            if let Err(e) = s.store.delete(&k).await {
-                warn!(storage = %t.id, key = %k, error = %e, "cannot delete an aborted attempt's object");
-            }
+        if let Err(e) = dg_common::store::delete_prefix(s.store.as_ref(), &prefix).await {
+            warn!(storage = %t.id, error = %e, "cannot delete an aborted attempt's objects");
         }
     }
 }

@@ -107,14 +107,7 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
             Ok(s) => {
                 let mut n = 0u32;
                 let mut error = String::new();
-                let mut keys: Vec<String> = d.keys.clone();
-                if !d.prefix.is_empty() {
-                    match listed(&s, &d.prefix).await {
-                        Ok(more) => keys.extend(more),
-                        Err(e) => error = e,
-                    }
-                }
-                for key in keys.iter().filter(|_| error.is_empty()) {
+                for key in &d.keys {
                     match s.store.delete(&ObjPath::from(key.as_str())).await {
                         Ok(()) => n += 1,
                         Err(object_store::Error::NotFound { .. }) => {}
@@ -122,6 +115,12 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
                             error = format!("delete {key}: {e}");
                             break;
                         }
+                    }
+                }
+                if error.is_empty() && !d.prefix.is_empty() {
+                    match delete_below(&s, &d.prefix).await {
+                        Ok(m) => n += m,
+                        Err(e) => error = e,
                     }
                 }
                 (Some(agent_response::Kind::Deleted(n)), error)
@@ -138,18 +137,12 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
         .await;
 }
 
-/// The keys below `prefix` (an attempt's, from ids: no `..`, relative) in a storage.
-async fn listed(s: &crate::storage::OpenStorage, prefix: &str) -> Result<Vec<String>, String> {
-    use futures::TryStreamExt;
+/// Deletes everything below `prefix` (an attempt's, built from ids: relative, no `..`) in a storage.
+async fn delete_below(s: &crate::storage::OpenStorage, prefix: &str) -> Result<u32, String> {
     if prefix.starts_with('/') || prefix.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
         return Err("prefix: must be a relative object key prefix".into());
     }
-    s.store
-        .list(Some(&ObjPath::from(prefix)))
-        .map_ok(|m| m.location.to_string())
-        .try_collect()
-        .await
-        .map_err(|e| format!("list {prefix}: {e}"))
+    dg_common::store::delete_prefix(s.store.as_ref(), prefix).await.map_err(|e| e.0)
 }
 
 async fn read(

@@ -278,6 +278,28 @@ pub async fn probe(store: &dyn ObjectStore, key: &str) -> Result<Duration, Store
     Ok(started.elapsed())
 }
 
+/// Deletes every object below `prefix` (as listed now); returns how many were deleted. Objects that vanish
+/// in between are not errors. The one implementation for the controller's sweeps and the agent's cleanups.
+pub async fn delete_prefix(store: &dyn ObjectStore, prefix: &str) -> Result<u32, StoreError> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let keys: Vec<ObjPath> = store
+        .list(Some(&ObjPath::from(prefix)))
+        .map_ok(|m| m.location)
+        .try_collect()
+        .await
+        .map_err(|e| StoreError(format!("list {prefix}: {e}")))?;
+    let mut n = 0;
+    for k in keys {
+        match store.delete(&k).await {
+            Ok(()) => n += 1,
+            Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(StoreError(format!("delete {k}: {e}"))),
+        }
+    }
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,11 @@ pub struct Sweep {
     pub prefix: String,
 }
 
+/// (execution, attempt) pairs as the JSON array `jsonb_to_recordset` reads.
+fn attempt_list(running: &[(Uuid, i32)]) -> serde_json::Value {
+    serde_json::Value::Array(running.iter().map(|(id, a)| serde_json::json!({ "id": id, "attempt": a })).collect())
+}
+
 /// What marking a backup for deletion found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeleteMark {
@@ -287,9 +292,7 @@ impl Db {
         if running.is_empty() {
             return Ok(());
         }
-        let list = serde_json::Value::Array(
-            running.iter().map(|(id, a)| serde_json::json!({ "id": id, "attempt": a })).collect(),
-        );
+        let list = attempt_list(running);
         execute(
             &self.conn,
             "UPDATE execution e SET lease_until = now() + make_interval(secs => $3), agent_listed = true \
@@ -309,9 +312,7 @@ impl Db {
         running: &[(Uuid, i32)],
         grace_secs: i64,
     ) -> Result<Vec<Execution>, DbErr> {
-        let list = serde_json::Value::Array(
-            running.iter().map(|(id, a)| serde_json::json!({ "id": id, "attempt": a })).collect(),
-        );
+        let list = attempt_list(running);
         fetch_all(
             &self.conn,
             &format!(

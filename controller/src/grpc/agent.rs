@@ -217,20 +217,6 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
     use pb::agent_message::Kind;
     let report_seq = m.report_seq;
     let Some(kind) = m.kind else { return Ok(()) };
-    if let Some(report) = wire::report_of(kind.clone()) {
-        let execution = wire::execution_of(&kind);
-        let outcome = match report {
-            Ok(r) => ctx.executions.report(agent, r).await,
-            // A report that does not decode is input that does not fit the attempt: it ends the attempt
-            // (when it names one this agent runs).
-            Err(e) => match execution {
-                Some(execution) => ctx.executions.refuse_report(agent, execution, e.to_string()).await,
-                None => Err(ControllerError::Protocol(e)),
-            },
-        };
-        answer(ctx, agent, report_seq, execution, &outcome).await;
-        return outcome;
-    }
     match kind {
         Kind::Heartbeat(h) => {
             let running = wire::running_of(h.running).map_err(|e| ControllerError::Protocol(e.within("heartbeat")))?;
@@ -244,8 +230,21 @@ async fn handle(ctx: &Ctx, agent: AgentId, m: pb::AgentMessage) -> ControllerRes
         Kind::Response(r) => ctx.rpc.on_response(r),
         Kind::ObjectData(d) => ctx.rpc.on_data(d).await,
         Kind::Hello(_) => return Err(FieldError::new("hello", "sent twice").into()),
-        // Reports were handled above.
-        _ => {}
+        report => {
+            let execution = wire::execution_of(&report);
+            let outcome = match wire::report_of(report) {
+                Some(Ok(r)) => ctx.executions.report(agent, r).await,
+                // A report that does not decode is input that does not fit the attempt: it ends the attempt
+                // (when it names one this agent runs).
+                Some(Err(e)) => match execution {
+                    Some(execution) => ctx.executions.refuse_report(agent, execution, e.to_string()).await,
+                    None => Err(ControllerError::Protocol(e)),
+                },
+                None => Ok(()),
+            };
+            answer(ctx, agent, report_seq, execution, &outcome).await;
+            return outcome;
+        }
     }
     Ok(())
 }

@@ -281,25 +281,10 @@ impl BackupsService {
     /// Deletes every object below `prefix` in one storage (through its agent for a local storage); returns
     /// how many there were.
     async fn delete_prefix(&self, s: &Storage, prefix: &str) -> ControllerResult<u32> {
-        use futures::TryStreamExt;
         match self.source(s)? {
-            Source::Cloud(store) => {
-                let keys: Vec<ObjPath> = store
-                    .list(Some(&ObjPath::from(prefix)))
-                    .map_ok(|m| m.location)
-                    .try_collect()
-                    .await
-                    .map_err(|e| ControllerError::Unavailable(format!("storage {}: {e}", s.name)))?;
-                let mut n = 0;
-                for k in keys {
-                    match store.delete(&k).await {
-                        Ok(()) => n += 1,
-                        Err(object_store::Error::NotFound { .. }) => {}
-                        Err(e) => return Err(ControllerError::Unavailable(format!("storage {}: {e}", s.name))),
-                    }
-                }
-                Ok(n)
-            }
+            Source::Cloud(store) => dg_common::store::delete_prefix(store.as_ref(), prefix)
+                .await
+                .map_err(|e| ControllerError::Unavailable(format!("storage {}: {}", s.name, e.0))),
             Source::Agent { agent, target } => self
                 .rpc
                 .delete_prefix(agent, target, prefix.to_owned())

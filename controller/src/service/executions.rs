@@ -293,17 +293,25 @@ impl ExecutionsService {
                 ex.status, ex.attempt
             )));
         }
+        // From here on `ex` is the agent's own running attempt the report names.
         match report {
-            AgentReport::ChunkStored(c) => self.report_chunk(a, c).await,
+            AgentReport::ChunkStored(c) => self.report_chunk(&ex, attempt, c).await,
             AgentReport::Progress(p) => {
-                self.report_progress(a, id, attempt, p.raw_bytes, p.stored_bytes, p.chunks).await
+                let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                let chunks = i32::try_from(p.chunks).unwrap_or(i32::MAX);
+                self.db.update_progress(id, attempt, clamp(p.raw_bytes), clamp(p.stored_bytes), chunks).await?;
+                Ok(())
             }
-            AgentReport::Log(l) => self.report_log(a, id, l.level.as_str(), &l.message).await,
-            AgentReport::BackupCompleted { result, .. } => self.report_backup_completed(a, id, attempt, result).await,
+            AgentReport::Log(l) => Ok(self.db.append_log(id, l.level.as_str(), &l.message).await?),
+            AgentReport::BackupCompleted { result, .. } => self.report_backup_completed(&ex, attempt, result).await,
             AgentReport::RestoreCompleted { result, .. } => {
-                self.report_restore_completed(a, id, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
+                self.report_restore_completed(&ex, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
             }
-            AgentReport::Failed { error, cancelled, .. } => self.report_failed(a, id, attempt, &error, cancelled).await,
+            AgentReport::Failed { error, cancelled, .. } => {
+                let cause = if cancelled { EndCause::AgentCancelled } else { EndCause::AgentFailed(error) };
+                self.ender.end(&ex, attempt, cause).await?;
+                Ok(())
+            }
         }
     }
 
@@ -343,28 +351,20 @@ impl ExecutionsService {
         }
     }
 
-    /// A chunk is stored. Stale attempts are rejected; a key or storage outside the plan, or a second report of
+    /// A chunk of the running attempt `ex` is stored. A key or storage outside the plan, or a second report of
     /// the same chunk with other contents, ends the attempt.
-    async fn report_chunk(&self, agent: Uuid, c: ChunkStored) -> ControllerResult<()> {
-        let ex = self.owned(agent, c.execution.id.0).await?;
-        let attempt = i32::try_from(c.execution.attempt.0).unwrap_or(i32::MAX);
-        if ex.status != Status::Running || ex.attempt != attempt {
-            return Err(ControllerError::FailedPrecondition(format!(
-                "execution {} attempt {attempt} is not running",
-                ex.id
-            )));
-        }
+    async fn report_chunk(&self, ex: &Execution, attempt: i32, c: ChunkStored) -> ControllerResult<()> {
         if ex.operation != Operation::Backup {
-            return self.refuse(&ex, attempt, format!("a chunk report for a {} execution", ex.operation)).await;
+            return self.refuse(ex, attempt, format!("a chunk report for a {} execution", ex.operation)).await;
         }
-        let expected = Self::layout(&ex, attempt).chunk_key(c.seq);
+        let expected = Self::layout(ex, attempt).chunk_key(c.seq);
         if c.key != expected {
             return self
-                .refuse(&ex, attempt, format!("chunk {} has key {}, the plan says {expected}", c.seq, c.key))
+                .refuse(ex, attempt, format!("chunk {} has key {}, the plan says {expected}", c.seq, c.key))
                 .await;
         }
-        if !self.plan_storages(&ex).await?.contains(&c.storage.0) {
-            return self.refuse(&ex, attempt, format!("storage {} is not one of the job's storages", c.storage)).await;
+        if !self.plan_storages(ex).await?.contains(&c.storage.0) {
+            return self.refuse(ex, attempt, format!("storage {} is not one of the job's storages", c.storage)).await;
         }
         let report = ChunkReport {
             execution_id: ex.id,
@@ -380,7 +380,7 @@ impl ExecutionsService {
             ChunkRecord::Recorded | ChunkRecord::Duplicate => Ok(()),
             ChunkRecord::Conflict => {
                 let why = format!("chunk {} in storage {} reported twice with different contents", c.seq, c.storage);
-                self.refuse(&ex, attempt, why).await
+                self.refuse(ex, attempt, why).await
             }
             ChunkRecord::NotRunning => Err(ControllerError::FailedPrecondition(format!(
                 "execution {} attempt {attempt} is not running",
@@ -389,40 +389,21 @@ impl ExecutionsService {
         }
     }
 
-    /// A log line.
-    async fn report_log(&self, agent: Uuid, id: Uuid, level: &str, message: &str) -> ControllerResult<()> {
-        self.owned(agent, id).await?;
-        let level = match level {
-            "warn" | "error" | "info" => level,
-            _ => "info",
-        };
-        self.db.append_log(id, level, message).await?;
-        Ok(())
-    }
-
     /// A backup finished on the agent: commit it if it fits the plan and every chunk is recorded, otherwise
     /// fail it.
-    async fn report_backup_completed(
-        &self,
-        agent: Uuid,
-        id: Uuid,
-        attempt: i32,
-        r: BackupResult,
-    ) -> ControllerResult<()> {
-        let ex = self.owned(agent, id).await?;
-        if ex.status == Status::Running && ex.attempt == attempt {
-            if ex.operation != Operation::Backup {
-                return self.refuse(&ex, attempt, format!("a backup result for a {} execution", ex.operation)).await;
-            }
-            let expected = Self::layout(&ex, attempt).manifest_key();
-            if r.manifest_key != expected {
-                let why = format!("manifest key {}, the plan says {expected}", r.manifest_key);
-                return self.refuse(&ex, attempt, why).await;
-            }
-            let allowed = self.plan_storages(&ex).await?;
-            if let Some(s) = r.storages.iter().find(|s| !allowed.contains(&s.0)) {
-                return self.refuse(&ex, attempt, format!("storage {s} is not one of the job's storages")).await;
-            }
+    async fn report_backup_completed(&self, ex: &Execution, attempt: i32, r: BackupResult) -> ControllerResult<()> {
+        let id = ex.id;
+        if ex.operation != Operation::Backup {
+            return self.refuse(ex, attempt, format!("a backup result for a {} execution", ex.operation)).await;
+        }
+        let expected = Self::layout(ex, attempt).manifest_key();
+        if r.manifest_key != expected {
+            let why = format!("manifest key {}, the plan says {expected}", r.manifest_key);
+            return self.refuse(ex, attempt, why).await;
+        }
+        let allowed = self.plan_storages(ex).await?;
+        if let Some(s) = r.storages.iter().find(|s| !allowed.contains(&s.0)) {
+            return self.refuse(ex, attempt, format!("storage {s} is not one of the job's storages")).await;
         }
         let o = BackupOutcome {
             raw_bytes: i64::try_from(r.raw_bytes).unwrap_or(i64::MAX),
@@ -451,14 +432,12 @@ impl ExecutionsService {
                 self.finished(Operation::Backup, Status::Completed);
                 self.metrics.backup_bytes_stored.inc_by(u64::try_from(o.stored_bytes).unwrap_or(0));
                 self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
-                if let Some(job) = self.db.execution(id).await?.and_then(|e| e.job_id) {
+                if let Some(job) = ex.job_id {
                     self.retention.apply(job);
                 }
             }
             Err(reason) => {
-                if let Some(ex) = self.db.execution(id).await? {
-                    self.ender.end(&ex, attempt, EndCause::CommitMismatch(reason)).await?;
-                }
+                self.ender.end(ex, attempt, EndCause::CommitMismatch(reason)).await?;
             }
         }
         self.waker.wake();
@@ -466,32 +445,16 @@ impl ExecutionsService {
     }
 
     /// A restore finished on the agent.
-    async fn report_restore_completed(&self, agent: Uuid, id: Uuid, attempt: i32, raw: i64) -> ControllerResult<()> {
-        let ex = self.owned(agent, id).await?;
-        if ex.status == Status::Running && ex.attempt == attempt && ex.operation != Operation::Restore {
-            return self.refuse(&ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
+    async fn report_restore_completed(&self, ex: &Execution, attempt: i32, raw: i64) -> ControllerResult<()> {
+        let id = ex.id;
+        if ex.operation != Operation::Restore {
+            return self.refuse(ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
         }
         if self.db.complete_restore(id, attempt, raw).await? {
             self.finished(Operation::Restore, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }
         self.waker.wake();
-        Ok(())
-    }
-
-    /// An execution failed (or was cancelled) on the agent. A failed backup attempt is queued again while
-    /// its job's retry policy allows.
-    async fn report_failed(
-        &self,
-        agent: Uuid,
-        id: Uuid,
-        attempt: i32,
-        error: &str,
-        cancelled: bool,
-    ) -> ControllerResult<()> {
-        let ex = self.owned(agent, id).await?;
-        let cause = if cancelled { EndCause::AgentCancelled } else { EndCause::AgentFailed(error.to_owned()) };
-        self.ender.end(&ex, attempt, cause).await?;
         Ok(())
     }
 
@@ -512,23 +475,6 @@ impl ExecutionsService {
             let cause = EndCause::NotRunning { was_listed: ex.agent_listed };
             self.ender.end(&ex, ex.attempt, cause).await?;
         }
-        Ok(())
-    }
-
-    /// Live progress of a running attempt.
-    async fn report_progress(
-        &self,
-        agent: Uuid,
-        id: Uuid,
-        attempt: i32,
-        raw: u64,
-        stored: u64,
-        chunks: u32,
-    ) -> ControllerResult<()> {
-        self.owned(agent, id).await?;
-        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let chunks = i32::try_from(chunks).unwrap_or(i32::MAX);
-        self.db.update_progress(id, attempt, clamp(raw), clamp(stored), chunks).await?;
         Ok(())
     }
 
