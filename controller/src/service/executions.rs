@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use dg_proto::v1 as pb;
 use uuid::Uuid;
 
 use super::{
@@ -50,13 +49,26 @@ pub struct RestoreRequest {
     pub restore_globals: bool,
 }
 
+/// Progress of a running execution as a watcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatchProgress {
+    /// Uncompressed bytes so far.
+    pub raw_bytes: u64,
+    /// Stored bytes so far.
+    pub stored_bytes: u64,
+    /// Chunks so far.
+    pub chunks: u32,
+    /// Uncompressed bytes per second since the attempt started.
+    pub bytes_per_second: f64,
+}
+
 /// One event of a watched execution.
 #[derive(Debug, Clone)]
 pub enum WatchEvent {
     /// The execution (first, and on every state change).
     Execution(Box<Execution>),
     /// Progress while running.
-    Progress(pb::ExecutionProgress),
+    Progress(WatchProgress),
     /// A new log line.
     Log(LogLine),
 }
@@ -576,7 +588,7 @@ impl ExecutionsService {
                         .started_at
                         .map(|s| (chrono::Utc::now() - s).num_milliseconds() as f64 / 1000.0)
                         .unwrap_or(0.0);
-                    Some(WatchEvent::Progress(pb::ExecutionProgress {
+                    Some(WatchEvent::Progress(WatchProgress {
                         raw_bytes: u64::try_from(ex.raw_bytes).unwrap_or_default(),
                         stored_bytes: u64::try_from(ex.stored_bytes).unwrap_or_default(),
                         chunks: u32::try_from(ex.chunk_count).unwrap_or_default(),

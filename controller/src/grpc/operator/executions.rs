@@ -86,7 +86,12 @@ impl execution_service_server::ExecutionService for OperatorSvc {
         let events = ReceiverStream::new(self.ctx.executions.watch(id)).map(|ev| {
             let event = match ev? {
                 WatchEvent::Execution(e) => pb::execution_event::Event::Execution(convert::execution(&e)),
-                WatchEvent::Progress(p) => pb::execution_event::Event::Progress(p),
+                WatchEvent::Progress(p) => pb::execution_event::Event::Progress(pb::ExecutionProgress {
+                    raw_bytes: p.raw_bytes,
+                    stored_bytes: p.stored_bytes,
+                    chunks: p.chunks,
+                    bytes_per_second: p.bytes_per_second,
+                }),
                 WatchEvent::Log(l) => pb::execution_event::Event::Log(convert::log_line(&l)),
             };
             Ok(pb::ExecutionEvent { event: Some(event) })

@@ -1,0 +1,234 @@
+//! Round trips and field-naming refusals of the wire conversions (`super` is `protocol::wire`).
+use super::*;
+
+fn db() -> DatabaseTarget {
+    DatabaseTarget {
+        engine: Engine::Postgres,
+        host: "db.example".into(),
+        port: 5432,
+        database: "app".into(),
+        username: "backup".into(),
+        password: "s3cret".into(),
+        tls_mode: TlsMode::Require,
+    }
+}
+
+fn exec() -> ExecutionRef {
+    ExecutionRef { id: ExecutionId::new(), attempt: Attempt(2) }
+}
+
+fn storage() -> StorageTarget {
+    StorageTarget { id: StorageId::new(), config: StoreConfig::Local { path: "/var/backups/x".into() } }
+}
+
+fn backup(execution: ExecutionRef) -> Assignment {
+    Assignment {
+        execution,
+        trace_context: Default::default(),
+        plan: Plan::Backup(BackupPlan {
+            source: db(),
+            storages: vec![storage()],
+            strategy: Strategy::Replicate,
+            layout: ObjectLayout { datasource: DatasourceId::new(), execution },
+            compression_level: 5,
+            chunk_size: 4 << 20,
+            upload_concurrency: 2,
+            compression_workers: 2,
+            encryption_key_id: Some("prod.2026".into()),
+            include_globals: true,
+        }),
+    }
+}
+
+fn sha(c: char) -> String {
+    std::iter::repeat_n(c, 64).collect()
+}
+
+#[test]
+fn a_backup_assignment_round_trips_and_keeps_its_layout() {
+    let a = backup(exec());
+    let back = Assignment::try_from(pb::Assign::from(a.clone())).expect("valid");
+    assert_eq!(back.execution, a.execution);
+    let (Plan::Backup(p), Plan::Backup(q)) = (&a.plan, &back.plan) else { panic!("a backup") };
+    assert_eq!(p.layout, q.layout);
+    assert_eq!(q.layout.chunk_key(7), format!("{}/00000007.zst", p.layout.prefix()));
+    assert_eq!((q.compression_level, q.chunk_size, q.upload_concurrency), (5, 4 << 20, 2));
+    assert_eq!(q.source, p.source);
+    assert_eq!(q.storages[0].id, p.storages[0].id);
+    assert_eq!(q.encryption_key_id.as_deref(), Some("prod.2026"));
+    assert!(!format!("{q:?}").contains("s3cret"), "Debug hides the password");
+}
+
+#[test]
+fn backup_settings_are_clamped_and_the_prefix_must_match_the_ids() {
+    let a = backup(exec());
+    let mut w = pb::Assign::from(a);
+    let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+    t.chunk_size = 1;
+    t.compression_level = 99;
+    t.upload_concurrency = 0;
+    t.compression_workers = 1000;
+    let Plan::Backup(p) = Assignment::try_from(w.clone()).expect("valid").plan else { panic!("a backup") };
+    assert_eq!((p.chunk_size, p.compression_level, p.upload_concurrency, p.compression_workers), (1 << 20, 3, 1, 16));
+
+    let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+    t.key_prefix = format!("{}/../../etc", t.datasource_id);
+    let e = Assignment::try_from(w).expect_err("a prefix that is not the ids' is refused");
+    assert_eq!(e.field, "backup.key_prefix");
+}
+
+#[test]
+fn bad_fields_are_named() {
+    type Edit = Box<dyn Fn(&mut pb::Assign)>;
+    let mut cases: Vec<(&str, Edit)> = vec![
+        ("attempt", Box::new(|a| a.attempt = 0)),
+        ("execution_id", Box::new(|a| a.execution_id = "nope".into())),
+        ("task", Box::new(|a| a.task = None)),
+    ];
+    let backup_case = |f: fn(&mut pb::BackupTask)| -> Edit {
+        Box::new(move |a| {
+            if let Some(pb::assign::Task::Backup(t)) = a.task.as_mut() {
+                f(t)
+            }
+        })
+    };
+    cases.push(("backup.source.port", backup_case(|t| t.source.as_mut().map_or((), |s| s.port = 70000))));
+    cases.push(("backup.source.engine", backup_case(|t| t.source.as_mut().map_or((), |s| s.engine = 0))));
+    cases.push(("backup.source.username", backup_case(|t| t.source.as_mut().map_or((), |s| s.username = "-U".into()))));
+    cases.push(("backup.source", backup_case(|t| t.source = None)));
+    cases.push(("backup.storages", backup_case(|t| t.storages.clear())));
+    cases.push(("backup.storages[0].storage_id", backup_case(|t| t.storages[0].storage_id = "x".into())));
+    cases.push(("backup.encryption_key_id", backup_case(|t| t.encryption_key_id = "../k".into())));
+    cases.push(("backup.datasource_id", backup_case(|t| t.datasource_id = String::new())));
+    for (field, f) in cases {
+        let mut w = pb::Assign::from(backup(exec()));
+        f(&mut w);
+        let e = Assignment::try_from(w).expect_err(field);
+        assert_eq!(e.field, field, "{e}");
+    }
+}
+
+fn restore_task() -> pb::RestoreTask {
+    pb::RestoreTask::from(RestorePlan {
+        target: db(),
+        target_plan: TargetDatabasePlan::CreateIfMissing { drop_existing: true },
+        storages: vec![storage()],
+        chunks: (0..3)
+            .map(|seq| ChunkRef { seq, key: format!("a/b/1/{seq:08}.zst"), size: 10, sha256: sha('a') })
+            .collect(),
+        sha256: sha('b'),
+        source_engine: Engine::Postgres,
+        manifest_key: "a/b/1/manifest.json".into(),
+        parallel_jobs: 4,
+        restore_globals: false,
+    })
+}
+
+fn restore_assign(t: pb::RestoreTask) -> pb::Assign {
+    pb::Assign {
+        execution_id: ExecutionId::new().to_string(),
+        attempt: 1,
+        trace_context: Default::default(),
+        task: Some(pb::assign::Task::Restore(t)),
+    }
+}
+
+#[test]
+fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
+    let a = Assignment::try_from(restore_assign(restore_task())).expect("valid");
+    let Plan::Restore(p) = a.plan else { panic!("a restore") };
+    assert_eq!(p.target_plan, TargetDatabasePlan::CreateIfMissing { drop_existing: true });
+    assert_eq!(p.chunks.len(), 3);
+    assert_eq!(p.parallel_jobs, 4);
+
+    let mut t = restore_task();
+    t.chunks.swap(0, 1);
+    assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("order").field, "restore.chunks[0].seq");
+    let mut t = restore_task();
+    t.chunks[2].key = "../../etc/passwd".into();
+    assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("key").field, "restore.chunks[2].key");
+    let mut t = restore_task();
+    t.chunks[1].sha256 = "ABC".into();
+    assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("sha").field, "restore.chunks[1].sha256");
+    let mut t = restore_task();
+    t.drop_after = true;
+    assert_eq!(Assignment::try_from(restore_assign(t)).expect_err("scratch").field, "restore.drop_after");
+}
+
+#[test]
+fn the_target_database_plan_covers_every_request() {
+    for create in [false, true] {
+        for drop in [false, true] {
+            let scratch = TargetDatabasePlan::decide(create, drop, true);
+            assert_eq!(scratch, TargetDatabasePlan::Scratch);
+            assert!(scratch.creates() && !scratch.drops_existing() && scratch.is_scratch());
+            let p = TargetDatabasePlan::decide(create, drop, false);
+            assert_eq!((p.creates(), p.drops_existing(), p.is_scratch()), (create, drop, false));
+            // What is sent is what is received.
+            let mut t = restore_task();
+            t.create_database = p.creates();
+            t.drop_existing = p.drops_existing();
+            let Plan::Restore(back) = Assignment::try_from(restore_assign(t)).expect("valid").plan else {
+                panic!("a restore")
+            };
+            assert_eq!(back.target_plan, p);
+        }
+    }
+}
+
+#[test]
+fn reports_round_trip_and_are_validated() {
+    let e = exec();
+    let reports = vec![
+        AgentReport::ChunkStored(ChunkStored {
+            execution: e,
+            storage: StorageId::new(),
+            seq: 3,
+            key: "a/b/2/00000003.zst".into(),
+            size: 99,
+            sha256: sha('c'),
+            raw_bytes: 1000,
+        }),
+        AgentReport::Progress(Progress { execution: e, raw_bytes: 1, stored_bytes: 2, chunks: 3 }),
+        AgentReport::Log(LogReport { execution: e, level: LogLevel::Warn, message: "careful".into() }),
+        AgentReport::BackupCompleted {
+            execution: e,
+            result: BackupResult {
+                raw_bytes: 10,
+                stored_bytes: 5,
+                chunk_count: 1,
+                sha256: sha('d'),
+                manifest_key: "a/b/2/manifest.json".into(),
+                storages: vec![StorageId::new()],
+                tool_version: "pg_dump 15".into(),
+                server_version: "15.2".into(),
+                warnings: vec!["w".into()],
+                encryption_key_id: None,
+            },
+        },
+        AgentReport::RestoreCompleted {
+            execution: e,
+            result: RestoreResult { raw_bytes: 7, tool_version: "x".into() },
+        },
+        AgentReport::Failed { execution: e, error: "boom".into(), cancelled: true },
+    ];
+    for r in reports {
+        let back = report_of(r.clone().into()).expect("a report").expect("valid");
+        assert_eq!(back, r);
+        assert_eq!(back.execution(), e);
+    }
+
+    let bad = pb::agent_message::Kind::ChunkReported(pb::ChunkReported {
+        execution: Some(e.into()),
+        storage_id: StorageId::new().to_string(),
+        key: "/abs".into(),
+        sha256: sha('a'),
+        ..Default::default()
+    });
+    assert_eq!(report_of(bad).expect("a report").expect_err("abs key").field, "chunk_reported.key");
+    let no_result = pb::agent_message::Kind::Completed(pb::Completed { execution: Some(e.into()), result: None });
+    assert_eq!(report_of(no_result).expect("a report").expect_err("result").field, "completed.result");
+    let no_exec = pb::agent_message::Kind::Failed(pb::Failed::default());
+    assert_eq!(report_of(no_exec).expect("a report").expect_err("execution").field, "failed.execution");
+    assert!(report_of(pb::agent_message::Kind::Heartbeat(pb::Heartbeat::default())).is_none());
+}
