@@ -54,6 +54,10 @@ enum Command {
         /// /usr/lib/postgresql/16/bin to dump a newer server.
         #[arg(long = "tool-dir", env = "DG_TOOL_DIRS", value_delimiter = ',')]
         tool_dirs: Vec<PathBuf>,
+        /// Longest wait between two reconnection attempts (the wait doubles from 0.5 s up to this), e.g.
+        /// "60s" or "2m". Keep it below the controller's lease so that running work survives an outage.
+        #[arg(long, env = "DG_RECONNECT_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+        reconnect_max: std::time::Duration,
     },
     /// Create a key for encryption at rest in the state directory (`keys/<id>.key`, mode 0600). Name it in a
     /// backup job's `encryption_key_id`. To restore on another agent, copy the file to its `keys/` directory.
@@ -89,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
             println!("{key_id}");
             Ok(())
         }
-        Command::Run { state_dir, local_roots, tool_dirs } => {
+        Command::Run { state_dir, local_roots, tool_dirs, reconnect_max } => {
             let dir = StateDir::open(&state_dir)?;
             let cancel = CancellationToken::new();
             let c = cancel.clone();
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
             let opts = session::RunOptions {
                 local_roots,
                 tools: dg_agent::tools::Tools::new(tool_dirs),
+                max_backoff: reconnect_max.max(session::RunOptions::default().min_backoff),
                 ..session::RunOptions::default()
             };
             session::run(dir, opts, cancel).await?;

@@ -252,7 +252,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ender: ender.clone(),
     };
     tracker.spawn(dispatch.run(cancel.clone()));
-    tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs).run(cancel.clone()));
+    tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs, config.heartbeat_interval()).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
     let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), registry.clone(), waker_for_relay);
     tracker.spawn(relay.run(cancel.clone()));

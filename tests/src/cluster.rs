@@ -192,22 +192,7 @@ impl Cluster {
 
     /// Operator clients of another replica of this cluster (same CA and database), logged in there.
     pub async fn clients_at(&self, api: SocketAddr) -> anyhow::Result<Clients> {
-        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem)).domain_name("127.0.0.1");
-        let ch = Channel::from_shared(format!("https://127.0.0.1:{}", api.port()))?.tls_config(tls)?.connect().await?;
-        let token = AuthServiceClient::new(ch.clone())
-            .login(pb::LoginRequest { username: "admin".into(), password: ADMIN_PASSWORD.into() })
-            .await?
-            .into_inner()
-            .token;
-        Ok(Clients {
-            token,
-            agents: AgentServiceClient::new(ch.clone()),
-            datasources: DatasourceServiceClient::new(ch.clone()),
-            storages: StorageServiceClient::new(ch.clone()),
-            jobs: BackupJobServiceClient::new(ch.clone()),
-            executions: ExecutionServiceClient::new(ch.clone()),
-            backups: BackupServiceClient::new(ch),
-        })
+        Clients::connect(api, &self.ca_pem, ADMIN_PASSWORD).await
     }
 
     /// Creates a join token, enrolls an agent with it and runs the agent in-process until it is online.
@@ -261,6 +246,26 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Connects to the operator API at `api` (trusting the CA `ca_pem`) and logs in as `admin`.
+    pub async fn connect(api: SocketAddr, ca_pem: &str, admin_password: &str) -> anyhow::Result<Clients> {
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name("127.0.0.1");
+        let ch = Channel::from_shared(format!("https://127.0.0.1:{}", api.port()))?.tls_config(tls)?.connect().await?;
+        let token = AuthServiceClient::new(ch.clone())
+            .login(pb::LoginRequest { username: "admin".into(), password: admin_password.into() })
+            .await?
+            .into_inner()
+            .token;
+        Ok(Clients {
+            token,
+            agents: AgentServiceClient::new(ch.clone()),
+            datasources: DatasourceServiceClient::new(ch.clone()),
+            storages: StorageServiceClient::new(ch.clone()),
+            jobs: BackupJobServiceClient::new(ch.clone()),
+            executions: ExecutionServiceClient::new(ch.clone()),
+            backups: BackupServiceClient::new(ch),
+        })
+    }
+
     /// Waits until an agent reports `status`.
     pub async fn wait_agent_status(
         &mut self,

@@ -111,17 +111,8 @@ impl ScramPostgres {
     }
 
     fn run(&self, tool: &str, args: &[&str]) -> anyhow::Result<()> {
-        let exe = self.bin.join(tool);
-        let mut cmd = if self.as_postgres {
-            let mut c = Command::new("runuser");
-            c.arg("-u").arg("postgres").arg("--").arg(exe);
-            c
-        } else {
-            Command::new(exe)
-        };
-        let status = cmd.args(args).stdout(std::process::Stdio::null()).status()?;
-        anyhow::ensure!(status.success(), "{tool} failed: {status}");
-        Ok(())
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        self.clone_runner().run_owned(tool, &args)
     }
 
     /// initdb + start (as the `postgres` user when running as root).
@@ -150,25 +141,70 @@ impl ScramPostgres {
                 pwfile.to_str().unwrap_or_default(),
             ],
         )?;
-        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", me.port, me.dir.path().display());
-        let log = me.dir.path().join("log");
-        me.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-o",
-                &opts,
-                "-l",
-                log.to_str().unwrap_or_default(),
-                "-w",
-                "-t",
-                "30",
-                "start",
-            ],
-        )?;
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        me.start_again().await?;
         Ok(me)
+    }
+
+    /// Starts the server again after [`ScramPostgres::stop`] (same port, same data).
+    pub async fn start_again(&self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("data");
+        let opts = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let log = self.dir.path().join("log");
+        let args = [
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap_or_default(),
+            "-w",
+            "-t",
+            "30",
+            "start",
+        ];
+        let (me, args) = (self.clone_runner(), args.map(str::to_owned));
+        tokio::task::spawn_blocking(move || me.run_owned("pg_ctl", &args)).await??;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        Ok(())
+    }
+
+    /// Stops the server the way a crash does (`-m immediate`: every connection dropped, no checkpoint).
+    pub async fn stop(&self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("data").to_string_lossy().into_owned();
+        let args = ["-D".to_owned(), data, "-m".into(), "immediate".into(), "-w".into(), "stop".into()];
+        let me = self.clone_runner();
+        tokio::task::spawn_blocking(move || me.run_owned("pg_ctl", &args)).await?
+    }
+
+    /// URL of database `db` as the superuser.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+    }
+
+    fn clone_runner(&self) -> Runner {
+        Runner { bin: self.bin.clone(), as_postgres: self.as_postgres }
+    }
+}
+
+/// Runs the server's tools (as `postgres` when needed) off the async runtime.
+struct Runner {
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl Runner {
+    fn run_owned(&self, tool: &str, args: &[String]) -> anyhow::Result<()> {
+        let exe = self.bin.join(tool);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.arg("-u").arg("postgres").arg("--").arg(exe);
+            c
+        } else {
+            Command::new(exe)
+        };
+        let status = cmd.args(args).stdout(std::process::Stdio::null()).status()?;
+        anyhow::ensure!(status.success(), "{tool} failed: {status}");
+        Ok(())
     }
 }
 

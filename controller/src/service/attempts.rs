@@ -99,6 +99,10 @@ pub struct RetryPolicy {
 impl RetryPolicy {
     /// One attempt, no retry (executions without a job, such as restores).
     pub const ONCE: RetryPolicy = RetryPolicy { max_attempts: 1, backoff_secs: 0 };
+
+    /// Restores and verifications: up to three attempts, 5 s apart; [`decide`] allows a retry only when the
+    /// ended attempt certainly did not touch the target (the `Assign` never arrived or was never started).
+    pub const UNTOUCHED_ONLY: RetryPolicy = RetryPolicy { max_attempts: 3, backoff_secs: 5 };
 }
 
 /// What happens after an attempt ended.
@@ -168,7 +172,8 @@ impl AttemptEnder {
                 },
                 None => RetryPolicy::ONCE,
             },
-            _ => RetryPolicy::ONCE,
+            (Operation::Backup, None) => RetryPolicy::ONCE,
+            (Operation::Restore | Operation::Verify, _) => RetryPolicy::UNTOUCHED_ONLY,
         };
         let n = u32::try_from(attempt).unwrap_or(0);
         if ex.operation == Operation::Backup

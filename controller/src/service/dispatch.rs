@@ -259,25 +259,29 @@ pub fn copy_order(mut copies: Vec<uuid::Uuid>, preferred: Option<uuid::Uuid>) ->
 }
 
 /// Ends attempts whose lease expired (the agent went silent) through the common ending path, so the job's
-/// retry policy applies. Needs only PostgreSQL. After the database was unreachable (no heartbeat could be
-/// recorded meanwhile), every running attempt first gets a fresh lease instead of being reaped.
+/// retry policy applies. Needs only PostgreSQL. Looks once per heartbeat interval, so an attempt is ended
+/// at most one heartbeat after its lease. After the database was unreachable, and when this replica starts
+/// (the controller may have been down: no heartbeat could be recorded meanwhile), every running attempt
+/// first gets a fresh lease instead of being reaped; its agent reconnects and renews it, or it expires a
+/// lease later.
 pub struct ReaperTask {
     db: Db,
     ender: AttemptEnder,
     lease_secs: i64,
+    interval: Duration,
 }
 
 impl ReaperTask {
-    /// New task.
-    pub fn new(db: Db, ender: AttemptEnder, lease_secs: i64) -> Self {
-        Self { db, ender, lease_secs }
+    /// New task, looking every `interval` (the heartbeat interval).
+    pub fn new(db: Db, ender: AttemptEnder, lease_secs: i64, interval: Duration) -> Self {
+        Self { db, ender, lease_secs, interval }
     }
 
     /// Runs until cancelled.
     pub async fn run(self, cancel: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut db_was_down = false;
+        let mut db_was_down = true;
         loop {
             tokio::select! {
                 biased;
