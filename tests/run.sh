@@ -11,7 +11,8 @@
 #      installed and up, with the tests' own role and user (generated passwords in $DG_CACHE_DIR)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. cargo nextest run --workspace --no-fail-fast [ARGS…]
+#   4. cargo build -p dg-controller -p dg-agent   (the fault trials run these binaries as processes)
+#   5. cargo nextest run --workspace --no-fail-fast [ARGS…]
 #      (falls back to `cargo test --workspace --no-fail-fast [ARGS…]` when cargo-nextest is not
 #      installed, as on a fresh machine: building it from source takes minutes. The suite passes
 #      under both; tests that install process-global state have a test target of their own)
@@ -84,6 +85,9 @@ if [[ "${DG_SKIP_LINT:-0}" != 1 ]]; then
 else
 	echo "DG_SKIP_LINT=1: skipping cargo fmt and cargo clippy"
 fi
+
+# The fault trials run the real controller and agent binaries in processes of their own.
+step build cargo build -p dg-controller -p dg-agent
 
 if [[ "${DG_TEST_RUNNER:-nextest}" == nextest ]] && cargo nextest --version >/dev/null 2>&1; then
 	step tests cargo nextest run --workspace --no-fail-fast "$@"

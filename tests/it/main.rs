@@ -7,6 +7,7 @@ mod cloud;
 mod data_path;
 mod emulators;
 mod failures;
+mod faults;
 mod grpcurl;
 mod lifecycle;
 mod operator_api;

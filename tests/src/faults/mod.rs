@@ -240,12 +240,13 @@ impl Report {
         let count = |p: &str| self.trials.iter().flat_map(|t| &t.violations).filter(|v| v.starts_with(p)).count();
         let stuck = self.trials.iter().map(|t| t.stuck.len()).sum::<usize>() + self.stuck.len() + count("stuck");
         out.push_str(&format!(
-            "\n| invariant | result |\n|---|---|\n| trials | {} in {:.0} s |\n| lost (a completed backup that does not restore) | {} |\n\
+            "\n| invariant | result |\n|---|---|\n| trials | {} in {:.0} s ({} struck after the execution had ended) |\n| lost (a completed backup that does not restore) | {} |\n\
              | corrupt (a completed restore that differs) | {} |\n| stuck (running past lease + heartbeat, or never ended) | {stuck} |\n\
              | not retried per policy | {} |\n| leaked objects after the grace period | {} |\n\
              | doubled schedule slots | {} |\n| scheduled backups completed through the faults, all restored | {} (lost {}) |\n",
             self.trials.len(),
             self.secs,
+            self.trials.iter().filter(|t| t.point == "after the end").count(),
             count("lost"),
             count("corrupt"),
             count("not per policy") + count("failed without") + count("ended"),
@@ -296,10 +297,14 @@ async fn trials(
         .await
         .ok_or_else(|| anyhow::anyhow!("the baseline backup did not end"))?;
     anyhow::ensure!(end.status == pb::ExecutionStatus::Completed as i32, "baseline backup: {}", end.error);
-    let t = Instant::now();
     let expected = w.source_fingerprint.clone();
-    w.verify_restores(&id, &expected, &blackout, &mut stuck).await.map_err(anyhow::Error::msg)?;
-    let mut base = Baseline { chunks: end.chunk_count, restore_secs: t.elapsed().as_secs_f64(), good_backup: id };
+    let restore = w.verify_restores(&id, &expected, &blackout, &mut stuck).await.map_err(anyhow::Error::msg)?;
+    let span = |e: &pb::Execution| -> Option<f64> {
+        let (s, f) = (e.started_at.as_ref()?, e.finished_at.as_ref()?);
+        Some((f.seconds - s.seconds) as f64 + f64::from(f.nanos - s.nanos) / 1e9)
+    };
+    let restore_secs = span(&restore).unwrap_or(1.0);
+    let mut base = Baseline { chunks: end.chunk_count, restore_secs, good_backup: id };
     progress(&format!(
         "baseline: backup of {:.1} MiB in {} chunks, restore {:.1} s",
         end.stored_bytes as f64 / 1048576.0,

@@ -28,7 +28,7 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_parser = parse_fault)]
     faults: Vec<Fault>,
     /// Size of the source database's table, MiB (about as much dump, compressing about 2:1).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 40)]
     data_mib: u32,
     /// Lease of an attempt, seconds (the heartbeat is 1 s).
     #[arg(long, default_value_t = 6)]
