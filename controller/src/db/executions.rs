@@ -136,6 +136,30 @@ pub struct BackupOutcome {
     pub encryption_key_id: Option<String>,
 }
 
+/// What the controller recorded for one storage of a backup attempt (see `service::commit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopySummary {
+    /// The storage.
+    pub storage: Uuid,
+    /// Chunk records.
+    pub chunks: i64,
+    /// Sum of their sizes.
+    pub bytes: i64,
+    /// Lowest sequence number.
+    pub min_seq: Option<i32>,
+    /// Highest sequence number.
+    pub max_seq: Option<i32>,
+}
+
+#[derive(sea_orm::FromQueryResult)]
+struct CopySummaryRow {
+    storage_id: Uuid,
+    chunks: i64,
+    bytes: i64,
+    min_seq: Option<i32>,
+    max_seq: Option<i32>,
+}
+
 impl Db {
     /// Queues an execution.
     pub async fn insert_execution(&self, n: &NewExecution) -> Result<Execution, DbErr> {
@@ -431,40 +455,42 @@ impl Db {
         id: Uuid,
         attempt: i32,
         o: &BackupOutcome,
+        check: impl FnOnce(&[CopySummary]) -> Result<(), String>,
     ) -> Result<Result<(), String>, DbErr> {
         let txn = self.conn.begin().await?;
-        if o.storage_ids.is_empty() {
-            return Ok(Err("no storage holds a complete copy".into()));
+        // The execution's row is locked first, so no chunk of this attempt is recorded while it is checked.
+        let running = execute(
+            &txn,
+            "UPDATE execution SET lease_until = lease_until WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into()],
+        )
+        .await?;
+        if running != 1 {
+            txn.rollback().await?;
+            return Ok(Err("stale attempt".into()));
+        }
+        let recorded = fetch_all::<CopySummaryRow>(
+            &txn,
+            "SELECT storage_id, count(*) AS chunks, coalesce(sum(size), 0)::bigint AS bytes, min(seq) AS min_seq, \
+             max(seq) AS max_seq FROM backup_chunk WHERE execution_id = $1 AND attempt = $2 GROUP BY storage_id",
+            [id.into(), attempt.into()],
+        )
+        .await?;
+        let recorded: Vec<CopySummary> = recorded
+            .into_iter()
+            .map(|r| CopySummary {
+                storage: r.storage_id,
+                chunks: r.chunks,
+                bytes: r.bytes,
+                min_seq: r.min_seq,
+                max_seq: r.max_seq,
+            })
+            .collect();
+        if let Err(why) = check(&recorded) {
+            txn.rollback().await?;
+            return Ok(Err(why));
         }
         for sid in &o.storage_ids {
-            #[derive(sea_orm::FromQueryResult)]
-            struct Sum {
-                n: i64,
-                bytes: Option<i64>,
-                max_seq: Option<i32>,
-            }
-            let s: Option<Sum> = fetch_one(
-                &txn,
-                "SELECT count(*) AS n, sum(size)::bigint AS bytes, max(seq) AS max_seq FROM backup_chunk \
-                 WHERE execution_id = $1 AND attempt = $2 AND storage_id = $3",
-                [id.into(), attempt.into(), (*sid).into()],
-            )
-            .await?;
-            let s = s.ok_or(DbErr::RecordNotFound("chunk summary".into()))?;
-            let expected_max = o.chunk_count - 1;
-            if s.n != i64::from(o.chunk_count)
-                || s.bytes.unwrap_or(0) != o.stored_bytes
-                || s.max_seq.unwrap_or(-1) != expected_max
-            {
-                txn.rollback().await?;
-                return Ok(Err(format!(
-                    "storage {sid}: {} chunks / {} bytes recorded, agent reported {} / {}",
-                    s.n,
-                    s.bytes.unwrap_or(0),
-                    o.chunk_count,
-                    o.stored_bytes
-                )));
-            }
             execute(
                 &txn,
                 "INSERT INTO backup_copy (execution_id, storage_id, complete) VALUES ($1, $2, true)",

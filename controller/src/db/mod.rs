@@ -20,7 +20,9 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::IssuedCert,
     catalog::Deletion,
-    executions::{BackupOutcome, ChunkRecord, ChunkReport, DeleteMark, ExecutionFilter, NewExecution, Sweep},
+    executions::{
+        BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution, Sweep,
+    },
     health::AuditFilter,
 };
 

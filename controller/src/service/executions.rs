@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::{
     attempts::{AttemptEnder, EndCause},
+    commit::{self, CommitPlan},
     coordination::Coordination,
     retention::RetentionHandle,
     waker::DispatchWaker,
@@ -408,15 +409,6 @@ impl ExecutionsService {
         if ex.operation != Operation::Backup {
             return self.refuse(ex, attempt, format!("a backup result for a {} execution", ex.operation)).await;
         }
-        let expected = Self::layout(ex, attempt).manifest_key();
-        if r.manifest_key != expected {
-            let why = format!("manifest key {}, the plan says {expected}", r.manifest_key);
-            return self.refuse(ex, attempt, why).await;
-        }
-        let allowed = self.plan_storages(ex).await?;
-        if let Some(s) = r.storages.iter().find(|s| !allowed.contains(&s.0)) {
-            return self.refuse(ex, attempt, format!("storage {s} is not one of the job's storages")).await;
-        }
         let o = BackupOutcome {
             raw_bytes: i64::try_from(r.raw_bytes).unwrap_or(i64::MAX),
             stored_bytes: i64::try_from(r.stored_bytes).unwrap_or(i64::MAX),
@@ -429,7 +421,12 @@ impl ExecutionsService {
             warnings: r.warnings,
             encryption_key_id: r.encryption_key_id,
         };
-        match self.db.complete_backup(id, attempt, &o).await? {
+        let manifest_key = Self::layout(ex, attempt).manifest_key();
+        let storages = self.plan_storages(ex).await?;
+        if let Err(why) = commit::check_plan(CommitPlan { manifest_key: &manifest_key, storages: &storages }, &o) {
+            return self.refuse(ex, attempt, why).await;
+        }
+        match self.db.complete_backup(id, attempt, &o, |recorded| commit::check_copies(&o, recorded)).await? {
             Ok(()) => {
                 self.db
                     .append_log(

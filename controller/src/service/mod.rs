@@ -6,6 +6,7 @@ pub mod attempts;
 pub mod auth;
 pub mod backups;
 pub mod catalog;
+pub mod commit;
 pub mod coordination;
 pub mod dispatch;
 pub mod executions;

@@ -115,3 +115,12 @@ fn files_below(root: &Path) -> anyhow::Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+/// Every execution of `job`: (status, attempt, error).
+pub async fn executions_of_job(db: &sqlx::PgPool, job: Uuid) -> anyhow::Result<Vec<(String, i32, String)>> {
+    let rows = sqlx::query("SELECT status, attempt, coalesce(error, '') AS error FROM execution WHERE job_id = $1")
+        .bind(job)
+        .fetch_all(db)
+        .await?;
+    rows.iter().map(|r| Ok((r.try_get("status")?, r.try_get("attempt")?, r.try_get("error")?))).collect()
+}

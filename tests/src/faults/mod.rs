@@ -206,6 +206,8 @@ pub struct Report {
     pub scheduled_lost: Vec<String>,
     /// Scheduled backups completed (and restored).
     pub scheduled_completed: usize,
+    /// Executions of the scheduled job by outcome (`completed@1`…).
+    pub scheduled_outcomes: BTreeMap<String, usize>,
     /// Attempts running past their lease outside any trial's window.
     pub stuck: Vec<String>,
     /// Seconds the run took.
@@ -243,7 +245,7 @@ impl Report {
             "\n| invariant | result |\n|---|---|\n| trials | {} in {:.0} s ({} struck after the execution had ended) |\n| lost (a completed backup that does not restore) | {} |\n\
              | corrupt (a completed restore that differs) | {} |\n| stuck (running past lease + heartbeat, or never ended) | {stuck} |\n\
              | not retried per policy | {} |\n| leaked objects after the grace period | {} |\n\
-             | doubled schedule slots | {} |\n| scheduled backups completed through the faults, all restored | {} (lost {}) |\n",
+             | doubled schedule slots | {} |\n| scheduled backups completed through the faults, all restored | {} (lost {}; outcomes {}) |\n",
             self.trials.len(),
             self.secs,
             self.trials.iter().filter(|t| t.point == "after the end").count(),
@@ -254,6 +256,7 @@ impl Report {
             self.doubled.len(),
             self.scheduled_completed,
             self.scheduled_lost.len(),
+            self.scheduled_outcomes.iter().map(|(k, n)| format!("{k} ×{n}")).collect::<Vec<_>>().join(", "),
         ));
         out
     }
@@ -334,6 +337,13 @@ async fn trials(
     let doubled = checks::doubled_slots(&w.ctl_db).await?;
     let mut scheduled_lost = Vec::new();
     let scheduled = checks::completed_of_job(&w.ctl_db, job.parse()?).await?;
+    let mut scheduled_outcomes: BTreeMap<String, usize> = BTreeMap::new();
+    for (status, attempt, error) in checks::executions_of_job(&w.ctl_db, job.parse()?).await? {
+        *scheduled_outcomes.entry(format!("{status}@{attempt}")).or_default() += 1;
+        if status != "completed" && (status != "failed" || attempt < i32::try_from(w.timings.max_attempts)?) {
+            scheduled_lost.push(format!("scheduled backup ended {status} at attempt {attempt}: {error}"));
+        }
+    }
     progress(&format!("restoring the {} backups the schedule completed", scheduled.len()));
     let small = w.small_fingerprint.clone();
     for b in &scheduled {
@@ -347,6 +357,7 @@ async fn trials(
         doubled,
         scheduled_lost,
         scheduled_completed: scheduled.len(),
+        scheduled_outcomes,
         stuck,
         secs: 0.0,
     })
