@@ -43,7 +43,7 @@ use crate::{
         health::{HealthService, HealthTask, redis_client},
         relay::RelayTask,
         retention::RetentionTask,
-        scheduler::SchedulerTask,
+        scheduler::{self, SchedulerTask},
     },
 };
 
@@ -266,7 +266,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         None => None,
     };
     let scheduler_tick = Duration::from_secs(config.scheduler_interval_secs.max(1));
-    tracker.spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick).run(cancel.clone()));
+    let leader = scheduler::leader_key(&pki.fingerprint());
+    tracker
+        .spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick, leader).run(cancel.clone()));
     tracker.spawn(retention_task.run(cancel.clone()));
     let health_interval = Duration::from_secs(config.health_interval_secs.max(1));
     tracker.spawn(HealthTask::new(db.clone(), catalog, registry, health_interval).run(cancel.clone()));

@@ -13,8 +13,11 @@ use tracing::{info, warn};
 use super::{coordination::Coordination, schedule, waker::DispatchWaker};
 use crate::{db::Db, error::ControllerResult};
 
-/// Redis key of the leader lock.
-pub const LEADER_KEY: &str = "dataguardian:scheduler:leader";
+/// Redis key of the leader lock of the deployment whose CA has fingerprint `ca_fingerprint`: the replicas of
+/// one deployment share it, and two deployments sharing one Redis each elect their own leader.
+pub fn leader_key(ca_fingerprint: &str) -> String {
+    format!("dataguardian:{ca_fingerprint}:scheduler:leader")
+}
 
 /// The scheduler loop.
 pub struct SchedulerTask {
@@ -22,12 +25,13 @@ pub struct SchedulerTask {
     coord: Coordination,
     waker: DispatchWaker,
     tick: Duration,
+    leader_key: String,
 }
 
 impl SchedulerTask {
-    /// New task checking every `tick`.
-    pub fn new(db: Db, coord: Coordination, waker: DispatchWaker, tick: Duration) -> Self {
-        Self { db, coord, waker, tick }
+    /// New task checking every `tick`, competing for `leader_key` (see [`leader_key`]).
+    pub fn new(db: Db, coord: Coordination, waker: DispatchWaker, tick: Duration, leader_key: String) -> Self {
+        Self { db, coord, waker, tick, leader_key }
     }
 
     /// Runs until cancelled.
@@ -40,7 +44,7 @@ impl SchedulerTask {
                 _ = cancel.cancelled() => break,
                 _ = tick.tick() => {},
             }
-            if !self.coord.lead(LEADER_KEY, self.tick * 5).await {
+            if !self.coord.lead(&self.leader_key, self.tick * 5).await {
                 continue; // Redis down or another replica leads
             }
             if let Err(e) = self.round().await {

@@ -307,6 +307,8 @@ async fn job(
         cron: cron.into(),
         time_zone: "UTC".into(),
         retry,
+        // Keep every backup, so that the end of the run can restore each one.
+        retention: Some(pb::RetentionPolicy { max_backups: 1000, ..Default::default() }),
         ..Default::default()
     };
     Ok(c.jobs.create_backup_job(authed(req, &c.token)).await?.into_inner())
