@@ -13,4 +13,5 @@ mod operator_api;
 mod protocol;
 mod python_client;
 mod security;
+mod sessions;
 mod workers;
