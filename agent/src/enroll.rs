@@ -144,6 +144,23 @@ pub async fn channel(
     ca_pem: &str,
     identity: Option<tonic::transport::Identity>,
 ) -> Result<Channel, ConnectionError> {
+    Ok(self::endpoint(endpoint, ca_pem, identity)?.connect().await?)
+}
+
+/// Like [`channel`], but connects on first use (the agent's object uploads: most sessions never make one).
+pub fn lazy_channel(
+    endpoint: &str,
+    ca_pem: &str,
+    identity: tonic::transport::Identity,
+) -> Result<Channel, ConnectionError> {
+    Ok(self::endpoint(endpoint, ca_pem, Some(identity))?.connect_lazy())
+}
+
+fn endpoint(
+    endpoint: &str,
+    ca_pem: &str,
+    identity: Option<tonic::transport::Identity>,
+) -> Result<tonic::transport::Endpoint, ConnectionError> {
     let (host, _) = host_port(endpoint)?;
     let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem)).domain_name(host);
     if let Some(id) = identity {
@@ -154,9 +171,7 @@ pub async fn channel(
         .tls_config(tls)?
         .connect_timeout(std::time::Duration::from_secs(10))
         .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(20))
-        .connect()
-        .await?)
+        .keep_alive_timeout(std::time::Duration::from_secs(20)))
 }
 
 /// Runs enrollment and writes the state directory. Returns the agent id.

@@ -1,6 +1,8 @@
 //! Short operations the controller asks of the agent over the session (connection and storage tests, object
 //! reads for downloads, object deletes for retention and backup deletion). Each is answered by one
-//! `AgentResponse` carrying the request id; a read first streams `ObjectData` pieces of at most 1 MiB.
+//! `AgentResponse` carrying the request id; a read first sends the object in pieces of at most 1 MiB on a
+//! `SendObject` call of its own (bounded: at most [`UPLOAD_QUEUE`] pieces wait for the call), so its bytes
+//! never queue in front of the session's heartbeats and reports, and a slow reader throttles only that call.
 //!
 //! Part of the connection edge: the request and response envelopes are `pb` messages, but the database and
 //! storage targets they carry are converted into the protocol model (`TryFrom`) before any engine or storage
@@ -12,9 +14,14 @@ use std::time::Duration;
 use futures::StreamExt;
 use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
 
 use dg_common::protocol::{DatabaseTarget, ProtocolError, StorageTarget};
-use dg_proto::v1::{self as pb, agent_message::Kind, agent_request, agent_response};
+use dg_proto::v1::{
+    self as pb, agent_message::Kind, agent_request, agent_response,
+    agent_session_service_client::AgentSessionServiceClient,
+};
 
 use crate::{
     context::AgentContext,
@@ -23,6 +30,11 @@ use crate::{
 };
 
 const PIECE: usize = 1024 * 1024;
+/// Pieces of an object read waiting for its `SendObject` call.
+pub const UPLOAD_QUEUE: usize = 2;
+
+/// The client of the controller's agent port that object uploads use.
+pub type Uploads = AgentSessionServiceClient<Channel>;
 
 fn duration(d: Duration) -> prost_types::Duration {
     prost_types::Duration {
@@ -75,8 +87,8 @@ async fn test_storage(target: &StorageTarget, ctx: &AgentContext) -> pb::TestRes
     }
 }
 
-/// Handles one request and sends its answer (and data) on `tx`.
-pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, ctx: AgentContext) {
+/// Handles one request and sends its answer on `tx` (a read's bytes on `uploads` first).
+pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, uploads: Uploads, ctx: AgentContext) {
     let id = req.request_id.clone();
     let (kind, error) = match req.kind {
         Some(agent_request::Kind::TestDatabase(t)) => match convert::<_, DatabaseTarget>(t.target, "target") {
@@ -99,7 +111,7 @@ pub async fn handle(req: pb::AgentRequest, tx: mpsc::Sender<pb::AgentMessage>, c
             Ok(target) => (Some(agent_response::Kind::Test(test_storage(&target, &ctx).await)), String::new()),
             Err(e) => (None, e),
         },
-        Some(agent_request::Kind::ReadObject(r)) => match read(&id, r, &tx, &ctx).await {
+        Some(agent_request::Kind::ReadObject(r)) => match read(&id, r, uploads, &ctx).await {
             Ok(n) => (Some(agent_response::Kind::ReadBytes(n)), String::new()),
             Err(e) => (None, e),
         },
@@ -145,24 +157,44 @@ async fn delete_below(s: &crate::storage::OpenStorage, prefix: &str) -> Result<u
     dg_common::store::delete_prefix(s.store.as_ref(), prefix).await.map_err(|e| e.0)
 }
 
-async fn read(
-    id: &str,
-    r: pb::ReadObject,
-    tx: &mpsc::Sender<pb::AgentMessage>,
-    ctx: &AgentContext,
-) -> Result<u64, String> {
+/// Sends one object on a `SendObject` call: the request id first, then the pieces. A storage error mid-way
+/// drops the call (the controller sees it reset, not ended); a call the controller ends early (it refused the
+/// upload, or the reader went away) stops the read with the controller's reason.
+async fn read(id: &str, r: pb::ReadObject, mut uploads: Uploads, ctx: &AgentContext) -> Result<u64, String> {
     let s = open_storage(r.storage, ctx)?;
     let mut stream = s.store.get(&ObjPath::from(r.key.as_str())).await.map_err(|e| e.to_string())?.into_stream();
-    let mut sent = 0u64;
-    while let Some(part) = stream.next().await {
-        let part = part.map_err(|e| e.to_string())?;
-        for piece in part.chunks(PIECE) {
-            let msg = pb::ObjectData { request_id: id.to_owned(), data: piece.to_vec() };
-            tx.send(pb::AgentMessage { kind: Some(Kind::ObjectData(msg)), report_seq: 0 })
-                .await
-                .map_err(|_| "session closed")?;
-            sent += piece.len() as u64;
+    let (pieces, rx) = mpsc::channel::<pb::ObjectChunk>(UPLOAD_QUEUE);
+    let request_id = id.to_owned();
+    let feed = async move {
+        let closed = || "the object upload closed".to_owned();
+        pieces.send(pb::ObjectChunk { request_id, data: Vec::new() }).await.map_err(|_| closed())?;
+        let mut sent = 0u64;
+        while let Some(part) = stream.next().await {
+            let part = part.map_err(|e| e.to_string())?;
+            for piece in part.chunks(PIECE) {
+                pieces
+                    .send(pb::ObjectChunk { request_id: String::new(), data: piece.to_vec() })
+                    .await
+                    .map_err(|_| closed())?;
+                sent += piece.len() as u64;
+            }
         }
+        Ok::<u64, String>(sent)
+    };
+    let call = uploads.send_object(ReceiverStream::new(rx));
+    tokio::pin!(call);
+    let sent = tokio::select! {
+        fed = feed => fed?,
+        early = &mut call => {
+            return Err(match early {
+                Err(s) => format!("object upload refused: {}", s.message()),
+                Ok(_) => "the controller ended the object upload early".to_owned(),
+            });
+        }
+    };
+    let received = call.await.map_err(|s| format!("object upload failed: {}", s.message()))?.into_inner();
+    if received.received_bytes != sent {
+        return Err(format!("the controller received {} of {sent} bytes", received.received_bytes));
     }
     Ok(sent)
 }

@@ -11,7 +11,8 @@
 //! ordered channel ([`Outbound`]), and [`ReportForwardTask`] is the one place where they leave the agent as
 //! wire messages, numbered by the [`Outbox`] when they need an acknowledgement; a new session first sends
 //! again whatever was not acknowledged. Requests (`requests.rs`) and enrollment/renewal keep their own `pb`
-//! envelopes.
+//! envelopes; the bytes of object reads leave on `SendObject` calls over a second connection, never on the
+//! session stream.
 
 use std::time::{Duration, Instant};
 
@@ -148,6 +149,13 @@ async fn connect(dir: &StateDir, state: &AgentState) -> Result<Channel, Connecti
     enroll::channel(&state.agent_endpoint, &dir.read("ca.pem")?, Some(identity)).await
 }
 
+/// The client object uploads (`SendObject`) use: a connection of their own, opened on first use, so bulk
+/// bytes never share the session's HTTP/2 connection window with its heartbeats and reports.
+fn uploads_client(dir: &StateDir, state: &AgentState) -> Result<AgentSessionServiceClient<Channel>, ConnectionError> {
+    let identity = Identity::from_pem(dir.read("cert.pem")?, dir.read("key.pem")?);
+    Ok(AgentSessionServiceClient::new(enroll::lazy_channel(&state.agent_endpoint, &dir.read("ca.pem")?, identity)?))
+}
+
 /// Unix time at which the current certificate should be renewed.
 fn renewal_due(dir: &StateDir) -> Result<i64, ConnectionError> {
     let der = tls::certs_from_pem(&dir.read("cert.pem")?).map_err(|e| ConnectionError::Tls(e.to_string()))?.remove(0);
@@ -243,6 +251,7 @@ async fn session_once(
     agent: &Agent,
 ) -> Result<bool, ConnectionError> {
     let channel = connect(dir, state).await?;
+    let uploads = uploads_client(dir, state)?;
     let mut client = AgentSessionServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let (tx, rx) = mpsc::channel::<pb::AgentMessage>(OUTBOUND_QUEUE);
     let hello = hello(tools::discover(&opts.tools).await, agent.executor.listed());
@@ -329,7 +338,7 @@ async fn session_once(
                 }
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Ack(k)) })) => agent.outbox.ack(k.report_seq, k.retry_later),
                 Ok(Some(pb::ControllerMessage { kind: Some(Kind::Request(r)) })) => {
-                    tokio::spawn(crate::requests::handle(r, tx.clone(), agent.ctx.clone()));
+                    tokio::spawn(crate::requests::handle(r, tx.clone(), uploads.clone(), agent.ctx.clone()));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => break Ok(()),

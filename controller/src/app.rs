@@ -20,12 +20,17 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tracing::info;
 
-use crate::session::{registry::AgentRegistry, rpc::AgentRpc};
+use crate::session::{
+    deliver::Sessions,
+    registry::AgentRegistry,
+    rpc::AgentRpc,
+    task::{AgentSettings, SessionEnv},
+};
 use crate::{
     config::Config,
     db::Db,
     grpc::{
-        AgentSettings, Ctx,
+        Ctx,
         agent::{EnrollmentSvc, SessionSvc},
         auth_layer::AuthLayer,
         operator::OperatorSvc,
@@ -49,6 +54,8 @@ use crate::{
 
 /// Largest request accepted from any client.
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
+/// HTTP/2 receive window of one stream on the agent port.
+const STREAM_WINDOW: u32 = 1024 * 1024;
 
 /// A running controller.
 pub struct RunningController {
@@ -138,6 +145,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let redis = redis_client(&config.redis_url).context("redis_url")?;
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let coord = Coordination::new(redis.clone());
+    let sessions = Sessions::new(registry.clone(), coord.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;
     let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone());
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
@@ -161,7 +169,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         executions: ExecutionsService::new(
             db.clone(),
             waker.clone(),
-            registry.clone(),
+            sessions.clone(),
             coord.clone(),
             retention,
             metrics.clone(),
@@ -169,12 +177,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ),
         backups,
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
-        rpc,
-        registry: registry.clone(),
-        agent_settings: Arc::new(AgentSettings { heartbeat: config.heartbeat_interval(), lease_secs }),
         db: db.clone(),
         metrics: metrics.clone(),
+    };
+    let session_env = SessionEnv {
+        agents: ctx.agents.clone(),
+        executions: ctx.executions.clone(),
+        sessions: sessions.clone(),
+        rpc,
         coord: coord.clone(),
+        metrics: metrics.clone(),
+        settings: Arc::new(AgentSettings { heartbeat: config.heartbeat_interval(), lease_secs }),
     };
 
     let cancel = CancellationToken::new();
@@ -217,19 +230,25 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         }
     });
 
-    // Agent sessions: mTLS with the controller CA as the only client root.
+    // Agent sessions: mTLS with the controller CA as the only client root. The connection window is several
+    // stream windows wide, so object uploads a slow reader holds back (one stream window each) never take
+    // the whole window of a connection.
     let agent_tls = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(pki.ca_pem()));
-    let sessions = Server::builder()
+    let agent_server = Server::builder()
         .tls_config(agent_tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(STREAM_WINDOW * 8))
         .add_service(
-            AgentSessionServiceServer::new(SessionSvc::new(ctx.clone(), cancel.clone(), tracker.clone()))
+            AgentSessionServiceServer::new(SessionSvc::new(session_env, cancel.clone(), tracker.clone()))
                 .max_decoding_message_size(MAX_MESSAGE),
         );
     let c = cancel.clone();
     tracker.spawn(async move {
-        if let Err(e) = sessions.serve_with_incoming_shutdown(TcpIncoming::from(agent_listener), c.cancelled()).await {
+        if let Err(e) =
+            agent_server.serve_with_incoming_shutdown(TcpIncoming::from(agent_listener), c.cancelled()).await
+        {
             tracing::error!(error = %e, "agent server failed");
         }
     });
@@ -240,7 +259,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         db: db.clone(),
         key,
         catalog: catalog.clone(),
-        registry: registry.clone(),
+        sessions: sessions.clone(),
         waker,
         settings: DispatchSettings {
             lease_secs,
@@ -254,7 +273,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs, config.heartbeat_interval()).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
-    let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), registry.clone(), waker_for_relay);
+    let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), sessions, waker_for_relay);
     tracker.spawn(relay.run(cancel.clone()));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {

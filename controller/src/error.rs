@@ -17,6 +17,9 @@ pub enum ControllerError {
     /// Missing or bad credentials.
     #[error("{0}")]
     Unauthenticated(String),
+    /// Authenticated, but not allowed to do this (an agent sending another agent's object).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// Unknown id; the message names the kind and id.
     #[error("{0} not found")]
     NotFound(String),
@@ -95,6 +98,7 @@ impl ServiceError for ControllerError {
         match self {
             ControllerError::Invalid(_) | ControllerError::Protocol(_) => ErrorCode::InvalidArgument,
             ControllerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ControllerError::PermissionDenied(_) => ErrorCode::PermissionDenied,
             ControllerError::NotFound(_) => ErrorCode::NotFound,
             ControllerError::AlreadyExists(_) => ErrorCode::AlreadyExists,
             ControllerError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,

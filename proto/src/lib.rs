@@ -16,7 +16,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 ///
 /// 2: `BackupTask.datasource_id` is required and `key_prefix` must be exactly the one the ids dictate; the
 /// controller ends attempts its agent's heartbeats do not list.
-pub const AGENT_PROTOCOL_VERSION: u32 = 2;
+/// 3: object bytes of a `ReadObject` request travel on their own `SendObject` call (authenticated by the
+/// agent's certificate), no longer as `ObjectData` on the session stream, whose field 9 is now reserved.
+pub const AGENT_PROTOCOL_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

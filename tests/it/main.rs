@@ -14,4 +14,5 @@ mod operator_api;
 mod protocol;
 mod python_client;
 mod security;
+mod sessions;
 mod workers;

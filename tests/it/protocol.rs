@@ -14,14 +14,14 @@ use dg_tests::{
 };
 use sha2::{Digest, Sha256};
 
-const WAIT: Duration = Duration::from_secs(20);
+pub(crate) const WAIT: Duration = Duration::from_secs(20);
 
-async fn status(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
+pub(crate) async fn status(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
     Ok(c.executions.get_execution(authed(pb::GetExecutionRequest { id: id.into() }, &c.token)).await?.into_inner())
 }
 
 /// A job on a local storage of `agent` and a datasource bound to it, with `max_attempts`.
-async fn job_for(
+pub(crate) async fn job_for(
     c: &mut Clients,
     cluster: &Cluster,
     agent: &str,
@@ -40,18 +40,18 @@ async fn job_for(
     Ok((job.id, storage.id))
 }
 
-async fn run_now(c: &mut Clients, job: &str) -> anyhow::Result<String> {
+pub(crate) async fn run_now(c: &mut Clients, job: &str) -> anyhow::Result<String> {
     Ok(c.jobs.run_now(authed(pb::RunNowRequest { job_id: job.into() }, &c.token)).await?.into_inner().id)
 }
 
 /// Waits for an assignment while heartbeating with `listed` (the assignment itself is listed once it arrives).
-async fn assigned(s: &mut FakeSession) -> anyhow::Result<pb::Assign> {
+pub(crate) async fn assigned(s: &mut FakeSession) -> anyhow::Result<pb::Assign> {
     let a = s.next_assign(WAIT).await?;
     s.heartbeat(&[(a.execution_id.clone(), a.attempt)]).await?;
     Ok(a)
 }
 
-fn backup_prefix(a: &pb::Assign) -> String {
+pub(crate) fn backup_prefix(a: &pb::Assign) -> String {
     match &a.task {
         Some(pb::assign::Task::Backup(b)) => b.key_prefix.clone(),
         _ => String::new(),

@@ -37,6 +37,8 @@ pub struct ClusterOptions {
     pub orphan_grace_secs: Option<u64>,
     /// Serve Prometheus metrics on a free port.
     pub metrics: bool,
+    /// Lease of a running attempt (default: the controller's).
+    pub lease_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -48,6 +50,7 @@ impl Default for ClusterOptions {
             redis_url: None,
             orphan_grace_secs: None,
             metrics: false,
+            lease_secs: None,
         }
     }
 }
@@ -128,6 +131,7 @@ impl Cluster {
             admin_password: Some(ADMIN_PASSWORD.into()),
             ..Config::default()
         };
+        let config = Config { lease_secs: opts.lease_secs.unwrap_or(config.lease_secs), ..config };
         let controller = dg_controller::app::start(config.clone()).await?;
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &controller.ca_pem)?;

@@ -1,7 +1,8 @@
 //! A scripted fake agent: enrolled through the public API with a real certificate, it opens the real mTLS
 //! session and then does exactly what a test tells it (send a Hello listing some attempts, heartbeat with a
-//! chosen list, report chunks, results or failures, ignore a Cancel), so protocol cases run in milliseconds
-//! without a database tool. The same peer can drive fleet-scale tests.
+//! chosen list, report chunks, results or failures, ignore a Cancel, take a request and upload an object on
+//! its own `SendObject` call), so protocol cases run in milliseconds without a database tool. The same peer
+//! can drive fleet-scale tests.
 
 use std::time::Duration;
 
@@ -47,12 +48,26 @@ impl FakeAgent {
         Ok(Self { id, dir })
     }
 
-    /// Opens a session: Hello (listing `running`, as (execution id, attempt)), then waits for Welcome.
-    pub async fn connect(&self, running: &[(String, u32)]) -> anyhow::Result<FakeSession> {
+    async fn client(&self) -> anyhow::Result<AgentSessionServiceClient<tonic::transport::Channel>> {
         let state = self.dir.load()?;
         let identity = Identity::from_pem(self.dir.read("cert.pem")?, self.dir.read("key.pem")?);
         let channel = enroll::channel(&state.agent_endpoint, &self.dir.read("ca.pem")?, Some(identity)).await?;
-        let mut client = AgentSessionServiceClient::new(channel);
+        Ok(AgentSessionServiceClient::new(channel))
+    }
+
+    /// Uploads an object for a read request on a `SendObject` call of its own, as these pieces (the first
+    /// names the request); the controller's answer or its status.
+    pub async fn send_object(
+        &self,
+        pieces: Vec<pb::ObjectChunk>,
+    ) -> anyhow::Result<Result<pb::SendObjectResponse, tonic::Status>> {
+        let mut client = self.client().await?;
+        Ok(client.send_object(tokio_stream::iter(pieces)).await.map(tonic::Response::into_inner))
+    }
+
+    /// Opens a session: Hello (listing `running`, as (execution id, attempt)), then waits for Welcome.
+    pub async fn connect(&self, running: &[(String, u32)]) -> anyhow::Result<FakeSession> {
+        let mut client = self.client().await?;
         let (tx, rx) = mpsc::channel(64);
         tx.send(pb::AgentMessage {
             report_seq: 0,
@@ -116,12 +131,8 @@ impl FakeSession {
     pub async fn next(&mut self, limit: Duration) -> anyhow::Result<pb::controller_message::Kind> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let m = tokio::time::timeout_at(deadline, self.inbound.message())
-                .await
-                .map_err(|_| anyhow::anyhow!("no controller message within {limit:?}"))??
-                .ok_or_else(|| anyhow::anyhow!("session closed by the controller"))?;
-            match m.kind {
-                Some(pb::controller_message::Kind::Request(r)) => {
+            match self.next_until(deadline, limit).await? {
+                pb::controller_message::Kind::Request(r) => {
                     let resp = pb::AgentResponse {
                         request_id: r.request_id,
                         error: "fake agent: requests are not scripted".into(),
@@ -129,6 +140,37 @@ impl FakeSession {
                     };
                     self.send(Kind::Response(resp)).await?;
                 }
+                k => return Ok(k),
+            }
+        }
+    }
+
+    /// The next request within `limit`, for the test to answer (other messages but Acks and Aborts are an
+    /// error).
+    pub async fn next_request(&mut self, limit: Duration) -> anyhow::Result<pb::AgentRequest> {
+        match self.next_until(tokio::time::Instant::now() + limit, limit).await? {
+            pb::controller_message::Kind::Request(r) => Ok(r),
+            other => anyhow::bail!("expected a request, got {other:?}"),
+        }
+    }
+
+    /// Answers a request.
+    pub async fn respond(&self, response: pb::AgentResponse) -> anyhow::Result<()> {
+        self.send(Kind::Response(response)).await
+    }
+
+    /// The next message other than Acks and Aborts (collected), before `deadline`.
+    async fn next_until(
+        &mut self,
+        deadline: tokio::time::Instant,
+        limit: Duration,
+    ) -> anyhow::Result<pb::controller_message::Kind> {
+        loop {
+            let m = tokio::time::timeout_at(deadline, self.inbound.message())
+                .await
+                .map_err(|_| anyhow::anyhow!("no controller message within {limit:?}"))??
+                .ok_or_else(|| anyhow::anyhow!("session closed by the controller"))?;
+            match m.kind {
                 Some(pb::controller_message::Kind::Ack(a)) => self.acks.push(a),
                 Some(pb::controller_message::Kind::Abort(a)) => self.aborts.push(a),
                 Some(k) => return Ok(k),

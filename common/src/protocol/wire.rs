@@ -453,7 +453,7 @@ pub fn report_of(m: pb::agent_message::Kind) -> Option<ProtocolResult<AgentRepor
                 cancelled: f.cancelled,
             })
             .map_err(|e| e.within("failed")),
-        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) | Kind::ObjectData(_) => return None,
+        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) => return None,
     })
 }
 
@@ -467,7 +467,7 @@ pub fn execution_of(m: &pb::agent_message::Kind) -> Option<ExecutionRef> {
         Kind::Log(l) => l.execution.clone(),
         Kind::Completed(c) => c.execution.clone(),
         Kind::Failed(f) => f.execution.clone(),
-        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) | Kind::ObjectData(_) => None,
+        Kind::Hello(_) | Kind::Heartbeat(_) | Kind::Response(_) => None,
     }?;
     ExecutionRef::try_from(r).ok()
 }

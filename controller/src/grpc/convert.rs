@@ -29,7 +29,7 @@ pub fn dur(d: Duration) -> prost_types::Duration {
 }
 
 /// How tools are stored in `agent.tools`.
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct ToolJson {
     /// Name.
     pub name: String,

@@ -8,9 +8,6 @@ pub mod convert;
 pub mod operator;
 pub mod validate;
 
-use std::sync::Arc;
-
-use crate::session::{registry::AgentRegistry, rpc::AgentRpc};
 use crate::{
     model::Session,
     service::{
@@ -34,27 +31,10 @@ pub struct Ctx {
     pub backups: BackupsService,
     /// Health and audit reads.
     pub health: HealthService,
-    /// Requests to agents.
-    pub rpc: AgentRpc,
-    /// Sessions on this replica.
-    pub registry: AgentRegistry,
-    /// Settings agents get.
-    pub agent_settings: Arc<AgentSettings>,
     /// Audit writer.
     pub db: crate::db::Db,
     /// Metrics.
     pub metrics: crate::metrics::Metrics,
-    /// Redis coordination (agent presence).
-    pub coord: crate::service::coordination::Coordination,
-}
-
-/// Session settings sent to agents.
-#[derive(Debug, Clone)]
-pub struct AgentSettings {
-    /// Heartbeat interval.
-    pub heartbeat: std::time::Duration,
-    /// Lease extended by each heartbeat.
-    pub lease_secs: i64,
 }
 
 /// The authenticated operator of a request (inserted by the auth layer).

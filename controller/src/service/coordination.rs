@@ -97,6 +97,16 @@ impl Coordination {
         }
     }
 
+    /// Publishes a message and returns how many subscribers received it (`None`: Redis is down or did not
+    /// answer in time).
+    pub async fn publish_counted(&self, channel: &str, payload: String) -> Option<i64> {
+        if !self.is_up() {
+            return None;
+        }
+        let call = self.client.publish::<i64, _, _>(channel.to_owned(), payload);
+        tokio::time::timeout(Duration::from_secs(1), call).await.ok()?.ok()
+    }
+
     /// Records that `agent`'s session is on this replica, for `ttl` (refreshed by heartbeats).
     pub async fn set_presence(&self, agent: uuid::Uuid, ttl: Duration) {
         if self.is_up() {

@@ -18,7 +18,7 @@ use super::{
     coordination::Coordination,
     storages,
 };
-use crate::session::registry::AgentRegistry;
+use crate::session::deliver::{Delivery, Sessions};
 use crate::{
     crypto::MasterKey,
     db::Db,
@@ -50,8 +50,8 @@ pub struct DispatchTask {
     pub key: MasterKey,
     /// Datasources and jobs.
     pub catalog: CatalogService,
-    /// Sessions on this replica.
-    pub registry: AgentRegistry,
+    /// Agent sessions (dispatch assigns only agents connected to this replica).
+    pub sessions: Sessions,
     /// Wake-ups.
     pub waker: DispatchWaker,
     /// Settings.
@@ -84,7 +84,7 @@ impl DispatchTask {
         if !self.coord.is_up() {
             return Ok(()); // paused while Redis is down; queued work waits in PostgreSQL
         }
-        for agent in self.registry.connected() {
+        for agent in self.sessions.registry().connected() {
             if !self.db.running_for_agent(agent).await?.is_empty() {
                 continue;
             }
@@ -119,13 +119,17 @@ impl DispatchTask {
                     return Ok(());
                 }
             };
-            if self.registry.deliver(ex.agent_id, ToAgent::Assign(Box::new(assignment))).await {
-                info!(agent_id = %ex.agent_id, "assigned");
-                let line = format!("assigned to agent {} (attempt {})", ex.agent_id, ex.attempt);
-                self.db.append_log(ex.id, "info", &line).await?;
-            } else {
-                // The agent left between claim and send: nothing was started; retried per policy.
-                self.ender.end(&ex, ex.attempt, EndCause::DeliveryFailed).await?;
+            // An `Assign` is never relayed, so anything but `Here` means the agent left between claim and send:
+            // nothing was started; retried per policy.
+            match self.sessions.deliver(ex.agent_id, ToAgent::Assign(Box::new(assignment))).await {
+                Delivery::Here => {
+                    info!(agent_id = %ex.agent_id, "assigned");
+                    let line = format!("assigned to agent {} (attempt {})", ex.agent_id, ex.attempt);
+                    self.db.append_log(ex.id, "info", &line).await?;
+                }
+                Delivery::Relayed { .. } | Delivery::NotConnected => {
+                    self.ender.end(&ex, ex.attempt, EndCause::DeliveryFailed).await?;
+                }
             }
             Ok(())
         }

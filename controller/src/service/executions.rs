@@ -18,7 +18,10 @@ use dg_common::{
     protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout},
 };
 
-use crate::session::{ToAgent, registry::AgentRegistry};
+use crate::session::{
+    ToAgent,
+    deliver::{Delivery, Sessions},
+};
 use crate::{
     db::{BackupOutcome, ChunkRecord, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
@@ -90,7 +93,7 @@ pub struct BackupDetail {
 pub struct ExecutionsService {
     db: Db,
     waker: DispatchWaker,
-    registry: AgentRegistry,
+    sessions: Sessions,
     coord: Coordination,
     retention: RetentionHandle,
     metrics: crate::metrics::Metrics,
@@ -102,13 +105,13 @@ impl ExecutionsService {
     pub fn new(
         db: Db,
         waker: DispatchWaker,
-        registry: AgentRegistry,
+        sessions: Sessions,
         coord: Coordination,
         retention: RetentionHandle,
         metrics: crate::metrics::Metrics,
         ender: AttemptEnder,
     ) -> Self {
-        Self { db, waker, registry, coord, retention, metrics, ender }
+        Self { db, waker, sessions, coord, retention, metrics, ender }
     }
 
     fn finished(&self, operation: Operation, status: Status) {
@@ -487,8 +490,9 @@ impl ExecutionsService {
         Ok(())
     }
 
-    /// Cancels a queued execution at once, or asks the agent to stop a running one (it ends `cancelled` when
-    /// the agent confirms; an agent not connected here cannot confirm, so the attempt is ended directly).
+    /// Cancels a queued execution at once, or asks the agent to stop a running one, through whichever replica
+    /// holds its session (it ends `cancelled` when the agent confirms; an agent connected to no replica cannot
+    /// confirm, so the attempt is ended directly, and the execution's log says which of the three happened).
     pub async fn cancel(&self, id: Uuid) -> ControllerResult<Execution> {
         let ex = self.get(id).await?;
         match ex.status {
@@ -503,25 +507,27 @@ impl ExecutionsService {
                 let execution =
                     ExecutionRef { id: id.into(), attempt: Attempt(u32::try_from(ex.attempt).unwrap_or(0)) };
                 let msg = ToAgent::Cancel { execution, reason: "cancelled by an operator".into() };
-                let delivered = self.registry.deliver(ex.agent_id, msg).await;
-                let elsewhere = if delivered { None } else { self.coord.presence(ex.agent_id).await };
-                if delivered {
-                    self.db.append_log(id, "warn", "cancellation requested; stopping on the agent").await?;
-                } else if let Some(replica) = elsewhere.filter(|r| r != self.coord.replica()) {
-                    let m = super::relay::ReplicaMessage::Cancel {
-                        agent: ex.agent_id,
-                        execution: id,
-                        attempt: u32::try_from(ex.attempt).unwrap_or_default(),
-                    };
-                    let payload = serde_json::to_string(&m).unwrap_or_default();
-                    self.coord.publish(&super::coordination::replica_channel(&replica), payload).await;
-                    self.db
-                        .append_log(id, "warn", "cancellation forwarded to the replica holding the agent's session")
-                        .await?;
-                } else {
-                    let mut ex = ex.clone();
-                    ex.cancel_requested = true;
-                    self.ender.end(&ex, ex.attempt, EndCause::OperatorCancelled).await?;
+                match self.sessions.deliver(ex.agent_id, msg).await {
+                    Delivery::Here => {
+                        self.db.append_log(id, "warn", "cancellation requested; stopping on the agent").await?;
+                    }
+                    Delivery::Relayed { replica } => {
+                        let line = format!(
+                            "cancellation forwarded to the replica holding the agent's session ({replica}); \
+                             stopping on the agent"
+                        );
+                        self.db.append_log(id, "warn", &line).await?;
+                    }
+                    Delivery::NotConnected => {
+                        // Nobody can confirm: the attempt is ended here (and aborted on the agent when it
+                        // comes back and lists it).
+                        let line = "cancellation requested; the agent is not connected to any controller \
+                                    replica, so the attempt is ended without it";
+                        self.db.append_log(id, "warn", line).await?;
+                        let mut ex = ex.clone();
+                        ex.cancel_requested = true;
+                        self.ender.end(&ex, ex.attempt, EndCause::OperatorCancelled).await?;
+                    }
                 }
             }
             _ => {

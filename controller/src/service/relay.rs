@@ -1,50 +1,34 @@
-//! Messages between controller replicas over Redis pub/sub: dispatch wake-ups (work queued on one replica
-//! for an agent connected to another is assigned at once, not at the next dispatch tick) and cancellations
-//! addressed to the replica holding the agent's session. Best effort: PostgreSQL stays the source of truth,
-//! and a lost message only costs latency (wake-ups) or falls back to ending the attempt directly (cancels).
+//! The receiving end of messages between controller replicas over Redis pub/sub: dispatch wake-ups (work
+//! queued on one replica for an agent connected to another is assigned at once, not at the next dispatch
+//! tick) and the cancels and aborts [`Sessions::deliver`] relays to the replica holding the agent's session
+//! (their format is `session::deliver::ReplicaMessage`). Best effort: PostgreSQL stays the source of truth,
+//! and a lost message only costs latency (wake-ups) or leaves the attempt to its lease and reports (cancels,
+//! aborts).
 
 use std::time::Duration;
 
-use dg_common::protocol::{Attempt, ExecutionRef};
 use fred::{clients::SubscriberClient, prelude::*};
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
-use uuid::Uuid;
 
 use super::{
     coordination::{WAKE_CHANNEL, replica_channel},
     waker::DispatchWaker,
 };
-use crate::session::{ToAgent, registry::AgentRegistry};
-
-/// A message addressed to one replica.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum ReplicaMessage {
-    /// Stop an execution running on an agent connected to the receiving replica.
-    Cancel {
-        /// Agent.
-        agent: Uuid,
-        /// Execution.
-        execution: Uuid,
-        /// Attempt.
-        attempt: u32,
-    },
-}
+use crate::session::deliver::{ReplicaMessage, Sessions};
 
 /// Listens on the wake channel and on this replica's channel.
 pub struct RelayTask {
     url: String,
     replica: String,
-    registry: AgentRegistry,
+    sessions: Sessions,
     waker: DispatchWaker,
 }
 
 impl RelayTask {
     /// New task for replica `replica`.
-    pub fn new(url: String, replica: String, registry: AgentRegistry, waker: DispatchWaker) -> Self {
-        Self { url, replica, registry, waker }
+    pub fn new(url: String, replica: String, sessions: Sessions, waker: DispatchWaker) -> Self {
+        Self { url, replica, sessions, waker }
     }
 
     async fn subscriber(&self) -> Result<(SubscriberClient, tokio::task::JoinHandle<()>), fred::error::Error> {
@@ -89,13 +73,13 @@ impl RelayTask {
             }
             let Some(text) = msg.value.as_string() else { continue };
             match serde_json::from_str::<ReplicaMessage>(&text) {
-                Ok(ReplicaMessage::Cancel { agent, execution, attempt }) => {
-                    let m = ToAgent::Cancel {
-                        execution: ExecutionRef { id: execution.into(), attempt: Attempt(attempt) },
-                        reason: "cancelled by an operator (through another replica)".into(),
-                    };
-                    if self.registry.deliver(agent, m).await {
-                        info!(%execution, %agent, "cancellation relayed to the agent");
+                Ok(m) => {
+                    let (agent, command) = m.into_command();
+                    let what = command.kind();
+                    if self.sessions.deliver_here(agent, command).await {
+                        info!(%agent, command = %what, "relayed command delivered to the agent");
+                    } else {
+                        debug!(%agent, "relayed command for an agent no longer connected here");
                     }
                 }
                 Err(e) => debug!(error = %e, "unreadable relay message"),

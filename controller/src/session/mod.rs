@@ -1,10 +1,18 @@
-//! The controller's side of agent sessions: which agents are connected here ([`registry`]), what can be sent
-//! to them ([`ToAgent`], converted to the wire here and nowhere else), and short request/response exchanges
-//! ([`rpc`]). The tonic stream handler in `grpc::agent` hands each stream to this layer; services above it
-//! speak the protocol model of `dg_common::protocol`, never generated types.
+//! The controller's side of agent sessions: the opening handshake as plain functions ([`handshake`]), the
+//! session task that owns each stream ([`task`]), the cloneable [`handle::SessionHandle`] of each open session
+//! and the registry of those on this replica ([`registry`]), the one door to an agent wherever its session is
+//! ([`deliver::Sessions::deliver`]: here, relayed to the replica holding it, or "not connected"), what can be
+//! sent ([`ToAgent`], converted to the wire here and nowhere else), and short request/response exchanges
+//! with their object uploads ([`rpc`]). The tonic handlers in `grpc::agent` authenticate and hand each
+//! stream to this layer; services above it speak the protocol model of `dg_common::protocol`, never
+//! generated types.
 
+pub mod deliver;
+pub mod handle;
+pub mod handshake;
 pub mod registry;
 pub mod rpc;
+pub mod task;
 
 use dg_common::protocol::{Assignment, ExecutionRef};
 use dg_proto::v1 as pb;
@@ -35,6 +43,18 @@ pub enum ToAgent {
         /// Send it again later.
         retry_later: bool,
     },
+}
+
+impl ToAgent {
+    /// The command's name, for logs (an assignment's contents include credentials).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToAgent::Assign(_) => "assign",
+            ToAgent::Cancel { .. } => "cancel",
+            ToAgent::Abort { .. } => "abort",
+            ToAgent::Ack { .. } => "ack",
+        }
+    }
 }
 
 impl From<ToAgent> for pb::ControllerMessage {

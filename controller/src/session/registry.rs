@@ -1,5 +1,6 @@
-//! The agent sessions open on this replica: agent id -> the sender of its outbound stream. A newer session of
-//! the same agent replaces (and closes) the older one; revocation closes it.
+//! The agent sessions open on this replica: agent id -> its [`SessionHandle`]. A newer session of the same
+//! agent replaces (and closes) the older one; revocation closes it. Only the session task registers and
+//! unregisters; everyone else reads.
 
 use std::{
     collections::HashMap,
@@ -9,24 +10,16 @@ use std::{
     },
 };
 
-use dg_proto::v1::ControllerMessage;
-use tokio::sync::mpsc;
+use dg_common::ids::AgentId;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// Outbound half of an agent session.
-pub type SessionSender = mpsc::Sender<Result<ControllerMessage, tonic::Status>>;
-
-struct Entry {
-    session: u64,
-    tx: SessionSender,
-    cancel: CancellationToken,
-}
+use super::handle::{SessionHandle, SessionSender};
 
 /// Sessions open on this replica.
 #[derive(Clone, Default)]
 pub struct AgentRegistry {
-    inner: Arc<Mutex<HashMap<Uuid, Entry>>>,
+    inner: Arc<Mutex<HashMap<Uuid, SessionHandle>>>,
     next: Arc<AtomicU64>,
 }
 
@@ -37,21 +30,22 @@ impl std::fmt::Debug for AgentRegistry {
 }
 
 impl AgentRegistry {
-    /// Registers a session; closes an older session of the same agent. Returns the session number.
-    pub fn register(&self, agent: Uuid, tx: SessionSender, cancel: CancellationToken) -> u64 {
+    /// Registers a session under a fresh number; closes an older session of the same agent.
+    pub fn register(&self, agent: AgentId, tx: SessionSender, close: CancellationToken) -> SessionHandle {
         let session = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let old = self.lock().insert(agent, Entry { session, tx, cancel });
+        let handle = SessionHandle::new(agent, session, tx, close);
+        let old = self.lock().insert(agent.0, handle.clone());
         if let Some(old) = old {
-            old.cancel.cancel();
+            old.close();
         }
-        session
+        handle
     }
 
     /// Removes a session if it is still the agent's current one; returns whether it was.
-    pub fn unregister(&self, agent: Uuid, session: u64) -> bool {
+    pub fn unregister(&self, handle: &SessionHandle) -> bool {
         let mut map = self.lock();
-        if map.get(&agent).is_some_and(|e| e.session == session) {
-            map.remove(&agent);
+        if map.get(&handle.agent().0).is_some_and(|e| e.session() == handle.session()) {
+            map.remove(&handle.agent().0);
             true
         } else {
             false
@@ -61,21 +55,13 @@ impl AgentRegistry {
     /// Closes an agent's session (revocation).
     pub fn disconnect(&self, agent: Uuid) {
         if let Some(e) = self.lock().remove(&agent) {
-            e.cancel.cancel();
+            e.close();
         }
     }
 
-    /// Sends a command to an agent connected here; false when it is not (or its session just closed).
-    pub async fn deliver(&self, agent: Uuid, m: super::ToAgent) -> bool {
-        match self.sender(agent) {
-            Some(tx) => tx.send(Ok(m.into())).await.is_ok(),
-            None => false,
-        }
-    }
-
-    /// The outbound sender of an agent's session.
-    pub fn sender(&self, agent: Uuid) -> Option<SessionSender> {
-        self.lock().get(&agent).map(|e| e.tx.clone())
+    /// The handle of an agent's session on this replica.
+    pub fn handle(&self, agent: Uuid) -> Option<SessionHandle> {
+        self.lock().get(&agent).cloned()
     }
 
     /// Agents with a session on this replica.
@@ -83,7 +69,7 @@ impl AgentRegistry {
         self.lock().keys().copied().collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, SessionHandle>> {
         // A poisoned map is still a valid map: every mutation is a single insert or remove.
         self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }

@@ -1,8 +1,11 @@
 //! Short request/response exchanges with an agent over its session (tests, object reads and deletes on the
 //! agent's host). A request is registered under a fresh id, sent as `AgentRequest`, and completed when the
-//! agent's `AgentResponse` with that id arrives; object reads also receive `ObjectData` pieces first. Callers
-//! use the typed operations ([`AgentRpc::test_database`], [`AgentRpc::test_storage`], [`AgentRpc::read`],
-//! [`AgentRpc::delete`]); the wire messages stay in this module.
+//! agent's `AgentResponse` with that id arrives. The bytes of an object read do not travel on the session:
+//! the agent opens a `SendObject` call for the request, whose handler takes the read's bounded data channel
+//! with [`AgentRpc::accept_object`] (once, and only for the agent the request was sent to), so a slow reader
+//! throttles that call alone, never the session's heartbeats and reports. Callers use the typed operations
+//! ([`AgentRpc::test_database`], [`AgentRpc::test_storage`], [`AgentRpc::read`], [`AgentRpc::delete`]); the
+//! wire messages stay in this module.
 
 use std::{
     collections::HashMap,
@@ -11,8 +14,12 @@ use std::{
 };
 
 use bytes::Bytes;
-use dg_common::protocol::{DatabaseTarget, StorageTarget};
-use dg_proto::v1::{self as pb, agent_request, controller_message};
+use dg_common::{
+    error::FieldError,
+    ids::AgentId,
+    protocol::{DatabaseTarget, StorageTarget},
+};
+use dg_proto::v1::{self as pb, agent_request};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
@@ -21,6 +28,8 @@ use crate::error::{ControllerError, ControllerResult};
 
 /// How long an agent gets to answer a test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Pieces of an object read buffered between its `SendObject` call and the reader (at most 1 MiB each).
+const READ_BUFFER: usize = 4;
 
 /// An agent's answer to a connection or storage test.
 #[derive(Clone, Debug)]
@@ -42,7 +51,9 @@ impl TestReport {
 }
 
 struct Pending {
+    agent: AgentId,
     reply: oneshot::Sender<pb::AgentResponse>,
+    /// A read's data channel, until the agent's `SendObject` call takes it.
     data: Option<mpsc::Sender<Bytes>>,
 }
 
@@ -87,20 +98,15 @@ impl AgentRpc {
         kind: agent_request::Kind,
         data: Option<mpsc::Sender<Bytes>>,
     ) -> ControllerResult<(String, oneshot::Receiver<pb::AgentResponse>)> {
-        let tx = self
+        let session = self
             .registry
-            .sender(agent)
+            .handle(agent)
             .ok_or_else(|| ControllerError::Unavailable(format!("agent {agent} is not connected")))?;
         let id = Uuid::new_v4().to_string();
         let (reply, rx) = oneshot::channel();
-        self.lock().insert(id.clone(), Pending { reply, data });
-        let msg = pb::ControllerMessage {
-            kind: Some(controller_message::Kind::Request(pb::AgentRequest {
-                request_id: id.clone(),
-                kind: Some(kind),
-            })),
-        };
-        if tx.send(Ok(msg)).await.is_err() {
+        self.lock().insert(id.clone(), Pending { agent: AgentId(agent), reply, data });
+        let request = pb::AgentRequest { request_id: id.clone(), kind: Some(kind) };
+        if session.request(request).await.is_err() {
             self.lock().remove(&id);
             return Err(ControllerError::Unavailable(format!("agent {agent} disconnected")));
         }
@@ -133,7 +139,7 @@ impl AgentRpc {
         storage: StorageTarget,
         key: String,
     ) -> ControllerResult<(mpsc::Receiver<Bytes>, oneshot::Receiver<Result<u64, String>>, ReadGuard)> {
-        let (data_tx, data_rx) = mpsc::channel(4);
+        let (data_tx, data_rx) = mpsc::channel(READ_BUFFER);
         let kind = agent_request::Kind::ReadObject(pb::ReadObject { storage: Some(storage.into()), key });
         let (id, rx) = self.send(agent, kind, Some(data_tx)).await?;
         let (done_tx, done_rx) = oneshot::channel();
@@ -227,12 +233,66 @@ impl AgentRpc {
         }
     }
 
-    /// Object bytes arrived. Waits while the reader is slow (bounded buffer).
-    pub async fn on_data(&self, d: pb::ObjectData) {
-        let tx = self.lock().get(&d.request_id).and_then(|p| p.data.clone());
-        if let Some(tx) = tx {
-            let _ = tx.send(Bytes::from(d.data)).await;
+    /// The data channel of read `request_id`, for the `SendObject` call of `agent`: refused when no read is
+    /// pending under that id (unknown, answered or abandoned: `NOT_FOUND`), when it was sent to another agent
+    /// (`PERMISSION_DENIED`), or when a call already took it (`FAILED_PRECONDITION`). The channel is bounded:
+    /// sending waits while the reader is slow, which stops reading the call and lets HTTP/2 flow control
+    /// throttle the agent. The read's bytes end when the returned sender is dropped.
+    pub fn accept_object(&self, agent: AgentId, request_id: &str) -> ControllerResult<mpsc::Sender<Bytes>> {
+        let mut pending = self.lock();
+        let p = pending
+            .get_mut(request_id)
+            .ok_or_else(|| ControllerError::NotFound(format!("read request {request_id:?}")))?;
+        if p.agent != agent {
+            return Err(ControllerError::PermissionDenied(format!(
+                "read request {request_id:?} was not sent to agent {agent}"
+            )));
         }
+        p.data.take().ok_or_else(|| {
+            ControllerError::FailedPrecondition(format!("read request {request_id:?} has no object to receive"))
+        })
+    }
+}
+
+/// Largest piece of a `SendObject` call.
+pub const MAX_PIECE: usize = 1024 * 1024;
+
+impl AgentRpc {
+    /// Receives one `SendObject` call of `agent`: its first message names the read request, and every piece
+    /// goes into that read's bounded channel, waiting while the reader is slow. Returns the bytes received.
+    pub async fn receive_object(
+        &self,
+        agent: AgentId,
+        mut call: tonic::Streaming<pb::ObjectChunk>,
+    ) -> ControllerResult<u64> {
+        let first = call
+            .message()
+            .await
+            .map_err(|s| ControllerError::Unavailable(format!("object upload: {}", s.message())))?
+            .ok_or_else(|| FieldError::new("request_id", "the first message must name the read request"))?;
+        if first.request_id.is_empty() {
+            return Err(FieldError::new("request_id", "is required in the first message").into());
+        }
+        let request_id = first.request_id.clone();
+        let data = self.accept_object(agent, &request_id)?;
+        let mut received = 0u64;
+        let mut next = Some(first);
+        while let Some(piece) = next {
+            if piece.data.len() > MAX_PIECE {
+                return Err(FieldError::new("data", "must be at most 1 MiB per message").into());
+            }
+            received += piece.data.len() as u64;
+            if !piece.data.is_empty() && data.send(Bytes::from(piece.data)).await.is_err() {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "read request {request_id:?} was abandoned by its reader"
+                )));
+            }
+            next = call
+                .message()
+                .await
+                .map_err(|s| ControllerError::Unavailable(format!("object upload: {}", s.message())))?;
+        }
+        Ok(received)
     }
 }
 
