@@ -20,14 +20,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig, server::TcpIncoming};
 use tracing::info;
 
-use crate::session::{
-    deliver::Sessions,
-    registry::AgentRegistry,
-    rpc::AgentRpc,
-    task::{AgentSettings, SessionEnv},
-};
+use crate::grpc::agent::task::{AgentSettings, SessionEnv};
+use crate::session::{deliver::Sessions, registry::AgentRegistry, rpc::AgentRpc};
 use crate::{
     config::Config,
+    coordination::{Coordination, RedisWatchTask},
     db::Db,
     grpc::{
         Ctx,
@@ -42,7 +39,6 @@ use crate::{
         auth::AuthService,
         backups::BackupsService,
         catalog::CatalogService,
-        coordination::{Coordination, RedisWatchTask},
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask, redis_client},

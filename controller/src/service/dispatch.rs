@@ -15,11 +15,11 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{
     attempts::{AttemptEnder, EndCause},
     catalog::CatalogService,
-    coordination::Coordination,
     storages,
 };
 use crate::session::deliver::{Delivery, Sessions};
 use crate::{
+    coordination::Coordination,
     crypto::MasterKey,
     db::Db,
     error::{ControllerError, ControllerResult},

@@ -9,7 +9,6 @@ use uuid::Uuid;
 use super::{
     attempts::{AttemptEnder, EndCause},
     commit::{self, CommitPlan},
-    coordination::Coordination,
     retention::RetentionHandle,
     waker::DispatchWaker,
 };
@@ -23,6 +22,7 @@ use crate::session::{
     deliver::{Delivery, Sessions},
 };
 use crate::{
+    coordination::Coordination,
     db::{BackupOutcome, ChunkRecord, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
     model::{Chunk, Execution, LogLine, Operation, Status},
@@ -147,7 +147,7 @@ impl ExecutionsService {
             .await?;
         self.db.append_log(ex.id, "info", &format!("queued by RunNow of job {}", job.name)).await?;
         self.waker.wake();
-        self.coord.publish(super::coordination::WAKE_CHANNEL, "wake".into()).await;
+        self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
         Ok(ex)
     }
 
@@ -222,7 +222,7 @@ impl ExecutionsService {
             .append_log(ex.id, "info", &format!("{what} of backup {} into database {database} queued", backup.id))
             .await?;
         self.waker.wake();
-        self.coord.publish(super::coordination::WAKE_CHANNEL, "wake".into()).await;
+        self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
         Ok(ex)
     }
 

@@ -7,7 +7,6 @@ pub mod auth;
 pub mod backups;
 pub mod catalog;
 pub mod commit;
-pub mod coordination;
 pub mod dispatch;
 pub mod executions;
 pub mod health;

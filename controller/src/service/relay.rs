@@ -11,11 +11,11 @@ use fred::{clients::SubscriberClient, prelude::*};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use super::{
+use super::waker::DispatchWaker;
+use crate::{
     coordination::{WAKE_CHANNEL, replica_channel},
-    waker::DispatchWaker,
+    session::deliver::{ReplicaMessage, Sessions},
 };
-use crate::session::deliver::{ReplicaMessage, Sessions};
 
 /// Listens on the wake channel and on this replica's channel.
 pub struct RelayTask {

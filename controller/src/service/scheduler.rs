@@ -10,7 +10,8 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{coordination::Coordination, schedule, waker::DispatchWaker};
+use super::{schedule, waker::DispatchWaker};
+use crate::coordination::Coordination;
 use crate::{db::Db, error::ControllerResult};
 
 /// Redis key of the leader lock of the deployment whose CA has fingerprint `ca_fingerprint`: the replicas of

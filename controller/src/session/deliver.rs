@@ -14,7 +14,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::{ToAgent, registry::AgentRegistry};
-use crate::service::coordination::{Coordination, replica_channel};
+use crate::coordination::{Coordination, replica_channel};
 
 /// Where a command went.
 #[derive(Clone, Debug, PartialEq, Eq)]

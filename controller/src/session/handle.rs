@@ -1,6 +1,6 @@
 //! [`SessionHandle`]: the cloneable handle of one open agent session (its outbound sender, its close token
 //! and its number), with typed `assign`, `cancel`, `abort`, `ack` and `request` operations. The private
-//! task behind it is the session task (`session::task`), which owns the inbound half of the stream; the
+//! task behind it is the session task (`grpc::agent::task`), which owns the inbound half of the stream; the
 //! outbound half is the tonic response stream fed by this handle's sender. Handles are stored in the
 //! [`super::registry::AgentRegistry`]; callers that want "the agent, wherever it is" use
 //! [`super::deliver::Sessions::deliver`] instead of a handle.

@@ -1,18 +1,17 @@
-//! The controller's side of agent sessions: the opening handshake as plain functions ([`handshake`]), the
-//! session task that owns each stream ([`task`]), the cloneable [`handle::SessionHandle`] of each open session
+//! The controller's side of agent sessions, as the services see them: the cloneable [`handle::SessionHandle`]
+//! of each open session
 //! and the registry of those on this replica ([`registry`]), the one door to an agent wherever its session is
 //! ([`deliver::Sessions::deliver`]: here, relayed to the replica holding it, or "not connected"), what can be
 //! sent ([`ToAgent`], converted to the wire here and nowhere else), and short request/response exchanges
-//! with their object uploads ([`rpc`]). The tonic handlers in `grpc::agent` authenticate and hand each
-//! stream to this layer; services above it speak the protocol model of `dg_common::protocol`, never
+//! with their object uploads ([`rpc`]). The inbound side lives at the edge: `grpc::agent` authenticates,
+//! runs the opening handshake (plain functions, `grpc::agent::handshake`) and spawns the session task that
+//! owns each stream (`grpc::agent::task`), which registers its handle here; services above it speak the protocol model of `dg_common::protocol`, never
 //! generated types.
 
 pub mod deliver;
 pub mod handle;
-pub mod handshake;
 pub mod registry;
 pub mod rpc;
-pub mod task;
 
 use dg_common::protocol::{Assignment, ExecutionRef};
 use dg_proto::v1 as pb;

@@ -1,7 +1,7 @@
 //! The opening of an agent session, as plain functions: read the first message ([`read_hello`]), check it
 //! ([`accept_hello`]: it must be a Hello in a protocol version this controller speaks, listing well-formed
 //! attempts), and build the answer ([`welcome`]). Reconciling the attempts the Hello lists is the
-//! executions service's (`ExecutionsService::reconcile`), called by `session::task::open`. Every failure is
+//! executions service's (`ExecutionsService::reconcile`), called by `grpc::agent::task::open`. Every failure is
 //! a [`HandshakeError`], with one gRPC code per kind.
 
 use std::time::Duration;

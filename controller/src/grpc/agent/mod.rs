@@ -13,11 +13,11 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, info_span};
 
+use self::task::SessionEnv;
 use super::{Ctx, convert};
-use crate::session::{
-    handshake,
-    task::{self, SessionEnv},
-};
+
+mod handshake;
+pub mod task;
 
 /// Enrollment handler.
 #[derive(Clone, Debug)]

@@ -16,17 +16,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::Streaming;
 use tracing::{debug, info, warn};
 
-use super::{
-    ToAgent,
-    deliver::Sessions,
-    handle::SessionHandle,
-    handshake::{self, AgentHello},
-    rpc::AgentRpc,
-};
+use super::handshake::{self, AgentHello};
+use crate::session::{ToAgent, deliver::Sessions, handle::SessionHandle, rpc::AgentRpc};
 use crate::{
+    coordination::Coordination,
     error::{ControllerError, ControllerResult},
     metrics::Metrics,
-    service::{agents::AgentsService, coordination::Coordination, executions::ExecutionsService},
+    service::{agents::AgentsService, executions::ExecutionsService},
 };
 
 /// Controller messages waiting for an agent's stream.
