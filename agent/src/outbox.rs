@@ -12,15 +12,24 @@ use std::{
 };
 
 use dg_common::protocol::{AgentReport, ExecutionRef};
-use dg_proto::v1 as pb;
 use tokio::sync::Notify;
 
 /// How long a report answered "retry later" waits before it is sent again.
 pub const RETRY_LATER: Duration = Duration::from_secs(2);
 
+/// A report on its way out, with its number (`0`: it needs no acknowledgement). The session turns it into
+/// the wire message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Numbered {
+    /// `report_seq` on the wire.
+    pub seq: u64,
+    /// The report.
+    pub report: AgentReport,
+}
+
 struct Entry {
     execution: ExecutionRef,
-    kind: pb::agent_message::Kind,
+    report: AgentReport,
     /// Set after a "retry later": not before then.
     resend_at: Option<Instant>,
 }
@@ -72,19 +81,17 @@ impl Outbox {
         *self.lock().pending.entry(execution).or_default() += 1;
     }
 
-    /// The wire message of a report leaving now; a report that needs an acknowledgement is numbered and
-    /// kept until then.
-    pub fn stamp(&self, report: AgentReport) -> pb::AgentMessage {
+    /// A report leaving now; one that needs an acknowledgement is numbered and kept until then.
+    pub fn stamp(&self, report: AgentReport) -> Numbered {
         if !needs_ack(&report) {
-            return pb::AgentMessage { kind: Some(report.into()), report_seq: 0 };
+            return Numbered { seq: 0, report };
         }
         let execution = report.execution();
-        let kind: pb::agent_message::Kind = report.into();
         let mut s = self.lock();
         s.next_seq += 1;
         let seq = s.next_seq;
-        s.unacked.insert(seq, Entry { execution, kind: kind.clone(), resend_at: None });
-        pb::AgentMessage { kind: Some(kind), report_seq: seq }
+        s.unacked.insert(seq, Entry { execution, report: report.clone(), resend_at: None });
+        Numbered { seq, report }
     }
 
     /// The controller answered report `seq`: durable (forget it), or "retry later" (send it again soon).
@@ -113,19 +120,19 @@ impl Outbox {
     }
 
     /// Every unacknowledged report, oldest first (a new session sends them before anything else).
-    pub fn unacked(&self) -> Vec<pb::AgentMessage> {
+    pub fn unacked(&self) -> Vec<Numbered> {
         let mut s = self.lock();
         s.unacked
             .iter_mut()
             .map(|(seq, e)| {
                 e.resend_at = None;
-                pb::AgentMessage { kind: Some(e.kind.clone()), report_seq: *seq }
+                Numbered { seq: *seq, report: e.report.clone() }
             })
             .collect()
     }
 
     /// Reports answered "retry later" whose wait is over.
-    pub fn due(&self) -> Vec<pb::AgentMessage> {
+    pub fn due(&self) -> Vec<Numbered> {
         let now = Instant::now();
         let mut s = self.lock();
         s.unacked
@@ -133,7 +140,7 @@ impl Outbox {
             .filter(|(_, e)| e.resend_at.is_some_and(|t| t <= now))
             .map(|(seq, e)| {
                 e.resend_at = None;
-                pb::AgentMessage { kind: Some(e.kind.clone()), report_seq: *seq }
+                Numbered { seq: *seq, report: e.report.clone() }
             })
             .collect()
     }
@@ -201,19 +208,19 @@ mod tests {
         let a = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(1) };
         let b = ExecutionRef { id: ExecutionId::new(), attempt: Attempt(3) };
         let log = AgentReport::Log(LogReport { execution: a, level: LogLevel::Info, message: "x".into() });
-        assert_eq!(o.stamp(log).report_seq, 0, "a log line is not acknowledged");
+        assert_eq!(o.stamp(log).seq, 0, "a log line is not acknowledged");
         for (e, seq) in [(a, 0), (b, 0), (a, 1)] {
             o.track(e);
-            assert!(o.stamp(chunk(e, seq)).report_seq > 0);
+            assert!(o.stamp(chunk(e, seq)).seq > 0);
         }
-        let resent: Vec<u64> = o.unacked().iter().map(|m| m.report_seq).collect();
+        let resent: Vec<u64> = o.unacked().iter().map(|m| m.seq).collect();
         assert_eq!(resent, vec![1, 2, 3], "oldest first");
 
         // "Retry later" keeps the report and makes it due after the wait.
         o.ack(2, true);
         assert!(o.due().is_empty());
         o.lock().unacked.get_mut(&2).expect("kept").resend_at = Some(Instant::now());
-        assert_eq!(o.due().iter().map(|m| m.report_seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(o.due().iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2]);
 
         // Attempt a settles when both of its reports are acknowledged; b is unaffected.
         let waiter = tokio::spawn({
@@ -225,7 +232,7 @@ mod tests {
         assert!(!waiter.is_finished(), "one report of a is still unacknowledged");
         o.ack(3, false);
         tokio::time::timeout(Duration::from_secs(2), waiter).await.expect("settles").expect("join");
-        assert_eq!(o.unacked().iter().map(|m| m.report_seq).collect::<Vec<_>>(), vec![2]);
+        assert_eq!(o.unacked().iter().map(|m| m.seq).collect::<Vec<_>>(), vec![2]);
 
         // An aborted attempt's reports are dropped and it counts as settled.
         o.forget(b);

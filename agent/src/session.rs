@@ -38,7 +38,7 @@ use crate::{
     enroll,
     error::ConnectionError,
     executor::Executor,
-    outbox::Outbox,
+    outbox::{Numbered, Outbox},
     report::Outbound,
     state::{AgentState, StateDir},
     tools,
@@ -184,11 +184,16 @@ struct ReportForwardTask {
     outbound: mpsc::Sender<pb::AgentMessage>,
 }
 
+/// A numbered report as the wire message.
+fn wire_report(m: Numbered) -> pb::AgentMessage {
+    pb::AgentMessage { kind: Some(m.report.into()), report_seq: m.seq }
+}
+
 impl ReportForwardTask {
     async fn run(self) {
         let mut queue = self.queue.lock().await;
         for m in self.outbox.unacked() {
-            if self.outbound.send(m).await.is_err() {
+            if self.outbound.send(wire_report(m)).await.is_err() {
                 return;
             }
         }
@@ -197,7 +202,7 @@ impl ReportForwardTask {
         loop {
             let messages = tokio::select! {
                 next = queue.recv() => match next {
-                    Some(Outbound::Report(report)) => vec![self.outbox.stamp(report)],
+                    Some(Outbound::Report(report)) => vec![wire_report(self.outbox.stamp(report))],
                     Some(Outbound::Heartbeat(running)) => vec![pb::AgentMessage {
                         kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
                             sent_at: None,
@@ -207,7 +212,7 @@ impl ReportForwardTask {
                     }],
                     None => return,
                 },
-                _ = retry.tick() => self.outbox.due(),
+                _ = retry.tick() => self.outbox.due().into_iter().map(wire_report).collect(),
             };
             for m in messages {
                 if self.outbound.send(m).await.is_err() {

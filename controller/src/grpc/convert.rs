@@ -97,7 +97,7 @@ pub fn storage(s: &model::Storage) -> pb::Storage {
         id: s.id.to_string(),
         name: s.name.clone(),
         kind: kind as i32,
-        config: storages::public_config(s),
+        config: storage_config(s),
         created_at: Some(ts(s.created_at)),
         has_credentials: s.credentials_ciphertext.is_some(),
         updated_at: Some(ts(s.updated_at)),
@@ -262,4 +262,38 @@ pub fn engine_pb(e: crate::model::Engine) -> pb::Engine {
         crate::model::Engine::Mysql => pb::Engine::Mysql,
         crate::model::Engine::Mariadb => pb::Engine::Mariadb,
     }
+}
+
+/// The operator view of a storage's configuration (no secrets).
+fn storage_config(s: &model::Storage) -> Option<pb::storage::Config> {
+    let p = storages::public(s);
+    Some(match s.kind {
+        model::StorageKind::Local => pb::storage::Config::Local(pb::LocalStorageConfig {
+            path: p.path,
+            agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
+        }),
+        model::StorageKind::S3 => pb::storage::Config::S3(pb::S3StorageConfig {
+            endpoint: p.endpoint,
+            region: p.region,
+            bucket: p.bucket,
+            prefix: p.prefix,
+            path_style: p.path_style,
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            allow_http: p.allow_http,
+        }),
+        model::StorageKind::Gcs => pb::storage::Config::Gcs(pb::GcsStorageConfig {
+            bucket: p.bucket,
+            prefix: p.prefix,
+            service_account_key: String::new(),
+            endpoint: p.endpoint,
+        }),
+        model::StorageKind::Azure => pb::storage::Config::Azure(pb::AzureStorageConfig {
+            account: p.account,
+            container: p.container,
+            prefix: p.prefix,
+            access_key: String::new(),
+            endpoint: p.endpoint,
+        }),
+    })
 }

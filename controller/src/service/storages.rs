@@ -3,7 +3,6 @@
 //! agent or opened by the controller.
 
 use dg_common::store::StoreConfig;
-use dg_proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -81,27 +80,36 @@ struct Secrets {
     secret: String,
 }
 
-/// Non-secret configuration as stored in `storage.config`.
+/// Non-secret configuration as stored in `storage.config` (the operator view shows exactly this).
 #[derive(Default, Serialize, Deserialize)]
-struct Public {
+pub struct PublicConfig {
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    path: String,
+    /// See the storage kind's configuration message.
+    pub path: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    endpoint: String,
+    /// See the storage kind's configuration message.
+    pub endpoint: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    region: String,
+    /// See the storage kind's configuration message.
+    pub region: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    bucket: String,
+    /// See the storage kind's configuration message.
+    pub bucket: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    prefix: String,
+    /// See the storage kind's configuration message.
+    pub prefix: String,
     #[serde(default)]
-    path_style: bool,
+    /// See the storage kind's configuration message.
+    pub path_style: bool,
     #[serde(default)]
-    allow_http: bool,
+    /// See the storage kind's configuration message.
+    pub allow_http: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    account: String,
+    /// See the storage kind's configuration message.
+    pub account: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
-    container: String,
+    /// See the storage kind's configuration message.
+    pub container: String,
 }
 
 impl StorageSpec {
@@ -129,7 +137,7 @@ impl StorageSpec {
 
     /// Fills `storage`'s kind, config, agent and (when given) encrypted credentials from this spec.
     pub fn apply(&self, storage: &mut Storage, key: &MasterKey) -> ControllerResult<()> {
-        let mut p = Public::default();
+        let mut p = PublicConfig::default();
         storage.agent_id = None;
         match self {
             StorageSpec::Local { path, agent_id } => {
@@ -161,7 +169,8 @@ impl StorageSpec {
     }
 }
 
-fn public(s: &Storage) -> Public {
+/// The non-secret configuration of a storage.
+pub fn public(s: &Storage) -> PublicConfig {
     serde_json::from_value(s.config.clone()).unwrap_or_default()
 }
 
@@ -173,40 +182,6 @@ fn secrets(s: &Storage, key: &MasterKey) -> ControllerResult<Secrets> {
         }
         None => Ok(Secrets::default()),
     }
-}
-
-/// The operator view of a storage's configuration (no secrets).
-pub fn public_config(s: &Storage) -> Option<pb::storage::Config> {
-    let p = public(s);
-    Some(match s.kind {
-        StorageKind::Local => pb::storage::Config::Local(pb::LocalStorageConfig {
-            path: p.path,
-            agent_id: s.agent_id.map(|a| a.to_string()).unwrap_or_default(),
-        }),
-        StorageKind::S3 => pb::storage::Config::S3(pb::S3StorageConfig {
-            endpoint: p.endpoint,
-            region: p.region,
-            bucket: p.bucket,
-            prefix: p.prefix,
-            path_style: p.path_style,
-            access_key_id: String::new(),
-            secret_access_key: String::new(),
-            allow_http: p.allow_http,
-        }),
-        StorageKind::Gcs => pb::storage::Config::Gcs(pb::GcsStorageConfig {
-            bucket: p.bucket,
-            prefix: p.prefix,
-            service_account_key: String::new(),
-            endpoint: p.endpoint,
-        }),
-        StorageKind::Azure => pb::storage::Config::Azure(pb::AzureStorageConfig {
-            account: p.account,
-            container: p.container,
-            prefix: p.prefix,
-            access_key: String::new(),
-            endpoint: p.endpoint,
-        }),
-    })
 }
 
 /// The full configuration (with credentials) the controller opens cloud storages with.
@@ -284,7 +259,7 @@ mod tests {
         spec.apply(&mut s, &key).expect("apply");
         let stored = format!("{} {:?}", s.config, s.credentials_ciphertext);
         assert!(!stored.contains("s3cr3t-value") && !stored.contains("AKID-1"), "{stored}");
-        let public = format!("{:?}", public_config(&s));
+        let public = format!("{:?}", serde_json::to_string(&public(&s)));
         assert!(!public.contains("s3cr3t-value") && !public.contains("AKID-1"));
         // An update without keys keeps the stored ones.
         let no_keys = StorageSpec::S3 {
