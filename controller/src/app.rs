@@ -201,8 +201,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let op = OperatorSvc::new(ctx.clone());
+    let handshake = Duration::from_secs(config.tls_handshake_timeout_secs);
+    let secs = |s: u64| (s > 0).then(|| Duration::from_secs(s));
     let api = Server::builder()
-        .tls_config(ServerTlsConfig::new().identity(identity.clone()))?
+        .tls_config(ServerTlsConfig::new().identity(identity.clone()).timeout(handshake))?
+        .tcp_keepalive(secs(config.api_tcp_keepalive_secs))
+        .http2_keepalive_interval(secs(config.api_http2_keepalive_secs))
+        .http2_keepalive_timeout(secs(config.api_http2_keepalive_secs))
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
         .layer(AuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -229,9 +236,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     // Agent sessions: mTLS with the controller CA as the only client root. The connection window is several
     // stream windows wide, so object uploads a slow reader holds back (one stream window each) never take
     // the whole window of a connection.
-    let agent_tls = ServerTlsConfig::new().identity(identity).client_ca_root(Certificate::from_pem(pki.ca_pem()));
+    let agent_tls = ServerTlsConfig::new()
+        .identity(identity)
+        .client_ca_root(Certificate::from_pem(pki.ca_pem()))
+        .timeout(handshake);
     let agent_server = Server::builder()
         .tls_config(agent_tls)?
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .initial_stream_window_size(Some(STREAM_WINDOW))

@@ -62,6 +62,16 @@ pub struct Config {
     /// OTLP gRPC endpoint for traces; none disables export.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<String>,
+    /// A client that has not finished its TLS handshake this long after connecting is dropped (both ports).
+    pub tls_handshake_timeout_secs: u64,
+    /// TCP keepalive on operator connections (0: off).
+    pub api_tcp_keepalive_secs: u64,
+    /// HTTP/2 keepalive pings on operator connections (0: off); a ping unanswered as long closes it.
+    pub api_http2_keepalive_secs: u64,
+    /// Concurrent HTTP/2 streams a client may open on one connection (both ports).
+    pub max_concurrent_streams: u32,
+    /// Requests served at once per connection (both ports); more wait.
+    pub concurrency_per_connection: usize,
     /// Admin user created at start when no admin exists and a password is configured.
     pub admin_username: String,
     /// Password of that bootstrap admin.
@@ -92,6 +102,11 @@ impl Default for Config {
             upload_concurrency: 2,
             compression_workers: 2,
             log_format: "text".into(),
+            tls_handshake_timeout_secs: 10,
+            api_tcp_keepalive_secs: 60,
+            api_http2_keepalive_secs: 30,
+            max_concurrent_streams: 128,
+            concurrency_per_connection: 64,
             metrics_listen: None,
             otlp_endpoint: None,
             admin_username: "admin".into(),
@@ -136,6 +151,14 @@ impl Config {
         if !(1..=32).contains(&self.upload_concurrency) || self.compression_workers > 16 {
             return Err(ConfigError::Invalid(
                 "upload_concurrency must be 1-32 and compression_workers at most 16".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.tls_handshake_timeout_secs) {
+            return Err(ConfigError::Invalid("tls_handshake_timeout_secs must be 1-300".into()));
+        }
+        if self.max_concurrent_streams == 0 || self.concurrency_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_streams and concurrency_per_connection must be at least 1".into(),
             ));
         }
         if self.log_format != "text" && self.log_format != "json" {

@@ -15,4 +15,5 @@ mod protocol;
 mod python_client;
 mod security;
 mod sessions;
+mod transport;
 mod workers;

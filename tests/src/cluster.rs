@@ -39,6 +39,8 @@ pub struct ClusterOptions {
     pub metrics: bool,
     /// Lease of a running attempt (default: the controller's).
     pub lease_secs: Option<u64>,
+    /// TLS handshake timeout of both ports (default: the controller's).
+    pub tls_handshake_timeout_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -51,6 +53,7 @@ impl Default for ClusterOptions {
             orphan_grace_secs: None,
             metrics: false,
             lease_secs: None,
+            tls_handshake_timeout_secs: None,
         }
     }
 }
@@ -129,6 +132,7 @@ impl Cluster {
             retention_interval_secs: if opts.orphan_grace_secs.is_some() { 1 } else { 3600 },
             heartbeat_interval_secs: 2,
             admin_password: Some(ADMIN_PASSWORD.into()),
+            tls_handshake_timeout_secs: opts.tls_handshake_timeout_secs.unwrap_or(10),
             ..Config::default()
         };
         let config = Config { lease_secs: opts.lease_secs.unwrap_or(config.lease_secs), ..config };

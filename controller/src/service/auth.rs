@@ -1,16 +1,12 @@
 //! Operator authentication: the single admin user (argon2), session tokens (random, stored as sha256,
 //! expiring, revocable).
 
-use std::{
-    collections::HashMap,
-    net::IpAddr,
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::{net::IpAddr, time::Duration};
 
 use chrono::{DateTime, Utc};
 use dg_common::error::FieldError;
 
+use super::login_limit::{LoginLimits, Refusal};
 use crate::{
     crypto,
     db::Db,
@@ -27,48 +23,12 @@ pub struct IssuedSession {
     pub expires_at: DateTime<Utc>,
 }
 
-/// Failed logins allowed per client within [`LOGIN_WINDOW`] before further attempts are refused.
-pub const LOGIN_FAILURES: u32 = 5;
-/// Window of the login rate limit.
-pub const LOGIN_WINDOW: Duration = Duration::from_secs(15 * 60);
-
-/// Failed-login counters per client address (per replica; a restart forgets them).
-#[derive(Clone, Debug, Default)]
-struct LoginLimiter {
-    failures: Arc<Mutex<HashMap<IpAddr, (u32, Instant)>>>,
-}
-
-impl LoginLimiter {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (u32, Instant)>> {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Seconds to wait when the client is over the limit.
-    fn blocked(&self, ip: IpAddr) -> Option<u64> {
-        let mut map = self.lock();
-        map.retain(|_, (_, since)| since.elapsed() < LOGIN_WINDOW);
-        map.get(&ip)
-            .filter(|(n, _)| *n >= LOGIN_FAILURES)
-            .map(|(_, since)| LOGIN_WINDOW.saturating_sub(since.elapsed()).as_secs().max(1))
-    }
-
-    fn failed(&self, ip: IpAddr) {
-        let mut map = self.lock();
-        let e = map.entry(ip).or_insert((0, Instant::now()));
-        e.0 += 1;
-    }
-
-    fn succeeded(&self, ip: IpAddr) {
-        self.lock().remove(&ip);
-    }
-}
-
 /// Authentication service.
 #[derive(Clone, Debug)]
 pub struct AuthService {
     db: Db,
     session_ttl: Duration,
-    limiter: LoginLimiter,
+    limits: LoginLimits,
 }
 
 const BAD_CREDENTIALS: &str = "invalid user name or password";
@@ -76,7 +36,7 @@ const BAD_CREDENTIALS: &str = "invalid user name or password";
 impl AuthService {
     /// New service.
     pub fn new(db: Db, session_ttl: Duration) -> Self {
-        Self { db, session_ttl, limiter: LoginLimiter::default() }
+        Self { db, session_ttl, limits: LoginLimits::default() }
     }
 
     /// Creates the configured admin when none exists (start-up bootstrap).
@@ -107,44 +67,47 @@ impl AuthService {
         self.issue(id).await
     }
 
-    /// Exchanges credentials for a session. Repeated failures from one client address are refused with
-    /// `RESOURCE_EXHAUSTED` for the rest of the window.
+    /// Exchanges credentials for a session. Each attempt is counted before its password is hashed (see
+    /// [`LoginLimits`]): over a budget, or with too many hashes running, it is refused with
+    /// `RESOURCE_EXHAUSTED` at once.
     pub async fn login(
         &self,
         client: Option<IpAddr>,
         username: &str,
         password: &str,
     ) -> ControllerResult<IssuedSession> {
-        if let Some(ip) = client
-            && let Some(wait) = self.limiter.blocked(ip)
-        {
-            return Err(ControllerError::ResourceExhausted(format!("too many failed logins; retry in {wait} s")));
-        }
+        let permit = self.limits.admit(username, client).map_err(|r| match r {
+            Refusal::RetryIn(d) => ControllerError::ResourceExhausted(format!(
+                "too many login attempts; retry in {} s",
+                d.as_secs().max(1)
+            )),
+            Refusal::Busy => {
+                ControllerError::ResourceExhausted("too many logins in progress; retry in a second".into())
+            }
+        })?;
         let user = self.db.admin_by_name(username).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone());
         let pw = password.to_owned();
         // Verify even for an unknown user so timing does not reveal which names exist.
-        let ok = tokio::task::spawn_blocking(move || match phc {
-            Some(h) => crypto::verify_password(&pw, &h),
-            None => {
-                let _ = crypto::verify_password(&pw, DUMMY_HASH);
-                false
-            }
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = match phc {
+                Some(h) => crypto::verify_password(&pw, &h),
+                None => {
+                    let _ = crypto::verify_password(&pw, DUMMY_HASH);
+                    false
+                }
+            };
+            drop(permit);
+            ok
         })
         .await
         .unwrap_or(false);
         match user {
             Some(u) if ok => {
-                if let Some(ip) = client {
-                    self.limiter.succeeded(ip);
-                }
                 self.db.audit(&u.username, "auth.login", "session", None, "ok").await?;
                 self.issue(u.id).await
             }
             _ => {
-                if let Some(ip) = client {
-                    self.limiter.failed(ip);
-                }
                 self.db.audit("anonymous", "auth.login", "session", None, "error: Unauthenticated").await?;
                 Err(ControllerError::Unauthenticated(BAD_CREDENTIALS.into()))
             }

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod dispatch;
 pub mod executions;
 pub mod health;
+pub mod login_limit;
 pub mod relay;
 pub mod retention;
 pub mod schedule;

@@ -1,0 +1,121 @@
+//! Limits on password logins, checked before any password is hashed: a global cap on hashes running at once
+//! (argon2 holds about 19 MiB each; beyond the cap a login is refused at once), and two rate limits
+//! (`governor`, GCRA): per client address (against one client spraying names) and per user name *and*
+//! address (against guessing one account). An attacker exhausts only the budgets keyed by its own address,
+//! so an operator who types the right password from elsewhere still logs in; behind a NAT or a load
+//! balancer everyone shares one address, and the per-account budget still keeps one attacker from locking
+//! out other accounts. Budgets are per replica and forgotten on restart.
+
+use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Password hashes evaluated at once on one replica.
+pub const MAX_CONCURRENT_HASHES: usize = 4;
+/// Attempts per user name and client address before the budget refills (one per [`ACCOUNT_REFILL`]).
+pub const ACCOUNT_BURST: u32 = 5;
+/// One more attempt per user name and address after this long.
+pub const ACCOUNT_REFILL: Duration = Duration::from_secs(30);
+/// Attempts per client address, whatever the name.
+pub const CLIENT_BURST: u32 = 20;
+/// One more attempt per address after this long.
+pub const CLIENT_REFILL: Duration = Duration::from_secs(3);
+
+/// Why a login is refused before its password is looked at.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A budget is spent: retry after this long.
+    RetryIn(Duration),
+    /// Too many logins are being evaluated right now.
+    Busy,
+}
+
+/// The limits (cheap to clone).
+#[derive(Clone)]
+pub struct LoginLimits {
+    hashing: Arc<Semaphore>,
+    per_client: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    per_account: Arc<DefaultKeyedRateLimiter<(String, IpAddr)>>,
+}
+
+impl std::fmt::Debug for LoginLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginLimits").field("hashing_free", &self.hashing.available_permits()).finish()
+    }
+}
+
+impl Default for LoginLimits {
+    fn default() -> Self {
+        Self::new(MAX_CONCURRENT_HASHES, (ACCOUNT_BURST, ACCOUNT_REFILL), (CLIENT_BURST, CLIENT_REFILL))
+    }
+}
+
+fn quota((burst, refill): (u32, Duration)) -> Quota {
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    Quota::with_period(refill.max(Duration::from_millis(1)))
+        .unwrap_or_else(|| Quota::per_second(burst))
+        .allow_burst(burst)
+}
+
+impl LoginLimits {
+    /// Limits with `hashes` concurrent evaluations and (burst, refill) budgets per account and per client.
+    pub fn new(hashes: usize, account: (u32, Duration), client: (u32, Duration)) -> Self {
+        Self {
+            hashing: Arc::new(Semaphore::new(hashes.max(1))),
+            per_client: Arc::new(RateLimiter::keyed(quota(client))),
+            per_account: Arc::new(RateLimiter::keyed(quota(account))),
+        }
+    }
+
+    /// Counts one attempt of `username` from `client` and reserves a hashing slot; the permit is held while
+    /// the password is verified. Refused attempts cost nothing more than this call.
+    pub fn admit(&self, username: &str, client: Option<IpAddr>) -> Result<OwnedSemaphorePermit, Refusal> {
+        // An attempt without a peer address (not over TCP) shares one budget.
+        let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let now = governor::clock::DefaultClock::default().now();
+        let name: String = username.chars().take(64).collect();
+        self.per_account.check_key(&(name, ip)).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
+        self.per_client.check_key(&ip).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
+        let permit = self.hashing.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
+        // Keys of budgets that are full again are dropped now and then, so memory stays bounded.
+        if self.per_account.len() > 10_000 {
+            self.per_account.retain_recent();
+            self.per_client.retain_recent();
+        }
+        Ok(permit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_budget_is_per_address_and_hashing_is_capped() {
+        let l = LoginLimits::new(2, (3, Duration::from_secs(60)), (100, Duration::from_secs(1)));
+        let (a, b) = (Some(IpAddr::from([10, 0, 0, 1])), Some(IpAddr::from([10, 0, 0, 2])));
+        for _ in 0..3 {
+            drop(l.admit("admin", a).expect("within the budget"));
+        }
+        assert!(matches!(l.admit("admin", a), Err(Refusal::RetryIn(d)) if d > Duration::from_secs(50)));
+        // The same name from elsewhere, and another name from the same address, still get in.
+        let p1 = l.admit("admin", b).expect("another address");
+        let p2 = l.admit("ops", a).expect("another name");
+        // Two hashes run: a third is refused at once.
+        assert_eq!(l.admit("third", b).err(), Some(Refusal::Busy));
+        drop((p1, p2));
+        assert!(l.admit("third", b).is_ok());
+    }
+
+    #[test]
+    fn a_client_spraying_names_runs_out_of_its_own_budget() {
+        let l = LoginLimits::new(8, (5, Duration::from_secs(60)), (4, Duration::from_secs(60)));
+        let c = Some(IpAddr::from([10, 0, 0, 9]));
+        for i in 0..4 {
+            drop(l.admit(&format!("user{i}"), c).expect("within the client budget"));
+        }
+        assert!(matches!(l.admit("user9", c), Err(Refusal::RetryIn(_))));
+        assert!(l.admit("user9", Some(IpAddr::from([10, 0, 0, 10]))).is_ok());
+    }
+}
