@@ -100,3 +100,64 @@ async fn a_login_flood_is_refused_before_hashing_and_the_right_password_from_els
     cluster.stop().await;
     Ok(())
 }
+
+/// 300 concurrent enrollments with random tokens while a multi-chunk backup runs: at most the address's
+/// budget reaches the token lookup (none reaches the CSR), every refusal of a token is audited, and the
+/// backup completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrollment_flood_is_refused_cheaply_while_a_backup_completes() -> anyhow::Result<()> {
+    use dg_controller::service::login_limit::ENROLL_BURST;
+    use dg_tests::cluster::authed;
+    use pb::agent_enrollment_service_client::AgentEnrollmentServiceClient;
+    use sqlx::Executor as _;
+    use tonic::Code;
+    let src = dg_tests::pg::TestDb::create("enroll_flood").await?;
+    src.connect()
+        .await?
+        .execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, (SELECT string_agg(md5(g::text || j), '') \
+             FROM generate_series(1, 16) j) FROM generate_series(1, 12000) g",
+        )
+        .await?;
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let (_, _, job) =
+        c.setup_pg_job(&agent.id, &cluster.dir.path().join("s"), &src.name, &dg_tests::pg_server()).await?;
+    let ex = c.jobs.run_now(authed(pb::RunNowRequest { job_id: job.id.clone() }, &c.token)).await?.into_inner();
+
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let enroll = AgentEnrollmentServiceClient::new(cluster.channel().await?);
+    let flood = (0..300).map(|i| {
+        let mut e = enroll.clone();
+        let req = pb::EnrollRequest {
+            join_token: format!("dgj_{}{i}", dg_tests::suffix()),
+            csr_pem: csr.clone(),
+            hostname: "flood".into(),
+            agent_version: "x".into(),
+        };
+        async move { e.enroll(req).await.map(|_| ()).map_err(|s| s.code()) }
+    });
+    let results = futures::future::join_all(flood).await;
+    let looked_up = results.iter().filter(|r| **r == Err(Code::Unauthenticated)).count();
+    let refused = results.iter().filter(|r| **r == Err(Code::ResourceExhausted)).count();
+    println!("300 enrollments with random tokens: {looked_up} looked up, {refused} refused at once");
+    assert_eq!(looked_up + refused, 300, "{results:?}");
+    assert!(looked_up <= ENROLL_BURST as usize, "{looked_up} reached the token lookup, budget {ENROLL_BURST}");
+
+    let done = c.wait_execution(&ex.id, Duration::from_secs(120)).await?;
+    assert_eq!(done.status, pb::ExecutionStatus::Completed as i32, "{}", done.error);
+    assert!(done.chunk_count > 1, "a multi-chunk backup: {}", done.chunk_count);
+    let mut audit = pb::audit_service_client::AuditServiceClient::new(cluster.channel().await?);
+    let events = audit
+        .list_audit_events(authed(pb::ListAuditEventsRequest { page_size: 500, ..Default::default() }, &c.token))
+        .await?
+        .into_inner()
+        .events;
+    let audited = events.iter().filter(|e| e.action == "agent.enroll" && e.outcome.starts_with("error")).count();
+    assert_eq!(audited, looked_up, "every refused token is audited");
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}

@@ -38,6 +38,21 @@ impl Db {
         .map(|_| ())
     }
 
+    /// Whether a join token with this hash exists, is unused and has not expired (one indexed lookup).
+    pub async fn join_token_usable(&self, token_hash: &[u8]) -> Result<bool, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Found {
+            n: i64,
+        }
+        let f: Option<Found> = fetch_one(
+            &self.conn,
+            "SELECT count(*) AS n FROM join_token WHERE token_hash = $1 AND used_at IS NULL AND expires_at > now()",
+            [token_hash.to_vec().into()],
+        )
+        .await?;
+        Ok(f.is_some_and(|f| f.n > 0))
+    }
+
     /// Atomically consumes a join token and creates the agent with its first certificate. Returns false (and
     /// changes nothing) when the token is unknown, expired or already used.
     pub async fn enroll_agent(

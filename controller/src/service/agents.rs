@@ -53,6 +53,7 @@ pub struct AgentsService {
     cert_ttl: Duration,
     agent_endpoint: String,
     api_endpoint: String,
+    enroll_limits: super::login_limit::EnrollLimits,
 }
 
 impl AgentsService {
@@ -65,7 +66,7 @@ impl AgentsService {
         agent_endpoint: String,
         api_endpoint: String,
     ) -> Self {
-        Self { db, pki, registry, cert_ttl, agent_endpoint, api_endpoint }
+        Self { db, pki, registry, cert_ttl, agent_endpoint, api_endpoint, enroll_limits: Default::default() }
     }
 
     /// Creates a one-time join token.
@@ -85,14 +86,26 @@ impl AgentsService {
     /// Enrolls an agent: consumes the token and signs the CSR for a new agent id.
     pub async fn enroll(
         &self,
+        client: Option<std::net::IpAddr>,
         token: &str,
         csr_pem: &str,
         hostname: &str,
         version: &str,
     ) -> ControllerResult<Enrolled> {
+        // Counted and capped before anything else; the token is checked with one indexed lookup before any
+        // certificate work, and consumed atomically with the agent's creation.
+        let _slot = self.enroll_limits.admit(client).map_err(|r| r.into_error("enrollment"))?;
+        let hash = crypto::token_hash(token);
+        if !self.db.join_token_usable(&hash).await? {
+            let from = client.map(|c| c.to_string()).unwrap_or_else(|| "unknown".into());
+            self.db
+                .audit("anonymous", "agent.enroll", "join_token", None, &format!("error: invalid token from {from}"))
+                .await?;
+            return Err(ControllerError::Unauthenticated("join token is invalid, expired or already used".into()));
+        }
         let agent_id = AgentId::new();
         let (certificate_pem, issued) = self.pki.sign_agent_csr(csr_pem, agent_id, self.cert_ttl)?;
-        let ok = self.db.enroll_agent(crypto::token_hash(token), agent_id.0, hostname, version, &issued).await?;
+        let ok = self.db.enroll_agent(hash, agent_id.0, hostname, version, &issued).await?;
         if !ok {
             return Err(ControllerError::Unauthenticated("join token is invalid, expired or already used".into()));
         }

@@ -6,7 +6,7 @@ use std::{net::IpAddr, time::Duration};
 use chrono::{DateTime, Utc};
 use dg_common::error::FieldError;
 
-use super::login_limit::{LoginLimits, Refusal};
+use super::login_limit::LoginLimits;
 use crate::{
     crypto,
     db::Db,
@@ -76,15 +76,7 @@ impl AuthService {
         username: &str,
         password: &str,
     ) -> ControllerResult<IssuedSession> {
-        let permit = self.limits.admit(username, client).map_err(|r| match r {
-            Refusal::RetryIn(d) => ControllerError::ResourceExhausted(format!(
-                "too many login attempts; retry in {} s",
-                d.as_secs().max(1)
-            )),
-            Refusal::Busy => {
-                ControllerError::ResourceExhausted("too many logins in progress; retry in a second".into())
-            }
-        })?;
+        let permit = self.limits.admit(username, client).map_err(|r| r.into_error("login"))?;
         let user = self.db.admin_by_name(username).await?;
         let phc = user.as_ref().map(|u| u.password_hash.clone());
         let pw = password.to_owned();

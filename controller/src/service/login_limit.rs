@@ -4,7 +4,9 @@
 //! address (against guessing one account). An attacker exhausts only the budgets keyed by its own address,
 //! so an operator who types the right password from elsewhere still logs in; behind a NAT or a load
 //! balancer everyone shares one address, and the per-account budget still keeps one attacker from locking
-//! out other accounts. Budgets are per replica and forgotten on restart.
+//! out other accounts. Budgets are per replica and forgotten on restart. [`EnrollLimits`] does the same for
+//! `Enroll` (which needs no credentials to be called): a budget per client address and a cap on enrollments
+//! in progress, checked before the join token is even looked up.
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -84,6 +86,58 @@ impl LoginLimits {
             self.per_client.retain_recent();
         }
         Ok(permit)
+    }
+}
+
+/// Enrollments allowed per client address before the budget refills (one per [`ENROLL_REFILL`]).
+pub const ENROLL_BURST: u32 = 10;
+/// One more enrollment per address after this long.
+pub const ENROLL_REFILL: Duration = Duration::from_secs(2);
+/// Enrollments in progress at once on one replica (each holds a database connection briefly).
+pub const MAX_CONCURRENT_ENROLLMENTS: usize = 4;
+
+/// The limits of `Enroll` (cheap to clone).
+#[derive(Clone)]
+pub struct EnrollLimits {
+    in_progress: Arc<Semaphore>,
+    per_client: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+}
+
+impl std::fmt::Debug for EnrollLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EnrollLimits").field("free", &self.in_progress.available_permits()).finish()
+    }
+}
+
+impl Default for EnrollLimits {
+    fn default() -> Self {
+        Self {
+            in_progress: Arc::new(Semaphore::new(MAX_CONCURRENT_ENROLLMENTS)),
+            per_client: Arc::new(RateLimiter::keyed(quota((ENROLL_BURST, ENROLL_REFILL)))),
+        }
+    }
+}
+
+impl EnrollLimits {
+    /// Counts one enrollment from `client` and reserves a slot, held until the enrollment is done.
+    pub fn admit(&self, client: Option<IpAddr>) -> Result<OwnedSemaphorePermit, Refusal> {
+        let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let now = governor::clock::DefaultClock::default().now();
+        self.per_client.check_key(&ip).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
+        if self.per_client.len() > 10_000 {
+            self.per_client.retain_recent();
+        }
+        self.in_progress.clone().try_acquire_owned().map_err(|_| Refusal::Busy)
+    }
+}
+
+impl Refusal {
+    /// As the controller's error: `RESOURCE_EXHAUSTED` saying when to retry.
+    pub fn into_error(self, what: &str) -> crate::error::ControllerError {
+        crate::error::ControllerError::ResourceExhausted(match self {
+            Refusal::RetryIn(d) => format!("too many {what} attempts; retry in {} s", d.as_secs().max(1)),
+            Refusal::Busy => format!("too many {what} attempts in progress; retry in a second"),
+        })
     }
 }
 

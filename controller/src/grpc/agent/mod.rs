@@ -35,6 +35,7 @@ impl EnrollmentSvc {
 #[tonic::async_trait]
 impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
     async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
         let r = req.into_inner();
         if r.join_token.is_empty() {
             return Err(FieldError::new("join_token", "is required").into());
@@ -44,7 +45,7 @@ impl agent_enrollment_service_server::AgentEnrollmentService for EnrollmentSvc {
         }
         let hostname: String = r.hostname.chars().filter(|c| !c.is_control()).take(253).collect();
         let version: String = r.agent_version.chars().filter(|c| !c.is_control()).take(64).collect();
-        let e = self.ctx.agents.enroll(&r.join_token, &r.csr_pem, &hostname, &version).await?;
+        let e = self.ctx.agents.enroll(client, &r.join_token, &r.csr_pem, &hostname, &version).await?;
         Ok(Response::new(pb::EnrollResponse {
             agent_id: e.agent_id.to_string(),
             certificate_pem: e.certificate_pem,
