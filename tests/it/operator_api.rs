@@ -33,12 +33,28 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     let ok =
         c.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
     assert!(ok.ok && ok.server_version.starts_with("15"), "{ok:?}");
-    let bad = pb::UpdateDatasourceRequest { id: ds.id.clone(), port: Some(1), ..Default::default() };
+    // Moving the stored password to another port (or host, user, TLS mode, agent) needs the password again.
+    let moved = pb::UpdateDatasourceRequest { id: ds.id.clone(), port: Some(1), ..Default::default() };
+    let refused = c.datasources.update_datasource(authed(moved, &t)).await.expect_err("retargeted");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert!(refused.message().contains("password") && refused.message().contains("port"), "{refused:?}");
+    let password = Some(pg_server().password);
+    let bad = pb::UpdateDatasourceRequest {
+        id: ds.id.clone(),
+        port: Some(1),
+        password: password.clone(),
+        ..Default::default()
+    };
     assert_eq!(c.datasources.update_datasource(authed(bad, &t)).await?.into_inner().port, 1);
     let fail =
         c.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?.into_inner();
     assert!(!fail.ok && !fail.error.is_empty(), "{fail:?}");
-    let fix = pb::UpdateDatasourceRequest { id: ds.id.clone(), port: Some(5432), ..Default::default() };
+    let fix = pb::UpdateDatasourceRequest {
+        id: ds.id.clone(),
+        port: Some(u32::from(pg_server().port)),
+        password,
+        ..Default::default()
+    };
     c.datasources.update_datasource(authed(fix, &t)).await?;
     let mut health = pb::health_service_client::HealthServiceClient::new(cluster.channel().await?);
     let h = health

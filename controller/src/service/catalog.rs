@@ -223,6 +223,17 @@ impl CatalogService {
     /// Applies a change.
     pub async fn update_datasource(&self, id: Uuid, p: DatasourcePatch) -> ControllerResult<Datasource> {
         let mut d = self.datasource(id).await?;
+        let moved = retargeted(&d, &p);
+        if d.password_ciphertext.is_some() && p.password.is_none() && !moved.is_empty() {
+            return Err(dg_common::error::FieldError::new(
+                "password",
+                format!(
+                    "must be given again: {} changed, and a stored password is never sent to a new destination",
+                    moved.join(", ")
+                ),
+            )
+            .into());
+        }
         if let Some(agent) = p.agent_id
             && agent != d.agent_id
         {
@@ -571,4 +582,26 @@ impl CatalogService {
         }
         Ok(out)
     }
+}
+
+/// The fields of `p` that send the stored password somewhere else: another server, port, login, TLS mode
+/// or agent.
+fn retargeted(d: &Datasource, p: &DatasourcePatch) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if p.host.as_ref().is_some_and(|h| *h != d.host) {
+        out.push("host");
+    }
+    if p.port.is_some_and(|v| i32::from(v) != d.port) {
+        out.push("port");
+    }
+    if p.username.as_ref().is_some_and(|u| *u != d.username) {
+        out.push("username");
+    }
+    if p.tls_mode.is_some_and(|t| t != d.tls_mode) {
+        out.push("tls_mode");
+    }
+    if p.agent_id.is_some_and(|a| a != d.agent_id) {
+        out.push("agent_id");
+    }
+    out
 }

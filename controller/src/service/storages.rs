@@ -135,14 +135,28 @@ impl StorageSpec {
         }
     }
 
-    /// Fills `storage`'s kind, config, agent and (when given) encrypted credentials from this spec.
+    /// The request field holding this kind's secret.
+    fn secret_field(&self) -> &'static str {
+        match self {
+            StorageSpec::Local { .. } => "local",
+            StorageSpec::S3 { .. } => "s3.secret_access_key",
+            StorageSpec::Gcs { .. } => "gcs.service_account_key",
+            StorageSpec::Azure { .. } => "azure.access_key",
+        }
+    }
+
+    /// Fills `storage`'s kind, config, agent and (when given) encrypted credentials from this spec. Stored
+    /// credentials are kept only while they keep going where they went: a new endpoint, region, bucket,
+    /// account or container without the credentials again is refused (`INVALID_ARGUMENT` naming the secret's
+    /// field), so whoever may update a storage cannot point its keys at a server of their own.
     pub fn apply(&self, storage: &mut Storage, key: &MasterKey) -> ControllerResult<()> {
         let mut p = PublicConfig::default();
-        storage.agent_id = None;
+        let old = public(storage);
+        let mut agent = None;
         match self {
             StorageSpec::Local { path, agent_id } => {
                 p.path = path.clone();
-                storage.agent_id = Some(*agent_id);
+                agent = Some(*agent_id);
             }
             StorageSpec::S3 { endpoint, region, bucket, prefix, path_style, allow_http, .. } => {
                 (p.endpoint, p.region, p.bucket, p.prefix) =
@@ -157,6 +171,15 @@ impl StorageSpec {
                     (account.clone(), container.clone(), prefix.clone(), endpoint.clone());
             }
         }
+        if storage.credentials_ciphertext.is_some() && self.secrets().is_none() && retargeted(&old, &p) {
+            return Err(dg_common::error::FieldError::new(
+                self.secret_field(),
+                "must be given again: the endpoint, region, bucket, account or container changed, and stored \
+                 credentials are never sent to a new destination",
+            )
+            .into());
+        }
+        storage.agent_id = agent;
         storage.kind = self.kind();
         storage.config = serde_json::to_value(&p).map_err(|e| ControllerError::Pki(e.to_string()))?;
         if storage.kind == StorageKind::Local {
@@ -167,6 +190,16 @@ impl StorageSpec {
         }
         Ok(())
     }
+}
+
+/// Whether credentials configured for `old` would now go somewhere else.
+fn retargeted(old: &PublicConfig, new: &PublicConfig) -> bool {
+    old.endpoint != new.endpoint
+        || old.region != new.region
+        || old.bucket != new.bucket
+        || old.account != new.account
+        || old.container != new.container
+        || (new.allow_http && !old.allow_http)
 }
 
 /// The non-secret configuration of a storage.
@@ -261,22 +294,45 @@ mod tests {
         assert!(!stored.contains("s3cr3t-value") && !stored.contains("AKID-1"), "{stored}");
         let public = format!("{:?}", serde_json::to_string(&public(&s)));
         assert!(!public.contains("s3cr3t-value") && !public.contains("AKID-1"));
-        // An update without keys keeps the stored ones.
+        // An update without keys keeps the stored ones while they go to the same place (prefix, path style)…
         let no_keys = StorageSpec::S3 {
-            endpoint: "http://127.0.0.1:9001".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
             region: "eu".into(),
-            bucket: "b2".into(),
+            bucket: "b".into(),
             prefix: String::new(),
-            path_style: true,
+            path_style: false,
             allow_http: true,
             keys: None,
         };
         no_keys.apply(&mut s, &key).expect("apply");
+        // …and a new endpoint, region or bucket without them is refused, naming the field, changing nothing.
+        let before = s.clone();
+        for (endpoint, region, bucket) in [
+            ("http://evil:9000", "eu", "b"),
+            ("http://127.0.0.1:9000", "us", "b"),
+            ("http://127.0.0.1:9000", "eu", "b2"),
+        ] {
+            let moved = StorageSpec::S3 {
+                endpoint: endpoint.into(),
+                region: region.into(),
+                bucket: bucket.into(),
+                prefix: String::new(),
+                path_style: false,
+                allow_http: true,
+                keys: None,
+            };
+            let e = moved.apply(&mut s, &key).expect_err("retargeted without keys");
+            assert!(e.to_string().contains("s3.secret_access_key"), "{e}");
+            assert_eq!(
+                (s.config.clone(), s.credentials_ciphertext.clone()),
+                (before.config.clone(), before.credentials_ciphertext.clone())
+            );
+        }
         match store_config(&s, &key).expect("config") {
             StoreConfig::S3 { access_key_id, secret_access_key, bucket, .. } => {
                 assert_eq!(
                     (access_key_id.as_str(), secret_access_key.as_str(), bucket.as_str()),
-                    ("AKID-1", "s3cr3t-value", "b2")
+                    ("AKID-1", "s3cr3t-value", "b")
                 );
             }
             other => panic!("{other:?}"),
