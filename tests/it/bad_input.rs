@@ -93,6 +93,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
         let mut s = pb::S3StorageConfig {
             bucket: "bucket".into(),
             endpoint: "http://127.0.0.1:9".into(),
+            allow_http: true,
             ..Default::default()
         };
         f(&mut s);
@@ -120,6 +121,14 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
         let mut cl = c.storages.clone();
         let t = t.clone();
         Box::pin(async move { cl.update_storage(authed(r, &t)).await.map(|_| ()) })
+    };
+    let st_test = |config: Option<pb::create_storage_request::Config>| -> Call {
+        let mut cl = c.storages.clone();
+        let t = t.clone();
+        let target = pb::test_storage_request::Target::Config(pb::CreateStorageRequest { name: "n".into(), config });
+        Box::pin(async move {
+            cl.test_storage(authed(pb::TestStorageRequest { target: Some(target) }, &t)).await.map(|_| ())
+        })
     };
     let job_update = |r: pb::UpdateBackupJobRequest| -> Call {
         let mut cl = c.jobs.clone();
@@ -201,6 +210,31 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
             "s3.secret_access_key",
         ),
         ("st: bad endpoint", st_case(s3(&|s| s.endpoint = "ftp://x".into())), Code::InvalidArgument, "s3.endpoint"),
+        ("st: plain http not allowed", st_case(s3(&|s| s.allow_http = false)), Code::InvalidArgument, "s3.endpoint"),
+        (
+            "st: metadata address",
+            st_case(s3(&|s| s.endpoint = "http://169.254.169.254/latest".into())),
+            Code::InvalidArgument,
+            "s3.endpoint",
+        ),
+        (
+            "st: metadata host name",
+            st_case(s3(&|s| s.endpoint = "http://metadata.google.internal".into())),
+            Code::InvalidArgument,
+            "s3.endpoint",
+        ),
+        (
+            "st test: unsaved config at the metadata address",
+            st_test(s3(&|s| s.endpoint = "http://169.254.169.254".into())),
+            Code::InvalidArgument,
+            "s3.endpoint",
+        ),
+        (
+            "st: ipv6 link-local",
+            st_case(s3(&|s| s.endpoint = "http://[fe80::1]:80".into())),
+            Code::InvalidArgument,
+            "s3.endpoint",
+        ),
         (
             "st: bad azure account",
             st_case(Some(pb::create_storage_request::Config::Azure(pb::AzureStorageConfig {

@@ -215,7 +215,34 @@ fn endpoint(field: &'static str, s: &str) -> V<String> {
     if !ok {
         return Err(FieldError::new(field, "must be an http:// or https:// URL"));
     }
+    let host = url::Url::parse(s).ok().and_then(|u| u.host().map(|h| h.to_owned()));
+    let Some(host) = host else {
+        return Err(FieldError::new(field, "must be an http:// or https:// URL with a host"));
+    };
+    if metadata_host(&host) {
+        return Err(FieldError::new(field, "must not be a link-local or cloud metadata address"));
+    }
     Ok(s.trim_end_matches('/').to_owned())
+}
+
+/// Link-local addresses (where cloud instance metadata services answer) and the metadata host names: a
+/// storage endpoint there would make the controller or an agent fetch its host's credentials.
+fn metadata_host(h: &url::Host<String>) -> bool {
+    match h {
+        url::Host::Ipv4(ip) => ip.is_link_local(),
+        url::Host::Ipv6(ip) => {
+            (ip.segments()[0] & 0xffc0) == 0xfe80
+                || *ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+                || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_link_local())
+        }
+        url::Host::Domain(d) => {
+            let d = d.trim_end_matches('.').to_ascii_lowercase();
+            d == "metadata"
+                || d == "metadata.google.internal"
+                || d == "instance-data"
+                || d.ends_with(".metadata.google.internal")
+        }
+    }
 }
 
 fn secret(field: &'static str, s: &str) -> V<Option<String>> {
@@ -284,8 +311,15 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
             if s.region.len() > 64 || s.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
                 return Err(FieldError::new("s3.region", "must be a region name such as eu-west-1"));
             }
+            let endpoint = endpoint("s3.endpoint", &s.endpoint)?;
+            if endpoint.starts_with("http://") && !s.allow_http {
+                return Err(FieldError::new(
+                    "s3.endpoint",
+                    "is plain http://: set allow_http to send data and keys unencrypted, or use https://",
+                ));
+            }
             StorageSpec::S3 {
-                endpoint: endpoint("s3.endpoint", &s.endpoint)?,
+                endpoint,
                 region: s.region,
                 bucket: bucket("s3.bucket", &s.bucket)?,
                 prefix: prefix("s3.prefix", &s.prefix)?,
