@@ -405,6 +405,7 @@ agent_listen = "127.0.0.1:$AGENT_PORT"
 agent_endpoint = "https://127.0.0.1:$AGENT_PORT"
 server_names = ["localhost", "127.0.0.1"]
 log_format = "text"
+bootstrap_token_file = "$DEMO/bootstrap-token"
 EOF
 
 "$CTL_BIN" --config "$CONF" serve >"$DEMO/controller.log" 2>&1 &
@@ -430,14 +431,16 @@ done
 grep -q -- '-----BEGIN CERTIFICATE-----' "$CA" || die "print-ca did not print a PEM certificate"
 info "CA certificate: $CA ($(openssl x509 -in "$CA" -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//' || echo '?'))"
 
-# First administrator. Setup is unauthenticated, so no Bearer header yet.
+# First administrator. Setup needs no Bearer header, only the one-time bootstrap token the controller
+# wrote to bootstrap_token_file at its first start.
 ADMIN_PASSWORD=$(python3 -c 'import secrets, string; a = string.ascii_letters + string.digits; print("".join(secrets.choice(a) for _ in range(20)))')
 (
 	umask 077
 	printf '%s\n' "$ADMIN_PASSWORD" >"$DEMO/admin-password"
 )
 setup=$(grpcurl -connect-timeout 5 -max-time 30 -cacert "$CA" \
-	-d "$(jq -nc --arg p "$ADMIN_PASSWORD" '{username:"admin", password:$p}')" \
+	-d "$(jq -nc --arg p "$ADMIN_PASSWORD" --arg b "$(cat "$DEMO/bootstrap-token" 2>/dev/null)" \
+		'{username:"admin", password:$p, bootstrapToken:$b}')" \
 	"$API_ADDR" dataguardian.v1.AuthService/Setup 2>"$DEMO/rpc.err") || {
 	sed 's/^/    /' "$DEMO/rpc.err" >&2
 	die "AuthService/Setup failed"

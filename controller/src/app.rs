@@ -105,6 +105,17 @@ pub async fn ca_pem(config: &Config) -> anyhow::Result<String> {
     Ok(pki.ca_pem().to_owned())
 }
 
+/// A new one-time bootstrap token for `AuthService/Setup`, replacing a lost one (the `bootstrap-token`
+/// command); refused once an admin exists.
+pub async fn bootstrap_token(config: &Config) -> anyhow::Result<String> {
+    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
+    db.migrate().await.context("apply migrations")?;
+    let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
+    let token = auth.new_bootstrap_token().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.close().await?;
+    Ok(token)
+}
+
 /// Starts the controller.
 pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     dg_common::tls::install_crypto_provider();
@@ -114,8 +125,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let pki = Arc::new(Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("load CA: {e}"))?);
 
     let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
-    if let Some(pw) = &config.admin_password {
-        auth.bootstrap(&config.admin_username, pw).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?;
+    match &config.admin_password {
+        Some(pw) => {
+            auth.bootstrap(&config.admin_username, pw).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?
+        }
+        // No admin configured: Setup needs the one-time bootstrap token handed out here (before the API
+        // listens, so it exists by the time anyone can call Setup).
+        None => {
+            auth.prepare_bootstrap(config.bootstrap_token_file.as_deref())
+                .await
+                .map_err(|e| anyhow::anyhow!("bootstrap token: {e}"))?;
+        }
     }
 
     let identity = pki.server_identity(&config.server_names).map_err(|e| anyhow::anyhow!("server cert: {e}"))?;

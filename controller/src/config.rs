@@ -74,6 +74,10 @@ pub struct Config {
     pub concurrency_per_connection: usize,
     /// Admin user created at start when no admin exists and a password is configured.
     pub admin_username: String,
+    /// Where the one-time bootstrap token of `AuthService/Setup` is written (0600) at first start, when no
+    /// admin exists and no `admin_password` is set; none: it is printed once in the log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token_file: Option<PathBuf>,
     /// Password of that bootstrap admin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_password: Option<String>,
@@ -111,6 +115,7 @@ impl Default for Config {
             otlp_endpoint: None,
             admin_username: "admin".into(),
             admin_password: None,
+            bootstrap_token_file: None,
         }
     }
 }

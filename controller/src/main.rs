@@ -23,6 +23,9 @@ enum Command {
     Migrate,
     /// Print the CA certificate (PEM) operators pass to grpcurl -cacert; creates the CA on first use.
     PrintCa,
+    /// Make a new one-time bootstrap token for AuthService/Setup (replacing a lost one) and print it;
+    /// refused once an admin exists.
+    BootstrapToken,
 }
 
 #[tokio::main]
@@ -33,6 +36,10 @@ async fn main() -> anyhow::Result<()> {
         dg_common::telemetry::init("dg-controller", config.log_format == "json", config.otlp_endpoint.as_deref())?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Migrate => app::migrate(&config).await,
+        Command::BootstrapToken => {
+            println!("{}", app::bootstrap_token(&config).await?);
+            Ok(())
+        }
         Command::PrintCa => {
             dg_common::tls::install_crypto_provider();
             print!("{}", app::ca_pem(&config).await?);

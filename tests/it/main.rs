@@ -3,6 +3,7 @@
 
 mod backup_restore;
 mod bad_input;
+mod bootstrap;
 mod cloud;
 mod data_path;
 mod emulators;

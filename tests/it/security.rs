@@ -160,8 +160,13 @@ async fn operator_rpcs_need_a_live_session() -> anyhow::Result<()> {
     let mut auth = pb::auth_service_client::AuthServiceClient::new(cluster.channel().await?);
     let wrong = auth.login(pb::LoginRequest { username: "admin".into(), password: "nope-nope-nope".into() }).await;
     assert_eq!(wrong.expect_err("wrong password").code(), Code::Unauthenticated);
-    let setup =
-        auth.setup(pb::SetupRequest { username: "admin2".into(), password: "another-long-password".into() }).await;
+    let setup = auth
+        .setup(pb::SetupRequest {
+            username: "admin2".into(),
+            password: "another-long-password".into(),
+            bootstrap_token: String::new(),
+        })
+        .await;
     assert_eq!(setup.expect_err("setup twice").code(), Code::FailedPrecondition);
 
     // Me works, Logout revokes.

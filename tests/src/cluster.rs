@@ -41,6 +41,9 @@ pub struct ClusterOptions {
     pub lease_secs: Option<u64>,
     /// TLS handshake timeout of both ports (default: the controller's).
     pub tls_handshake_timeout_secs: Option<u64>,
+    /// Start without a configured admin: `Setup` needs the bootstrap token, written to
+    /// `<dir>/bootstrap-token`.
+    pub no_admin: bool,
 }
 
 impl Default for ClusterOptions {
@@ -54,6 +57,7 @@ impl Default for ClusterOptions {
             metrics: false,
             lease_secs: None,
             tls_handshake_timeout_secs: None,
+            no_admin: false,
         }
     }
 }
@@ -131,7 +135,8 @@ impl Cluster {
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
             retention_interval_secs: if opts.orphan_grace_secs.is_some() { 1 } else { 3600 },
             heartbeat_interval_secs: 2,
-            admin_password: Some(ADMIN_PASSWORD.into()),
+            admin_password: (!opts.no_admin).then(|| ADMIN_PASSWORD.into()),
+            bootstrap_token_file: Some(dir.path().join("bootstrap-token")),
             tls_handshake_timeout_secs: opts.tls_handshake_timeout_secs.unwrap_or(10),
             ..Config::default()
         };

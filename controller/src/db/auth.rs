@@ -1,7 +1,7 @@
 //! Persistence of the admin user and operator sessions (tokens stored as sha256).
 
 use chrono::{DateTime, Utc};
-use sea_orm::DbErr;
+use sea_orm::{DbErr, TransactionTrait};
 use uuid::Uuid;
 
 use super::{Db, execute, fetch_one};
@@ -35,6 +35,58 @@ impl Db {
         )
         .await?;
         Ok((n == 1).then_some(id))
+    }
+
+    /// Stores the bootstrap token's hash unless one is stored; returns whether this call stored it.
+    pub async fn create_bootstrap_token(&self, token_hash: Vec<u8>) -> Result<bool, DbErr> {
+        let n = execute(
+            &self.conn,
+            "INSERT INTO bootstrap_token (token_hash) VALUES ($1) ON CONFLICT DO NOTHING",
+            [token_hash.into()],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Replaces the bootstrap token's hash (a lost token).
+    pub async fn replace_bootstrap_token(&self, token_hash: Vec<u8>) -> Result<(), DbErr> {
+        execute(
+            &self.conn,
+            "INSERT INTO bootstrap_token (token_hash) VALUES ($1) \
+             ON CONFLICT (singleton) DO UPDATE SET token_hash = EXCLUDED.token_hash, created_at = now()",
+            [token_hash.into()],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Consumes the bootstrap token and creates the first admin, in one transaction; `None` when the token
+    /// does not match (or was used) or an admin exists.
+    pub async fn create_admin_with_bootstrap(
+        &self,
+        username: &str,
+        password_hash: &str,
+        token_hash: Vec<u8>,
+    ) -> Result<Option<Uuid>, DbErr> {
+        let txn = self.conn.begin().await?;
+        let used = execute(&txn, "DELETE FROM bootstrap_token WHERE token_hash = $1", [token_hash.into()]).await?;
+        if used != 1 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        let id = Uuid::now_v7();
+        let n = execute(
+            &txn,
+            "INSERT INTO admin_user (id, username, password_hash) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            [id.into(), username.into(), password_hash.into()],
+        )
+        .await?;
+        if n != 1 {
+            txn.rollback().await?;
+            return Ok(None);
+        }
+        txn.commit().await?;
+        Ok(Some(id))
     }
 
     /// Stores a session.

@@ -51,18 +51,55 @@ impl AuthService {
         Ok(())
     }
 
-    /// First-run setup: creates the admin (once) and logs in.
-    pub async fn setup(&self, username: &str, password: &str) -> ControllerResult<IssuedSession> {
+    /// Until an admin exists, makes sure a bootstrap token exists for `Setup`: the replica that creates it
+    /// writes it to `file` (0600) or, without a file, prints it once in the log. Returns whether it made one.
+    pub async fn prepare_bootstrap(&self, file: Option<&std::path::Path>) -> ControllerResult<bool> {
+        if self.db.admin_exists().await? {
+            return Ok(false);
+        }
+        let token = crypto::new_token("dgb");
+        if !self.db.create_bootstrap_token(crypto::token_hash(&token)).await? {
+            return Ok(false);
+        }
+        hand_out_bootstrap(&token, file)?;
+        Ok(true)
+    }
+
+    /// A new bootstrap token replacing a lost one (`dg-controller bootstrap-token`); refused once an admin
+    /// exists.
+    pub async fn new_bootstrap_token(&self) -> ControllerResult<String> {
+        if self.db.admin_exists().await? {
+            return Err(ControllerError::FailedPrecondition("setup is already done; log in instead".into()));
+        }
+        let token = crypto::new_token("dgb");
+        self.db.replace_bootstrap_token(crypto::token_hash(&token)).await?;
+        Ok(token)
+    }
+
+    /// First-run setup: with the one-time bootstrap token, creates the admin (once) and logs in.
+    pub async fn setup(
+        &self,
+        username: &str,
+        password: &str,
+        bootstrap_token: &str,
+    ) -> ControllerResult<IssuedSession> {
         validate_credentials(username, password)?;
         if self.db.admin_exists().await? {
             return Err(ControllerError::FailedPrecondition("setup is already done; log in instead".into()));
         }
+        if bootstrap_token.is_empty() {
+            return Err(FieldError::new(
+                "bootstrap_token",
+                "is required: the controller wrote it to its bootstrap_token_file (or its log) at first start",
+            )
+            .into());
+        }
         let hash = hash(password).await?;
         let id = self
             .db
-            .create_admin(username, &hash)
+            .create_admin_with_bootstrap(username, &hash, crypto::token_hash(bootstrap_token))
             .await?
-            .ok_or_else(|| ControllerError::FailedPrecondition("setup is already done; log in instead".into()))?;
+            .ok_or_else(|| ControllerError::PermissionDenied("bootstrap_token is wrong or was used".into()))?;
         self.db.audit(username, "auth.setup", "admin_user", Some(id.to_string()), "ok").await?;
         self.issue(id).await
     }
@@ -126,6 +163,32 @@ impl AuthService {
         self.db.create_session(user_id, crypto::token_hash(&token), expires_at).await?;
         Ok(IssuedSession { token, expires_at })
     }
+}
+
+/// Gives the operator the bootstrap token: a 0600 file, or one log line.
+fn hand_out_bootstrap(token: &str, file: Option<&std::path::Path>) -> ControllerResult<()> {
+    match file {
+        Some(path) => {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new();
+            f.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut f, 0o600);
+            let mut out = f.open(path).map_err(|e| {
+                ControllerError::FailedPrecondition(format!("bootstrap_token_file {}: {e}", path.display()))
+            })?;
+            out.write_all(format!("{token}\n").as_bytes()).map_err(|e| {
+                ControllerError::FailedPrecondition(format!("bootstrap_token_file {}: {e}", path.display()))
+            })?;
+            tracing::warn!(file = %path.display(), "no admin yet: call AuthService/Setup with the bootstrap token in this file");
+        }
+        None => tracing::warn!(
+            bootstrap_token = %token,
+            "no admin yet: call AuthService/Setup with this one-time bootstrap token (shown once; \
+             `dg-controller bootstrap-token` makes a new one)"
+        ),
+    }
+    Ok(())
 }
 
 /// A valid argon2id hash of a random string, verified against for unknown users.

@@ -10,7 +10,7 @@ use crate::grpc::convert;
 impl auth_service_server::AuthService for OperatorSvc {
     async fn setup(&self, req: Request<pb::SetupRequest>) -> Result<Response<pb::LoginResponse>, Status> {
         let r = req.into_inner();
-        let s = self.ctx.auth.setup(&r.username, &r.password).await?;
+        let s = self.ctx.auth.setup(&r.username, &r.password, &r.bootstrap_token).await?;
         Ok(Response::new(pb::LoginResponse { token: s.token, expires_at: Some(convert::ts(s.expires_at)) }))
     }
 
