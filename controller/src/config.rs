@@ -150,6 +150,13 @@ impl Config {
         if self.agent_cert_ttl_secs < 10 || self.session_ttl_secs < 10 {
             return Err(ConfigError::Invalid("ttl values must be at least 10 seconds".into()));
         }
+        // A stolen certificate or token is good until it expires: keep that bounded.
+        if self.agent_cert_ttl_secs > 30 * 86_400 {
+            return Err(ConfigError::Invalid("agent_cert_ttl_secs must be at most 30 days".into()));
+        }
+        if self.session_ttl_secs > 7 * 86_400 {
+            return Err(ConfigError::Invalid("session_ttl_secs must be at most 7 days".into()));
+        }
         if !(1024 * 1024..=256 * 1024 * 1024).contains(&self.chunk_size_bytes) {
             return Err(ConfigError::Invalid("chunk_size_bytes must be between 1 MiB and 256 MiB".into()));
         }
@@ -212,6 +219,8 @@ mod tests {
         assert!(cfg.validate().is_err());
         let cfg = Config { log_format: "xml".into(), ..Config::default() };
         assert!(cfg.validate().is_err());
+        assert!(Config { agent_cert_ttl_secs: 365 * 86_400, ..Config::default() }.validate().is_err());
+        assert!(Config { session_ttl_secs: 30 * 86_400, ..Config::default() }.validate().is_err());
         assert!(Config { master_key: Some("zz".into()), ..Config::default() }.master_key().is_err());
         assert!(Config::default().master_key().is_err(), "a master key is required");
     }

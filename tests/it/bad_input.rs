@@ -165,6 +165,12 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
         ("ds: agent not a uuid", ds_case(&|r| r.agent_id = "agent-1".into()), Code::InvalidArgument, "agent_id"),
         ("ds: unknown agent", ds_case(&|r| r.agent_id = uuid::Uuid::now_v7().to_string()), Code::NotFound, "agent"),
         ("ds: unknown tls mode", ds_case(&|r| r.tls_mode = 9), Code::InvalidArgument, "tls_mode"),
+        (
+            "ds: line break in password",
+            ds_case(&|r| r.password = "pw\nhost=evil".into()),
+            Code::InvalidArgument,
+            "password",
+        ),
         ("ds: duplicate name", ds_case(&|r| r.name = ds.name.clone()), Code::AlreadyExists, "exists"),
         ("ds: 100 KB name", ds_case(&|r| r.name = "n".repeat(100_000)), Code::InvalidArgument, "name"),
         // UpdateDatasource

@@ -111,6 +111,11 @@ fn password(p: &str) -> V<()> {
     if p.len() > 1024 || p.contains('\0') {
         return Err(FieldError::new("password", "must be at most 1024 bytes without NUL"));
     }
+    // A line break would end the line of the passfile or option file the agent writes it into, and let a
+    // password add settings of its own.
+    if p.contains('\n') || p.contains('\r') {
+        return Err(FieldError::new("password", "must not contain a line break (CR or LF)"));
+    }
     Ok(())
 }
 
