@@ -157,6 +157,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             db.clone(),
             pki.clone(),
             registry.clone(),
+            coord.clone(),
             Duration::from_secs(config.agent_cert_ttl_secs),
             agent_endpoint,
             api_endpoint,
