@@ -202,6 +202,15 @@ impl AgentsService {
         Ok(admission(self.db.agent_standing(id).await?.as_ref(), presented)?)
     }
 
+    /// Refuses a revoked or unknown agent, whatever certificate it presents.
+    pub async fn not_revoked(&self, id: Uuid) -> ControllerResult<()> {
+        match self.db.agent_standing(id).await? {
+            None => Err(Refusal::Unknown.into()),
+            Some(s) if s.revoked => Err(Refusal::Revoked.into()),
+            Some(_) => Ok(()),
+        }
+    }
+
     /// One agent.
     pub async fn get(&self, id: Uuid) -> ControllerResult<Agent> {
         self.db.agent(id).await?.ok_or_else(|| ControllerError::NotFound(format!("agent {id}")))

@@ -119,6 +119,9 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         req: Request<Streaming<pb::ObjectChunk>>,
     ) -> Result<Response<pb::SendObjectResponse>, Status> {
         let agent = peer_agent(&req)?;
+        // A revoked agent uploads nothing. Any of its certificates will do otherwise: the uploads connection
+        // may still carry the one a renewal just superseded, until the agent's next session.
+        self.env.agents.not_revoked(agent.0).await?;
         let received_bytes = self.env.rpc.receive_object(agent, req.into_inner()).await?;
         Ok(Response::new(pb::SendObjectResponse { received_bytes }))
     }
