@@ -1,10 +1,10 @@
 //! Revocation everywhere, through the public interfaces with the scripted fake agent over real mTLS and two
 //! controller replicas on one database: an agent revoked through the replica that does not hold its session
 //! is cut off on the one that does at once (Redis broadcast), or at its next heartbeat while Redis is down
-//! (PostgreSQL check); it cannot come back, nothing is assigned to it, and queued work of its datasource
-//! waits saying why (once) until the datasource is bound to another agent, which then runs it. A certificate
-//! superseded by a renewal opens no session and renews nothing, and a session it opened ends at its next
-//! heartbeat, while the new certificate works.
+//! (PostgreSQL check), or at a result it reports before then (not recorded); it cannot come back, nothing
+//! is assigned to it, and queued work of its datasource waits saying why (once) until the datasource is bound
+//! to another agent, which then runs it. A certificate superseded by a renewal opens no session and renews
+//! nothing, and a session it opened ends at its next heartbeat, while the new certificate works.
 
 use std::time::{Duration, Instant};
 
@@ -151,10 +151,17 @@ async fn without_redis_a_revocation_through_another_replica_still_ends_the_sessi
     let b_ctl = second_replica(&cluster).await?;
     let mut b = cluster.clients_at(b_ctl.api_addr).await?;
 
+    // The agent runs a backup.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let running = run_now(&mut a, &job).await?;
+    let assign = s.next_assign(WAIT).await?;
+    assert_eq!(assign.execution_id, running);
+    let listed = [(assign.execution_id.clone(), assign.attempt)];
+
     // Redis goes away; the agent heartbeats as usual, and is revoked through B right after a heartbeat.
     redis.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    s.heartbeat(&[]).await?;
+    s.heartbeat(&listed).await?;
     b.agents.revoke_agent(authed(pb::RevokeAgentRequest { id: fake.id.clone() }, &b.token)).await?;
     let (took, code) = heartbeat_until_closed(&mut s, HEARTBEAT + SLACK).await?;
     assert!(took <= HEARTBEAT + SLACK, "{took:?}");
@@ -174,6 +181,53 @@ async fn without_redis_a_revocation_through_another_replica_still_ends_the_sessi
         }
     };
     waits_with_the_reason(&mut b, &id, &fake.id).await?;
+    assert_ne!(status(&mut b, &running).await?.status, pb::ExecutionStatus::Completed as i32);
+
+    b_ctl.shutdown().await;
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A result reported after the revocation, before the next heartbeat (Redis down, so no broadcast closed the
+/// session), is not recorded: the session ends there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_a_revoked_agent_cannot_complete_the_attempt_it_runs() -> anyhow::Result<()> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut redis = PrivateRedis::start(port).await?;
+    let opts = ClusterOptions { redis_url: Some(format!("redis://127.0.0.1:{port}")), ..Default::default() };
+    let mut cluster = Cluster::start_with(opts).await?;
+    let mut a = cluster.clients().await?;
+    let fake = FakeAgent::enroll(&cluster, &mut a).await?;
+    let (job, _) = job_for_any_agent(&mut a, &fake.id).await?;
+    let mut s = fake.connect(&[]).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = run_now(&mut a, &job).await?;
+    let assign = s.next_assign(WAIT).await?;
+    s.heartbeat(&[(assign.execution_id.clone(), assign.attempt)]).await?;
+    let b_ctl = second_replica(&cluster).await?;
+    let mut b = cluster.clients_at(b_ctl.api_addr).await?;
+
+    // Revoked through B while Redis is down: A does not hear of it until the session's next heartbeat.
+    redis.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    s.heartbeat(&[(assign.execution_id.clone(), assign.attempt)]).await?;
+    b.agents.revoke_agent(authed(pb::RevokeAgentRequest { id: fake.id.clone() }, &b.token)).await?;
+    let completed = pb::Completed {
+        execution: Some(dg_tests::fake_agent::exec_ref(&assign)),
+        result: Some(pb::completed::Result::Backup(pb::BackupResult { chunk_count: 0, ..Default::default() })),
+    };
+    s.send_numbered(pb::agent_message::Kind::Completed(completed), 1).await?;
+    let started = Instant::now();
+    let ended = loop {
+        match s.next(SLACK).await {
+            Ok(other) => anyhow::ensure!(started.elapsed() < SLACK, "still open, got {other:?}"),
+            Err(e) => break e.downcast_ref::<tonic::Status>().map(tonic::Status::code),
+        }
+    };
+    assert_eq!(ended, Some(Code::Unauthenticated), "the session ends at the result");
+    assert!(s.acks.is_empty(), "the result was not acknowledged: {:?}", s.acks);
+    let ex = status(&mut a, &id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Running as i32, "not completed: {}", ex.error);
 
     b_ctl.shutdown().await;
     cluster.stop().await;

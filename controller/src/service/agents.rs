@@ -199,7 +199,13 @@ impl AgentsService {
 
     /// Whether `presented` (a certificate's `sha256:<hex>`) may open a session of `id`: see [`admission`].
     pub async fn admit(&self, id: Uuid, presented: &str) -> ControllerResult<()> {
-        Ok(admission(self.db.agent_standing(id).await?.as_ref(), presented)?)
+        Ok(self.standing(id, presented).await??)
+    }
+
+    /// Whether a session of `id` opened with `presented` may go on (see [`admission`]); an error when the
+    /// database cannot say.
+    pub async fn standing(&self, id: Uuid, presented: &str) -> ControllerResult<Result<(), Refusal>> {
+        Ok(admission(self.db.agent_standing(id).await?.as_ref(), presented))
     }
 
     /// Refuses a revoked or unknown agent, whatever certificate it presents.

@@ -5,7 +5,7 @@
 //! agent's messages until the stream ends, the agent is revoked or replaced, or the controller shuts down;
 //! then it unregisters and records the disconnect. Each heartbeat reads the agent's standing in PostgreSQL:
 //! a revoked agent's session, or one opened with a certificate a renewal has superseded, ends there, with
-//! the reason as the stream's status (this holds while Redis, which carries the revocation broadcast, is
+//! the reason as the stream's status (so does one that reports a result: that report is not recorded) (this holds while Redis, which carries the revocation broadcast, is
 //! down). Reports are answered here (an `Ack`, and an `Abort` for an
 //! attempt the controller has ended), through [`Sessions::deliver`].
 
@@ -183,6 +183,14 @@ async fn handle(env: &SessionEnv, agent: AgentId, cert: &str, m: pb::AgentMessag
         Kind::Response(r) => env.rpc.on_response(r),
         Kind::Hello(_) => return Err(FieldError::new("hello", "sent twice").into()),
         report => {
+            // A result is the report that commits work: it is taken only from an agent in good standing (a
+            // revocation broadcast may not have reached this replica while Redis is down). Not acknowledged,
+            // a refused result of a superseded certificate comes again on the agent's next session.
+            if matches!(report, Kind::Completed(_))
+                && let Err(refusal) = env.agents.standing(agent.0, cert).await?
+            {
+                return Ok(Flow::End(refusal));
+            }
             let execution = wire::execution_of(&report);
             let outcome = match wire::report_of(report) {
                 Some(Ok(r)) => env.executions.report(agent, r).await,
