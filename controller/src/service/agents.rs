@@ -10,8 +10,8 @@
 //! Per-certificate revocation: the agent row names its current certificate (sha256 of the last one issued,
 //! by enrollment or renewal). A session or renewal presenting another one (superseded by a renewal) is
 //! refused ([`admission`]). A session opened with a certificate that a renewal then supersedes is closed
-//! at its next heartbeat; the agent reconnects with its new certificate, and its running attempts keep
-//! their leases across the short disconnect.
+//! at its next heartbeat (or result); the agent itself reconnects with its new certificate right after
+//! renewing, and its running attempts keep their leases across the short disconnect.
 
 use std::{sync::Arc, time::Duration};
 

@@ -3,11 +3,11 @@
 //! reach it), records the connection and the Redis presence, and returns the outbound stream with the
 //! [`SessionTask`], which the tonic handler spawns on the controller's task tracker. The task reads the
 //! agent's messages until the stream ends, the agent is revoked or replaced, or the controller shuts down;
-//! then it unregisters and records the disconnect. Each heartbeat reads the agent's standing in PostgreSQL:
-//! a revoked agent's session, or one opened with a certificate a renewal has superseded, ends there, with
-//! the reason as the stream's status (so does one that reports a result: that report is not recorded) (this holds while Redis, which carries the revocation broadcast, is
-//! down). Reports are answered here (an `Ack`, and an `Abort` for an
-//! attempt the controller has ended), through [`Sessions::deliver`].
+//! then it unregisters and records the disconnect. Each heartbeat, and each result (`Completed`) before it
+//! is recorded, reads the agent's standing in PostgreSQL: the session of a revoked agent, or one opened with
+//! a certificate a renewal has superseded, ends there with the reason as the stream's status (this holds
+//! while Redis, which carries the revocation broadcast, is down). Reports are answered here (an `Ack`, and
+//! an `Abort` for an attempt the controller has ended), through [`Sessions::deliver`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -131,7 +131,7 @@ impl SessionTask {
                     Ok(Flow::Continue) => {}
                     Ok(Flow::End(refusal)) => {
                         let status = tonic::Status::from(ControllerError::from(refusal));
-                        warn!(reason = %status.message(), "agent session ended at a heartbeat");
+                        warn!(reason = %status.message(), "agent session ended: revoked or superseded");
                         self.handle.end(status);
                         break;
                     }
