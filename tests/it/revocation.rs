@@ -1,10 +1,11 @@
 //! Revocation everywhere, through the public interfaces with the scripted fake agent over real mTLS and two
 //! controller replicas on one database: an agent revoked through the replica that does not hold its session
 //! is cut off on the one that does at once (Redis broadcast), or at its next heartbeat while Redis is down
-//! (PostgreSQL check), or at a result it reports before then (not recorded); it cannot come back, nothing
-//! is assigned to it, and queued work of its datasource waits saying why (once) until the datasource is bound
-//! to another agent, which then runs it. A certificate superseded by a renewal opens no session and renews
-//! nothing, and a session it opened ends at its next heartbeat, while the new certificate works.
+//! (PostgreSQL check), or at a result it reports before then (not recorded; the attempts it ran ended at
+//! the revocation, saying so); it cannot come back, nothing is assigned to it, and queued work of its
+//! datasource waits saying why (once) until the datasource is bound to another agent, which then runs it.
+//! A certificate superseded by a renewal opens no session and renews nothing, and a session it opened ends
+//! at its next heartbeat, while the new certificate works.
 
 use std::time::{Duration, Instant};
 
@@ -181,7 +182,10 @@ async fn without_redis_a_revocation_through_another_replica_still_ends_the_sessi
         }
     };
     waits_with_the_reason(&mut b, &id, &fake.id).await?;
-    assert_ne!(status(&mut b, &running).await?.status, pb::ExecutionStatus::Completed as i32);
+    // The attempt the agent was running ended at the revocation, saying why (one attempt allowed: failed).
+    let ended = status(&mut b, &running).await?;
+    assert_eq!(ended.status, pb::ExecutionStatus::Failed as i32);
+    assert!(ended.error.contains("revoked"), "{}", ended.error);
 
     b_ctl.shutdown().await;
     cluster.stop().await;
@@ -189,7 +193,8 @@ async fn without_redis_a_revocation_through_another_replica_still_ends_the_sessi
 }
 
 /// A result reported after the revocation, before the next heartbeat (Redis down, so no broadcast closed the
-/// session), is not recorded: the session ends there.
+/// session), is not recorded nor even acknowledged: the session ends there. The attempt itself was ended by
+/// the revocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_a_revoked_agent_cannot_complete_the_attempt_it_runs() -> anyhow::Result<()> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
@@ -227,7 +232,8 @@ async fn without_redis_a_revoked_agent_cannot_complete_the_attempt_it_runs() -> 
     assert_eq!(ended, Some(Code::Unauthenticated), "the session ends at the result");
     assert!(s.acks.is_empty(), "the result was not acknowledged: {:?}", s.acks);
     let ex = status(&mut a, &id).await?;
-    assert_eq!(ex.status, pb::ExecutionStatus::Running as i32, "not completed: {}", ex.error);
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32, "ended by the revocation, not completed");
+    assert!(ex.error.contains("revoked"), "{}", ex.error);
 
     b_ctl.shutdown().await;
     cluster.stop().await;

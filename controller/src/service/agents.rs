@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use dg_common::ids::AgentId;
 use uuid::Uuid;
 
-use crate::session::registry::AgentRegistry;
+use super::attempts::{AttemptEnder, EndCause};
+use crate::session::deliver::Sessions;
 use crate::{
-    coordination::{Coordination, REVOKED_CHANNEL},
     crypto,
     db::{AgentStanding, Db, Page},
     error::{ControllerError, ControllerResult},
@@ -116,8 +116,8 @@ pub enum HeartbeatError {
 pub struct AgentsService {
     db: Db,
     pki: Arc<Pki>,
-    registry: AgentRegistry,
-    coord: Coordination,
+    sessions: Sessions,
+    ender: AttemptEnder,
     cert_ttl: Duration,
     agent_endpoint: String,
     api_endpoint: String,
@@ -128,13 +128,13 @@ impl AgentsService {
     pub fn new(
         db: Db,
         pki: Arc<Pki>,
-        registry: AgentRegistry,
-        coord: Coordination,
+        sessions: Sessions,
+        ender: AttemptEnder,
         cert_ttl: Duration,
         agent_endpoint: String,
         api_endpoint: String,
     ) -> Self {
-        Self { db, pki, registry, coord, cert_ttl, agent_endpoint, api_endpoint }
+        Self { db, pki, sessions, ender, cert_ttl, agent_endpoint, api_endpoint }
     }
 
     /// Creates a one-time join token.
@@ -228,14 +228,19 @@ impl AgentsService {
     }
 
     /// Revokes an agent: recorded in PostgreSQL, then its session is closed here and on every other replica
-    /// (a broadcast; without Redis, the holding replica closes it at the session's next heartbeat).
+    /// (a broadcast; without Redis, the holding replica closes it at the session's next heartbeat), and the
+    /// attempts it runs are ended.
     pub async fn revoke(&self, id: Uuid) -> ControllerResult<Agent> {
         if !self.db.revoke_agent(id).await? {
             return Err(ControllerError::NotFound(format!("agent {id}")));
         }
-        self.registry.disconnect(id, revoked_status());
-        self.coord.publish(REVOKED_CHANNEL, id.to_string()).await;
+        self.sessions.revoked(id, revoked_status()).await;
         tracing::warn!(agent_id = %id, "agent revoked");
+        // Its running attempts end now (their log says why), retried per their job's policy: the retry waits
+        // for the datasource to be bound to another agent. Anything the agent still reports is fenced.
+        for ex in self.db.running_for_agent(id).await? {
+            self.ender.end(&ex, ex.attempt, EndCause::AgentRevoked).await?;
+        }
         self.get(id).await
     }
 
