@@ -5,6 +5,9 @@
 //! never relayed: dispatch assigns only agents connected to its own replica, and an ack answers a report
 //! that arrived on a local session. Without Redis there is no presence and no relay: `NotConnected`.
 //!
+//! [`Sessions::revoked`] closes a revoked agent's session wherever it is (here, and a broadcast every
+//! replica's relay task reads; without Redis the holding replica finds out at the next heartbeat).
+//!
 //! Relays are best effort: PostgreSQL stays the source of truth. The receiving replica ([`Sessions::
 //! deliver_here`], called by the relay task) delivers only to its own sessions, so a message never bounces.
 
