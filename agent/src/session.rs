@@ -3,7 +3,8 @@
 //! attempts: the agent reconnects after a jittered exponential backoff and lists them in its next Hello (the
 //! controller keeps them while their leases hold, else aborts them); after `max_offline` without a session
 //! they are cancelled. The certificate is renewed over the same connection two thirds into its life; the new
-//! one is used from the next connection on.
+//! one supersedes the old (the controller refuses a superseded certificate), so the agent then ends the
+//! session and reconnects with it.
 //!
 //! This module is the agent's protocol edge: an incoming `Assign`, `Cancel` or `Abort` is converted into the
 //! protocol model (`Assignment`, `ExecutionRef`) here, and is the only validation of it; an assignment that
@@ -303,10 +304,16 @@ async fn session_once(
                 }
             }
             _ = renew_check.tick() => {
-                if chrono::Utc::now().timestamp() >= renewal_due(dir)?
-                    && let Err(e) = renew(&mut client, dir).await
-                {
-                    warn!(error = %e, "certificate renewal failed; retrying");
+                if chrono::Utc::now().timestamp() >= renewal_due(dir)? {
+                    match renew(&mut client, dir).await {
+                        // The new certificate supersedes the one this session was opened with, which the
+                        // controller refuses from its next heartbeat on: reconnect with the new one now.
+                        Ok(()) => {
+                            info!("reconnecting with the renewed certificate");
+                            break Ok(());
+                        }
+                        Err(e) => warn!(error = %e, "certificate renewal failed; retrying"),
+                    }
                 }
             }
             m = inbound.message() => match m {

@@ -176,7 +176,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         agents: AgentsService::new(
             db.clone(),
             pki.clone(),
-            registry.clone(),
+            sessions.clone(),
+            ender.clone(),
             Duration::from_secs(config.agent_cert_ttl_secs),
             agent_endpoint,
             api_endpoint,

@@ -146,6 +146,10 @@ impl Coordination {
 /// Channel every replica listens on for dispatch wake-ups.
 pub const WAKE_CHANNEL: &str = "dataguardian:wake";
 
+/// Channel every replica listens on for revocations: the payload is the agent id, whose session the replica
+/// holding it closes at once.
+pub const REVOKED_CHANNEL: &str = "dataguardian:revoked";
+
 fn presence_key(agent: uuid::Uuid) -> String {
     format!("dataguardian:agent:{agent}")
 }

@@ -122,6 +122,7 @@ impl Pki {
         let cert = params.signed_by(&csr.public_key, &self.issuer)?;
         let issued = IssuedCert {
             serial: hex::encode(serial.to_bytes()),
+            sha256: tls::fingerprint(cert.der()),
             not_before: to_chrono(not_before),
             not_after: to_chrono(not_after),
         };

@@ -15,6 +15,7 @@ mod operator_api;
 mod protocol;
 mod python_client;
 mod retarget;
+mod revocation;
 mod security;
 mod sessions;
 mod transport;

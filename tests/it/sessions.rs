@@ -17,7 +17,7 @@ use tonic::Code;
 use crate::protocol::{WAIT, assigned, backup_prefix, job_for, run_now, status};
 
 /// A second replica on the cluster's database and Redis, with ports of its own.
-async fn second_replica(cluster: &Cluster) -> anyhow::Result<dg_controller::app::RunningController> {
+pub(crate) async fn second_replica(cluster: &Cluster) -> anyhow::Result<dg_controller::app::RunningController> {
     let mut cfg = cluster.config.clone();
     cfg.api_listen = "127.0.0.1:0".parse()?;
     cfg.agent_listen = "127.0.0.1:0".parse()?;

@@ -121,12 +121,12 @@ fn has_files(dir: &std::path::Path) -> bool {
 }
 
 /// A private Redis on a free port that the test can stop and start again on the same port.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Option<tokio::process::Child>,
 }
 
 impl PrivateRedis {
-    async fn start(port: u16) -> anyhow::Result<Self> {
+    pub(crate) async fn start(port: u16) -> anyhow::Result<Self> {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::null())
@@ -142,7 +142,7 @@ impl PrivateRedis {
         anyhow::bail!("redis-server did not start")
     }
 
-    async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill().await;
             let _ = c.wait().await;

@@ -55,6 +55,28 @@ impl FakeAgent {
         Ok(AgentSessionServiceClient::new(channel))
     }
 
+    /// Renews the certificate over `Renew`, presenting this identity's certificate. The new identity lives in
+    /// a state directory of its own, so this one keeps the old certificate (to try it after it is superseded).
+    /// The controller's refusal is returned as its status.
+    pub async fn renew(&self, cluster: &Cluster) -> anyhow::Result<Result<FakeAgent, tonic::Status>> {
+        let (key, csr_pem) = enroll::new_key_and_csr()?;
+        let answer = self.client().await?.renew(pb::RenewRequest { csr_pem }).await;
+        let resp = match answer {
+            Ok(r) => r.into_inner(),
+            Err(status) => return Ok(Err(status)),
+        };
+        let dir = StateDir::open(&cluster.dir.path().join(format!("fake-{}", suffix())))?;
+        for entry in std::fs::read_dir(self.dir.root())? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                std::fs::copy(entry.path(), dir.root().join(entry.file_name()))?;
+            }
+        }
+        dir.write("key.pem", key.serialize_pem().as_bytes(), 0o600)?;
+        dir.write("cert.pem", resp.certificate_pem.as_bytes(), 0o600)?;
+        Ok(Ok(FakeAgent { id: self.id.clone(), dir }))
+    }
+
     /// Uploads an object for a read request on a `SendObject` call of its own, as these pieces (the first
     /// names the request); the controller's answer or its status.
     pub async fn send_object(

@@ -10,11 +10,22 @@ use crate::model::Agent;
 const AGENT_COLS: &str =
     "id, hostname, version, tools, enrolled_at, last_heartbeat_at, connected, cert_expires_at, revoked_at";
 
+/// Whether an agent may keep a session: revoked or not, and the certificate it must present.
+#[derive(Debug, Clone, PartialEq, Eq, sea_orm::FromQueryResult)]
+pub struct AgentStanding {
+    /// The agent is revoked.
+    pub revoked: bool,
+    /// `sha256:<hex>` of its current certificate (`None`: enrolled before certificates were tracked).
+    pub current_cert_sha256: Option<String>,
+}
+
 /// A certificate to record.
 #[derive(Debug, Clone)]
 pub struct IssuedCert {
     /// Serial (hex).
     pub serial: String,
+    /// `sha256:<hex>` of the certificate (DER): what a session or renewal presenting it is matched on.
+    pub sha256: String,
     /// Validity start.
     pub not_before: DateTime<Utc>,
     /// Validity end.
@@ -76,8 +87,8 @@ impl Db {
         }
         execute(
             &txn,
-            "INSERT INTO agent (id, hostname, version, cert_expires_at) VALUES ($1, $2, $3, $4)",
-            [agent_id.into(), hostname.into(), version.into(), cert.not_after.into()],
+            "INSERT INTO agent (id, hostname, version, cert_expires_at, current_cert_sha256) VALUES ($1, $2, $3, $4, $5)",
+            [agent_id.into(), hostname.into(), version.into(), cert.not_after.into(), cert.sha256.clone().into()],
         )
         .await?;
         execute(
@@ -91,13 +102,18 @@ impl Db {
         Ok(true)
     }
 
-    /// Records a renewed certificate of a non-revoked agent; false when the agent is revoked or unknown.
-    pub async fn record_renewal(&self, agent_id: Uuid, cert: &IssuedCert) -> Result<bool, DbErr> {
+    /// Records a renewed certificate of a non-revoked agent, which becomes its current one, provided the renewal
+    /// was asked with the agent's current certificate (`presented`; an agent enrolled before certificates
+    /// were tracked has none recorded and may renew with any of its own). A compare-and-set: of two renewals
+    /// presenting the same certificate only the first succeeds. False when the agent is revoked or unknown,
+    /// or `presented` is not its current certificate.
+    pub async fn record_renewal(&self, agent_id: Uuid, presented: &str, cert: &IssuedCert) -> Result<bool, DbErr> {
         let txn = self.conn.begin().await?;
         let n = execute(
             &txn,
-            "UPDATE agent SET cert_expires_at = $2 WHERE id = $1 AND revoked_at IS NULL",
-            [agent_id.into(), cert.not_after.into()],
+            "UPDATE agent SET cert_expires_at = $2, current_cert_sha256 = $3 WHERE id = $1 AND revoked_at IS NULL \
+             AND (current_cert_sha256 IS NULL OR current_cert_sha256 = $4)",
+            [agent_id.into(), cert.not_after.into(), cert.sha256.clone().into(), presented.into()],
         )
         .await?;
         if n != 1 {
@@ -153,11 +169,27 @@ impl Db {
         .map(|_| ())
     }
 
-    /// Heartbeat: refreshes liveness and extends the lease of the agent's running executions.
-    pub async fn agent_heartbeat(&self, id: Uuid) -> Result<(), DbErr> {
-        execute(&self.conn, "UPDATE agent SET last_heartbeat_at = now(), connected = true WHERE id = $1", [id.into()])
-            .await
-            .map(|_| ())
+    /// Heartbeat: refreshes the liveness of a non-revoked agent and returns its standing (revoked, current
+    /// certificate), read in the same statement; `None` for an unknown agent.
+    pub async fn agent_heartbeat(&self, id: Uuid) -> Result<Option<AgentStanding>, DbErr> {
+        fetch_one(
+            &self.conn,
+            "UPDATE agent SET last_heartbeat_at = CASE WHEN revoked_at IS NULL THEN now() ELSE last_heartbeat_at END, \
+             connected = (revoked_at IS NULL) WHERE id = $1 \
+             RETURNING revoked_at IS NOT NULL AS revoked, current_cert_sha256",
+            [id.into()],
+        )
+        .await
+    }
+
+    /// An agent's standing (revoked, current certificate); `None` for an unknown agent.
+    pub async fn agent_standing(&self, id: Uuid) -> Result<Option<AgentStanding>, DbErr> {
+        fetch_one(
+            &self.conn,
+            "SELECT revoked_at IS NOT NULL AS revoked, current_cert_sha256 FROM agent WHERE id = $1",
+            [id.into()],
+        )
+        .await
     }
 
     /// Session closed.
@@ -169,8 +201,14 @@ impl Db {
 async fn insert_cert(c: &impl sea_orm::ConnectionTrait, agent_id: Uuid, cert: &IssuedCert) -> Result<(), DbErr> {
     execute(
         c,
-        "INSERT INTO issued_cert (serial, agent_id, not_before, not_after) VALUES ($1, $2, $3, $4)",
-        [cert.serial.clone().into(), agent_id.into(), cert.not_before.into(), cert.not_after.into()],
+        "INSERT INTO issued_cert (serial, agent_id, not_before, not_after, sha256) VALUES ($1, $2, $3, $4, $5)",
+        [
+            cert.serial.clone().into(),
+            agent_id.into(),
+            cert.not_before.into(),
+            cert.not_after.into(),
+            cert.sha256.clone().into(),
+        ],
     )
     .await
     .map(|_| ())

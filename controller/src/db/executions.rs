@@ -12,6 +12,11 @@ const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, a
                        source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
                        agent_listed";
 
+/// `EX_COLS`, each qualified by the table alias `alias`.
+fn qualified(alias: &str) -> String {
+    EX_COLS.split(',').map(|c| format!("{alias}.{}", c.trim())).collect::<Vec<_>>().join(", ")
+}
+
 /// A new execution.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
@@ -288,15 +293,36 @@ impl Db {
         fetch_all(&self.conn, &sql, values).await
     }
 
-    /// The oldest queued executions of an agent.
+    /// The oldest queued executions for an agent: those whose datasource is bound to it now (not the agent
+    /// recorded at queue time: work follows its datasource when it is rebound), none while it is revoked.
     pub async fn queued_for_agent(&self, agent_id: Uuid, limit: i64) -> Result<Vec<Execution>, DbErr> {
         fetch_all(
             &self.conn,
             &format!(
-                "SELECT {EX_COLS} FROM execution WHERE agent_id = $1 AND status = 'queued' \
-                 AND (not_before IS NULL OR not_before <= now()) ORDER BY created_at LIMIT $2"
+                "SELECT {} FROM execution e JOIN datasource d ON d.id = e.datasource_id \
+                 JOIN agent a ON a.id = d.agent_id \
+                 WHERE d.agent_id = $1 AND a.revoked_at IS NULL AND e.status = 'queued' \
+                 AND (e.not_before IS NULL OR e.not_before <= now()) ORDER BY e.created_at LIMIT $2",
+                qualified("e")
             ),
             [agent_id.into(), limit.into()],
+        )
+        .await
+    }
+
+    /// Queued executions whose datasource's agent is revoked get `waiting_reason` (`agent <id>` followed by
+    /// `reason_tail`) and, once per reason, a line in their log saying it. Returns how many were marked.
+    pub async fn mark_waiting_for_revoked_agents(&self, reason_tail: &str) -> Result<u64, DbErr> {
+        execute(
+            &self.conn,
+            "WITH marked AS ( \
+                UPDATE execution e SET waiting_reason = 'agent ' || a.id::text || $1 \
+                FROM datasource d JOIN agent a ON a.id = d.agent_id \
+                WHERE e.status = 'queued' AND d.id = e.datasource_id AND a.revoked_at IS NOT NULL \
+                AND e.waiting_reason IS DISTINCT FROM 'agent ' || a.id::text || $1 \
+                RETURNING e.id, e.waiting_reason) \
+             INSERT INTO execution_log (execution_id, level, message) SELECT id, 'warn', waiting_reason FROM marked",
+            [reason_tail.into()],
         )
         .await
     }
@@ -383,18 +409,23 @@ impl Db {
             == 1)
     }
 
-    /// Claims a queued execution: `queued -> running` with the next attempt number and a lease. `None` when
-    /// another replica claimed it first.
-    pub async fn claim(&self, id: Uuid, lease_secs: i64) -> Result<Option<Execution>, DbErr> {
+    /// Claims a queued execution for `agent_id`: `queued -> running` with the next attempt number and a lease,
+    /// recording that agent as the one running it. Checked in the same statement: the execution's datasource
+    /// is bound to that agent now and the agent is not revoked. `None` when another replica claimed it first,
+    /// the datasource was rebound, or the agent was revoked.
+    pub async fn claim(&self, id: Uuid, agent_id: Uuid, lease_secs: i64) -> Result<Option<Execution>, DbErr> {
         fetch_one(
             &self.conn,
             &format!(
                 "UPDATE execution SET status = 'running', attempt = attempt + 1, started_at = now(), agent_listed = false, \
-                 lease_until = now() + make_interval(secs => $2) WHERE id = $1 AND status = 'queued' \
+                 lease_until = now() + make_interval(secs => $2), agent_id = $3, waiting_reason = NULL \
+                 WHERE id = $1 AND status = 'queued' \
+                 AND EXISTS (SELECT 1 FROM datasource d JOIN agent a ON a.id = d.agent_id \
+                             WHERE d.id = execution.datasource_id AND d.agent_id = $3 AND a.revoked_at IS NULL) \
                  AND NOT EXISTS (SELECT 1 FROM execution b WHERE b.id = execution.source_backup_id AND b.deleting) \
                  RETURNING {EX_COLS}"
             ),
-            [id.into(), (lease_secs as f64).into()],
+            [id.into(), (lease_secs as f64).into(), agent_id.into()],
         )
         .await
     }

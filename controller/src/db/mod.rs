@@ -18,7 +18,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use self::{
-    agents::IssuedCert,
+    agents::{AgentStanding, IssuedCert},
     catalog::Deletion,
     executions::{
         BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution, Sweep,

@@ -1,5 +1,17 @@
 //! Agents: one-time join tokens, enrollment (CSR -> short-lived client certificate naming the agent id),
 //! renewal over the mTLS session port, inventory and revocation.
+//!
+//! Revocation holds on every replica: [`AgentsService::revoke`] records it in PostgreSQL, closes the agent's
+//! session here and broadcasts "disconnect agent X" on the channel every replica listens to (the relay task
+//! closes it wherever it is); and since Redis may be down, each session's heartbeat reads the agent's
+//! standing in PostgreSQL ([`AgentsService::heartbeat`]), so a revoked agent's stream closes within one
+//! heartbeat interval anyway. Dispatch claims only for a non-revoked agent currently bound to the datasource.
+//!
+//! Per-certificate revocation: the agent row names its current certificate (sha256 of the last one issued,
+//! by enrollment or renewal). A session or renewal presenting another one (superseded by a renewal) is
+//! refused ([`admission`]). A session opened with a certificate that a renewal then supersedes is closed
+//! at its next heartbeat (or result); the agent itself reconnects with its new certificate right after
+//! renewing, and its running attempts keep their leases across the short disconnect.
 
 use std::{sync::Arc, time::Duration};
 
@@ -7,10 +19,11 @@ use chrono::{DateTime, Utc};
 use dg_common::ids::AgentId;
 use uuid::Uuid;
 
-use crate::session::registry::AgentRegistry;
+use super::attempts::{AttemptEnder, EndCause};
+use crate::session::deliver::Sessions;
 use crate::{
     crypto,
-    db::{Db, Page},
+    db::{AgentStanding, Db, Page},
     error::{ControllerError, ControllerResult},
     model::Agent,
     pki::Pki,
@@ -44,12 +57,67 @@ pub struct Enrolled {
     pub not_after: DateTime<Utc>,
 }
 
+/// Why a certificate may not hold a session or renew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// No such agent.
+    Unknown,
+    /// The agent is revoked (every certificate it was issued is refused).
+    Revoked,
+    /// A renewal issued the agent a newer certificate.
+    Superseded,
+}
+
+impl From<Refusal> for ControllerError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unknown => ControllerError::Unauthenticated("unknown agent".into()),
+            Refusal::Revoked => ControllerError::Unauthenticated("agent is revoked".into()),
+            Refusal::Superseded => ControllerError::PermissionDenied(
+                "this certificate was superseded by a renewal; connect with the agent's current certificate".into(),
+            ),
+        }
+    }
+}
+
+/// What a revoked agent's stream ends with.
+pub fn revoked_status() -> tonic::Status {
+    ControllerError::from(Refusal::Revoked).into()
+}
+
+/// Whether the certificate `presented` (its `sha256:<hex>`) of an agent with `standing` may hold a session or
+/// renew: the agent exists, is not revoked, and `presented` is its current certificate. An agent enrolled
+/// before certificates were tracked has none recorded: any certificate of it (signed by the CA, naming it)
+/// is accepted until its next renewal records one.
+pub fn admission(standing: Option<&AgentStanding>, presented: &str) -> Result<(), Refusal> {
+    match standing {
+        None => Err(Refusal::Unknown),
+        Some(s) if s.revoked => Err(Refusal::Revoked),
+        Some(AgentStanding { current_cert_sha256: Some(current), .. }) if current != presented => {
+            Err(Refusal::Superseded)
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// A heartbeat not recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum HeartbeatError {
+    /// The session may not go on.
+    #[error("{}", ControllerError::from(*.0))]
+    Refused(Refusal),
+    /// It could not be recorded (the session goes on).
+    #[error(transparent)]
+    Failed(ControllerError),
+}
+
 /// Agent service.
 #[derive(Clone, Debug)]
 pub struct AgentsService {
     db: Db,
     pki: Arc<Pki>,
-    registry: AgentRegistry,
+    sessions: Sessions,
+    ender: AttemptEnder,
     cert_ttl: Duration,
     agent_endpoint: String,
     api_endpoint: String,
@@ -61,12 +129,13 @@ impl AgentsService {
     pub fn new(
         db: Db,
         pki: Arc<Pki>,
-        registry: AgentRegistry,
+        sessions: Sessions,
+        ender: AttemptEnder,
         cert_ttl: Duration,
         agent_endpoint: String,
         api_endpoint: String,
     ) -> Self {
-        Self { db, pki, registry, cert_ttl, agent_endpoint, api_endpoint, enroll_limits: Default::default() }
+        Self { db, pki, sessions, ender, cert_ttl, agent_endpoint, api_endpoint, enroll_limits: Default::default() }
     }
 
     /// Creates a one-time join token.
@@ -120,22 +189,44 @@ impl AgentsService {
         })
     }
 
-    /// Issues a new certificate to an authenticated, non-revoked agent.
-    pub async fn renew(&self, agent: AgentId, csr_pem: &str) -> ControllerResult<(String, DateTime<Utc>)> {
+    /// Issues a new certificate to an authenticated, non-revoked agent that presents its current certificate
+    /// (`presented`, its `sha256:<hex>`); the new one supersedes it.
+    pub async fn renew(
+        &self,
+        agent: AgentId,
+        presented: &str,
+        csr_pem: &str,
+    ) -> ControllerResult<(String, DateTime<Utc>)> {
+        admission(self.db.agent_standing(agent.0).await?.as_ref(), presented)?;
         let (pem, issued) = self.pki.sign_agent_csr(csr_pem, agent, self.cert_ttl)?;
-        if !self.db.record_renewal(agent.0, &issued).await? {
-            return Err(ControllerError::Unauthenticated("agent is revoked".into()));
+        if !self.db.record_renewal(agent.0, presented, &issued).await? {
+            // Revoked, or another renewal with the same certificate won meanwhile.
+            return Err(admission(self.db.agent_standing(agent.0).await?.as_ref(), presented)
+                .err()
+                .unwrap_or(Refusal::Superseded)
+                .into());
         }
         tracing::info!(agent_id = %agent, not_after = %issued.not_after, "agent certificate renewed");
         Ok((pem, issued.not_after))
     }
 
-    /// An agent allowed to hold a session: enrolled and not revoked.
-    pub async fn active(&self, id: Uuid) -> ControllerResult<Agent> {
-        match self.db.agent(id).await? {
-            Some(a) if a.revoked_at.is_none() => Ok(a),
-            Some(_) => Err(ControllerError::Unauthenticated("agent is revoked".into())),
-            None => Err(ControllerError::Unauthenticated("unknown agent".into())),
+    /// Whether `presented` (a certificate's `sha256:<hex>`) may open a session of `id`: see [`admission`].
+    pub async fn admit(&self, id: Uuid, presented: &str) -> ControllerResult<()> {
+        Ok(self.standing(id, presented).await??)
+    }
+
+    /// Whether a session of `id` opened with `presented` may go on (see [`admission`]); an error when the
+    /// database cannot say.
+    pub async fn standing(&self, id: Uuid, presented: &str) -> ControllerResult<Result<(), Refusal>> {
+        Ok(admission(self.db.agent_standing(id).await?.as_ref(), presented))
+    }
+
+    /// Refuses a revoked or unknown agent, whatever certificate it presents.
+    pub async fn not_revoked(&self, id: Uuid) -> ControllerResult<()> {
+        match self.db.agent_standing(id).await? {
+            None => Err(Refusal::Unknown.into()),
+            Some(s) if s.revoked => Err(Refusal::Revoked.into()),
+            Some(_) => Ok(()),
         }
     }
 
@@ -149,12 +240,20 @@ impl AgentsService {
         Ok(self.db.list_agents(page).await?)
     }
 
-    /// Revokes an agent and closes its session on this replica.
+    /// Revokes an agent: recorded in PostgreSQL, then its session is closed here and on every other replica
+    /// (a broadcast; without Redis, the holding replica closes it at the session's next heartbeat), and the
+    /// attempts it runs are ended.
     pub async fn revoke(&self, id: Uuid) -> ControllerResult<Agent> {
         if !self.db.revoke_agent(id).await? {
             return Err(ControllerError::NotFound(format!("agent {id}")));
         }
-        self.registry.disconnect(id);
+        self.sessions.revoked(id, revoked_status()).await;
+        tracing::warn!(agent_id = %id, "agent revoked");
+        // Its running attempts end now (their log says why), retried per their job's policy: the retry waits
+        // for the datasource to be bound to another agent. Anything the agent still reports is fenced.
+        for ex in self.db.running_for_agent(id).await? {
+            self.ender.end(&ex, ex.attempt, EndCause::AgentRevoked).await?;
+        }
         self.get(id).await
     }
 
@@ -169,13 +268,49 @@ impl AgentsService {
         Ok(self.db.agent_connected(id, hostname, version, tools).await?)
     }
 
-    /// Heartbeat.
-    pub async fn heartbeat(&self, id: Uuid) -> ControllerResult<()> {
-        Ok(self.db.agent_heartbeat(id).await?)
+    /// Heartbeat of a session opened with the certificate `presented`: records liveness and refuses (so the
+    /// session closes) when the agent is revoked or the certificate was superseded.
+    pub async fn heartbeat(&self, id: Uuid, presented: &str) -> Result<(), HeartbeatError> {
+        let standing = self.db.agent_heartbeat(id).await.map_err(|e| HeartbeatError::Failed(e.into()))?;
+        admission(standing.as_ref(), presented).map_err(HeartbeatError::Refused)
     }
 
     /// Session closed.
     pub async fn disconnected(&self, id: Uuid) -> ControllerResult<()> {
         Ok(self.db.agent_disconnected(id).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn standing(revoked: bool, current: Option<&str>) -> Option<AgentStanding> {
+        Some(AgentStanding { revoked, current_cert_sha256: current.map(str::to_owned) })
+    }
+
+    #[test]
+    fn only_the_current_certificate_of_a_non_revoked_agent_is_admitted() {
+        let (old, new) = ("sha256:00", "sha256:11");
+        assert_eq!(admission(standing(false, Some(new)).as_ref(), new), Ok(()));
+        assert_eq!(admission(standing(false, Some(new)).as_ref(), old), Err(Refusal::Superseded));
+        assert_eq!(admission(standing(true, Some(new)).as_ref(), new), Err(Refusal::Revoked), "every cert of it");
+        assert_eq!(admission(standing(true, Some(new)).as_ref(), old), Err(Refusal::Revoked));
+        assert_eq!(admission(None, new), Err(Refusal::Unknown));
+        // Enrolled before certificates were tracked: any of its certificates, until a renewal records one.
+        assert_eq!(admission(standing(false, None).as_ref(), old), Ok(()));
+        assert_eq!(admission(standing(true, None).as_ref(), old), Err(Refusal::Revoked));
+    }
+
+    #[test]
+    fn refusals_map_to_authentication_codes_that_say_why() {
+        use dg_common::error::{ErrorCode, ServiceError};
+        let revoked = ControllerError::from(Refusal::Revoked);
+        assert!(revoked.to_string().contains("revoked"), "{revoked}");
+        assert_eq!(revoked.error_code(), ErrorCode::Unauthenticated);
+        let superseded = ControllerError::from(Refusal::Superseded);
+        assert!(superseded.to_string().contains("superseded"), "{superseded}");
+        assert_eq!(superseded.error_code(), ErrorCode::PermissionDenied);
+        assert_eq!(ControllerError::from(Refusal::Unknown).error_code(), ErrorCode::Unauthenticated);
     }
 }

@@ -23,6 +23,8 @@ pub enum EndCause {
     AgentCancelled,
     /// No heartbeat listed the attempt before its lease expired.
     LeaseExpired,
+    /// The agent running the attempt was revoked (nothing it reports is taken any more).
+    AgentRevoked,
     /// The agent opened a new session without the attempt (it restarted).
     AgentRestarted,
     /// The agent's heartbeats do not list the attempt after the grace that follows the assignment.
@@ -74,6 +76,7 @@ impl fmt::Display for EndCause {
             EndCause::AgentFailed(e) => f.write_str(e),
             EndCause::AgentCancelled => f.write_str("cancelled"),
             EndCause::LeaseExpired => f.write_str("agent lost: no heartbeat before the lease expired"),
+            EndCause::AgentRevoked => f.write_str("the agent running this attempt was revoked"),
             EndCause::AgentRestarted => f.write_str("agent restarted during the execution"),
             EndCause::NotRunning { .. } => {
                 f.write_str("the agent is not running this attempt (its heartbeats do not list it)")
@@ -228,6 +231,7 @@ mod tests {
             EndCause::AgentFailed("pg_dump: connection refused".into()),
             EndCause::AgentCancelled,
             EndCause::LeaseExpired,
+            EndCause::AgentRevoked,
             EndCause::AgentRestarted,
             EndCause::NotRunning { was_listed: false },
             EndCause::NotRunning { was_listed: true },
@@ -248,6 +252,7 @@ mod tests {
                 cause,
                 EndCause::AgentFailed(_)
                     | EndCause::LeaseExpired
+                    | EndCause::AgentRevoked
                     | EndCause::AgentRestarted
                     | EndCause::NotRunning { .. }
                     | EndCause::DeliveryFailed

@@ -1,6 +1,9 @@
 //! Dispatch: turns queued executions of agents connected to this replica into `Assign` messages, and the
 //! reaper that fails executions whose agent went silent. Claiming is a compare-and-set in PostgreSQL, so
-//! several replicas can dispatch side by side; an agent runs one execution at a time.
+//! several replicas can dispatch side by side; an agent runs one execution at a time. A queued execution goes
+//! to its datasource's agent at claim time (work follows a rebound datasource), never to a revoked agent:
+//! both are checked in the claim itself, so they hold without Redis. Queued work whose datasource's agent is
+//! revoked waits, and its log says why once ([`WAITING_FOR_REBIND`]).
 
 use std::time::Duration;
 
@@ -28,6 +31,9 @@ use crate::{
 };
 
 pub use super::waker::DispatchWaker;
+
+/// What the log of a queued execution says, after `agent <id>`, when its datasource's agent is revoked.
+pub const WAITING_FOR_REBIND: &str = " is revoked; waiting for the datasource to be bound to another agent";
 
 /// Settings of dispatch.
 #[derive(Clone, Debug)]
@@ -81,6 +87,12 @@ impl DispatchTask {
     }
 
     async fn round(&self) -> ControllerResult<()> {
+        // PostgreSQL only, so the reason shows while Redis is down too; each execution is marked (and its log
+        // written) once, by whichever replica gets there first.
+        let waiting = self.db.mark_waiting_for_revoked_agents(WAITING_FOR_REBIND).await?;
+        if waiting > 0 {
+            info!(executions = waiting, "queued work waits: its datasource's agent is revoked");
+        }
         if !self.coord.is_up() {
             return Ok(()); // paused while Redis is down; queued work waits in PostgreSQL
         }
@@ -89,8 +101,8 @@ impl DispatchTask {
                 continue;
             }
             for queued in self.db.queued_for_agent(agent, 1).await? {
-                let Some(claimed) = self.db.claim(queued.id, self.settings.lease_secs).await? else {
-                    continue; // another replica claimed it
+                let Some(claimed) = self.db.claim(queued.id, agent, self.settings.lease_secs).await? else {
+                    continue; // another replica claimed it, or the datasource was rebound or its agent revoked
                 };
                 self.assign(claimed).await?;
             }

@@ -1,7 +1,8 @@
 //! The receiving end of messages between controller replicas over Redis pub/sub: dispatch wake-ups (work
 //! queued on one replica for an agent connected to another is assigned at once, not at the next dispatch
 //! tick) and the cancels and aborts [`Sessions::deliver`] relays to the replica holding the agent's session
-//! (their format is `session::deliver::ReplicaMessage`). Best effort: PostgreSQL stays the source of truth,
+//! (their format is `session::deliver::ReplicaMessage`), and revocations broadcast to every replica (the one
+//! holding the revoked agent's session closes it). Best effort: PostgreSQL stays the source of truth,
 //! and a lost message only costs latency (wake-ups) or leaves the attempt to its lease and reports (cancels,
 //! aborts).
 
@@ -13,7 +14,8 @@ use tracing::{debug, info};
 
 use super::waker::DispatchWaker;
 use crate::{
-    coordination::{WAKE_CHANNEL, replica_channel},
+    coordination::{REVOKED_CHANNEL, WAKE_CHANNEL, replica_channel},
+    service::agents::revoked_status,
     session::deliver::{ReplicaMessage, Sessions},
 };
 
@@ -41,7 +43,8 @@ impl RelayTask {
         tokio::time::timeout(Duration::from_secs(3), sub.wait_for_connect())
             .await
             .map_err(|_| fred::error::Error::new(fred::error::ErrorKind::Timeout, "connect"))??;
-        sub.subscribe(vec![WAKE_CHANNEL.to_owned(), replica_channel(&self.replica)]).await?;
+        sub.subscribe(vec![WAKE_CHANNEL.to_owned(), REVOKED_CHANNEL.to_owned(), replica_channel(&self.replica)])
+            .await?;
         // Re-subscribes after every reconnect.
         let resubscribe = sub.manage_subscriptions();
         Ok((sub, resubscribe))
@@ -72,6 +75,16 @@ impl RelayTask {
                 continue;
             }
             let Some(text) = msg.value.as_string() else { continue };
+            if &*msg.channel == REVOKED_CHANNEL {
+                match text.parse::<uuid::Uuid>() {
+                    Ok(agent) if self.sessions.registry().disconnect(agent, revoked_status()) => {
+                        info!(%agent, "revoked agent's session closed");
+                    }
+                    Ok(_) => {}
+                    Err(e) => debug!(error = %e, "unreadable revocation message"),
+                }
+                continue;
+            }
             match serde_json::from_str::<ReplicaMessage>(&text) {
                 Ok(m) => {
                     let (agent, command) = m.into_command();

@@ -5,6 +5,9 @@
 //! never relayed: dispatch assigns only agents connected to its own replica, and an ack answers a report
 //! that arrived on a local session. Without Redis there is no presence and no relay: `NotConnected`.
 //!
+//! [`Sessions::revoked`] closes a revoked agent's session wherever it is (here, and a broadcast every
+//! replica's relay task reads; without Redis the holding replica finds out at the next heartbeat).
+//!
 //! Relays are best effort: PostgreSQL stays the source of truth. The receiving replica ([`Sessions::
 //! deliver_here`], called by the relay task) delivers only to its own sessions, so a message never bounces.
 
@@ -14,7 +17,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::{ToAgent, registry::AgentRegistry};
-use crate::coordination::{Coordination, replica_channel};
+use crate::coordination::{Coordination, REVOKED_CHANNEL, replica_channel};
 
 /// Where a command went.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +155,15 @@ impl Sessions {
             }
         };
         published(replica, self.coord.publish_counted(&replica_channel(replica), payload).await)
+    }
+
+    /// Closes a revoked agent's session wherever it is, ending its stream with `status`: here, and on every
+    /// other replica (a broadcast on [`REVOKED_CHANNEL`], which the relay task of each one reads). Best effort
+    /// across replicas: without Redis, the holding replica learns it from PostgreSQL at the session's next
+    /// heartbeat.
+    pub async fn revoked(&self, agent: Uuid, status: tonic::Status) {
+        self.registry.disconnect(agent, status);
+        self.coord.publish(REVOKED_CHANNEL, agent.to_string()).await;
     }
 
     /// Delivers a command to `agent`'s session on this replica only; false when it has none here.

@@ -59,6 +59,15 @@ impl SessionHandle {
         self.close.cancel();
     }
 
+    /// Ends the session with `status` as the stream's last word (best effort: with the outbound queue full the
+    /// agent sees the stream end without it), then closes it.
+    pub fn end(&self, status: tonic::Status) {
+        if !self.close.is_cancelled() {
+            let _ = self.tx.try_send(Err(status));
+        }
+        self.close();
+    }
+
     /// A token cancelled when the session is closed.
     pub fn closed(&self) -> CancellationToken {
         self.close.clone()

@@ -52,10 +52,15 @@ impl AgentRegistry {
         }
     }
 
-    /// Closes an agent's session (revocation).
-    pub fn disconnect(&self, agent: Uuid) {
-        if let Some(e) = self.lock().remove(&agent) {
-            e.close();
+    /// Closes an agent's session (revocation), telling the agent why; whether it had one here.
+    pub fn disconnect(&self, agent: Uuid, status: tonic::Status) -> bool {
+        let removed = self.lock().remove(&agent);
+        match removed {
+            Some(e) => {
+                e.end(status);
+                true
+            }
+            None => false,
         }
     }
 

@@ -74,9 +74,16 @@ impl SessionSvc {
 
 /// The agent id in the request's verified client certificate.
 fn peer_agent<T>(req: &Request<T>) -> Result<AgentId, Status> {
+    peer(req).map(|(agent, _)| agent)
+}
+
+/// The agent id in the request's verified client certificate and that certificate's `sha256:<hex>` (what
+/// per-certificate revocation matches on).
+fn peer<T>(req: &Request<T>) -> Result<(AgentId, String), Status> {
     let certs = req.peer_certs().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
     let leaf = certs.first().ok_or_else(|| Status::unauthenticated("client certificate required"))?;
-    tls::agent_id_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))
+    let agent = tls::agent_id_from_cert(leaf).map_err(|e| Status::unauthenticated(e.to_string()))?;
+    Ok((agent, tls::fingerprint(leaf)))
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Status>> + Send>>;
@@ -84,12 +91,12 @@ type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::ControllerMessage, Sta
 #[tonic::async_trait]
 impl agent_session_service_server::AgentSessionService for SessionSvc {
     async fn renew(&self, req: Request<pb::RenewRequest>) -> Result<Response<pb::RenewResponse>, Status> {
-        let agent = peer_agent(&req)?;
+        let (agent, cert) = peer(&req)?;
         let r = req.into_inner();
         if r.csr_pem.is_empty() || r.csr_pem.len() > 16 * 1024 {
             return Err(FieldError::new("csr_pem", "must be a PEM CSR of at most 16 KiB").into());
         }
-        let (pem, not_after) = self.env.agents.renew(agent, &r.csr_pem).await?;
+        let (pem, not_after) = self.env.agents.renew(agent, &cert, &r.csr_pem).await?;
         Ok(Response::new(pb::RenewResponse { certificate_pem: pem, not_after: Some(convert::ts(not_after)) }))
     }
 
@@ -99,11 +106,11 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
-        let agent = peer_agent(&req)?;
-        self.env.agents.active(agent.0).await?;
+        let (agent, cert) = peer(&req)?;
+        self.env.agents.admit(agent.0, &cert).await?;
         let mut inbound = req.into_inner();
         let hello = handshake::read_hello(&mut inbound).await?;
-        let (outbound, session) = task::open(&self.env, agent, hello, inbound, &self.shutdown).await?;
+        let (outbound, session) = task::open(&self.env, agent, cert, hello, inbound, &self.shutdown).await?;
         self.tracker.spawn(session.run().instrument(info_span!("agent_session", agent_id = %agent)));
         Ok(Response::new(Box::pin(outbound) as SessionStream))
     }
@@ -113,6 +120,9 @@ impl agent_session_service_server::AgentSessionService for SessionSvc {
         req: Request<Streaming<pb::ObjectChunk>>,
     ) -> Result<Response<pb::SendObjectResponse>, Status> {
         let agent = peer_agent(&req)?;
+        // A revoked agent uploads nothing. Any of its certificates will do otherwise: the uploads connection
+        // may still carry the one a renewal just superseded, until the agent's next session.
+        self.env.agents.not_revoked(agent.0).await?;
         let received_bytes = self.env.rpc.receive_object(agent, req.into_inner()).await?;
         Ok(Response::new(pb::SendObjectResponse { received_bytes }))
     }

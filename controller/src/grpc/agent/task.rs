@@ -3,8 +3,11 @@
 //! reach it), records the connection and the Redis presence, and returns the outbound stream with the
 //! [`SessionTask`], which the tonic handler spawns on the controller's task tracker. The task reads the
 //! agent's messages until the stream ends, the agent is revoked or replaced, or the controller shuts down;
-//! then it unregisters and records the disconnect. Reports are answered here (an `Ack`, and an `Abort` for an
-//! attempt the controller has ended), through [`Sessions::deliver`].
+//! then it unregisters and records the disconnect. Each heartbeat, and each result (`Completed`) before it
+//! is recorded, reads the agent's standing in PostgreSQL: the session of a revoked agent, or one opened with
+//! a certificate a renewal has superseded, ends there with the reason as the stream's status (this holds
+//! while Redis, which carries the revocation broadcast, is down). Reports are answered here (an `Ack`, and
+//! an `Abort` for an attempt the controller has ended), through [`Sessions::deliver`].
 
 use std::{sync::Arc, time::Duration};
 
@@ -22,7 +25,10 @@ use crate::{
     coordination::Coordination,
     error::{ControllerError, ControllerResult},
     metrics::Metrics,
-    service::{agents::AgentsService, executions::ExecutionsService},
+    service::{
+        agents::{AgentsService, HeartbeatError, Refusal},
+        executions::ExecutionsService,
+    },
 };
 
 /// Controller messages waiting for an agent's stream.
@@ -63,6 +69,7 @@ pub type Outbound = ReceiverStream<Result<pb::ControllerMessage, tonic::Status>>
 pub async fn open(
     env: &SessionEnv,
     agent: AgentId,
+    cert: String,
     hello: AgentHello,
     inbound: Streaming<pb::AgentMessage>,
     shutdown: &CancellationToken,
@@ -83,13 +90,15 @@ pub async fn open(
     env.metrics.agents_connected.set(i64::try_from(env.sessions.registry().connected().len()).unwrap_or(0));
     env.coord.set_presence(agent.0, env.settings.heartbeat * 3).await;
     info!(agent_id = %agent, hostname = %hello.hostname, version = %hello.agent_version, "agent session opened");
-    Ok((ReceiverStream::new(rx), SessionTask { env: env.clone(), handle, inbound, stale }))
+    Ok((ReceiverStream::new(rx), SessionTask { env: env.clone(), handle, cert, inbound, stale }))
 }
 
 /// The private task of one session (see the module documentation).
 pub struct SessionTask {
     env: SessionEnv,
     handle: SessionHandle,
+    /// `sha256:<hex>` of the certificate the session was opened with.
+    cert: String,
     inbound: Streaming<pb::AgentMessage>,
     /// Attempts the Hello listed that the controller has ended: aborted first thing.
     stale: Vec<ExecutionRef>,
@@ -118,11 +127,16 @@ impl SessionTask {
                 m = self.inbound.message() => m,
             };
             match msg {
-                Ok(Some(m)) => {
-                    if let Err(e) = handle(env, agent, m).await {
-                        warn!(error = %e, "agent report rejected");
+                Ok(Some(m)) => match handle(env, agent, &self.cert, m).await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::End(refusal)) => {
+                        let status = tonic::Status::from(ControllerError::from(refusal));
+                        warn!(reason = %status.message(), "agent session ended: revoked or superseded");
+                        self.handle.end(status);
+                        break;
                     }
-                }
+                    Err(e) => warn!(error = %e, "agent report rejected"),
+                },
                 Ok(None) => break,
                 Err(e) => {
                     debug!(error = %e, "agent stream error");
@@ -141,14 +155,25 @@ impl SessionTask {
     }
 }
 
-async fn handle(env: &SessionEnv, agent: AgentId, m: pb::AgentMessage) -> ControllerResult<()> {
+/// Whether a session goes on after a message.
+enum Flow {
+    Continue,
+    /// The agent is revoked or its certificate superseded.
+    End(Refusal),
+}
+
+async fn handle(env: &SessionEnv, agent: AgentId, cert: &str, m: pb::AgentMessage) -> ControllerResult<Flow> {
     use pb::agent_message::Kind;
     let report_seq = m.report_seq;
-    let Some(kind) = m.kind else { return Ok(()) };
+    let Some(kind) = m.kind else { return Ok(Flow::Continue) };
     match kind {
         Kind::Heartbeat(h) => {
             let running = wire::running_of(h.running).map_err(|e| ControllerError::Protocol(e.within("heartbeat")))?;
-            env.agents.heartbeat(agent.0).await?;
+            match env.agents.heartbeat(agent.0, cert).await {
+                Ok(()) => {}
+                Err(HeartbeatError::Refused(r)) => return Ok(Flow::End(r)),
+                Err(HeartbeatError::Failed(e)) => return Err(e),
+            }
             env.coord.set_presence(agent.0, env.settings.heartbeat * 3).await;
             let s = &env.settings;
             // An assignment gets one heartbeat interval (plus delivery slack) to show up in the agent's list.
@@ -158,6 +183,14 @@ async fn handle(env: &SessionEnv, agent: AgentId, m: pb::AgentMessage) -> Contro
         Kind::Response(r) => env.rpc.on_response(r),
         Kind::Hello(_) => return Err(FieldError::new("hello", "sent twice").into()),
         report => {
+            // A result is the report that commits work: it is taken only from an agent in good standing (a
+            // revocation broadcast may not have reached this replica while Redis is down). Not acknowledged,
+            // a refused result of a superseded certificate comes again on the agent's next session.
+            if matches!(report, Kind::Completed(_))
+                && let Err(refusal) = env.agents.standing(agent.0, cert).await?
+            {
+                return Ok(Flow::End(refusal));
+            }
             let execution = wire::execution_of(&report);
             let outcome = match wire::report_of(report) {
                 Some(Ok(r)) => env.executions.report(agent, r).await,
@@ -170,10 +203,10 @@ async fn handle(env: &SessionEnv, agent: AgentId, m: pb::AgentMessage) -> Contro
                 None => Ok(()),
             };
             answer(env, agent, report_seq, execution, &outcome).await;
-            return outcome;
+            return outcome.map(|()| Flow::Continue);
         }
     }
-    Ok(())
+    Ok(Flow::Continue)
 }
 
 /// Answers a report: an `Abort` when the controller has ended (or never gave this agent) the attempt it is
