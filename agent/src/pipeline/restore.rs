@@ -35,6 +35,12 @@ use crate::{
 
 /// Decompressed block size written to the restore tool.
 const BLOCK: usize = 256 * 1024;
+/// A manifest read back is at most this plus [`MANIFEST_BYTES_PER_CHUNK`] per chunk of the plan.
+const MANIFEST_BASE_BYTES: u64 = 64 * 1024;
+/// Manifest bytes allowed per chunk (a chunk entry is about 150 bytes).
+const MANIFEST_BYTES_PER_CHUNK: u64 = 1024;
+/// Largest globals SQL replayed (roles and tablespaces: kilobytes in practice).
+const MAX_GLOBALS_SQL: u64 = 64 << 20;
 
 /// Runs one restore attempt. A verification restore (a scratch target database) drops the database it
 /// created at the end, whatever the outcome.
@@ -61,15 +67,28 @@ pub async fn run(
     result
 }
 
+/// Reads at most `max` bytes of object `key`: an object larger than that fails without being read further
+/// (every size a restore reads by is recorded by the controller, or a bound derived from it).
+async fn read_bounded(s: &OpenStorage, key: &str, max: u64) -> Result<Bytes, String> {
+    use futures::StreamExt;
+    let got = s.store.get(&ObjPath::from(key)).await.map_err(|e| format!("storage {}: {e}", s.id))?;
+    if got.meta.size > max {
+        return Err(format!("storage {}: {key} is {} bytes, more than the {max} recorded", s.id, got.meta.size));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(got.meta.size).unwrap_or(0));
+    let mut parts = got.into_stream();
+    while let Some(part) = parts.next().await {
+        let part = part.map_err(|e| format!("storage {}: {e}", s.id))?;
+        if (buf.len() + part.len()) as u64 > max {
+            return Err(format!("storage {}: {key} is more than the {max} bytes recorded", s.id));
+        }
+        buf.extend_from_slice(&part);
+    }
+    Ok(buf.freeze())
+}
+
 async fn fetch_verified(s: &OpenStorage, c: &ChunkRef) -> Result<Bytes, String> {
-    let data = s
-        .store
-        .get(&ObjPath::from(c.key.as_str()))
-        .await
-        .map_err(|e| format!("storage {}: {e}", s.id))?
-        .bytes()
-        .await
-        .map_err(|e| format!("storage {}: {e}", s.id))?;
+    let data = read_bounded(s, &c.key, c.size).await?;
     if data.len() as u64 != c.size {
         return Err(format!("storage {}: size {} instead of {}", s.id, data.len(), c.size));
     }
@@ -91,26 +110,29 @@ async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> Pip
     Err(PipelineError::Integrity(format!("chunk {} ({}) has no intact copy: {}", c.seq, c.key, reasons.join("; "))))
 }
 
-async fn read_manifest(stores: &[OpenStorage], key: &str) -> PipelineResult<Manifest> {
+/// Reads the manifest, bounded by what a manifest of `chunks` chunks can need.
+async fn read_manifest(stores: &[OpenStorage], key: &str, chunks: usize) -> PipelineResult<Manifest> {
+    let max = MANIFEST_BASE_BYTES + MANIFEST_BYTES_PER_CHUNK * chunks as u64;
     let mut reasons = Vec::new();
     for s in stores {
-        let got = async {
-            let b = s
-                .store
-                .get(&ObjPath::from(key))
-                .await
-                .map_err(|e| e.to_string())?
-                .bytes()
-                .await
-                .map_err(|e| e.to_string())?;
-            Manifest::from_bytes(&b).map_err(|e| e.to_string())
-        };
+        let got = async { Manifest::from_bytes(&read_bounded(s, key, max).await?).map_err(|e| e.to_string()) };
         match got.await {
             Ok(m) => return Ok(m),
             Err(e) => reasons.push(format!("storage {}: {e}", s.id)),
         }
     }
     Err(PipelineError::Integrity(format!("manifest {key} unreadable: {}", reasons.join("; "))))
+}
+
+/// Decompresses the globals object, refusing SQL longer than [`MAX_GLOBALS_SQL`].
+fn decompress_globals(data: &[u8]) -> PipelineResult<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(data)?.take(MAX_GLOBALS_SQL + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_GLOBALS_SQL {
+        return Err(PipelineError::Integrity(format!("globals SQL is larger than {MAX_GLOBALS_SQL} bytes")));
+    }
+    Ok(out)
 }
 
 async fn run_inner(
@@ -139,7 +161,7 @@ async fn run_inner(
     }
 
     // 1. Everything that can fail without the database: the key, then every chunk.
-    let manifest = read_manifest(&stores, &plan.manifest_key).await?;
+    let manifest = read_manifest(&stores, &plan.manifest_key, plan.chunks.len()).await?;
     let cipher = match (&manifest.encryption_key_id, &manifest.wrapped_key) {
         (Some(k), Some(w)) => {
             let c = ChunkCipher::open(&ctx.keys_dir, k, &manifest.execution_id, w)?;
@@ -159,7 +181,10 @@ async fn run_inner(
             Some(c) => c.open_chunk(engine::postgres::GLOBALS_SEQ, &data)?,
             None => data.to_vec(),
         };
-        Some(zstd::decode_all(data.as_slice())?)
+        let sql = decompress_globals(&data)?;
+        // Refused before the target is touched, naming the line.
+        engine::postgres::check_globals_sql(&sql).map_err(PipelineError::Integrity)?;
+        Some(sql)
     } else {
         None
     };
@@ -262,6 +287,14 @@ async fn run_inner(
     } else {
         let mut run = engine::restore(target, target_plan.drops_existing(), None, 1, &ctx.tools).await?;
         let tool = format!("{} {}", run.tool, run.version);
+        if engine != Engine::Postgres {
+            if run.options.iter().any(|o| o == engine::mysql::SANDBOX) {
+                rep.log(LogLevel::Info, format!("{tool} runs with --sandbox (no client file or shell commands)")).await;
+            } else {
+                let line = format!("{tool} does not support --sandbox: client commands in the dump are not refused");
+                rep.log(LogLevel::Warn, line).await;
+            }
+        }
         let mut child = run
             .cmd
             .stdin(std::process::Stdio::piped())
