@@ -10,6 +10,7 @@ mod m0003_data_path;
 mod m0004_globals;
 mod m0005_attempts;
 mod m0006_sweeps;
+mod m0007_restore_trust;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_globals::Migration),
             Box::new(m0005_attempts::Migration),
             Box::new(m0006_sweeps::Migration),
+            Box::new(m0007_restore_trust::Migration),
         ]
     }
 }

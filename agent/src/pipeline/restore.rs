@@ -1,4 +1,5 @@
-//! The restore pipeline. Nothing reaches the target database before every chunk has been read back and
+//! The restore pipeline. The manifest read back from storage must agree with what the controller recorded
+//! (the plan; see [`trust`]) before anything else happens. Nothing reaches the target database before every chunk has been read back and
 //! matched against its recorded size and sha256 (and the whole stream against its sha256); a chunk with no
 //! intact copy in any storage fails the restore naming the chunk. An encrypted backup's data key is
 //! unwrapped with the agent-held key first, so a missing key also fails before the target is touched. Then
@@ -23,7 +24,7 @@ use dg_common::{
     protocol::{ChunkRef, Engine, LogLevel, RestorePlan, RestoreResult},
 };
 
-use super::{forward_stderr, tool_failure};
+use super::{forward_stderr, tool_failure, trust};
 use crate::{
     context::AgentContext,
     engine,
@@ -162,6 +163,7 @@ async fn run_inner(
 
     // 1. Everything that can fail without the database: the key, then every chunk.
     let manifest = read_manifest(&stores, &plan.manifest_key, plan.chunks.len()).await?;
+    trust::check_manifest(plan, &manifest).map_err(PipelineError::Integrity)?;
     let cipher = match (&manifest.encryption_key_id, &manifest.wrapped_key) {
         (Some(k), Some(w)) => {
             let c = ChunkCipher::open(&ctx.keys_dir, k, &manifest.execution_id, w)?;
@@ -171,10 +173,11 @@ async fn run_inner(
         _ => None,
     };
     let globals_sql = if plan.restore_globals {
-        let g = manifest.globals.clone().ok_or_else(|| {
+        // What the controller recorded, never what the manifest says (they agree, checked above).
+        let g = plan.recorded.as_ref().and_then(|r| r.globals.clone()).ok_or_else(|| {
             PipelineError::Invalid("restore_globals: this backup has no globals (its job did not include them)".into())
         })?;
-        let as_chunk = ChunkRef { seq: 0, key: g.key.clone(), size: g.size, sha256: g.sha256.clone() };
+        let as_chunk = ChunkRef { seq: 0, key: g.key, size: g.size, sha256: g.sha256 };
         let all: Vec<usize> = (0..stores.len()).collect();
         let (_, data) = fetch_any(&stores, &all, &as_chunk).await?;
         let data = match &cipher {
