@@ -13,6 +13,7 @@ mod lifecycle;
 mod operator_api;
 mod protocol;
 mod python_client;
+mod restore_trust;
 mod security;
 mod sessions;
 mod workers;
