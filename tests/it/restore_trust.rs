@@ -1,7 +1,8 @@
 //! A restore trusts what the controller recorded at backup time, not the manifest in the bucket. Whoever can
 //! write to a storage can rewrite `manifest.json` and recompute its self-checksum (it is unkeyed): pointing
 //! `globals` at a planted `\! touch …` object, changing the encryption key id or dropping the encryption each
-//! fail the restore before the target database is created, naming the mismatch, and no command runs.
+//! fail the restore before the target database is created, naming the mismatch, and no command runs. A
+//! backup recorded before these were recorded restores without its globals.
 
 use dg_common::manifest::{Manifest, ManifestObject};
 use dg_proto::v1 as pb;
@@ -104,6 +105,29 @@ async fn a_rewritten_manifest_fails_the_restore_before_the_target_is_touched() -
     })?;
     refused(&mut c, &mut admin, &ex.id, "globals size").await?;
     assert!(!marker.exists(), "the planted command never ran");
+
+    // A backup recorded before the controller recorded globals (as m0007 leaves older rows): restore_globals
+    // is refused at once, and it restores without its globals (the rewritten manifest's globals are not read).
+    let legacy = "UPDATE execution SET trust_recorded = false, globals_key = NULL, globals_size = NULL, \
+                  globals_sha256 = NULL, wrapped_key_sha256 = NULL WHERE id = $1::uuid";
+    sqlx::query(legacy).bind(&ex.id).execute(&mut cluster.db.connect().await?).await?;
+    let dst = TestDb::reserve("trust_legacy");
+    let req = |restore_globals| pb::RestoreBackupRequest {
+        backup_id: ex.id.clone(),
+        target_database: dst.name.clone(),
+        create_database: true,
+        confirm_target_database: dst.name.clone(),
+        restore_globals,
+        ..Default::default()
+    };
+    let e = c.backups.restore_backup(authed(req(true), &c.token)).await.expect_err("legacy globals");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.message().starts_with("restore_globals:"), "{e}");
+    let r = c.restore_with(req(false)).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
+    let rows: (i64,) = sqlx::query_as("SELECT count(*) FROM t").fetch_one(&mut dst.connect().await?).await?;
+    assert_eq!(rows.0, 1);
+    assert!(!marker.exists());
 
     // 2. Encryption: an encrypted backup whose manifest names another key the agent holds, or drops the
     // encryption altogether.
