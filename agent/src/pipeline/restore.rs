@@ -374,3 +374,44 @@ fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> Pipe
         Err(e) => Err(PipelineError::Io(std::io::Error::other(e))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::{PutPayload, memory::InMemory};
+
+    use dg_common::ids::StorageId;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_are_bounded_by_the_recorded_size() {
+        let store = Arc::new(InMemory::new());
+        let s = OpenStorage { id: StorageId::new(), store: store.clone() };
+        store.put(&ObjPath::from("a/1.zst"), PutPayload::from(vec![7u8; 100])).await.expect("put");
+        assert_eq!(read_bounded(&s, "a/1.zst", 100).await.expect("exact").len(), 100);
+        assert_eq!(read_bounded(&s, "a/1.zst", 1 << 20).await.expect("room").len(), 100);
+        let e = read_bounded(&s, "a/1.zst", 99).await.expect_err("longer than recorded");
+        assert!(e.contains("more than the 99"), "{e}");
+
+        let sha = hex::encode(Sha256::digest([7u8; 100]));
+        let c = ChunkRef { seq: 0, key: "a/1.zst".into(), size: 100, sha256: sha.clone() };
+        assert!(fetch_verified(&s, &c).await.is_ok());
+        let short = ChunkRef { size: 60, ..c.clone() };
+        assert!(fetch_verified(&s, &short).await.is_err_and(|e| e.contains("more than the 60")));
+        let long = ChunkRef { size: 101, ..c.clone() };
+        assert!(fetch_verified(&s, &long).await.is_err_and(|e| e.contains("size 100 instead of 101")));
+        let other = ChunkRef { sha256: "0".repeat(64), ..c };
+        assert!(fetch_verified(&s, &other).await.is_err_and(|e| e.contains("sha256 mismatch")));
+    }
+
+    #[test]
+    fn globals_decompression_is_capped() {
+        let sql = zstd::encode_all(&b"CREATE ROLE a;\n"[..], 3).expect("zstd");
+        assert_eq!(decompress_globals(&sql).expect("small"), b"CREATE ROLE a;\n");
+        let bomb = zstd::encode_all(vec![b' '; (MAX_GLOBALS_SQL + 1) as usize].as_slice(), 19).expect("zstd");
+        assert!(bomb.len() < 1 << 20, "a small object");
+        assert!(decompress_globals(&bomb).is_err_and(|e| e.to_string().contains("larger than")));
+    }
+}
