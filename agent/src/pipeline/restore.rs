@@ -243,7 +243,8 @@ async fn run_inner(
         .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution().id)));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
     let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(8);
-    let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK));
+    let limit = plan.raw_bytes.unwrap_or(u64::MAX);
+    let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK, limit));
     let chunks = &plan.chunks;
     let downloader = async move {
         for (c, src) in chunks.iter().zip(sources) {

@@ -148,6 +148,7 @@ mod tests {
                     wrapped_key_sha256: manifest::wrapped_key_binding(WRAPPED),
                 }),
             }),
+            raw_bytes: Some(100),
         };
         let m = Manifest {
             format: MANIFEST_FORMAT,

@@ -344,6 +344,8 @@ pub struct RestorePlan {
     /// What the controller recorded at backup time; `None` for a backup recorded before it recorded these
     /// (agent protocol 4), whose globals are never replayed.
     pub recorded: Option<RecordedBackup>,
+    /// Uncompressed bytes the backup recorded; decompression stops with an error past them (`None`: no bound).
+    pub raw_bytes: Option<u64>,
 }
 
 /// What an assignment asks for.

@@ -375,6 +375,7 @@ fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
         parallel_jobs: t.parallel_jobs.clamp(1, 16),
         restore_globals: t.restore_globals,
         recorded: t.recorded.map(|r| RecordedBackup::try_from(r).map_err(|e| e.within("recorded"))).transpose()?,
+        raw_bytes: (t.raw_bytes > 0).then_some(t.raw_bytes),
     })
 }
 
@@ -393,6 +394,7 @@ impl From<RestorePlan> for pb::RestoreTask {
             parallel_jobs: p.parallel_jobs,
             restore_globals: p.restore_globals,
             recorded: p.recorded.map(Into::into),
+            raw_bytes: p.raw_bytes.unwrap_or_default(),
         }
     }
 }

@@ -125,6 +125,7 @@ fn restore_task() -> pb::RestoreTask {
             globals: Some(StoredObject { key: "a/b/1/globals.sql.zst".into(), size: 7, sha256: sha('c') }),
             encryption: Some(RecordedEncryption { key_id: "prod-1".into(), wrapped_key_sha256: sha('d') }),
         }),
+        raw_bytes: Some(1234),
     })
 }
 
@@ -147,6 +148,7 @@ fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
     let recorded = p.recorded.expect("recorded");
     assert_eq!(recorded.globals.expect("globals").size, 7);
     assert_eq!(recorded.encryption.expect("encryption").key_id, "prod-1");
+    assert_eq!(p.raw_bytes, Some(1234));
 
     // What the controller recorded travels whole, or not at all (a backup recorded before protocol 4).
     let mut t = restore_task();

@@ -253,6 +253,7 @@ impl DispatchTask {
             parallel_jobs: options.parallel_jobs.max(1),
             restore_globals: options.restore_globals,
             recorded: recorded_backup(&backup),
+            raw_bytes: u64::try_from(backup.raw_bytes).ok().filter(|n| *n > 0),
         })
     }
 }
