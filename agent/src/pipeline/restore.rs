@@ -1,11 +1,12 @@
-//! The restore pipeline. The manifest read back from storage must agree with what the controller recorded
-//! (the plan; see [`trust`]) before anything else happens. Nothing reaches the target database before every chunk has been read back and
-//! matched against its recorded size and sha256 (and the whole stream against its sha256); a chunk with no
-//! intact copy in any storage fails the restore naming the chunk. An encrypted backup's data key is
-//! unwrapped with the agent-held key first, so a missing key also fails before the target is touched. Then
-//! the chunks are read again, each verified again before use (it could have changed since), decrypted,
-//! decompressed and piped into the restore tool (or, for a parallel PostgreSQL restore, written to a
-//! temporary file in the agent's work directory first).
+//! The restore pipeline. First the manifest read back from storage must agree with what the controller
+//! recorded (the plan; see [`trust`]); every object read stops at its recorded size. Nothing reaches the
+//! target database before every chunk has been read back and matched against its recorded size and sha256
+//! (and the whole stream against its sha256); a chunk with no intact copy in any storage fails the restore
+//! naming the chunk. An encrypted backup's data key is unwrapped with the agent-held key first, so a missing
+//! key also fails before the target is touched, and so does globals SQL that `psql` could run a
+//! meta-command from. Then the chunks are read again, each verified again before use (it could have changed
+//! since), decrypted, decompressed (at most to the recorded raw size) and piped into the restore tool (or,
+//! for a parallel PostgreSQL restore, written to a temporary file in the agent's work directory first).
 //!
 //! What happens to the target database is the plan's `TargetDatabasePlan`, decided by the controller; the
 //! chunk list arrives validated (in order from seq 0, safe keys, hex sha256s) by the protocol model.
@@ -184,7 +185,9 @@ async fn run_inner(
             Some(c) => c.open_chunk(engine::postgres::GLOBALS_SEQ, &data)?,
             None => data.to_vec(),
         };
-        let sql = decompress_globals(&data)?;
+        let sql = tokio::task::spawn_blocking(move || decompress_globals(&data))
+            .await
+            .map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
         // Refused before the target is touched, naming the line.
         engine::postgres::check_globals_sql(&sql).map_err(PipelineError::Integrity)?;
         Some(sql)
