@@ -95,7 +95,9 @@ impl Executor {
         self.tracker.spawn(
             async move {
                 let result = match &a.plan {
-                    Plan::Backup(p) => pipeline::backup::run(p, &rep, &cancel, &ctx).await.map(Finished::Backup),
+                    Plan::Backup(p) => {
+                        pipeline::backup::run(p, &rep, &cancel, &ctx).await.map(|r| Finished::Backup(Box::new(r)))
+                    }
                     Plan::Restore(p) => pipeline::restore::run(p, &rep, &cancel, &ctx).await.map(Finished::Restore),
                 };
                 if aborted.load(Ordering::SeqCst) {
@@ -240,8 +242,8 @@ mod tests {
         let mut got = Vec::new();
         while let Ok(Some(o)) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
             let Outbound::Report(r) = o else { continue };
-            let last = matches!(r, AgentReport::Failed { .. });
-            got.push(r);
+            let last = matches!(*r, AgentReport::Failed { .. });
+            got.push(*r);
             if last {
                 break;
             }

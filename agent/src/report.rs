@@ -17,8 +17,8 @@ use crate::outbox::{Outbox, needs_ack};
 /// What leaves through the session's one ordered queue.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outbound {
-    /// A report about an attempt.
-    Report(AgentReport),
+    /// A report about an attempt (boxed: a backup's result is large next to a heartbeat).
+    Report(Box<AgentReport>),
     /// A heartbeat listing the attempts running when it was queued.
     Heartbeat(Vec<ExecutionRef>),
 }
@@ -33,8 +33,8 @@ pub struct Reporter {
 
 /// What a finished attempt produced.
 pub(crate) enum Finished {
-    /// A backup's result.
-    Backup(BackupResult),
+    /// A backup's result (boxed: large next to a restore's).
+    Backup(Box<BackupResult>),
     /// A restore's result.
     Restore(RestoreResult),
 }
@@ -61,7 +61,7 @@ impl Reporter {
             self.outbox.track(self.execution);
         }
         // The queue outlives sessions; it closes only when the agent stops.
-        let _ = self.tx.send(Outbound::Report(report)).await;
+        let _ = self.tx.send(Outbound::Report(Box::new(report))).await;
     }
 
     /// A log line for operators (already free of secrets).
@@ -97,7 +97,7 @@ impl Reporter {
     pub(crate) async fn completed(&self, finished: Finished) {
         let execution = self.execution;
         self.send(match finished {
-            Finished::Backup(result) => AgentReport::BackupCompleted { execution, result },
+            Finished::Backup(result) => AgentReport::BackupCompleted { execution, result: *result },
             Finished::Restore(result) => AgentReport::RestoreCompleted { execution, result },
         })
         .await;

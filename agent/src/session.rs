@@ -203,7 +203,7 @@ impl ReportForwardTask {
         loop {
             let messages = tokio::select! {
                 next = queue.recv() => match next {
-                    Some(Outbound::Report(report)) => vec![wire_report(self.outbox.stamp(report))],
+                    Some(Outbound::Report(report)) => vec![wire_report(self.outbox.stamp(*report))],
                     Some(Outbound::Heartbeat(running)) => vec![pb::AgentMessage {
                         kind: Some(pb::agent_message::Kind::Heartbeat(pb::Heartbeat {
                             sent_at: None,
@@ -446,7 +446,11 @@ mod tests {
         let log = AgentReport::Log(LogReport { execution, level: LogLevel::Error, message: "boom".into() });
         let failed = AgentReport::Failed { execution, error: "boom".into(), cancelled: false };
         // The attempt's final report is queued before the heartbeat that no longer lists it.
-        for o in [Outbound::Report(log.clone()), Outbound::Report(failed.clone()), Outbound::Heartbeat(vec![])] {
+        for o in [
+            Outbound::Report(Box::new(log.clone())),
+            Outbound::Report(Box::new(failed.clone())),
+            Outbound::Heartbeat(vec![]),
+        ] {
             reports.send(o).await.expect("forwarder running");
         }
         drop(reports);

@@ -149,6 +149,8 @@ struct BlockWriter {
     block: usize,
     tx: mpsc::Sender<Bytes>,
     written: u64,
+    /// Most bytes the stream may decompress to.
+    limit: u64,
 }
 
 impl BlockWriter {
@@ -166,6 +168,13 @@ impl BlockWriter {
 
 impl Write for BlockWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.written + (self.buf.len() + data.len()) as u64 > self.limit {
+            let limit = self.limit;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the stored stream decompresses to more than the {limit} bytes recorded"),
+            ));
+        }
         self.buf.extend_from_slice(data);
         if self.buf.len() >= self.block {
             self.send()?;
@@ -181,8 +190,14 @@ impl Write for BlockWriter {
 /// Decompresses verified chunks from `rx` into blocks on `tx`. Runs on a blocking thread; returns the
 /// number of decompressed bytes. A stream that ends mid-frame is an error of kind `InvalidData` (see
 /// [`is_truncated`]): the decoder is finished, not just unwrapped, so a cut-off backup never passes as whole.
-pub fn decompress(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<Bytes>, block: usize) -> std::io::Result<u64> {
-    let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0 };
+/// So is a stream that decompresses to more than `limit` bytes (the recorded raw size), stopped there.
+pub fn decompress(
+    mut rx: mpsc::Receiver<Bytes>,
+    tx: mpsc::Sender<Bytes>,
+    block: usize,
+    limit: u64,
+) -> std::io::Result<u64> {
+    let writer = BlockWriter { buf: Vec::with_capacity(block), block, tx, written: 0, limit };
     let mut dec = zstd::stream::write::Decoder::new(writer)?;
     while let Some(chunk) = rx.blocking_recv() {
         dec.write_all(&chunk)?;
@@ -229,7 +244,7 @@ mod tests {
             ctx.blocking_send(p).expect("send");
         }
         drop(ctx);
-        decompress(crx, btx, 4096)?;
+        decompress(crx, btx, 4096, u64::MAX)?;
         let mut out = Vec::new();
         while let Ok(b) = brx.try_recv() {
             out.extend_from_slice(&b);
@@ -310,12 +325,22 @@ mod tests {
             ctx.blocking_send(c.data).expect("send");
         }
         drop(ctx);
-        let n = decompress(crx, btx, 32 * 1024).expect("decompress");
+        let n = decompress(crx, btx, 32 * 1024, data.len() as u64).expect("decompress");
         let mut out = Vec::new();
         while let Ok(b) = brx.try_recv() {
             out.extend_from_slice(&b);
         }
         assert_eq!(n, data.len() as u64);
         assert!(out == data, "round trip must be exact");
+
+        // One byte less than the stream holds is refused as a damaged stream.
+        let (ctx, crx) = mpsc::channel(64);
+        let (btx, _brx) = mpsc::channel(1024);
+        for c in chunked(&data, 64 * 1024, 3).0 {
+            ctx.blocking_send(c.data).expect("send");
+        }
+        drop(ctx);
+        let e = decompress(crx, btx, 32 * 1024, data.len() as u64 - 1).expect_err("over the recorded size");
+        assert!(is_truncated(&e) && e.to_string().contains("more than the"), "{e}");
     }
 }

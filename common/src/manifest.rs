@@ -14,6 +14,9 @@ use crate::ids::{DatasourceId, ExecutionId};
 /// Current manifest format version.
 pub const MANIFEST_FORMAT: u32 = 1;
 
+/// The cipher encrypted chunks are sealed with (the manifest's `encryption`).
+pub const CIPHER: &str = "AES-256-GCM";
+
 /// The key prefix of one attempt of one backup.
 pub fn attempt_prefix(datasource: DatasourceId, execution: ExecutionId, attempt: u32) -> String {
     format!("{datasource}/{execution}/{attempt}")
@@ -32,6 +35,12 @@ pub fn globals_key(prefix: &str) -> String {
 /// The key of the manifest below an attempt prefix.
 pub fn manifest_key(prefix: &str) -> String {
     format!("{prefix}/manifest.json")
+}
+
+/// The binding of a wrapped data key that the controller records: hex sha256 of the manifest's
+/// `wrapped_key` text exactly as written.
+pub fn wrapped_key_binding(wrapped_hex: &str) -> String {
+    hex::encode(Sha256::digest(wrapped_hex.as_bytes()))
 }
 
 /// One chunk as recorded in the manifest.

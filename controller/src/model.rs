@@ -270,6 +270,16 @@ pub struct Execution {
     pub deleting: bool,
     /// A heartbeat of its agent listed the current attempt.
     pub agent_listed: bool,
+    /// A completed backup whose globals and encryption binding were recorded (agent protocol 4 on).
+    pub trust_recorded: bool,
+    /// Globals object key, when the backup has one.
+    pub globals_key: Option<String>,
+    /// Globals object size.
+    pub globals_size: Option<i64>,
+    /// Globals object sha256.
+    pub globals_sha256: Option<String>,
+    /// Hex sha256 of the wrapped data key in the manifest, when encrypted.
+    pub wrapped_key_sha256: Option<String>,
 }
 
 /// One stored chunk copy.

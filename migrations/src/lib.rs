@@ -10,6 +10,7 @@ mod m0003_data_path;
 mod m0004_globals;
 mod m0005_attempts;
 mod m0006_sweeps;
+mod m0007_restore_trust;
 mod m0008_revocation;
 mod m0009_bootstrap;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0004_globals::Migration),
             Box::new(m0005_attempts::Migration),
             Box::new(m0006_sweeps::Migration),
+            Box::new(m0007_restore_trust::Migration),
             Box::new(m0008_revocation::Migration),
             Box::new(m0009_bootstrap::Migration),
         ]

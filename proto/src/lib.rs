@@ -18,7 +18,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// controller ends attempts its agent's heartbeats do not list.
 /// 3: object bytes of a `ReadObject` request travel on their own `SendObject` call (authenticated by the
 /// agent's certificate), no longer as `ObjectData` on the session stream, whose field 9 is now reserved.
-pub const AGENT_PROTOCOL_VERSION: u32 = 3;
+/// 4: a backup result carries the globals object and the wrapped data key's sha256 (required when encrypted),
+/// and a restore task carries what the controller recorded (`RecordedBackup`); an agent refuses a manifest
+/// that disagrees with it.
+pub const AGENT_PROTOCOL_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -14,6 +14,7 @@ mod lifecycle;
 mod operator_api;
 mod protocol;
 mod python_client;
+mod restore_trust;
 mod retarget;
 mod revocation;
 mod security;

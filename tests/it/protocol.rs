@@ -175,6 +175,7 @@ async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_n
                 server_version: "15".into(),
                 warnings: vec![],
                 encryption_key_id: String::new(),
+                ..Default::default()
             })),
         })
     };

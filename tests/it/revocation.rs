@@ -125,7 +125,13 @@ async fn an_agent_revoked_through_another_replica_is_cut_off_at_once_and_its_wor
 
     // The datasource is bound to another agent (through B): the queued execution follows it.
     let mut t = other.connect(&[]).await?; // on replica A too
-    let upd = pb::UpdateDatasourceRequest { id: ds.clone(), agent_id: Some(other.id.clone()), ..Default::default() };
+    // (Another agent receives the password: it must be given again.)
+    let upd = pb::UpdateDatasourceRequest {
+        id: ds.clone(),
+        agent_id: Some(other.id.clone()),
+        password: Some(dg_tests::pg_server().password),
+        ..Default::default()
+    };
     b.datasources.update_datasource(authed(upd, &b.token)).await?;
     let assign = t.next_assign(WAIT).await?;
     assert_eq!(assign.execution_id, id, "the queued execution went to the datasource's current agent");

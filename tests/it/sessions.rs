@@ -109,6 +109,7 @@ async fn an_object_upload_is_taken_only_from_the_agent_the_read_was_sent_to() ->
             server_version: "15".into(),
             warnings: vec![],
             encryption_key_id: String::new(),
+            ..Default::default()
         })),
     }))
     .await?;

@@ -39,7 +39,8 @@ pub struct ToolRun {
     pub tool: String,
     /// Tool version.
     pub version: String,
-    /// Options that matter for restore, recorded in the manifest.
+    /// Options in effect: for a dump, those that matter for restore (recorded in the manifest); for a
+    /// MariaDB/MySQL restore, [`mysql::SANDBOX`] when the client runs sandboxed.
     pub options: Vec<String>,
     /// Credentials file, removed on drop.
     pub creds: tempfile::NamedTempFile,

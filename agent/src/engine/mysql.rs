@@ -145,14 +145,44 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
     })
 }
 
-/// The `mariadb`/`mysql` client reading the dump from stdin into the target database.
+/// The option [`restore`] records in [`ToolRun::options`] when the client runs in its sandbox mode.
+pub const SANDBOX: &str = "sandbox";
+
+/// Whether a client's `--help` text lists `--sandbox` (MariaDB clients since 2024, e.g. 10.11.8: client
+/// commands that touch the file system or run a shell, such as `\!` or `source`, are refused). MySQL's
+/// client has no such mode.
+pub fn help_lists_sandbox(help: &str) -> bool {
+    help.lines().any(|l| l.split_whitespace().next() == Some("--sandbox"))
+}
+
+async fn supports_sandbox(path: &std::path::Path) -> bool {
+    let out = Command::new(path)
+        .arg("--no-defaults")
+        .arg("--help")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), out).await {
+        Ok(Ok(out)) => help_lists_sandbox(&String::from_utf8_lossy(&out.stdout)),
+        _ => false,
+    }
+}
+
+/// The `mariadb`/`mysql` client reading the dump from stdin into the target database, in its sandbox mode
+/// when the client has one (then [`SANDBOX`] is among the run's options, for the execution log to say so).
 pub async fn restore(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> {
     let names: &[&'static str] = if t.engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
     let (tool, path, version) = find_tool(tools, names).await?;
+    let sandbox = supports_sandbox(&path).await;
     let creds = option_file(t)?;
     let mut cmd = base(&path, creds.path());
+    if sandbox {
+        cmd.arg("--sandbox");
+    }
     cmd.arg("--binary-mode").arg("--default-character-set=utf8mb4").arg(format!("--database={}", t.database));
-    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options: Vec::new(), creds })
+    let options = if sandbox { vec![SANDBOX.to_owned()] } else { Vec::new() };
+    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options, creds })
 }
 
 #[cfg(test)]
@@ -163,5 +193,17 @@ mod tests {
     fn quoting() {
         assert_eq!(quote_ident("a`b"), "`a``b`");
         assert_eq!(option_value("p\"w\\x"), "\"p\\\"w\\\\x\"");
+    }
+
+    #[test]
+    fn sandbox_is_detected_from_the_help_text() {
+        let mariadb = "  --safe-updates      Only allow UPDATE and DELETE that uses keys.\n  -i, --ignore-spaces\n\
+                       \x20 --sandbox           Disallow commands that access the file system (except \\P\n\
+                       \x20                     without an argument and \\e).\n";
+        assert!(help_lists_sandbox(mariadb));
+        let older =
+            "  --connect-expired-password\n                      expired password sandbox mode even if --batch was\n";
+        assert!(!help_lists_sandbox(older), "the word alone is not the option");
+        assert!(!help_lists_sandbox(""));
     }
 }

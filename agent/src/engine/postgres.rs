@@ -202,10 +202,49 @@ pub async fn dump_globals(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(
     Ok((out.stdout, format!("{tool} {version}")))
 }
 
-/// Replays globals SQL with `psql` against the `postgres` database. Objects that already exist make psql
-/// report errors and go on (ON_ERROR_STOP off); those lines are returned as warnings.
+/// Refuses globals SQL that could make `psql` run a meta-command (`\!` runs a shell command, `\o` writes
+/// files, `\i` reads them…). A meta-command needs a backslash, so every line holding one is refused, except
+/// the `\restrict KEY` … `\unrestrict KEY` pair that `pg_dumpall` 17+/15.14+ writes around its output (one
+/// of each, in that order, the same alphanumeric key). Quoting is not interpreted: a backslash inside a quoted
+/// name also fails, which is rare in globals and fails safe. The error names the line (from 1).
+pub fn check_globals_sql(sql: &[u8]) -> Result<(), String> {
+    fn pair_line<'a>(line: &'a [u8], command: &[u8]) -> Option<&'a [u8]> {
+        let key = line.strip_prefix(command)?.strip_prefix(b" ")?;
+        (!key.is_empty() && key.len() <= 128 && key.iter().all(u8::is_ascii_alphanumeric)).then_some(key)
+    }
+    let mut restrict_key: Option<&[u8]> = None;
+    let mut unrestricted = false;
+    for (i, line) in sql.split(|b| *b == b'\n').enumerate() {
+        if !line.contains(&b'\\') {
+            continue;
+        }
+        let n = i + 1;
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if let Some(key) = pair_line(line, b"\\restrict") {
+            if restrict_key.is_some() {
+                return Err(format!("globals line {n}: a second \\restrict"));
+            }
+            restrict_key = Some(key);
+        } else if let Some(key) = pair_line(line, b"\\unrestrict") {
+            if restrict_key != Some(key) || unrestricted {
+                return Err(format!("globals line {n}: \\unrestrict does not close the \\restrict before it"));
+            }
+            unrestricted = true;
+        } else {
+            return Err(format!(
+                "globals line {n} holds a backslash (a psql meta-command could run); refusing to replay the globals"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Replays globals SQL with `psql` against the `postgres` database, after [`check_globals_sql`] accepted it
+/// (checked here again, so no caller can skip it). Objects that already exist make psql report errors and go
+/// on (ON_ERROR_STOP off); those lines are returned as warnings.
 pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> PipelineResult<Vec<String>> {
     use tokio::io::AsyncWriteExt;
+    check_globals_sql(sql).map_err(PipelineError::Integrity)?;
     let (tool, path, _) = find_tool(tools, &["psql"]).await?;
     let creds = passfile(t)?;
     let mut child = command(&path, t, creds.path())
@@ -238,5 +277,32 @@ mod tests {
         assert!(check_dump_compat("15.19", 16).is_err());
         assert!(check_dump_compat("15.19", 15).is_ok());
         assert!(check_dump_compat("16.1", 12).is_ok());
+    }
+
+    #[test]
+    fn globals_filter_refuses_every_meta_command_but_the_restrict_pair() {
+        let dumped = "--\n-- PostgreSQL database cluster dump\n--\n\n\\restrict Ab12\r\n\nSET client_encoding = 'UTF8';\n\
+                      CREATE ROLE app;\nALTER ROLE app WITH LOGIN;\n\n\\unrestrict Ab12\n";
+        assert_eq!(check_globals_sql(dumped.as_bytes()), Ok(()));
+        assert_eq!(check_globals_sql(b"CREATE ROLE a;\n"), Ok(()), "older pg_dumpall writes no pair");
+        assert_eq!(check_globals_sql(b""), Ok(()));
+        for (sql, line) in [
+            ("CREATE ROLE a;\n\\! touch /tmp/x\n", 2),
+            ("  \\! touch /tmp/x\n", 1),
+            ("SELECT 1; \\! id\n", 1),
+            ("\\restrict k\n\\o /tmp/out\n\\unrestrict k\n", 2),
+            ("\\restrict k\n\\unrestrict j\n", 2),
+            ("\\unrestrict k\n", 1),
+            ("\\restrict k\n\\restrict k\n", 2),
+            ("\\restrict k\n\\unrestrict k\n\\unrestrict k\n", 3),
+            ("\\restrict k; \\! id\n", 1),
+            ("\\restrict\n", 1),
+            ("CREATE ROLE \"a\\b\";\n", 1),
+            ("\\i /etc/passwd\n", 1),
+            ("\\gexec\n", 1),
+        ] {
+            let e = check_globals_sql(sql.as_bytes()).expect_err(sql);
+            assert!(e.starts_with(&format!("globals line {line}")), "{sql:?}: {e}");
+        }
     }
 }

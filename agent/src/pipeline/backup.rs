@@ -29,7 +29,7 @@ use dg_common::{
     chunk as chunker,
     ids::StorageId,
     manifest::{self, MANIFEST_FORMAT, Manifest, ManifestChunk},
-    protocol::{BackupPlan, BackupResult, DatabaseTarget, Engine, LogLevel, ObjectLayout, Strategy},
+    protocol::{BackupPlan, BackupResult, DatabaseTarget, Engine, LogLevel, ObjectLayout, StoredObject, Strategy},
 };
 
 use super::{forward_stderr, tool_failure};
@@ -175,7 +175,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         chunks: out.chunks,
         encryption_key_id: plan.encryption_key_id.clone(),
         wrapped_key: wrapped,
-        encryption: settings.cipher.as_ref().map(|_| "AES-256-GCM".to_owned()),
+        encryption: settings.cipher.as_ref().map(|_| manifest::CIPHER.to_owned()),
         globals,
     };
     let manifest_key = layout.manifest_key();
@@ -203,6 +203,8 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         ),
     )
     .await;
+    let wrapped_key_sha256 = m.wrapped_key.as_deref().map(manifest::wrapped_key_binding);
+    let globals = m.globals.clone().map(|g| StoredObject { key: g.key, size: g.size, sha256: g.sha256 });
     Ok(BackupResult {
         raw_bytes: t.raw_bytes,
         stored_bytes: t.stored_bytes,
@@ -214,6 +216,8 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         server_version: info.version,
         warnings,
         encryption_key_id: plan.encryption_key_id.clone(),
+        wrapped_key_sha256,
+        globals,
     })
 }
 

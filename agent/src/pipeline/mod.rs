@@ -6,6 +6,7 @@
 
 pub mod backup;
 pub mod restore;
+pub mod trust;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 

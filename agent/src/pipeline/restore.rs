@@ -1,10 +1,12 @@
-//! The restore pipeline. Nothing reaches the target database before every chunk has been read back and
-//! matched against its recorded size and sha256 (and the whole stream against its sha256); a chunk with no
-//! intact copy in any storage fails the restore naming the chunk. An encrypted backup's data key is
-//! unwrapped with the agent-held key first, so a missing key also fails before the target is touched. Then
-//! the chunks are read again, each verified again before use (it could have changed since), decrypted,
-//! decompressed and piped into the restore tool (or, for a parallel PostgreSQL restore, written to a
-//! temporary file in the agent's work directory first).
+//! The restore pipeline. First the manifest read back from storage must agree with what the controller
+//! recorded (the plan; see [`trust`]); every object read stops at its recorded size. Nothing reaches the
+//! target database before every chunk has been read back and matched against its recorded size and sha256
+//! (and the whole stream against its sha256); a chunk with no intact copy in any storage fails the restore
+//! naming the chunk. An encrypted backup's data key is unwrapped with the agent-held key first, so a missing
+//! key also fails before the target is touched, and so does globals SQL that `psql` could run a
+//! meta-command from. Then the chunks are read again, each verified again before use (it could have changed
+//! since), decrypted, decompressed (at most to the recorded raw size) and piped into the restore tool (or,
+//! for a parallel PostgreSQL restore, written to a temporary file in the agent's work directory first).
 //!
 //! What happens to the target database is the plan's `TargetDatabasePlan`, decided by the controller; the
 //! chunk list arrives validated (in order from seq 0, safe keys, hex sha256s) by the protocol model.
@@ -23,7 +25,7 @@ use dg_common::{
     protocol::{ChunkRef, Engine, LogLevel, RestorePlan, RestoreResult},
 };
 
-use super::{forward_stderr, tool_failure};
+use super::{forward_stderr, tool_failure, trust};
 use crate::{
     context::AgentContext,
     engine,
@@ -35,6 +37,12 @@ use crate::{
 
 /// Decompressed block size written to the restore tool.
 const BLOCK: usize = 256 * 1024;
+/// A manifest read back is at most this plus [`MANIFEST_BYTES_PER_CHUNK`] per chunk of the plan.
+const MANIFEST_BASE_BYTES: u64 = 64 * 1024;
+/// Manifest bytes allowed per chunk (a chunk entry is about 150 bytes).
+const MANIFEST_BYTES_PER_CHUNK: u64 = 1024;
+/// Largest globals SQL replayed (roles and tablespaces: kilobytes in practice).
+const MAX_GLOBALS_SQL: u64 = 64 << 20;
 
 /// Runs one restore attempt. A verification restore (a scratch target database) drops the database it
 /// created at the end, whatever the outcome.
@@ -61,15 +69,28 @@ pub async fn run(
     result
 }
 
+/// Reads at most `max` bytes of object `key`: an object larger than that fails without being read further
+/// (every size a restore reads by is recorded by the controller, or a bound derived from it).
+async fn read_bounded(s: &OpenStorage, key: &str, max: u64) -> Result<Bytes, String> {
+    use futures::StreamExt;
+    let got = s.store.get(&ObjPath::from(key)).await.map_err(|e| format!("storage {}: {e}", s.id))?;
+    if got.meta.size > max {
+        return Err(format!("storage {}: {key} is {} bytes, more than the {max} recorded", s.id, got.meta.size));
+    }
+    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(got.meta.size).unwrap_or(0));
+    let mut parts = got.into_stream();
+    while let Some(part) = parts.next().await {
+        let part = part.map_err(|e| format!("storage {}: {e}", s.id))?;
+        if (buf.len() + part.len()) as u64 > max {
+            return Err(format!("storage {}: {key} is more than the {max} bytes recorded", s.id));
+        }
+        buf.extend_from_slice(&part);
+    }
+    Ok(buf.freeze())
+}
+
 async fn fetch_verified(s: &OpenStorage, c: &ChunkRef) -> Result<Bytes, String> {
-    let data = s
-        .store
-        .get(&ObjPath::from(c.key.as_str()))
-        .await
-        .map_err(|e| format!("storage {}: {e}", s.id))?
-        .bytes()
-        .await
-        .map_err(|e| format!("storage {}: {e}", s.id))?;
+    let data = read_bounded(s, &c.key, c.size).await?;
     if data.len() as u64 != c.size {
         return Err(format!("storage {}: size {} instead of {}", s.id, data.len(), c.size));
     }
@@ -91,26 +112,29 @@ async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> Pip
     Err(PipelineError::Integrity(format!("chunk {} ({}) has no intact copy: {}", c.seq, c.key, reasons.join("; "))))
 }
 
-async fn read_manifest(stores: &[OpenStorage], key: &str) -> PipelineResult<Manifest> {
+/// Reads the manifest, bounded by what a manifest of `chunks` chunks can need.
+async fn read_manifest(stores: &[OpenStorage], key: &str, chunks: usize) -> PipelineResult<Manifest> {
+    let max = MANIFEST_BASE_BYTES + MANIFEST_BYTES_PER_CHUNK * chunks as u64;
     let mut reasons = Vec::new();
     for s in stores {
-        let got = async {
-            let b = s
-                .store
-                .get(&ObjPath::from(key))
-                .await
-                .map_err(|e| e.to_string())?
-                .bytes()
-                .await
-                .map_err(|e| e.to_string())?;
-            Manifest::from_bytes(&b).map_err(|e| e.to_string())
-        };
+        let got = async { Manifest::from_bytes(&read_bounded(s, key, max).await?).map_err(|e| e.to_string()) };
         match got.await {
             Ok(m) => return Ok(m),
             Err(e) => reasons.push(format!("storage {}: {e}", s.id)),
         }
     }
     Err(PipelineError::Integrity(format!("manifest {key} unreadable: {}", reasons.join("; "))))
+}
+
+/// Decompresses the globals object, refusing SQL longer than [`MAX_GLOBALS_SQL`].
+fn decompress_globals(data: &[u8]) -> PipelineResult<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::new(data)?.take(MAX_GLOBALS_SQL + 1).read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_GLOBALS_SQL {
+        return Err(PipelineError::Integrity(format!("globals SQL is larger than {MAX_GLOBALS_SQL} bytes")));
+    }
+    Ok(out)
 }
 
 async fn run_inner(
@@ -139,7 +163,8 @@ async fn run_inner(
     }
 
     // 1. Everything that can fail without the database: the key, then every chunk.
-    let manifest = read_manifest(&stores, &plan.manifest_key).await?;
+    let manifest = read_manifest(&stores, &plan.manifest_key, plan.chunks.len()).await?;
+    trust::check_manifest(plan, &manifest).map_err(PipelineError::Integrity)?;
     let cipher = match (&manifest.encryption_key_id, &manifest.wrapped_key) {
         (Some(k), Some(w)) => {
             let c = ChunkCipher::open(&ctx.keys_dir, k, &manifest.execution_id, w)?;
@@ -149,17 +174,23 @@ async fn run_inner(
         _ => None,
     };
     let globals_sql = if plan.restore_globals {
-        let g = manifest.globals.clone().ok_or_else(|| {
+        // What the controller recorded, never what the manifest says (they agree, checked above).
+        let g = plan.recorded.as_ref().and_then(|r| r.globals.clone()).ok_or_else(|| {
             PipelineError::Invalid("restore_globals: this backup has no globals (its job did not include them)".into())
         })?;
-        let as_chunk = ChunkRef { seq: 0, key: g.key.clone(), size: g.size, sha256: g.sha256.clone() };
+        let as_chunk = ChunkRef { seq: 0, key: g.key, size: g.size, sha256: g.sha256 };
         let all: Vec<usize> = (0..stores.len()).collect();
         let (_, data) = fetch_any(&stores, &all, &as_chunk).await?;
         let data = match &cipher {
             Some(c) => c.open_chunk(engine::postgres::GLOBALS_SEQ, &data)?,
             None => data.to_vec(),
         };
-        Some(zstd::decode_all(data.as_slice())?)
+        let sql = tokio::task::spawn_blocking(move || decompress_globals(&data))
+            .await
+            .map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
+        // Refused before the target is touched, naming the line.
+        engine::postgres::check_globals_sql(&sql).map_err(PipelineError::Integrity)?;
+        Some(sql)
     } else {
         None
     };
@@ -215,7 +246,8 @@ async fn run_inner(
         .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution().id)));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
     let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(8);
-    let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK));
+    let limit = plan.raw_bytes.unwrap_or(u64::MAX);
+    let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK, limit));
     let chunks = &plan.chunks;
     let downloader = async move {
         for (c, src) in chunks.iter().zip(sources) {
@@ -262,6 +294,14 @@ async fn run_inner(
     } else {
         let mut run = engine::restore(target, target_plan.drops_existing(), None, 1, &ctx.tools).await?;
         let tool = format!("{} {}", run.tool, run.version);
+        if engine != Engine::Postgres {
+            if run.options.iter().any(|o| o == engine::mysql::SANDBOX) {
+                rep.log(LogLevel::Info, format!("{tool} runs with --sandbox (no client file or shell commands)")).await;
+            } else {
+                let line = format!("{tool} does not support --sandbox: client commands in the dump are not refused");
+                rep.log(LogLevel::Warn, line).await;
+            }
+        }
         let mut child = run
             .cmd
             .stdin(std::process::Stdio::piped())
@@ -336,5 +376,46 @@ fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> Pipe
         Ok(Err(e)) if chunker::is_truncated(&e) => Err(PipelineError::Integrity(e.to_string())),
         Ok(Err(e)) => Err(PipelineError::Io(e)),
         Err(e) => Err(PipelineError::Io(std::io::Error::other(e))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use object_store::{PutPayload, memory::InMemory};
+
+    use dg_common::ids::StorageId;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_are_bounded_by_the_recorded_size() {
+        let store = Arc::new(InMemory::new());
+        let s = OpenStorage { id: StorageId::new(), store: store.clone() };
+        store.put(&ObjPath::from("a/1.zst"), PutPayload::from(vec![7u8; 100])).await.expect("put");
+        assert_eq!(read_bounded(&s, "a/1.zst", 100).await.expect("exact").len(), 100);
+        assert_eq!(read_bounded(&s, "a/1.zst", 1 << 20).await.expect("room").len(), 100);
+        let e = read_bounded(&s, "a/1.zst", 99).await.expect_err("longer than recorded");
+        assert!(e.contains("more than the 99"), "{e}");
+
+        let sha = hex::encode(Sha256::digest([7u8; 100]));
+        let c = ChunkRef { seq: 0, key: "a/1.zst".into(), size: 100, sha256: sha.clone() };
+        assert!(fetch_verified(&s, &c).await.is_ok());
+        let short = ChunkRef { size: 60, ..c.clone() };
+        assert!(fetch_verified(&s, &short).await.is_err_and(|e| e.contains("more than the 60")));
+        let long = ChunkRef { size: 101, ..c.clone() };
+        assert!(fetch_verified(&s, &long).await.is_err_and(|e| e.contains("size 100 instead of 101")));
+        let other = ChunkRef { sha256: "0".repeat(64), ..c };
+        assert!(fetch_verified(&s, &other).await.is_err_and(|e| e.contains("sha256 mismatch")));
+    }
+
+    #[test]
+    fn globals_decompression_is_capped() {
+        let sql = zstd::encode_all(&b"CREATE ROLE a;\n"[..], 3).expect("zstd");
+        assert_eq!(decompress_globals(&sql).expect("small"), b"CREATE ROLE a;\n");
+        let bomb = zstd::encode_all(vec![b' '; (MAX_GLOBALS_SQL + 1) as usize].as_slice(), 19).expect("zstd");
+        assert!(bomb.len() < 1 << 20, "a small object");
+        assert!(decompress_globals(&bomb).is_err_and(|e| e.to_string().contains("larger than")));
     }
 }

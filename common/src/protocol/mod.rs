@@ -242,6 +242,36 @@ pub struct ChunkRef {
     pub sha256: String,
 }
 
+/// An extra stored object of a backup (the PostgreSQL globals), as written and as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredObject {
+    /// Object key.
+    pub key: String,
+    /// Stored size.
+    pub size: u64,
+    /// Hex sha256 of the stored bytes (64 lowercase hex characters).
+    pub sha256: String,
+}
+
+/// How a backup is encrypted, as recorded by the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedEncryption {
+    /// Agent-held key that wraps the data key.
+    pub key_id: String,
+    /// Hex sha256 of the wrapped data key as the manifest holds it ([`manifest::wrapped_key_binding`]).
+    pub wrapped_key_sha256: String,
+}
+
+/// What the controller recorded when a backup completed, beyond its chunks: a restore trusts this, and a
+/// manifest read back from storage must agree with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordedBackup {
+    /// The PostgreSQL globals object, when the backup has one.
+    pub globals: Option<StoredObject>,
+    /// The encryption, when the backup is encrypted.
+    pub encryption: Option<RecordedEncryption>,
+}
+
 /// What happens to the target database of a restore, decided by the controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetDatabasePlan {
@@ -311,6 +341,11 @@ pub struct RestorePlan {
     pub parallel_jobs: u32,
     /// PostgreSQL: replay the stored globals first.
     pub restore_globals: bool,
+    /// What the controller recorded at backup time; `None` for a backup recorded before it recorded these
+    /// (agent protocol 4), whose globals are never replayed.
+    pub recorded: Option<RecordedBackup>,
+    /// Uncompressed bytes the backup recorded; decompression stops with an error past them (`None`: no bound).
+    pub raw_bytes: Option<u64>,
 }
 
 /// What an assignment asks for.
@@ -428,6 +463,10 @@ pub struct BackupResult {
     pub warnings: Vec<String>,
     /// Key id the chunks are encrypted with.
     pub encryption_key_id: Option<String>,
+    /// Hex sha256 of the wrapped data key in the manifest; `Some` exactly when `encryption_key_id` is.
+    pub wrapped_key_sha256: Option<String>,
+    /// The PostgreSQL globals object written with the backup.
+    pub globals: Option<StoredObject>,
 }
 
 /// What a finished restore did.

@@ -8,7 +8,8 @@ use super::{
     AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkRef,
     ChunkStored, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE, LogLevel, LogReport, MAX_LOG_CHARS,
     MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan, Progress, ProtocolError, ProtocolResult,
-    RestorePlan, RestoreResult, StorageTarget, Strategy, TargetDatabasePlan, TlsMode,
+    RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult, StorageTarget, StoredObject, Strategy,
+    TargetDatabasePlan, TlsMode,
 };
 use crate::{
     ids::{DatasourceId, ExecutionId, StorageId},
@@ -49,6 +50,66 @@ fn key_field(field: &str, s: &str) -> ProtocolResult<String> {
         && s.split('/').all(|seg| !seg.is_empty() && seg != "." && seg != "..")
         && !s.chars().any(|c| c == '\\' || c.is_control());
     if ok { Ok(s.to_owned()) } else { Err(ProtocolError::new(field, "must be a relative object key")) }
+}
+
+/// An encryption key id (`encryption_key_id`): empty is `None`, else 1 to 64 of `[A-Za-z0-9._-]`.
+fn key_id_field(k: &str) -> ProtocolResult<Option<String>> {
+    match k {
+        "" => Ok(None),
+        k if k.len() <= 64
+            && !k.starts_with('.')
+            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+        {
+            Ok(Some(k.to_owned()))
+        }
+        _ => Err(ProtocolError::new("encryption_key_id", "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'")),
+    }
+}
+
+/// The encryption of a backup result or record: a key id and the wrapped key's binding, both or neither.
+fn encryption_fields(key_id: &str, wrapped_sha256: &str) -> ProtocolResult<Option<RecordedEncryption>> {
+    match (key_id_field(key_id)?, wrapped_sha256) {
+        (None, "") => Ok(None),
+        (None, _) => Err(ProtocolError::new("wrapped_key_sha256", "must be empty when not encrypted")),
+        (Some(key_id), w) => {
+            Ok(Some(RecordedEncryption { key_id, wrapped_key_sha256: sha256_field("wrapped_key_sha256", w)? }))
+        }
+    }
+}
+
+impl TryFrom<pb::StoredObject> for StoredObject {
+    type Error = ProtocolError;
+    fn try_from(o: pb::StoredObject) -> ProtocolResult<Self> {
+        Ok(Self { key: key_field("key", &o.key)?, size: o.size, sha256: sha256_field("sha256", &o.sha256)? })
+    }
+}
+
+impl From<StoredObject> for pb::StoredObject {
+    fn from(o: StoredObject) -> Self {
+        pb::StoredObject { key: o.key, size: o.size, sha256: o.sha256 }
+    }
+}
+
+fn stored_object_field(o: Option<pb::StoredObject>, field: &str) -> ProtocolResult<Option<StoredObject>> {
+    o.map(|o| StoredObject::try_from(o).map_err(|e| e.within(field))).transpose()
+}
+
+impl TryFrom<pb::RecordedBackup> for RecordedBackup {
+    type Error = ProtocolError;
+    fn try_from(r: pb::RecordedBackup) -> ProtocolResult<Self> {
+        Ok(Self {
+            globals: stored_object_field(r.globals, "globals")?,
+            encryption: encryption_fields(&r.encryption_key_id, &r.wrapped_key_sha256)?,
+        })
+    }
+}
+
+impl From<RecordedBackup> for pb::RecordedBackup {
+    fn from(r: RecordedBackup) -> Self {
+        let (encryption_key_id, wrapped_key_sha256) =
+            r.encryption.map(|e| (e.key_id, e.wrapped_key_sha256)).unwrap_or_default();
+        pb::RecordedBackup { globals: r.globals.map(Into::into), encryption_key_id, wrapped_key_sha256 }
+    }
 }
 
 // ---- identities ---------------------------------------------------------------------------------------------
@@ -229,21 +290,7 @@ fn layout_field(prefix: &str, datasource: &str, execution: ExecutionRef) -> Prot
 
 fn backup_plan(t: pb::BackupTask, execution: ExecutionRef) -> ProtocolResult<BackupPlan> {
     let source = DatabaseTarget::try_from(required(t.source, "source")?).map_err(|e| e.within("source"))?;
-    let encryption_key_id = match t.encryption_key_id.as_str() {
-        "" => None,
-        k if k.len() <= 64
-            && !k.starts_with('.')
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
-        {
-            Some(k.to_owned())
-        }
-        _ => {
-            return Err(ProtocolError::new(
-                "encryption_key_id",
-                "must be 1 to 64 of [A-Za-z0-9._-], not starting with '.'",
-            ));
-        }
-    };
+    let encryption_key_id = key_id_field(&t.encryption_key_id)?;
     Ok(BackupPlan {
         layout: layout_field(&t.key_prefix, &t.datasource_id, execution)?,
         source,
@@ -327,6 +374,8 @@ fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
         manifest_key: key_field("manifest_key", &t.manifest_key)?,
         parallel_jobs: t.parallel_jobs.clamp(1, 16),
         restore_globals: t.restore_globals,
+        recorded: t.recorded.map(|r| RecordedBackup::try_from(r).map_err(|e| e.within("recorded"))).transpose()?,
+        raw_bytes: (t.raw_bytes > 0).then_some(t.raw_bytes),
     })
 }
 
@@ -344,6 +393,8 @@ impl From<RestorePlan> for pb::RestoreTask {
             manifest_key: p.manifest_key,
             parallel_jobs: p.parallel_jobs,
             restore_globals: p.restore_globals,
+            recorded: p.recorded.map(Into::into),
+            raw_bytes: p.raw_bytes.unwrap_or_default(),
         }
     }
 }
@@ -388,6 +439,7 @@ fn backup_result(b: pb::BackupResult) -> ProtocolResult<BackupResult> {
     if storages.is_empty() || storages.len() > MAX_STORAGES {
         return Err(ProtocolError::new("storage_ids", format!("must name 1 to {MAX_STORAGES} storages")));
     }
+    let encryption = encryption_fields(&b.encryption_key_id, &b.wrapped_key_sha256)?;
     Ok(BackupResult {
         raw_bytes: b.raw_bytes,
         stored_bytes: b.stored_bytes,
@@ -398,7 +450,9 @@ fn backup_result(b: pb::BackupResult) -> ProtocolResult<BackupResult> {
         tool_version: text(&b.tool_version, 256),
         server_version: text(&b.server_version, 256),
         warnings: b.warnings.iter().take(MAX_WARNINGS).map(|w| text(w, MAX_WARNING_CHARS)).collect(),
-        encryption_key_id: (!b.encryption_key_id.is_empty()).then(|| text(&b.encryption_key_id, 64)),
+        encryption_key_id: encryption.as_ref().map(|e| e.key_id.clone()),
+        wrapped_key_sha256: encryption.map(|e| e.wrapped_key_sha256),
+        globals: stored_object_field(b.globals, "globals")?,
     })
 }
 
@@ -415,6 +469,8 @@ impl From<BackupResult> for pb::BackupResult {
             server_version: b.server_version,
             warnings: b.warnings,
             encryption_key_id: b.encryption_key_id.unwrap_or_default(),
+            globals: b.globals.map(Into::into),
+            wrapped_key_sha256: b.wrapped_key_sha256.unwrap_or_default(),
         }
     }
 }

@@ -121,6 +121,11 @@ fn restore_task() -> pb::RestoreTask {
         manifest_key: "a/b/1/manifest.json".into(),
         parallel_jobs: 4,
         restore_globals: false,
+        recorded: Some(RecordedBackup {
+            globals: Some(StoredObject { key: "a/b/1/globals.sql.zst".into(), size: 7, sha256: sha('c') }),
+            encryption: Some(RecordedEncryption { key_id: "prod-1".into(), wrapped_key_sha256: sha('d') }),
+        }),
+        raw_bytes: Some(1234),
     })
 }
 
@@ -140,6 +145,28 @@ fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
     assert_eq!(p.target_plan, TargetDatabasePlan::CreateIfMissing { drop_existing: true });
     assert_eq!(p.chunks.len(), 3);
     assert_eq!(p.parallel_jobs, 4);
+    let recorded = p.recorded.expect("recorded");
+    assert_eq!(recorded.globals.expect("globals").size, 7);
+    assert_eq!(recorded.encryption.expect("encryption").key_id, "prod-1");
+    assert_eq!(p.raw_bytes, Some(1234));
+
+    // What the controller recorded travels whole, or not at all (a backup recorded before protocol 4).
+    let mut t = restore_task();
+    t.recorded = None;
+    let Plan::Restore(p) = Assignment::try_from(restore_assign(t)).expect("legacy").plan else { panic!("a restore") };
+    assert_eq!(p.recorded, None);
+    let mut t = restore_task();
+    t.recorded.as_mut().expect("recorded").wrapped_key_sha256 = String::new();
+    let e = Assignment::try_from(restore_assign(t)).expect_err("binding");
+    assert_eq!(e.field, "restore.recorded.wrapped_key_sha256");
+    let mut t = restore_task();
+    t.recorded.as_mut().expect("recorded").encryption_key_id = String::new();
+    let e = Assignment::try_from(restore_assign(t)).expect_err("binding without key");
+    assert_eq!(e.field, "restore.recorded.wrapped_key_sha256");
+    let mut t = restore_task();
+    t.recorded.as_mut().and_then(|r| r.globals.as_mut()).expect("globals").key = "/etc/passwd".into();
+    let e = Assignment::try_from(restore_assign(t)).expect_err("globals key");
+    assert_eq!(e.field, "restore.recorded.globals.key");
 
     let mut t = restore_task();
     t.chunks.swap(0, 1);
@@ -203,7 +230,9 @@ fn reports_round_trip_and_are_validated() {
                 tool_version: "pg_dump 15".into(),
                 server_version: "15.2".into(),
                 warnings: vec!["w".into()],
-                encryption_key_id: None,
+                encryption_key_id: Some("k1".into()),
+                wrapped_key_sha256: Some(sha('e')),
+                globals: Some(StoredObject { key: "a/b/2/globals.sql.zst".into(), size: 3, sha256: sha('f') }),
             },
         },
         AgentReport::RestoreCompleted {
@@ -231,4 +260,24 @@ fn reports_round_trip_and_are_validated() {
     let no_exec = pb::agent_message::Kind::Failed(pb::Failed::default());
     assert_eq!(report_of(no_exec).expect("a report").expect_err("execution").field, "failed.execution");
     assert!(report_of(pb::agent_message::Kind::Heartbeat(pb::Heartbeat::default())).is_none());
+
+    // An encrypted result without the wrapped key's binding (or the reverse) is refused.
+    let completed = |key_id: &str, wrapped: &str| {
+        pb::agent_message::Kind::Completed(pb::Completed {
+            execution: Some(e.into()),
+            result: Some(pb::completed::Result::Backup(pb::BackupResult {
+                sha256: sha('d'),
+                manifest_key: "a/b/2/manifest.json".into(),
+                storage_ids: vec![StorageId::new().to_string()],
+                encryption_key_id: key_id.into(),
+                wrapped_key_sha256: wrapped.into(),
+                ..Default::default()
+            })),
+        })
+    };
+    for (key_id, wrapped) in [("k1", ""), ("", "ab"), ("k1", "xyz")] {
+        let err = report_of(completed(key_id, wrapped)).expect("a report").expect_err("binding");
+        assert_eq!(err.field, "completed.backup.wrapped_key_sha256", "{key_id:?} {wrapped:?}");
+    }
+    assert!(report_of(completed("", "")).expect("a report").is_ok());
 }

@@ -10,7 +10,7 @@ use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
                        source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
-                       agent_listed";
+                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256";
 
 /// `EX_COLS`, each qualified by the table alias `alias`.
 fn qualified(alias: &str) -> String {
@@ -139,6 +139,10 @@ pub struct BackupOutcome {
     pub warnings: Vec<String>,
     /// Key id the chunks are encrypted with.
     pub encryption_key_id: Option<String>,
+    /// Hex sha256 of the wrapped data key (with `encryption_key_id`).
+    pub wrapped_key_sha256: Option<String>,
+    /// The globals object: key, size, sha256.
+    pub globals: Option<(String, i64, String)>,
 }
 
 /// What the controller recorded for one storage of a backup attempt (see `service::commit`).
@@ -533,7 +537,8 @@ impl Db {
             &txn,
             "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3, \
              stored_bytes = $4, chunk_count = $5, sha256 = $6, manifest_key = $7, tool_version = $8, \
-             server_version = $9, warnings = $10, encryption_key_id = $11 \
+             server_version = $9, warnings = $10, encryption_key_id = $11, wrapped_key_sha256 = $12, \
+             globals_key = $13, globals_size = $14, globals_sha256 = $15, trust_recorded = true \
              WHERE id = $1 AND attempt = $2 AND status = 'running'",
             [
                 id.into(),
@@ -547,6 +552,10 @@ impl Db {
                 o.server_version.clone().into(),
                 serde_json::json!(o.warnings).into(),
                 o.encryption_key_id.clone().into(),
+                o.wrapped_key_sha256.clone().into(),
+                o.globals.as_ref().map(|g| g.0.clone()).into(),
+                o.globals.as_ref().map(|g| g.1).into(),
+                o.globals.as_ref().map(|g| g.2.clone()).into(),
             ],
         )
         .await?;

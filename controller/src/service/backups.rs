@@ -121,11 +121,13 @@ impl BackupsService {
             self.db.chunks(id, ex.attempt).await?.into_iter().filter(|c| c.storage_id == first).collect();
         let (tx, rx) = mpsc::channel::<ControllerResult<Bytes>>(4);
         let this = self.clone();
+        // The recorded raw size bounds what the stream may decompress to.
+        let limit = u64::try_from(ex.raw_bytes).ok().filter(|n| *n > 0).unwrap_or(u64::MAX);
         tokio::spawn(async move {
             let (chunk_tx, dec) = if decompress {
                 let (ctx, crx) = mpsc::channel::<Bytes>(2);
                 let (btx, mut brx) = mpsc::channel::<Bytes>(4);
-                let worker = tokio::task::spawn_blocking(move || dg_common::chunk::decompress(crx, btx, PIECE));
+                let worker = tokio::task::spawn_blocking(move || dg_common::chunk::decompress(crx, btx, PIECE, limit));
                 let out = tx.clone();
                 let forward = tokio::spawn(async move {
                     while let Some(b) = brx.recv().await {

@@ -15,14 +15,24 @@ pub use crate::db::CopySummary;
 pub struct CommitPlan<'a> {
     /// The manifest key of the attempt's layout.
     pub manifest_key: &'a str,
+    /// The globals key of the attempt's layout.
+    pub globals_key: &'a str,
     /// The job's storages.
     pub storages: &'a [Uuid],
 }
 
-/// The result names a manifest or storage the plan does not: `Err` says which.
+/// The result names a manifest, globals object or storage the plan does not: `Err` says which.
 pub fn check_plan(plan: CommitPlan<'_>, outcome: &BackupOutcome) -> Result<(), String> {
     if outcome.manifest_key != plan.manifest_key {
         return Err(format!("manifest key {}, the plan says {}", outcome.manifest_key, plan.manifest_key));
+    }
+    if let Some((key, size, _)) = &outcome.globals {
+        if key != plan.globals_key {
+            return Err(format!("globals key {key}, the plan says {}", plan.globals_key));
+        }
+        if *size < 1 {
+            return Err(format!("globals object of {size} bytes"));
+        }
     }
     if let Some(s) = outcome.storage_ids.iter().find(|s| !plan.storages.contains(s)) {
         return Err(format!("storage {s} is not one of the job's storages"));
@@ -76,6 +86,8 @@ mod tests {
             server_version: String::new(),
             warnings: Vec::new(),
             encryption_key_id: None,
+            wrapped_key_sha256: None,
+            globals: None,
         }
     }
 
@@ -86,7 +98,11 @@ mod tests {
     #[test]
     fn the_plan_decides_manifest_and_storages() {
         let (a, b, c) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        let plan = CommitPlan { manifest_key: "ds/ex/1/manifest.json", storages: &[a, b] };
+        let plan = CommitPlan {
+            manifest_key: "ds/ex/1/manifest.json",
+            globals_key: "ds/ex/1/globals.sql.zst",
+            storages: &[a, b],
+        };
         assert_eq!(check_plan(plan, &outcome(&[a, b], 3, 30)), Ok(()));
         assert_eq!(check_plan(plan, &outcome(&[b], 3, 30)), Ok(()), "a subset (fallback) is fine");
         assert!(check_plan(plan, &outcome(&[a, c], 3, 30)).is_err_and(|e| e.contains(&c.to_string())));
@@ -94,6 +110,13 @@ mod tests {
         let mut o = outcome(&[a], 3, 30);
         o.manifest_key = "ds/ex/2/manifest.json".into();
         assert!(check_plan(plan, &o).is_err_and(|e| e.contains("manifest key")));
+        let mut o = outcome(&[a], 3, 30);
+        o.globals = Some(("ds/ex/1/globals.sql.zst".into(), 12, "ab".repeat(32)));
+        assert_eq!(check_plan(plan, &o), Ok(()));
+        o.globals = Some(("ds/ex/1/00000000.zst".into(), 12, "ab".repeat(32)));
+        assert!(check_plan(plan, &o).is_err_and(|e| e.contains("globals key")), "globals must not alias a chunk");
+        o.globals = Some(("ds/ex/1/globals.sql.zst".into(), 0, "ab".repeat(32)));
+        assert!(check_plan(plan, &o).is_err_and(|e| e.contains("globals object")));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use dg_common::{
-    protocol::{self, Assignment, Attempt, BackupPlan, ChunkRef, ExecutionRef, ObjectLayout, Plan, RestorePlan},
+    protocol::{
+        self, Assignment, Attempt, BackupPlan, ChunkRef, ExecutionRef, ObjectLayout, Plan, RecordedBackup,
+        RecordedEncryption, RestorePlan, StoredObject,
+    },
     telemetry,
 };
 use tokio::time::MissedTickBehavior;
@@ -261,8 +264,31 @@ impl DispatchTask {
             manifest_key: backup.manifest_key.clone().unwrap_or_default(),
             parallel_jobs: options.parallel_jobs.max(1),
             restore_globals: options.restore_globals,
+            recorded: recorded_backup(&backup),
+            raw_bytes: u64::try_from(backup.raw_bytes).ok().filter(|n| *n > 0),
         })
     }
+}
+
+/// What the controller recorded about a completed backup beyond its chunks, for the restore plan; `None` for
+/// a backup completed before these were recorded.
+pub fn recorded_backup(backup: &Execution) -> Option<RecordedBackup> {
+    if !backup.trust_recorded {
+        return None;
+    }
+    let globals = match (&backup.globals_key, backup.globals_size, &backup.globals_sha256) {
+        (Some(key), Some(size), Some(sha256)) => Some(StoredObject {
+            key: key.clone(),
+            size: u64::try_from(size).unwrap_or_default(),
+            sha256: sha256.clone(),
+        }),
+        _ => None,
+    };
+    let encryption = match (&backup.encryption_key_id, &backup.wrapped_key_sha256) {
+        (Some(key_id), Some(w)) => Some(RecordedEncryption { key_id: key_id.clone(), wrapped_key_sha256: w.clone() }),
+        _ => None,
+    };
+    Some(RecordedBackup { globals, encryption })
 }
 
 /// The order a restore reads a backup's complete copies in: the operator's preferred storage first, then the

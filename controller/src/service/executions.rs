@@ -172,6 +172,21 @@ impl ExecutionsService {
                 target.engine, source.engine
             )));
         }
+        if r.restore_globals && !backup.trust_recorded {
+            // Its globals object, checksum and encryption were trusted from the manifest in storage, which
+            // anyone able to write to the bucket can rewrite; replaying such SQL could run commands.
+            return Err(ControllerError::FailedPrecondition(format!(
+                "restore_globals: backup {} was recorded before the controller recorded its globals; restore it \
+                 without restore_globals (and recreate roles by hand, or take a new backup)",
+                backup.id
+            )));
+        }
+        if r.restore_globals && backup.globals_key.is_none() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "restore_globals: backup {} has no globals (its job did not include them)",
+                backup.id
+            )));
+        }
         let copies = self.db.backup_storage_ids(backup.id).await?;
         if let Some(sid) = r.source_storage_id
             && !copies.contains(&sid)
@@ -423,10 +438,14 @@ impl ExecutionsService {
             server_version: r.server_version,
             warnings: r.warnings,
             encryption_key_id: r.encryption_key_id,
+            wrapped_key_sha256: r.wrapped_key_sha256,
+            globals: r.globals.map(|g| (g.key, i64::try_from(g.size).unwrap_or(i64::MAX), g.sha256)),
         };
-        let manifest_key = Self::layout(ex, attempt).manifest_key();
+        let layout = Self::layout(ex, attempt);
+        let (manifest_key, globals_key) = (layout.manifest_key(), layout.globals_key());
         let storages = self.plan_storages(ex).await?;
-        if let Err(why) = commit::check_plan(CommitPlan { manifest_key: &manifest_key, storages: &storages }, &o) {
+        let plan = CommitPlan { manifest_key: &manifest_key, globals_key: &globals_key, storages: &storages };
+        if let Err(why) = commit::check_plan(plan, &o) {
             return self.refuse(ex, attempt, why).await;
         }
         match self.db.complete_backup(id, attempt, &o, |recorded| commit::check_copies(&o, recorded)).await? {

@@ -1,0 +1,246 @@
+//! What a restore trusts: the controller's record, never the manifest read back from storage. Anyone able
+//! to write to a bucket can rewrite a manifest and recompute its (unkeyed) self-checksum, so the manifest is
+//! only compared with what the restore plan carries ([`check_manifest`]), before the target is touched: the
+//! chunk list and stream sha256, the globals object (key, size, sha256) and the encryption (key id and the
+//! wrapped data key's sha256). Any disagreement fails the restore, naming it. Pure: the restore pipeline
+//! reads the manifest and calls this.
+//!
+//! A backup recorded before the controller recorded globals and encryption (`recorded: None`) is restored
+//! from its recorded chunks only; its globals are never replayed ([`check_manifest`] refuses
+//! `restore_globals`), and its encryption parameters come from the manifest (the chunks are pinned by their
+//! recorded sha256, so a rewritten key id or wrapped key can only make the restore fail, not change data).
+
+use dg_common::{
+    manifest::{self, CIPHER, Manifest},
+    protocol::{RecordedBackup, RestorePlan},
+};
+
+/// The manifest agrees with the plan: `Err` names the first disagreement.
+pub fn check_manifest(plan: &RestorePlan, m: &Manifest) -> Result<(), String> {
+    let differs = |what: &str, manifest: &dyn std::fmt::Display, recorded: &dyn std::fmt::Display| {
+        Err(format!(
+            "the manifest disagrees with the controller's record: {what} (manifest: {manifest}, recorded: {recorded})"
+        ))
+    };
+    if m.chunks.len() != plan.chunks.len() {
+        return differs("chunk count", &m.chunks.len(), &plan.chunks.len());
+    }
+    for (mc, pc) in m.chunks.iter().zip(&plan.chunks) {
+        if mc.seq != pc.seq || mc.key != pc.key {
+            return differs(&format!("chunk {} key", pc.seq), &mc.key, &pc.key);
+        }
+        if mc.size != pc.size {
+            return differs(&format!("chunk {} size", pc.seq), &mc.size, &pc.size);
+        }
+        if !mc.sha256.eq_ignore_ascii_case(&pc.sha256) {
+            return differs(&format!("chunk {} sha256", pc.seq), &mc.sha256, &pc.sha256);
+        }
+    }
+    if !m.sha256.eq_ignore_ascii_case(&plan.sha256) {
+        return differs("stream sha256", &m.sha256, &plan.sha256);
+    }
+    let Some(RecordedBackup { globals, encryption }) = &plan.recorded else {
+        if plan.restore_globals {
+            return Err("restore_globals: this backup was recorded before the controller recorded its globals; \
+                        they are not replayed (restore without restore_globals)"
+                .into());
+        }
+        return Ok(());
+    };
+    match (&m.globals, globals) {
+        (None, None) => {}
+        (Some(mg), None) => return differs("globals", &mg.key, &"none"),
+        (None, Some(rg)) => return differs("globals", &"none", &rg.key),
+        (Some(mg), Some(rg)) => {
+            if mg.key != rg.key {
+                return differs("globals key", &mg.key, &rg.key);
+            }
+            if mg.size != rg.size {
+                return differs("globals size", &mg.size, &rg.size);
+            }
+            if !mg.sha256.eq_ignore_ascii_case(&rg.sha256) {
+                return differs("globals sha256", &mg.sha256, &rg.sha256);
+            }
+        }
+    }
+    match encryption {
+        None => {
+            let (key_id, wrapped, cipher) = (&m.encryption_key_id, &m.wrapped_key, &m.encryption);
+            if key_id.is_some() || wrapped.is_some() || cipher.is_some() {
+                return differs("encryption", &key_id.as_deref().unwrap_or("a wrapped key"), &"not encrypted");
+            }
+        }
+        Some(re) => {
+            let (Some(key_id), Some(wrapped)) = (&m.encryption_key_id, &m.wrapped_key) else {
+                return differs("encryption", &"not encrypted", &format!("key \"{}\"", re.key_id));
+            };
+            if *key_id != re.key_id {
+                return differs("encryption key id", key_id, &re.key_id);
+            }
+            let binding = manifest::wrapped_key_binding(wrapped);
+            if !binding.eq_ignore_ascii_case(&re.wrapped_key_sha256) {
+                return differs("wrapped data key sha256", &binding, &re.wrapped_key_sha256);
+            }
+            if m.encryption.as_deref() != Some(CIPHER) {
+                return differs("cipher", &m.encryption.as_deref().unwrap_or("none"), &CIPHER);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use dg_common::{
+        ids::StorageId,
+        manifest::{MANIFEST_FORMAT, ManifestChunk, ManifestObject},
+        protocol::{
+            ChunkRef, DatabaseTarget, Engine, RecordedEncryption, StorageTarget, StoredObject, TargetDatabasePlan,
+            TlsMode,
+        },
+        store::StoreConfig,
+    };
+
+    use super::*;
+
+    fn sha(c: char) -> String {
+        c.to_string().repeat(64)
+    }
+
+    /// A change made to a manifest in the bucket.
+    type Tamper = Box<dyn Fn(&mut Manifest)>;
+
+    const WRAPPED: &str = "00112233445566778899aabbccddeeff";
+
+    /// A plan and the manifest the backup wrote, agreeing: encrypted, with globals, three chunks.
+    fn agreeing() -> (RestorePlan, Manifest) {
+        let chunks: Vec<ChunkRef> = (0..3)
+            .map(|seq| ChunkRef {
+                seq,
+                key: format!("d/e/1/{seq:08}.zst"),
+                size: 10 + u64::from(seq),
+                sha256: sha('a'),
+            })
+            .collect();
+        let globals = StoredObject { key: "d/e/1/globals.sql.zst".into(), size: 42, sha256: sha('g') };
+        let plan = RestorePlan {
+            target: DatabaseTarget {
+                engine: Engine::Postgres,
+                host: "db".into(),
+                port: 5432,
+                database: "app".into(),
+                username: "u".into(),
+                password: String::new(),
+                tls_mode: TlsMode::Disable,
+            },
+            target_plan: TargetDatabasePlan::CreateIfMissing { drop_existing: false },
+            storages: vec![StorageTarget { id: StorageId::new(), config: StoreConfig::Local { path: "/x".into() } }],
+            chunks: chunks.clone(),
+            sha256: sha('s'),
+            source_engine: Engine::Postgres,
+            manifest_key: "d/e/1/manifest.json".into(),
+            parallel_jobs: 1,
+            restore_globals: true,
+            recorded: Some(RecordedBackup {
+                globals: Some(globals.clone()),
+                encryption: Some(RecordedEncryption {
+                    key_id: "prod".into(),
+                    wrapped_key_sha256: manifest::wrapped_key_binding(WRAPPED),
+                }),
+            }),
+            raw_bytes: Some(100),
+        };
+        let m = Manifest {
+            format: MANIFEST_FORMAT,
+            execution_id: "e".into(),
+            attempt: 1,
+            datasource_id: "d".into(),
+            engine: "postgres".into(),
+            tool_version: "pg_dump 15".into(),
+            server_version: "15".into(),
+            options: vec![],
+            created_at: String::new(),
+            compression: "zstd".into(),
+            compression_level: 3,
+            raw_bytes: 100,
+            stored_bytes: 33,
+            sha256: sha('s'),
+            chunks: chunks
+                .iter()
+                .map(|c| ManifestChunk { seq: c.seq, key: c.key.clone(), size: c.size, sha256: c.sha256.clone() })
+                .collect(),
+            encryption_key_id: Some("prod".into()),
+            wrapped_key: Some(WRAPPED.into()),
+            encryption: Some(CIPHER.into()),
+            globals: Some(ManifestObject { key: globals.key, size: globals.size, sha256: globals.sha256 }),
+        };
+        (plan, m)
+    }
+
+    #[test]
+    fn every_disagreement_with_the_record_is_refused_and_named() {
+        let (plan, m) = agreeing();
+        assert_eq!(check_manifest(&plan, &m), Ok(()));
+        let planted = ManifestObject { key: "d/e/1/planted.sql.zst".into(), size: 42, sha256: sha('g') };
+        let cases: Vec<(&str, Tamper)> = vec![
+            ("globals key", Box::new(move |m| m.globals = Some(planted.clone()))),
+            ("globals size", Box::new(|m| m.globals.as_mut().expect("g").size = 43)),
+            ("globals sha256", Box::new(|m| m.globals.as_mut().expect("g").sha256 = sha('h'))),
+            ("globals (manifest: none", Box::new(|m| m.globals = None)),
+            ("encryption key id", Box::new(|m| m.encryption_key_id = Some("other".into()))),
+            ("wrapped data key sha256", Box::new(|m| m.wrapped_key = Some("ff".repeat(16)))),
+            (
+                "encryption (manifest: not encrypted",
+                Box::new(|m| {
+                    m.encryption_key_id = None;
+                    m.wrapped_key = None;
+                    m.encryption = None;
+                }),
+            ),
+            ("encryption (manifest: not encrypted", Box::new(|m| m.wrapped_key = None)),
+            ("cipher", Box::new(|m| m.encryption = None)),
+            (
+                "chunk count",
+                Box::new(|m| {
+                    m.chunks.pop();
+                }),
+            ),
+            ("chunk 1 key", Box::new(|m| m.chunks[1].key = "d/e/1/x.zst".into())),
+            ("chunk 2 size", Box::new(|m| m.chunks[2].size = 1 << 40)),
+            ("chunk 0 sha256", Box::new(|m| m.chunks[0].sha256 = sha('b'))),
+            ("stream sha256", Box::new(|m| m.sha256 = sha('t'))),
+        ];
+        for (named, tamper) in cases {
+            let mut bad = m.clone();
+            tamper(&mut bad);
+            let e = check_manifest(&plan, &bad).expect_err(named);
+            assert!(e.contains(&format!("record: {named}")), "{named}: {e}");
+        }
+
+        // A record of an unencrypted backup without globals refuses a manifest that adds either.
+        let (mut plan, m) = agreeing();
+        plan.recorded = Some(RecordedBackup { globals: None, encryption: None });
+        let mut plain = m.clone();
+        (plain.encryption_key_id, plain.wrapped_key, plain.encryption, plain.globals) = (None, None, None, None);
+        assert_eq!(check_manifest(&plan, &plain), Ok(()));
+        let e = check_manifest(&plan, &m).expect_err("added globals");
+        assert!(e.contains("record: globals (manifest: d/e/1/globals.sql.zst, recorded: none)"), "{e}");
+        plain.encryption_key_id = Some("prod".into());
+        let e = check_manifest(&plan, &plain).expect_err("added encryption");
+        assert!(e.contains("record: encryption (manifest: prod, recorded: not encrypted)"), "{e}");
+    }
+
+    #[test]
+    fn a_backup_recorded_before_the_record_restores_without_its_globals() {
+        let (mut plan, m) = agreeing();
+        plan.recorded = None;
+        let e = check_manifest(&plan, &m).expect_err("globals of a legacy backup");
+        assert!(e.starts_with("restore_globals:"), "{e}");
+        plan.restore_globals = false;
+        assert_eq!(check_manifest(&plan, &m), Ok(()));
+        // Its chunks are still the controller's.
+        let mut bad = m.clone();
+        bad.chunks[0].sha256 = sha('b');
+        assert!(check_manifest(&plan, &bad).is_err());
+    }
+}
