@@ -169,6 +169,7 @@ if [[ "$MODE" == tests ]]; then
 	for t in mariadb mariadb-dump mariadb-admin mysqldump mysql; do have "$t" || need_pkg mariadb-client; done
 	[[ -x /usr/sbin/mariadbd ]] || need_pkg mariadb-server
 	have zstd || need_pkg zstd
+	have openssl || need_pkg openssl # makes CSRs with weak keys for the PKI tests
 	have node || need_pkg nodejs
 	have npm || need_pkg npm
 fi

@@ -104,6 +104,7 @@ impl Pki {
         agent: AgentId,
         ttl: std::time::Duration,
     ) -> ControllerResult<(String, IssuedCert)> {
+        check_csr_key(csr_pem).map_err(ControllerError::Invalid)?;
         let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
             ControllerError::Invalid(dg_common::error::FieldError::new("csr_pem", format!("invalid CSR: {e}")))
         })?;
@@ -160,4 +161,56 @@ fn random_serial() -> SerialNumber {
 
 fn to_chrono(t: OffsetDateTime) -> DateTime<Utc> {
     DateTime::from_timestamp(t.unix_timestamp(), 0).unwrap_or_default()
+}
+
+/// The key of a CSR must be strong enough: RSA of at least 2048 bits, ECDSA on P-256 or a larger curve, or
+/// Ed25519.
+fn check_csr_key(csr_pem: &str) -> Result<(), dg_common::error::FieldError> {
+    use x509_parser::{certification_request::X509CertificationRequest, prelude::FromDer, public_key::PublicKey};
+    let weak = || {
+        dg_common::error::FieldError::new(
+            "csr_pem",
+            "the key must be RSA of at least 2048 bits, ECDSA on P-256 or larger, or Ed25519",
+        )
+    };
+    let der =
+        pem::parse(csr_pem).map_err(|e| dg_common::error::FieldError::new("csr_pem", format!("invalid CSR: {e}")))?;
+    let (_, req) = X509CertificationRequest::from_der(der.contents())
+        .map_err(|e| dg_common::error::FieldError::new("csr_pem", format!("invalid CSR: {e}")))?;
+    let spki = &req.certification_request_info.subject_pki;
+    match spki.parsed() {
+        Ok(PublicKey::RSA(k)) if k.key_size() >= 2048 => Ok(()),
+        Ok(PublicKey::EC(k)) if k.key_size() >= 256 => Ok(()),
+        _ if spki.algorithm.algorithm == x509_parser::oid_registry::OID_SIG_ED25519 => Ok(()),
+        _ => Err(weak()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CSR for a new key made by `openssl req` with `-newkey <spec>`.
+    fn openssl_csr(spec: &str) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-new", "-newkey", spec, "-nodes", "-subj", "/CN=x", "-keyout", "/dev/null"])
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("pem")
+    }
+
+    #[test]
+    fn weak_csr_keys_are_refused() {
+        let p256 = rcgen::CertificateParams::new(Vec::<String>::new())
+            .and_then(|p| p.serialize_request(&KeyPair::generate()?))
+            .and_then(|r| r.pem())
+            .expect("csr");
+        assert!(check_csr_key(&p256).is_ok());
+        assert!(check_csr_key(&openssl_csr("rsa:2048")).is_ok());
+        assert!(check_csr_key(&openssl_csr("ed25519")).is_ok());
+        let weak = check_csr_key(&openssl_csr("rsa:1024")).expect_err("1024-bit RSA");
+        assert!(weak.to_string().contains("csr_pem"), "{weak}");
+        assert!(check_csr_key("not a csr").is_err());
+    }
 }
