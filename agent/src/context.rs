@@ -20,14 +20,20 @@ pub struct AgentContext {
 }
 
 impl AgentContext {
-    /// The context of an agent with state directory `state_dir`.
+    /// The context of an agent with state directory `state_dir`. Credential files of the database tools go
+    /// to `<state>/work/credentials` (0700), emptied here: files a killed agent left behind are gone at its
+    /// next start. Without that directory they fall back to the system's temporary directory (and a
+    /// warning says so).
     pub fn new(state_dir: &Path, local_roots: Vec<PathBuf>, tools: crate::tools::Tools) -> Self {
-        Self {
-            local_roots: Arc::new(local_roots),
-            keys_dir: crate::keys::keys_dir(state_dir),
-            work_dir: state_dir.join("work"),
-            tools,
-        }
+        let work_dir = state_dir.join("work");
+        let tools = match prepare_credentials_dir(&work_dir.join("credentials")) {
+            Ok(dir) => tools.with_credentials_dir(dir),
+            Err(e) => {
+                tracing::warn!(error = %e, "no private credentials directory; credential files go to the temporary directory");
+                tools
+            }
+        };
+        Self { local_roots: Arc::new(local_roots), keys_dir: crate::keys::keys_dir(state_dir), work_dir, tools }
     }
 
     /// Checks that `path` lies below a configured root and that no component from the root down is a
@@ -55,9 +61,39 @@ impl AgentContext {
     }
 }
 
+/// Creates `dir` (0700) and removes every file in it.
+fn prepare_credentials_dir(dir: &Path) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(dir.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_credential_files_are_removed_at_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let state = tempfile::tempdir().expect("dir");
+        let creds = state.path().join("work/credentials");
+        std::fs::create_dir_all(&creds).expect("mkdir");
+        std::fs::write(creds.join("dg-pgpass-left-by-a-kill"), "h:5432:*:u:secret").expect("write");
+        let ctx = AgentContext::new(state.path(), vec![], crate::tools::Tools::default());
+        assert_eq!(ctx.tools.credentials_dir(), Some(creds.as_path()));
+        assert_eq!(std::fs::read_dir(&creds).expect("read").count(), 0, "the stale passfile is gone");
+        let mode = std::fs::metadata(&creds).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let f = crate::engine::credentials_file(&ctx.tools, "dg-pgpass-", "x").expect("file");
+        assert!(f.path().starts_with(&creds), "new credential files go there");
+    }
 
     #[test]
     fn local_paths_are_confined_to_roots_without_symlinks() {

@@ -1,22 +1,39 @@
 //! Discovery of the dump and restore tools on this host; the session reports them to the controller in
 //! Hello (converting them to the wire there), the engines resolve tools through [`Tools`].
 
-use std::{path::PathBuf, process::Stdio, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+};
 
 /// Tools the agent knows how to use.
 pub const KNOWN_TOOLS: &[&str] = &["pg_dump", "pg_restore", "psql", "mariadb-dump", "mariadb", "mysqldump", "mysql"];
 
 /// Where the agent looks for database client tools: the configured directories first (e.g. a newer
-/// `/usr/lib/postgresql/16/bin`), then `PATH`.
+/// `/usr/lib/postgresql/16/bin`), then `PATH`; and where it writes the credential files (passfile, option
+/// file) it hands them.
 #[derive(Clone, Debug, Default)]
 pub struct Tools {
     dirs: Arc<Vec<PathBuf>>,
+    credentials: Option<Arc<PathBuf>>,
 }
 
 impl Tools {
     /// Tools looked up in `dirs` before `PATH`.
     pub fn new(dirs: Vec<PathBuf>) -> Self {
-        Self { dirs: Arc::new(dirs) }
+        Self { dirs: Arc::new(dirs), credentials: None }
+    }
+
+    /// The same tools, with credential files written in `dir` (else the system's temporary directory).
+    pub fn with_credentials_dir(mut self, dir: PathBuf) -> Self {
+        self.credentials = Some(Arc::new(dir));
+        self
+    }
+
+    /// Where credential files go, when set.
+    pub fn credentials_dir(&self) -> Option<&Path> {
+        self.credentials.as_deref().map(PathBuf::as_path)
     }
 
     /// The executable for `name`, if installed.

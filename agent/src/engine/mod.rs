@@ -107,10 +107,18 @@ fn io_err(e: std::io::Error) -> PipelineError {
     PipelineError::Io(e)
 }
 
-/// Writes a 0600 credentials file (tempfile creates files with mode 0600).
-pub fn credentials_file(prefix: &str, contents: &str) -> PipelineResult<tempfile::NamedTempFile> {
+/// Writes a 0600 credentials file (tempfile creates files with mode 0600) in the agent's credentials
+/// directory (0700, emptied at start, so a killed agent leaves nothing readable behind for long), or the
+/// system's temporary directory when it has none.
+pub fn credentials_file(tools: &Tools, prefix: &str, contents: &str) -> PipelineResult<tempfile::NamedTempFile> {
     use std::io::Write;
-    let mut f = tempfile::Builder::new().prefix(prefix).tempfile().map_err(io_err)?;
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    let mut f = match tools.credentials_dir() {
+        Some(dir) => b.tempfile_in(dir),
+        None => b.tempfile(),
+    }
+    .map_err(io_err)?;
     f.write_all(contents.as_bytes()).map_err(io_err)?;
     f.flush().map_err(io_err)?;
     Ok(f)

@@ -99,7 +99,7 @@ fn option_value(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
+fn option_file(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::NamedTempFile> {
     let mut s = format!(
         "[client]\nhost={}\nport={}\nuser={}\npassword={}\n",
         option_value(&t.host),
@@ -113,7 +113,7 @@ fn option_file(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
         TlsMode::VerifyFull => s.push_str("ssl\nssl-verify-server-cert\n"),
         TlsMode::Prefer => {}
     }
-    credentials_file("dg-my-", &s)
+    credentials_file(tools, "dg-my-", &s)
 }
 
 fn base(tool: &std::path::Path, creds: &std::path::Path) -> Command {
@@ -132,7 +132,7 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
     let names: &[&'static str] =
         if t.engine == Engine::Mysql { &["mysqldump", "mariadb-dump"] } else { &["mariadb-dump", "mysqldump"] };
     let (tool, path, version) = find_tool(tools, names).await?;
-    let creds = option_file(t)?;
+    let creds = option_file(t, tools)?;
     let mut cmd = base(&path, creds.path());
     let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
     cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
@@ -175,7 +175,7 @@ pub async fn restore(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRu
     let names: &[&'static str] = if t.engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
     let (tool, path, version) = find_tool(tools, names).await?;
     let sandbox = supports_sandbox(&path).await;
-    let creds = option_file(t)?;
+    let creds = option_file(t, tools)?;
     let mut cmd = base(&path, creds.path());
     if sandbox {
         cmd.arg("--sandbox");

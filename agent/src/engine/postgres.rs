@@ -107,9 +107,10 @@ pub fn conninfo_value(s: &str) -> String {
 }
 
 /// A 0600 passfile holding the target's password; removed on drop.
-pub fn passfile(t: &DatabaseTarget) -> PipelineResult<tempfile::NamedTempFile> {
+pub fn passfile(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::NamedTempFile> {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     credentials_file(
+        tools,
         "dg-pgpass-",
         &format!("{}:{}:*:{}:{}\n", esc(&t.host), t.port, esc(&t.username), esc(&t.password)),
     )
@@ -137,7 +138,7 @@ pub fn command(tool: &std::path::Path, t: &DatabaseTarget, passfile: &std::path:
 pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
     let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
     check_dump_compat(&version, server.major)?;
-    let creds = passfile(t)?;
+    let creds = passfile(t, tools)?;
     let mut cmd = command(&path, t, creds.path());
     cmd.arg("--format=custom")
         .arg("--compress=0")
@@ -155,7 +156,7 @@ pub async fn restore(
     tools: &Tools,
 ) -> PipelineResult<ToolRun> {
     let (tool, path, version) = find_tool(tools, &["pg_restore"]).await?;
-    let creds = passfile(t)?;
+    let creds = passfile(t, tools)?;
     let mut cmd = command(&path, t, creds.path());
     cmd.arg("--no-password").arg("--exit-on-error");
     if drop_existing {
@@ -186,7 +187,7 @@ pub const GLOBALS_SEQ: u32 = u32::MAX;
 /// run it) and tablespaces, as SQL. Small, so it is collected whole.
 pub async fn dump_globals(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(Vec<u8>, String)> {
     let (tool, path, version) = find_tool(tools, &["pg_dumpall"]).await?;
-    let creds = passfile(t)?;
+    let creds = passfile(t, tools)?;
     let out = command(&path, t, creds.path())
         .arg("--globals-only")
         .arg("--no-role-passwords")
@@ -246,7 +247,7 @@ pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> P
     use tokio::io::AsyncWriteExt;
     check_globals_sql(sql).map_err(PipelineError::Integrity)?;
     let (tool, path, _) = find_tool(tools, &["psql"]).await?;
-    let creds = passfile(t)?;
+    let creds = passfile(t, tools)?;
     let mut child = command(&path, t, creds.path())
         .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "--dbname=dbname='postgres'", "-f", "-"])
         .stdin(std::process::Stdio::piped())
