@@ -294,7 +294,11 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     assert!(c.logs(&r.id).await?.contains("2 jobs"));
     assert_eq!(par.table_fingerprint("t").await?, want);
     let work = agent.state_dir.join("work");
-    assert!(std::fs::read_dir(&work).map(|d| d.count()).unwrap_or(0) == 0, "staged archive removed");
+    let left: Vec<_> =
+        std::fs::read_dir(&work)?.flatten().map(|e| e.file_name()).filter(|n| n != "credentials").collect();
+    assert!(left.is_empty(), "staged archive removed: {left:?}");
+    let creds = std::fs::read_dir(work.join("credentials"))?.count();
+    assert_eq!(creds, 0, "the passfiles of the dump and the restores are removed after use");
 
     agent.stop().await;
     cluster.stop().await;
