@@ -129,18 +129,20 @@ impl ScramPostgres {
         if as_postgres {
             Command::new("chown").arg("postgres:postgres").arg(&pwfile).status()?;
         }
-        me.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap_or_default(),
-                "-U",
-                "postgres",
-                "--auth=scram-sha-256",
-                "--pwfile",
-                pwfile.to_str().unwrap_or_default(),
-            ],
-        )?;
+        let args: Vec<String> = [
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-U",
+            "postgres",
+            "--auth=scram-sha-256",
+            "--pwfile",
+            pwfile.to_str().unwrap_or_default(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        // initdb takes seconds: off the async threads.
+        let runner = me.clone_runner();
+        tokio::task::spawn_blocking(move || runner.run_owned("initdb", &args)).await??;
         me.start_again().await?;
         Ok(me)
     }

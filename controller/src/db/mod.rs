@@ -8,6 +8,7 @@ mod catalog;
 mod executions;
 mod health;
 mod pki;
+mod sweeps;
 
 use std::time::Duration;
 
@@ -20,10 +21,9 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::{AgentStanding, IssuedCert},
     catalog::Deletion,
-    executions::{
-        BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution, Sweep,
-    },
+    executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
+    sweeps::{OrphanAttempt, Sweep},
 };
 
 /// Advisory lock key serialising migrations between replicas ("dgmigrat").

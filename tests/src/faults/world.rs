@@ -118,7 +118,8 @@ pub struct World {
 impl World {
     /// Starts everything; `data_mib` sizes the source database's dump.
     pub async fn start(timings: Timings, data_mib: u32) -> anyhow::Result<Self> {
-        let (controller_bin, agent_bin) = super::procs::binaries()?;
+        // May run `cargo build`: off the async threads.
+        let (controller_bin, agent_bin) = tokio::task::spawn_blocking(super::procs::binaries).await??;
         let tmp = tempfile::Builder::new().prefix("dg-faults-").tempdir()?;
         // The agent refuses local storages reached through symlinks.
         let dir = std::fs::canonicalize(tmp.path())?;
@@ -167,11 +168,12 @@ impl World {
         for r in &mut replicas {
             r.start().await?;
         }
-        let ca = std::process::Command::new(&controller_bin)
+        let ca = tokio::process::Command::new(&controller_bin)
             .arg("--config")
             .arg(dir.join("controller-0.toml"))
             .arg("print-ca")
-            .output()?;
+            .output()
+            .await?;
         anyhow::ensure!(ca.status.success(), "print-ca: {}", String::from_utf8_lossy(&ca.stderr));
         let ca_pem = String::from_utf8(ca.stdout)?;
         let mut clients = Clients::connect(api_lb.addr, &ca_pem, ADMIN_PASSWORD).await?;
@@ -183,13 +185,14 @@ impl World {
             .await?
             .into_inner();
         let state = dir.join("agent-state");
-        let enroll = std::process::Command::new(&agent_bin)
+        let enroll = tokio::process::Command::new(&agent_bin)
             .arg("enroll")
             .args(["--controller", &format!("https://127.0.0.1:{}", api_lb.addr.port())])
             .args(["--token", &jt.token, "--ca-fingerprint", &jt.ca_fingerprint])
             .arg("--state-dir")
             .arg(&state)
-            .output()?;
+            .output()
+            .await?;
         anyhow::ensure!(enroll.status.success(), "dg-agent enroll: {}", String::from_utf8_lossy(&enroll.stderr));
         let agent_id = String::from_utf8_lossy(&enroll.stdout).trim().to_owned();
         let cmd = vec![
