@@ -134,14 +134,42 @@ pub async fn run(dir: StateDir, opts: RunOptions, cancel: CancellationToken) -> 
     Ok(())
 }
 
-/// Completes a renewal interrupted between writing the new key and certificate.
+/// Settles the key and certificate after a renewal, wherever a kill interrupted it. A renewal writes
+/// `key.pem.next` (before asking), then `cert.pem.next` (the answer), then renames the key and then the
+/// certificate into place. At start, a `cert.pem.next` whose public key matches `key.pem.next` or `key.pem`
+/// is installed with that key (so a kill between the two renames, with the new key already in place, is
+/// finished here); anything else left over belongs to a renewal that never got its certificate and is removed.
 fn settle_renewal(dir: &StateDir) -> Result<(), ConnectionError> {
-    let (k, c) = (dir.path("key.pem.next"), dir.path("cert.pem.next"));
-    if k.exists() && c.exists() {
-        std::fs::rename(&k, dir.path("key.pem"))?;
-        std::fs::rename(&c, dir.path("cert.pem"))?;
+    let (key_next, cert_next) = (dir.path("key.pem.next"), dir.path("cert.pem.next"));
+    if let Ok(cert) = std::fs::read_to_string(&cert_next) {
+        for key in [&key_next, &dir.path("key.pem")] {
+            if std::fs::read_to_string(key).is_ok_and(|k| key_matches(&k, &cert)) {
+                if *key == key_next {
+                    std::fs::rename(&key_next, dir.path("key.pem"))?;
+                }
+                std::fs::rename(&cert_next, dir.path("cert.pem"))?;
+                break;
+            }
+        }
+    }
+    for leftover in [key_next, cert_next] {
+        if leftover.exists() {
+            warn!(file = %leftover.display(), "removing what an interrupted certificate renewal left");
+            std::fs::remove_file(leftover)?;
+        }
     }
     Ok(())
+}
+
+/// Whether the certificate (PEM) is for the key (PEM).
+fn key_matches(key_pem: &str, cert_pem: &str) -> bool {
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else { return false };
+    let Some(der) = tls::certs_from_pem(cert_pem).ok().and_then(|mut c| (!c.is_empty()).then(|| c.remove(0))) else {
+        return false;
+    };
+    x509_parser::parse_x509_certificate(&der).is_ok_and(|(_, cert)| {
+        cert.public_key().subject_public_key.data.as_ref() == rcgen::PublicKeyData::der_bytes(&key)
+    })
 }
 
 async fn connect(dir: &StateDir, state: &AgentState) -> Result<Channel, ConnectionError> {
@@ -166,10 +194,11 @@ fn renewal_due(dir: &StateDir) -> Result<i64, ConnectionError> {
 
 async fn renew(client: &mut AgentSessionServiceClient<Channel>, dir: &StateDir) -> Result<(), ConnectionError> {
     let (key, csr_pem) = enroll::new_key_and_csr()?;
-    let resp = client.renew(pb::RenewRequest { csr_pem }).await?.into_inner();
     dir.write("key.pem.next", key.serialize_pem().as_bytes(), 0o600)?;
+    let resp = client.renew(pb::RenewRequest { csr_pem }).await?.into_inner();
     dir.write("cert.pem.next", resp.certificate_pem.as_bytes(), 0o600)?;
-    settle_renewal(dir)?;
+    std::fs::rename(dir.path("key.pem.next"), dir.path("key.pem"))?;
+    std::fs::rename(dir.path("cert.pem.next"), dir.path("cert.pem"))?;
     info!(not_after = resp.not_after.map(|t| t.seconds).unwrap_or_default(), "certificate renewed");
     Ok(())
 }

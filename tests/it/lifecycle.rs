@@ -1,6 +1,7 @@
 //! Agent and controller lifecycle: capabilities in Hello, certificate renewal before expiry, reconnection
-//! after a controller restart, revocation closing a live session, and two replicas starting together on
-//! one database (migrations and CA creation race-free).
+//! after a controller restart, revocation closing a live session, a renewal interrupted by a kill at any
+//! point leaving a working agent, and two replicas starting together on one database (migrations and CA
+//! creation race-free).
 
 use std::time::Duration;
 
@@ -79,6 +80,65 @@ async fn agent_renews_reconnects_and_is_revoked() -> anyhow::Result<()> {
 
     agent.stop().await;
     cluster.stop().await;
+    Ok(())
+}
+
+/// Renews the stopped agent's certificate (as its renewal would: the old certificate is superseded from
+/// then on) and returns the new key and certificate.
+async fn renew_offline(cluster: &Cluster, id: &str, state: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let renewed = dg_tests::fake_agent::FakeAgent::of(id, state)?
+        .renew(cluster)
+        .await?
+        .map_err(|s| anyhow::anyhow!("renewal refused: {s}"))?;
+    let read = |f: &str| std::fs::read_to_string(renewed.state_dir().join(f));
+    Ok((read("key.pem")?, read("cert.pem")?))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_killed_at_any_point_leaves_an_agent_that_connects() -> anyhow::Result<()> {
+    let cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let (id, state) = (agent.id.clone(), agent.state_dir.clone());
+    agent.stop().await;
+    c.wait_agent_status(&id, pb::AgentStatus::Offline, Duration::from_secs(30)).await?;
+    let file = |f: &str| state.join(f);
+    let write = |f: &str, data: &str| std::fs::write(file(f), data);
+
+    // Killed between renaming the new key and the new certificate into place: the new key is key.pem, the
+    // superseded certificate still cert.pem, the new certificate cert.pem.next.
+    let old_cert = std::fs::read_to_string(file("cert.pem"))?;
+    let (key, cert) = renew_offline(&cluster, &id, &state).await?;
+    write("key.pem", &key)?;
+    write("cert.pem", &old_cert)?;
+    write("cert.pem.next", &cert)?;
+    let agent = cluster.resume_agent(&mut c, &id, &state).await?;
+    assert_eq!(std::fs::read_to_string(file("cert.pem"))?, cert, "the renewal was finished at start");
+    assert!(!file("cert.pem.next").exists());
+    agent.stop().await;
+    c.wait_agent_status(&id, pb::AgentStatus::Offline, Duration::from_secs(30)).await?;
+
+    // Killed after the answer was written, before either rename.
+    let (key, cert) = renew_offline(&cluster, &id, &state).await?;
+    write("key.pem.next", &key)?;
+    write("cert.pem.next", &cert)?;
+    let agent = cluster.resume_agent(&mut c, &id, &state).await?;
+    assert_eq!((std::fs::read_to_string(file("key.pem"))?, std::fs::read_to_string(file("cert.pem"))?), (key, cert));
+    agent.stop().await;
+    c.wait_agent_status(&id, pb::AgentStatus::Offline, Duration::from_secs(30)).await?;
+
+    // Killed while asking (the new key written, no answer yet): the current pair stays, the key goes.
+    let (stray, _) = dg_agent::enroll::new_key_and_csr()?;
+    write("key.pem.next", &stray.serialize_pem())?;
+    let agent = cluster.resume_agent(&mut c, &id, &state).await?;
+    assert!(!file("key.pem.next").exists(), "the unanswered renewal's key is removed");
+    // A certificate for another key is not installed over a working pair.
+    agent.stop().await;
+    c.wait_agent_status(&id, pb::AgentStatus::Offline, Duration::from_secs(30)).await?;
+    write("cert.pem.next", &old_cert)?;
+    let agent = cluster.resume_agent(&mut c, &id, &state).await?;
+    assert!(!file("cert.pem.next").exists());
+    agent.stop().await;
     Ok(())
 }
 

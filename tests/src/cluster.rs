@@ -229,6 +229,24 @@ impl Cluster {
         c.wait_agent_status(&handle.id, pb::AgentStatus::Online, Duration::from_secs(30)).await?;
         Ok(handle)
     }
+
+    /// Starts an agent again from its state directory (no enrollment); returns once it is online.
+    pub async fn resume_agent(
+        &self,
+        c: &mut Clients,
+        id: &str,
+        state_dir: &std::path::Path,
+    ) -> anyhow::Result<AgentHandle> {
+        let dir = StateDir::open(state_dir)?;
+        let cancel = CancellationToken::new();
+        let (c2, opts) = (cancel.clone(), self.run_options());
+        let task = tokio::spawn(async move {
+            let _ = session::run(dir, opts, c2).await;
+        });
+        let handle = AgentHandle { id: id.to_owned(), state_dir: state_dir.to_owned(), cancel, task };
+        c.wait_agent_status(&handle.id, pb::AgentStatus::Online, Duration::from_secs(30)).await?;
+        Ok(handle)
+    }
 }
 
 fn rand_bytes() -> [u8; 32] {

@@ -39,6 +39,16 @@ pub struct FakeSession {
 }
 
 impl FakeAgent {
+    /// Speaks with the identity in an enrolled agent's state directory (the real agent's, when it is stopped).
+    pub fn of(id: &str, state_dir: &std::path::Path) -> anyhow::Result<Self> {
+        Ok(Self { id: id.to_owned(), dir: StateDir::open(state_dir)? })
+    }
+
+    /// The state directory holding this identity.
+    pub fn state_dir(&self) -> &std::path::Path {
+        self.dir.root()
+    }
+
     /// Enrolls a new agent through `CreateJoinToken` + `Enroll`.
     pub async fn enroll(cluster: &Cluster, c: &mut Clients) -> anyhow::Result<Self> {
         let jt =
