@@ -218,7 +218,7 @@ mod tests {
                     port: 5432,
                     database: "app".into(),
                     username: "backup".into(),
-                    password: String::new(),
+                    password: Default::default(),
                     tls_mode: TlsMode::Disable,
                 },
                 // No local root is configured below, so the storage is refused before anything is dumped.

@@ -4,6 +4,7 @@
 mod backup_restore;
 mod bad_input;
 mod bootstrap;
+mod cleartext;
 mod cloud;
 mod data_path;
 mod emulators;

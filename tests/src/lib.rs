@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod emulators;
 pub mod fake_agent;
+pub mod fake_db;
 pub mod faults;
 pub mod pg;
 

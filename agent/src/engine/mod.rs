@@ -4,7 +4,9 @@
 //! passed in `--option=value` form so they cannot be read as options. Targets are the protocol model's
 //! [`DatabaseTarget`] (typed engine, port and TLS mode), already validated where the session received them.
 
+pub mod my_guard;
 pub mod mysql;
+pub mod pg_guard;
 pub mod postgres;
 
 use std::{
@@ -44,6 +46,17 @@ pub struct ToolRun {
     pub options: Vec<String>,
     /// Credentials file, removed on drop.
     pub creds: tempfile::NamedTempFile,
+    /// What keeps the tool from sending the password in clear text to a server TLS does not verify; held as
+    /// long as the tool runs.
+    pub guard: Option<AuthGuard>,
+}
+
+/// See [`ToolRun::guard`].
+pub enum AuthGuard {
+    /// The loopback listener a libpq tool connects through.
+    Postgres(pg_guard::PgGuard),
+    /// The client plugin directory without the clear-text plugins.
+    Mysql(my_guard::PluginDir),
 }
 
 /// Connects to `database` and reads the server version.

@@ -2,6 +2,7 @@
 //! (`--single-transaction`), routines, triggers and events, and restore through the `mariadb`/`mysql`
 //! client. Credentials go in a 0600 option file passed with `--defaults-extra-file` (which must come first).
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use dg_common::protocol::{DatabaseTarget, Engine, TlsMode};
@@ -11,25 +12,37 @@ use sqlx::{
 };
 use tokio::process::Command;
 
-use super::{ServerInfo, ToolRun, credentials_file, find_tool};
+use super::{
+    AuthGuard, ServerInfo, ToolRun, credentials_file, find_tool,
+    my_guard::{HandshakeGuard, PluginDir},
+};
 use crate::error::{PipelineError, PipelineResult};
 use crate::tools::Tools;
 
-fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
+/// Whether the password needs guarding: there is one, and TLS does not verify the server.
+fn guarded(t: &DatabaseTarget) -> bool {
+    t.tls_mode != TlsMode::VerifyFull && !t.password.expose_secret().is_empty()
+}
+
+fn options(t: &DatabaseTarget, database: Option<&str>, via: Option<&HandshakeGuard>) -> MySqlConnectOptions {
     let ssl = match t.tls_mode {
         TlsMode::Disable => MySqlSslMode::Disabled,
         TlsMode::Prefer => MySqlSslMode::Preferred,
         TlsMode::Require => MySqlSslMode::Required,
         TlsMode::VerifyFull => MySqlSslMode::VerifyIdentity,
     };
+    let (host, port) = match via {
+        Some(g) => ("127.0.0.1", g.port()),
+        None => (t.host.as_str(), t.port),
+    };
     let mut o = MySqlConnectOptions::new()
-        .host(&t.host)
-        .port(t.port)
+        .host(host)
+        .port(port)
         .username(&t.username)
         .ssl_mode(ssl)
         .disable_statement_logging();
-    if !t.password.is_empty() {
-        o = o.password(&t.password);
+    if !t.password.expose_secret().is_empty() {
+        o = o.password(t.password.expose_secret());
     }
     if let Some(db) = database {
         o = o.database(db);
@@ -37,18 +50,31 @@ fn options(t: &DatabaseTarget, database: Option<&str>) -> MySqlConnectOptions {
     o
 }
 
-async fn connect(t: &DatabaseTarget, database: Option<&str>) -> PipelineResult<sqlx::MySqlConnection> {
-    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
-    tokio::time::timeout(Duration::from_secs(10), options(t, database).connect())
+/// A driver connection, through a [`HandshakeGuard`] (returned with it) when the password needs guarding.
+async fn connect(
+    t: &DatabaseTarget,
+    database: Option<&str>,
+) -> PipelineResult<(sqlx::MySqlConnection, Option<HandshakeGuard>)> {
+    let fail = |e: String| {
+        let e = if e.contains("mysql_cleartext_plugin disabled") {
+            super::my_guard::cleartext_refused(&t.host, t.port, "mysql_clear_password")
+        } else {
+            e
+        };
+        PipelineError::Connection(dg_common::redact::redact(&e, &[t.password.expose_secret()]))
+    };
+    let guard = if guarded(t) { Some(HandshakeGuard::start(&t.host, t.port).await?) } else { None };
+    let conn = tokio::time::timeout(Duration::from_secs(10), options(t, database, guard.as_ref()).connect())
         .await
         .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
-        .map_err(|e| fail(e.to_string()))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((conn, guard))
 }
 
 /// Connects to `database` and reads the server version.
 pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
     let started = std::time::Instant::now();
-    let mut conn = connect(t, Some(database)).await?;
+    let (mut conn, _guard) = connect(t, Some(database)).await?;
     let row = sqlx::query("SELECT VERSION() AS v")
         .fetch_one(&mut conn)
         .await
@@ -66,7 +92,7 @@ pub fn quote_ident(s: &str) -> String {
 
 /// Creates `database` unless it exists.
 pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
-    let mut conn = connect(t, None).await?;
+    let (mut conn, _guard) = connect(t, None).await?;
     let exists = sqlx::query("SELECT 1 FROM information_schema.schemata WHERE schema_name = ?")
         .bind(database)
         .fetch_optional(&mut conn)
@@ -85,7 +111,7 @@ pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResu
 
 /// Drops `database`.
 pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
-    let mut conn = connect(t, None).await?;
+    let (mut conn, _guard) = connect(t, None).await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {}", quote_ident(database))))
         .execute(&mut conn)
         .await
@@ -99,13 +125,15 @@ fn option_value(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
-fn option_file(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::NamedTempFile> {
+/// The option file, and the plugin directory it names when the password needs guarding.
+fn option_file(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(tempfile::NamedTempFile, Option<AuthGuard>)> {
+    let plugins = if guarded(t) { Some(PluginDir::create(tools.credentials_dir())?) } else { None };
     let mut s = format!(
         "[client]\nhost={}\nport={}\nuser={}\npassword={}\n",
         option_value(&t.host),
         t.port,
         option_value(&t.username),
-        option_value(&t.password)
+        option_value(t.password.expose_secret())
     );
     match t.tls_mode {
         TlsMode::Disable => s.push_str("skip-ssl\n"),
@@ -113,12 +141,15 @@ fn option_file(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::Na
         TlsMode::VerifyFull => s.push_str("ssl\nssl-verify-server-cert\n"),
         TlsMode::Prefer => {}
     }
-    credentials_file(tools, "dg-my-", &s)
+    if let Some(p) = &plugins {
+        s.push_str(&format!("plugin-dir={}\n", option_value(&p.path().to_string_lossy())));
+    }
+    Ok((credentials_file(tools, "dg-my-", &s)?, plugins.map(AuthGuard::Mysql)))
 }
 
 fn base(tool: &std::path::Path, creds: &std::path::Path) -> Command {
     let mut c = Command::new(tool);
-    for var in ["MYSQL_PWD", "MYSQL_HOST", "MYSQL_TCP_PORT"] {
+    for var in ["MYSQL_PWD", "MYSQL_HOST", "MYSQL_TCP_PORT", "LIBMYSQL_ENABLE_CLEARTEXT_PLUGIN", "MARIADB_PLUGIN_DIR"] {
         c.env_remove(var);
     }
     c.arg(format!("--defaults-extra-file={}", creds.display())).kill_on_drop(true);
@@ -132,7 +163,7 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
     let names: &[&'static str] =
         if t.engine == Engine::Mysql { &["mysqldump", "mariadb-dump"] } else { &["mariadb-dump", "mysqldump"] };
     let (tool, path, version) = find_tool(tools, names).await?;
-    let creds = option_file(t, tools)?;
+    let (creds, guard) = option_file(t, tools)?;
     let mut cmd = base(&path, creds.path());
     let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
     cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
@@ -142,6 +173,7 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
         version,
         options: options.iter().map(|o| o.trim_start_matches('-').to_owned()).collect(),
         creds,
+        guard,
     })
 }
 
@@ -175,14 +207,14 @@ pub async fn restore(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRu
     let names: &[&'static str] = if t.engine == Engine::Mysql { &["mysql", "mariadb"] } else { &["mariadb", "mysql"] };
     let (tool, path, version) = find_tool(tools, names).await?;
     let sandbox = supports_sandbox(&path).await;
-    let creds = option_file(t, tools)?;
+    let (creds, guard) = option_file(t, tools)?;
     let mut cmd = base(&path, creds.path());
     if sandbox {
         cmd.arg("--sandbox");
     }
     cmd.arg("--binary-mode").arg("--default-character-set=utf8mb4").arg(format!("--database={}", t.database));
     let options = if sandbox { vec![SANDBOX.to_owned()] } else { Vec::new() };
-    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options, creds })
+    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options, creds, guard })
 }
 
 #[cfg(test)]

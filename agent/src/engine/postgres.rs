@@ -1,7 +1,9 @@
 //! PostgreSQL: connection test (sqlx), `pg_dump` in custom format and `pg_restore`. Connection parameters
 //! reach the tools through libpq environment variables and a 0600 passfile; the only argv value derived from
-//! user input is `--dbname=dbname='…'`, which cannot be read as an option.
+//! user input is `--dbname=dbname='…'`, which cannot be read as an option. Unless TLS verifies the server,
+//! every client connects through a [`PgGuard`], which refuses a clear-text password request.
 
+use secrecy::ExposeSecret;
 use std::time::Duration;
 
 use dg_common::protocol::{DatabaseTarget, TlsMode};
@@ -11,7 +13,7 @@ use sqlx::{
 };
 use tokio::process::Command;
 
-use super::{ServerInfo, ToolRun, credentials_file, find_tool};
+use super::{AuthGuard, ServerInfo, ToolRun, credentials_file, find_tool, pg_guard::PgGuard};
 use crate::error::{PipelineError, PipelineResult};
 use crate::tools::Tools;
 
@@ -24,17 +26,57 @@ fn ssl_mode(t: &DatabaseTarget) -> (PgSslMode, &'static str) {
     }
 }
 
-fn options(t: &DatabaseTarget, database: &str) -> PgConnectOptions {
+/// Where the agent's clients connect for a target: the server itself when TLS verifies it (or there is no
+/// password to protect), else a [`PgGuard`] on loopback, reached without TLS (the guard does the TLS).
+pub struct Route {
+    host: String,
+    port: u16,
+    ssl: (PgSslMode, &'static str),
+    guard: Option<PgGuard>,
+}
+
+impl Route {
+    /// The route for `t`, starting its guard when it needs one.
+    pub async fn to(t: &DatabaseTarget) -> PipelineResult<Self> {
+        if t.tls_mode == TlsMode::VerifyFull || t.password.expose_secret().is_empty() {
+            return Ok(Self { host: t.host.clone(), port: t.port, ssl: ssl_mode(t), guard: None });
+        }
+        let guard = PgGuard::start(&t.host, t.port, t.tls_mode).await?;
+        Ok(Self {
+            host: "127.0.0.1".into(),
+            port: guard.port(),
+            ssl: (PgSslMode::Disable, "disable"),
+            guard: Some(guard),
+        })
+    }
+
+    /// Keeps the guard (if any) running for as long as the returned value lives.
+    pub fn into_guard(self) -> Option<AuthGuard> {
+        self.guard.map(AuthGuard::Postgres)
+    }
+}
+
+async fn connect(t: &DatabaseTarget, database: &str) -> PipelineResult<(sqlx::PgConnection, Route)> {
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[t.password.expose_secret()]));
+    let route = Route::to(t).await?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), options(&route, t, database).connect())
+        .await
+        .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
+        .map_err(|e| fail(e.to_string()))?;
+    Ok((conn, route))
+}
+
+fn options(route: &Route, t: &DatabaseTarget, database: &str) -> PgConnectOptions {
     let mut o = PgConnectOptions::new_without_pgpass()
-        .host(&t.host)
-        .port(t.port)
+        .host(&route.host)
+        .port(route.port)
         .username(&t.username)
         .database(database)
-        .ssl_mode(ssl_mode(t).0)
+        .ssl_mode(route.ssl.0)
         .application_name("dataguardian-agent")
         .disable_statement_logging();
-    if !t.password.is_empty() {
-        o = o.password(&t.password);
+    if !t.password.expose_secret().is_empty() {
+        o = o.password(t.password.expose_secret());
     }
     o
 }
@@ -42,11 +84,8 @@ fn options(t: &DatabaseTarget, database: &str) -> PgConnectOptions {
 /// Connects to `database` and reads the server version.
 pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResult<ServerInfo> {
     let started = std::time::Instant::now();
-    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, database).connect())
-        .await
-        .map_err(|_| fail(format!("{}:{} did not answer within 10 s", t.host, t.port)))?
-        .map_err(|e| fail(e.to_string()))?;
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[t.password.expose_secret()]));
+    let (mut conn, _route) = connect(t, database).await?;
     let row =
         sqlx::query("SELECT current_setting('server_version') AS v, current_setting('server_version_num')::int AS n")
             .fetch_one(&mut conn)
@@ -60,11 +99,8 @@ pub async fn test_connection(t: &DatabaseTarget, database: &str) -> PipelineResu
 
 /// Creates `database` on the target server unless it exists (through the `postgres` maintenance database).
 pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResult<bool> {
-    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, "postgres").connect())
-        .await
-        .map_err(|_| fail("maintenance database did not answer within 10 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[t.password.expose_secret()]));
+    let (mut conn, _route) = connect(t, "postgres").await?;
     let exists = sqlx::query("SELECT 1 FROM pg_database WHERE datname = $1")
         .bind(database)
         .fetch_optional(&mut conn)
@@ -83,11 +119,7 @@ pub async fn ensure_database(t: &DatabaseTarget, database: &str) -> PipelineResu
 
 /// Drops `database` on the target server (verification restores clean up after themselves).
 pub async fn drop_database(t: &DatabaseTarget, database: &str) -> PipelineResult<()> {
-    let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[&t.password]));
-    let mut conn = tokio::time::timeout(Duration::from_secs(10), options(t, "postgres").connect())
-        .await
-        .map_err(|_| fail("maintenance database did not answer within 10 s".into()))?
-        .map_err(|e| fail(e.to_string()))?;
+    let (mut conn, _route) = connect(t, "postgres").await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(database))))
         .execute(&mut conn)
         .await
@@ -106,27 +138,31 @@ pub fn conninfo_value(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
-/// A 0600 passfile holding the target's password; removed on drop.
-pub fn passfile(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::NamedTempFile> {
+/// A 0600 passfile holding the target's password for the route's host and port; removed on drop.
+pub fn passfile(route: &Route, t: &DatabaseTarget, tools: &Tools) -> PipelineResult<tempfile::NamedTempFile> {
     let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
     credentials_file(
         tools,
         "dg-pgpass-",
-        &format!("{}:{}:*:{}:{}\n", esc(&t.host), t.port, esc(&t.username), esc(&t.password)),
+        &format!("{}:{}:*:{}:{}\n", esc(&route.host), route.port, esc(&t.username), esc(t.password.expose_secret())),
     )
 }
 
-/// A command for a libpq tool with connection parameters in the environment.
-pub fn command(tool: &std::path::Path, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
+/// A command for a libpq tool with connection parameters (the route's host, port and TLS mode) in the
+/// environment.
+pub fn command(tool: &std::path::Path, route: &Route, t: &DatabaseTarget, passfile: &std::path::Path) -> Command {
     let mut c = Command::new(tool);
-    for var in ["PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR"] {
+    for var in ["PGPASSWORD", "PGSERVICE", "PGSERVICEFILE", "PGOPTIONS", "PGHOSTADDR", "PGREQUIREAUTH"] {
         c.env_remove(var);
     }
-    c.env("PGHOST", &t.host)
-        .env("PGPORT", t.port.to_string())
+    if route.guard.is_some() {
+        c.env("PGGSSENCMODE", "disable");
+    }
+    c.env("PGHOST", &route.host)
+        .env("PGPORT", route.port.to_string())
         .env("PGUSER", &t.username)
         .env("PGPASSFILE", passfile)
-        .env("PGSSLMODE", ssl_mode(t).1)
+        .env("PGSSLMODE", route.ssl.1)
         .env("PGCONNECT_TIMEOUT", "10")
         .env("PGAPPNAME", "dataguardian-agent")
         .kill_on_drop(true);
@@ -138,13 +174,21 @@ pub fn command(tool: &std::path::Path, t: &DatabaseTarget, passfile: &std::path:
 pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
     let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
     check_dump_compat(&version, server.major)?;
-    let creds = passfile(t, tools)?;
-    let mut cmd = command(&path, t, creds.path());
+    let route = Route::to(t).await?;
+    let creds = passfile(&route, t, tools)?;
+    let mut cmd = command(&path, &route, t, creds.path());
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    Ok(ToolRun { cmd, tool: tool.into(), version, options: vec!["format=custom".into(), "compress=0".into()], creds })
+    Ok(ToolRun {
+        cmd,
+        tool: tool.into(),
+        version,
+        options: vec!["format=custom".into(), "compress=0".into()],
+        creds,
+        guard: route.into_guard(),
+    })
 }
 
 /// `pg_restore` into the target database from stdin, or from `file` with `jobs` parallel jobs.
@@ -156,8 +200,9 @@ pub async fn restore(
     tools: &Tools,
 ) -> PipelineResult<ToolRun> {
     let (tool, path, version) = find_tool(tools, &["pg_restore"]).await?;
-    let creds = passfile(t, tools)?;
-    let mut cmd = command(&path, t, creds.path());
+    let route = Route::to(t).await?;
+    let creds = passfile(&route, t, tools)?;
+    let mut cmd = command(&path, &route, t, creds.path());
     cmd.arg("--no-password").arg("--exit-on-error");
     if drop_existing {
         cmd.arg("--clean").arg("--if-exists");
@@ -166,7 +211,7 @@ pub async fn restore(
     if let Some(f) = file {
         cmd.arg(format!("--jobs={}", jobs.clamp(1, 16))).arg(f);
     }
-    Ok(ToolRun { cmd, tool: tool.into(), version, options: Vec::new(), creds })
+    Ok(ToolRun { cmd, tool: tool.into(), version, options: Vec::new(), creds, guard: route.into_guard() })
 }
 
 /// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.
@@ -187,8 +232,9 @@ pub const GLOBALS_SEQ: u32 = u32::MAX;
 /// run it) and tablespaces, as SQL. Small, so it is collected whole.
 pub async fn dump_globals(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(Vec<u8>, String)> {
     let (tool, path, version) = find_tool(tools, &["pg_dumpall"]).await?;
-    let creds = passfile(t, tools)?;
-    let out = command(&path, t, creds.path())
+    let route = Route::to(t).await?;
+    let creds = passfile(&route, t, tools)?;
+    let out = command(&path, &route, t, creds.path())
         .arg("--globals-only")
         .arg("--no-role-passwords")
         .arg("--no-password")
@@ -197,7 +243,7 @@ pub async fn dump_globals(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<(
         .await
         .map_err(|e| PipelineError::Tool(format!("cannot start {tool}: {e}")))?;
     if !out.status.success() {
-        let err = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[&t.password]);
+        let err = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[t.password.expose_secret()]);
         return Err(PipelineError::Tool(format!("{tool} failed ({}): {}", out.status, err.trim())));
     }
     Ok((out.stdout, format!("{tool} {version}")))
@@ -247,8 +293,9 @@ pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> P
     use tokio::io::AsyncWriteExt;
     check_globals_sql(sql).map_err(PipelineError::Integrity)?;
     let (tool, path, _) = find_tool(tools, &["psql"]).await?;
-    let creds = passfile(t, tools)?;
-    let mut child = command(&path, t, creds.path())
+    let route = Route::to(t).await?;
+    let creds = passfile(&route, t, tools)?;
+    let mut child = command(&path, &route, t, creds.path())
         .args(["-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=0", "--dbname=dbname='postgres'", "-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
@@ -260,7 +307,7 @@ pub async fn restore_globals(t: &DatabaseTarget, tools: &Tools, sql: &[u8]) -> P
         stdin.shutdown().await?;
     }
     let out = child.wait_with_output().await?;
-    let stderr = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[&t.password]);
+    let stderr = dg_common::redact::redact(&String::from_utf8_lossy(&out.stderr), &[t.password.expose_secret()]);
     if !out.status.success() {
         return Err(PipelineError::Tool(format!("{tool} failed ({}): {}", out.status, stderr.trim())));
     }

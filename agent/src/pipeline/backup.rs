@@ -11,6 +11,7 @@
 //! Every object key comes from the plan's [`ObjectLayout`] (ids only), and so do the manifest's attempt and
 //! datasource; chunk size, level, concurrency and workers arrive already clamped by the protocol model.
 
+use secrecy::ExposeSecret;
 use std::{
     collections::HashSet,
     sync::{Arc, Mutex},
@@ -303,8 +304,12 @@ async fn one_pass(
     let ids: Vec<_> = targets.iter().map(|t| t.id.to_string()).collect();
     rep.log(LogLevel::Info, format!("{tool} started (zstd level {}), writing to {}", s.level, ids.join(", "))).await;
     let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
-    let stderr_task =
-        tokio::spawn(forward_stderr(child.stderr.take(), tool_name, rep.clone(), vec![source.password.clone()]));
+    let stderr_task = tokio::spawn(forward_stderr(
+        child.stderr.take(),
+        tool_name,
+        rep.clone(),
+        vec![source.password.expose_secret().to_owned()],
+    ));
     let stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("dump tool has no stdout".into()))?;
     let input = blocking_pipe(stdout)?;
 

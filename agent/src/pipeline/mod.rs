@@ -57,5 +57,9 @@ pub async fn test_connection(t: &DatabaseTarget, rep: &Reporter) -> PipelineResu
 /// Describes a failed tool run from its exit status and stderr tail.
 pub fn tool_failure(tool: &str, status: std::process::ExitStatus, tail: &[String]) -> String {
     let last = tail.iter().rev().find(|l| !l.trim().is_empty()).cloned().unwrap_or_default();
-    if last.is_empty() { format!("{tool} failed ({status})") } else { format!("{tool} failed ({status}): {last}") }
+    match engine::my_guard::tool_hint(&last) {
+        _ if last.is_empty() => format!("{tool} failed ({status})"),
+        Some(hint) => format!("{tool} failed ({status}): {last}: {hint}"),
+        None => format!("{tool} failed ({status}): {last}"),
+    }
 }

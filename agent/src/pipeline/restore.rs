@@ -11,6 +11,7 @@
 //! What happens to the target database is the plan's `TargetDatabasePlan`, decided by the controller; the
 //! chunk list arrives validated (in order from seq 0, safe keys, hex sha256s) by the protocol model.
 
+use secrecy::ExposeSecret;
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -286,7 +287,7 @@ async fn run_inner(
             rep.log(LogLevel::Info, line).await;
             let drop_existing = target_plan.drops_existing();
             let mut run = engine::restore(target, drop_existing, Some(&path), plan.parallel_jobs, &ctx.tools).await?;
-            run_tool(&mut run, rep, &target.password).await.map(|tool| (written, tool))
+            run_tool(&mut run, rep, target.password.expose_secret()).await.map(|tool| (written, tool))
         };
         let r = staged.await;
         let _ = std::fs::remove_file(&path);
@@ -310,8 +311,12 @@ async fn run_inner(
             .spawn()
             .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
         rep.log(LogLevel::Info, format!("{tool} started")).await;
-        let stderr_task =
-            tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), vec![target.password.clone()]));
+        let stderr_task = tokio::spawn(forward_stderr(
+            child.stderr.take(),
+            "restore",
+            rep.clone(),
+            vec![target.password.expose_secret().to_owned()],
+        ));
         let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
         let writer = async move {
             let mut n = 0u64;

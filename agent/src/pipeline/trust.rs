@@ -130,7 +130,7 @@ mod tests {
                 port: 5432,
                 database: "app".into(),
                 username: "u".into(),
-                password: String::new(),
+                password: Default::default(),
                 tls_mode: TlsMode::Disable,
             },
             target_plan: TargetDatabasePlan::CreateIfMissing { drop_existing: false },

@@ -14,6 +14,8 @@ pub mod wire;
 
 use std::collections::HashMap;
 
+use secrecy::{ExposeSecret, SecretString};
+
 use crate::{
     ids::{DatasourceId, ExecutionId, StorageId},
     manifest,
@@ -106,8 +108,9 @@ pub enum TlsMode {
     VerifyFull,
 }
 
-/// A database the agent connects to, with the credentials for this one job. `Debug` hides the password.
-#[derive(Clone, PartialEq, Eq)]
+/// A database the agent connects to, with the credentials for this one job. The password is a
+/// [`SecretString`] (hidden from `Debug`, zeroed on drop).
+#[derive(Clone)]
 pub struct DatabaseTarget {
     /// Engine.
     pub engine: Engine,
@@ -120,10 +123,20 @@ pub struct DatabaseTarget {
     /// User.
     pub username: String,
     /// Password (may be empty).
-    pub password: String,
+    pub password: SecretString,
     /// TLS mode.
     pub tls_mode: TlsMode,
 }
+
+impl PartialEq for DatabaseTarget {
+    fn eq(&self, o: &Self) -> bool {
+        (self.engine, &self.host, self.port, &self.database, &self.username, self.tls_mode)
+            == (o.engine, &o.host, o.port, &o.database, &o.username, o.tls_mode)
+            && self.password.expose_secret() == o.password.expose_secret()
+    }
+}
+
+impl Eq for DatabaseTarget {}
 
 impl std::fmt::Debug for DatabaseTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

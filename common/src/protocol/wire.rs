@@ -3,6 +3,7 @@
 //! modules (the controller's session handling and the agent's session) call these.
 
 use dg_proto::v1 as pb;
+use secrecy::ExposeSecret;
 
 use super::{
     AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkRef,
@@ -224,13 +225,17 @@ impl TryFrom<pb::DatabaseTarget> for DatabaseTarget {
         if [&t.host, &t.database, &t.username, &t.password].iter().any(|s| s.contains('\0')) {
             return Err(ProtocolError::new("database", "must not contain NUL characters"));
         }
+        if t.password.contains(['\n', '\r']) {
+            // It would add lines to the agent's passfile or option file.
+            return Err(ProtocolError::new("password", "must not contain line breaks"));
+        }
         Ok(Self {
             engine: Engine::try_from(t.engine)?,
             host: t.host,
             port,
             database: t.database,
             username: t.username,
-            password: t.password,
+            password: t.password.into(),
             tls_mode: TlsMode::try_from(t.tls_mode)?,
         })
     }
@@ -244,7 +249,7 @@ impl From<DatabaseTarget> for pb::DatabaseTarget {
             port: u32::from(t.port),
             database: t.database,
             username: t.username,
-            password: t.password,
+            password: t.password.expose_secret().to_owned(),
             tls_mode: pb::TlsMode::from(t.tls_mode) as i32,
         }
     }

@@ -302,7 +302,7 @@ impl CatalogService {
             port: u16::try_from(ds.port).unwrap_or_default(),
             database: database.unwrap_or_else(|| ds.database_name.clone()),
             username: ds.username.clone(),
-            password,
+            password: password.into(),
             tls_mode: ds.tls_mode.into(),
         })
     }
