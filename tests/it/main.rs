@@ -14,6 +14,7 @@ mod lifecycle;
 mod operator_api;
 mod protocol;
 mod python_client;
+mod redis_tls;
 mod restore_trust;
 mod retarget;
 mod revocation;
