@@ -33,6 +33,7 @@ use crate::{
         operator::OperatorSvc,
     },
     pki::Pki,
+    redis::RedisConnection,
     service::{
         agents::AgentsService,
         attempts::AttemptEnder,
@@ -41,7 +42,7 @@ use crate::{
         catalog::CatalogService,
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
-        health::{HealthService, HealthTask, redis_client},
+        health::{HealthService, HealthTask},
         relay::RelayTask,
         retention::RetentionTask,
         scheduler::{self, SchedulerTask},
@@ -158,7 +159,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let rpc = AgentRpc::new(registry.clone());
     let waker = DispatchWaker::default();
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
-    let redis = redis_client(&config.redis_url).context("redis_url")?;
+    let redis_conn = RedisConnection::from_config(&config)?;
+    let redis = redis_conn.client().context("redis client")?;
     let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
     let coord = Coordination::new(redis.clone());
     let sessions = Sessions::new(registry.clone(), coord.clone());
@@ -302,7 +304,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker.spawn(dispatch.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs, config.heartbeat_interval()).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
-    let relay = RelayTask::new(config.redis_url.clone(), coord.replica().to_owned(), sessions, waker_for_relay);
+    let relay = RelayTask::new(redis_conn.clone(), coord.replica().to_owned(), sessions, waker_for_relay);
     tracker.spawn(relay.run(cancel.clone()));
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
@@ -327,7 +329,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         let _ = quit_redis.quit().await;
     });
 
-    info!(%api_addr, %agent_addr, ca = %pki.fingerprint(), "controller started");
+    info!(
+        %api_addr,
+        %agent_addr,
+        ca = %pki.fingerprint(),
+        redis = %redis_conn.url(),
+        redis_tls = redis_conn.uses_tls(),
+        "controller started"
+    );
     Ok(RunningController {
         api_addr,
         agent_addr,

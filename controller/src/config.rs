@@ -9,7 +9,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::MasterKey;
+use crate::{crypto::MasterKey, redis::RedisUrl};
 
 /// Everything the controller is configured with.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,8 +22,22 @@ pub struct Config {
     /// File holding the master key as 64 hex characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_key_file: Option<PathBuf>,
-    /// Redis URL (queue wake-ups, presence, scheduler leader lock).
-    pub redis_url: String,
+    /// Redis URL (queue wake-ups, presence, scheduler leader lock): `redis://host:port` or, for TLS,
+    /// `rediss://host:port`; an ACL user authenticates with `rediss://user:password@host:port` (percent-encode
+    /// reserved characters of the password). Logged and shown with the password replaced by `***`.
+    pub redis_url: RedisUrl,
+    /// CA bundle (PEM, one or more certificates) that verifies the Redis server of a `rediss://` URL; none:
+    /// the system's trust store (`/etc/ssl/certs` and the usual `SSL_CERT_FILE`/`SSL_CERT_DIR`). The
+    /// certificate must name the URL's host (a DNS name, or an IP address SAN for an IP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for Redis mTLS (`tls-auth-clients yes`); needs `redis_client_key_file`
+    /// and a `rediss://` URL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// Private key (PEM, PKCS#8, SEC1 or PKCS#1) of `redis_client_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_client_key_file: Option<PathBuf>,
     /// Operator API and agent enrollment (TLS, no client certificate).
     pub api_listen: SocketAddr,
     /// Agent sessions (mTLS, client certificate from the controller CA required).
@@ -89,6 +103,9 @@ impl Default for Config {
             database_url: "postgres://postgres@127.0.0.1:5432/dataguardian".into(),
             master_key: None,
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_ca_file: None,
+            redis_client_cert_file: None,
+            redis_client_key_file: None,
             master_key_file: None,
             api_listen: SocketAddr::from(([127, 0, 0, 1], 7443)),
             agent_listen: SocketAddr::from(([127, 0, 0, 1], 7444)),
@@ -173,6 +190,16 @@ impl Config {
                 "max_concurrent_streams and concurrency_per_connection must be at least 1".into(),
             ));
         }
+        self.redis_url.validate()?;
+        let tls_files = [&self.redis_ca_file, &self.redis_client_cert_file, &self.redis_client_key_file];
+        if tls_files.iter().any(|f| f.is_some()) && !self.redis_url.uses_tls() {
+            return Err(ConfigError::Invalid(
+                "redis_ca_file and redis_client_cert_file/redis_client_key_file need a rediss:// redis_url".into(),
+            ));
+        }
+        if self.redis_client_cert_file.is_some() != self.redis_client_key_file.is_some() {
+            return Err(ConfigError::Invalid("redis_client_cert_file and redis_client_key_file go together".into()));
+        }
         if self.log_format != "text" && self.log_format != "json" {
             return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));
         }
@@ -223,5 +250,21 @@ mod tests {
         assert!(Config { session_ttl_secs: 30 * 86_400, ..Config::default() }.validate().is_err());
         assert!(Config { master_key: Some("zz".into()), ..Config::default() }.master_key().is_err());
         assert!(Config::default().master_key().is_err(), "a master key is required");
+        assert!(Config { redis_url: "http://h".into(), ..Config::default() }.validate().is_err());
+        let ca = Some(PathBuf::from("/etc/redis/ca.pem"));
+        assert!(Config { redis_ca_file: ca.clone(), ..Config::default() }.validate().is_err(), "CA without TLS");
+        let tls = Config { redis_url: "rediss://dg:pw@h:6380".into(), redis_ca_file: ca, ..Config::default() };
+        assert!(tls.validate().is_ok());
+        let half = Config { redis_client_cert_file: Some("/c.pem".into()), ..tls.clone() };
+        assert!(half.validate().is_err(), "a client certificate needs its key");
+    }
+
+    #[test]
+    fn the_redis_password_stays_out_of_debug_output() {
+        let cfg = Config { redis_url: "rediss://dg:Hunter2-redis@h:6380".into(), ..Config::default() };
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("Hunter2-redis") && shown.contains("rediss://dg:***@h:6380"), "{shown}");
+        let serialized = serde_json::to_string(&cfg).unwrap_or_default();
+        assert!(serialized.contains("Hunter2-redis"), "serialization keeps the real URL (figment's defaults)");
     }
 }

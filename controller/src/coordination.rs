@@ -18,10 +18,13 @@ use tracing::{info, warn};
 
 use crate::error::{ControllerError, ControllerResult};
 
-/// Takes or renews a lock held by `ARGV[1]` for `ARGV[2]` milliseconds; 1 when held.
+/// Takes or renews a lock held by `ARGV[1]` for `ARGV[2]` milliseconds; 1 when held. The lock key never
+/// lives without a TTL: it is only written with `PX` and renewed with `PEXPIRE`, and a lock found without
+/// one (written by hand, or by something else) gets the TTL too, so a replica that dies always frees it.
 const LEAD_SCRIPT: &str = "local v = redis.call('GET', KEYS[1]) \
     if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
     if v == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end \
+    if redis.call('PTTL', KEYS[1]) == -1 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
     return 0";
 
 /// Shared view of Redis.
@@ -63,7 +66,8 @@ impl Coordination {
         if !self.is_up() {
             return false;
         }
-        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        // `PX 0` is an error, and a huge TTL keeps a dead leader's lock: 1 ms to a day.
+        let ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX).clamp(1, 86_400_000);
         let call = self.client.eval::<i64, _, _, _>(
             LEAD_SCRIPT,
             vec![key.to_owned()],

@@ -11,5 +11,6 @@ pub mod grpc;
 pub mod metrics;
 pub mod model;
 pub mod pki;
+pub mod redis;
 pub mod service;
 pub mod session;

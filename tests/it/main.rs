@@ -15,6 +15,7 @@ mod lifecycle;
 mod operator_api;
 mod protocol;
 mod python_client;
+mod redis_tls;
 mod restore_trust;
 mod retarget;
 mod revocation;

@@ -1,6 +1,7 @@
 //! Secrets never leak: everything the controller and agent log at TRACE level during a full backup and
-//! restore (plus a failed login, a failed backup and a failed storage test), and every error message and
-//! execution log returned, are searched for the passwords and tokens used. Zero hits.
+//! restore (plus a failed login, a failed backup, a failed storage test and a controller Redis refuses for
+//! a wrong password), and every error message and execution log returned, are searched for the passwords
+//! and tokens used. Zero hits.
 
 use std::{
     io::Write,
@@ -10,7 +11,8 @@ use std::{
 
 use dg_proto::v1 as pb;
 use dg_tests::{
-    cluster::{ADMIN_PASSWORD, Cluster, authed},
+    cluster::{ADMIN_PASSWORD, Cluster, ClusterOptions, authed},
+    faults::procs::Redis,
     pg::ScramPostgres,
 };
 use sqlx::{Connection, Executor};
@@ -44,7 +46,12 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
     conn.execute("CREATE TABLE s (id int PRIMARY KEY, v text); INSERT INTO s SELECT g, md5(g::text) FROM generate_series(1, 5000) g").await?;
     conn.close().await?;
 
-    let mut cluster = Cluster::start().await?;
+    // Redis with a password (as an ACL user would have), so its password is searched for too.
+    let redis_dir = tempfile::Builder::new().prefix("dg-secrets-redis-").tempdir()?;
+    let mut redis = Redis::start(redis_dir.path()).await?;
+    let redis_password = url::Url::parse(&redis.url())?.password().unwrap_or_default().to_owned();
+    let mut cluster =
+        Cluster::start_with(ClusterOptions { redis_url: Some(redis.url()), ..Default::default() }).await?;
     let mut c = cluster.clients().await?;
     let mut returned: Vec<String> = Vec::new();
     let mut auth = pb::auth_service_client::AuthServiceClient::new(cluster.channel().await?);
@@ -156,6 +163,20 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
     let _ = agent.2.await;
     cluster.stop().await;
 
+    // A controller with a wrong Redis password: refused at every reconnect, logged, and shown as down.
+    let wrong_redis_password = "Wrong-Redis-Password-55";
+    let wrong_url = redis.url().replace(&redis_password, wrong_redis_password);
+    let mut refused = Cluster::start_with(ClusterOptions { redis_url: Some(wrong_url), ..Default::default() }).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut rc = refused.clients().await?;
+    let run = rc.jobs.run_now(authed(pb::RunNowRequest { job_id: uuid::Uuid::new_v4().to_string() }, &rc.token)).await;
+    returned.push(run.expect_err("the queue is down").message().to_owned());
+    let mut health = pb::health_service_client::HealthServiceClient::new(refused.channel().await?);
+    let sys = health.get_system_health(authed(pb::GetSystemHealthRequest {}, &rc.token)).await?.into_inner();
+    returned.push(sys.redis.map(|r| r.error).unwrap_or_default());
+    refused.stop().await;
+    redis.kill().await;
+
     // A dump of the controller database shows only ciphertext and hashes.
     let dump = std::process::Command::new("pg_dump").arg("--data-only").arg(cluster.db.url()).output()?;
     assert!(dump.status.success(), "{}", String::from_utf8_lossy(&dump.stderr));
@@ -176,6 +197,8 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
         ("wrong datasource password", wrong_db_password),
         ("s3 secret key", s3_secret),
         ("s3 access key id", "AKID-Never-Logged"),
+        ("redis password", redis_password.as_str()),
+        ("wrong redis password", wrong_redis_password),
     ];
     let hits: Vec<_> = secrets.iter().filter(|(_, s)| everything.contains(s)).map(|(what, _)| *what).collect();
     assert!(hits.is_empty(), "secrets found in logs or errors: {hits:?}");

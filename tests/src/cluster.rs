@@ -33,6 +33,8 @@ pub struct ClusterOptions {
     pub session_ttl_secs: u64,
     /// Redis (default the local server, `DG_TEST_REDIS_URL`).
     pub redis_url: Option<String>,
+    /// CA bundle verifying a `rediss://` Redis (default: the system's trust store).
+    pub redis_ca_file: Option<PathBuf>,
     /// Grace period before orphaned objects are swept (default: the controller's).
     pub orphan_grace_secs: Option<u64>,
     /// Serve Prometheus metrics on a free port.
@@ -53,6 +55,7 @@ impl Default for ClusterOptions {
             agent_cert_ttl_secs: 3600,
             session_ttl_secs: 3600,
             redis_url: None,
+            redis_ca_file: None,
             orphan_grace_secs: None,
             metrics: false,
             lease_secs: None,
@@ -129,7 +132,8 @@ impl Cluster {
             chunk_size_bytes: opts.chunk_size,
             agent_cert_ttl_secs: opts.agent_cert_ttl_secs,
             session_ttl_secs: opts.session_ttl_secs,
-            redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url),
+            redis_url: opts.redis_url.clone().unwrap_or_else(crate::redis_url).into(),
+            redis_ca_file: opts.redis_ca_file.clone(),
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },

@@ -55,23 +55,6 @@ impl std::fmt::Debug for HealthService {
     }
 }
 
-/// A Redis client that connects in the background, reconnects forever and never blocks a caller for more
-/// than its command timeout.
-pub fn redis_client(url: &str) -> Result<RedisClient, fred::error::Error> {
-    let config = fred::types::config::Config::from_url(url)?;
-    let client = fred::types::Builder::from_config(config)
-        .with_connection_config(|c| {
-            c.connection_timeout = Duration::from_secs(2);
-            c.internal_command_timeout = Duration::from_secs(2);
-            c.max_command_attempts = 1;
-        })
-        .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(2))
-        .set_policy(ReconnectPolicy::new_exponential(0, 200, 5_000, 2))
-        .build()?;
-    client.connect();
-    Ok(client)
-}
-
 impl HealthService {
     /// New service.
     pub fn new(db: Db, registry: AgentRegistry, redis: RedisClient) -> Self {

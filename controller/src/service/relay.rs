@@ -15,13 +15,14 @@ use tracing::{debug, info};
 use super::waker::DispatchWaker;
 use crate::{
     coordination::{REVOKED_CHANNEL, WAKE_CHANNEL, replica_channel},
+    redis::RedisConnection,
     service::agents::revoked_status,
     session::deliver::{ReplicaMessage, Sessions},
 };
 
 /// Listens on the wake channel and on this replica's channel.
 pub struct RelayTask {
-    url: String,
+    redis: RedisConnection,
     replica: String,
     sessions: Sessions,
     waker: DispatchWaker,
@@ -29,16 +30,12 @@ pub struct RelayTask {
 
 impl RelayTask {
     /// New task for replica `replica`.
-    pub fn new(url: String, replica: String, sessions: Sessions, waker: DispatchWaker) -> Self {
-        Self { url, replica, sessions, waker }
+    pub fn new(redis: RedisConnection, replica: String, sessions: Sessions, waker: DispatchWaker) -> Self {
+        Self { redis, replica, sessions, waker }
     }
 
     async fn subscriber(&self) -> Result<(SubscriberClient, tokio::task::JoinHandle<()>), fred::error::Error> {
-        let config = fred::types::config::Config::from_url(&self.url)?;
-        let sub = fred::types::Builder::from_config(config)
-            .with_connection_config(|c| c.connection_timeout = Duration::from_secs(2))
-            .set_policy(ReconnectPolicy::new_exponential(0, 200, 5_000, 2))
-            .build_subscriber_client()?;
+        let sub = self.redis.subscriber()?;
         sub.connect();
         tokio::time::timeout(Duration::from_secs(3), sub.wait_for_connect())
             .await

@@ -109,7 +109,21 @@ pub struct Redis {
     /// Port.
     pub port: u16,
     password: String,
+    tls: bool,
     proc: Proc,
+}
+
+/// Files of a private Redis that speaks TLS only.
+#[derive(Clone, Debug)]
+pub struct RedisTlsFiles {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// CA bundle (PEM; Redis insists on one even when it asks clients for no certificate).
+    pub ca: PathBuf,
+    /// ACL file (`user ...` lines).
+    pub acl_file: PathBuf,
 }
 
 impl Redis {
@@ -117,30 +131,63 @@ impl Redis {
     pub async fn start(dir: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
         let password = format!("rd-{}", crate::suffix());
-        let cmd = vec![
-            "redis-server".to_owned(),
+        let args = vec!["--port".into(), port.to_string(), "--requirepass".into(), password.clone()];
+        Self::launch(dir, port, password, false, args).await
+    }
+
+    /// Starts one that listens on TLS only (`--port 0`, `--tls-port` free), asks clients for no certificate
+    /// and takes its users from `files.acl_file`.
+    pub async fn start_tls(dir: &Path, files: &RedisTlsFiles) -> anyhow::Result<Self> {
+        let port = free_port()?;
+        let path = |p: &Path| p.to_string_lossy().into_owned();
+        let args = vec![
             "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
             port.to_string(),
+            "--tls-cert-file".into(),
+            path(&files.cert),
+            "--tls-key-file".into(),
+            path(&files.key),
+            "--tls-ca-cert-file".into(),
+            path(&files.ca),
+            "--tls-auth-clients".into(),
+            "no".into(),
+            "--aclfile".into(),
+            path(&files.acl_file),
+        ];
+        Self::launch(dir, port, String::new(), true, args).await
+    }
+
+    async fn launch(dir: &Path, port: u16, password: String, tls: bool, args: Vec<String>) -> anyhow::Result<Self> {
+        let mut cmd = vec![
+            "redis-server".to_owned(),
             "--bind".into(),
             "127.0.0.1".into(),
             "--save".into(),
             String::new(),
             "--appendonly".into(),
             "no".into(),
-            "--requirepass".into(),
-            password.clone(),
             "--dir".into(),
             dir.to_string_lossy().into_owned(),
         ];
+        cmd.extend(args);
         let mut proc = Proc::new("redis-server", cmd, dir.join("redis.log"));
         proc.spawn()?;
-        wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).await?;
-        Ok(Self { port, password, proc })
+        if let Err(e) = wait_listening(SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(10)).await {
+            anyhow::bail!("{e}; redis-server's log:\n{}", proc.log_tail(20));
+        }
+        Ok(Self { port, password, tls, proc })
     }
 
-    /// `redis://:<password>@127.0.0.1:<port>`.
+    /// `redis://:<password>@127.0.0.1:<port>`; for the TLS one `rediss://127.0.0.1:<port>` (its users are
+    /// the caller's).
     pub fn url(&self) -> String {
-        format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+        if self.tls {
+            format!("rediss://127.0.0.1:{}", self.port)
+        } else {
+            format!("redis://:{}@127.0.0.1:{}", self.password, self.port)
+        }
     }
 
     /// Kills it (all data gone).
