@@ -3,6 +3,7 @@
 //! order: stop accepting and close agent sessions (root token), let servers and tasks drain (10 s deadline),
 //! close the database pool.
 
+use secrecy::ExposeSecret;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
@@ -91,7 +92,7 @@ impl RunningController {
 
 /// Connects and migrates (the `migrate` command).
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
     db.close().await?;
     Ok(())
@@ -100,7 +101,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// The CA certificate, creating the CA on first use (the `print-ca` command).
 pub async fn ca_pem(config: &Config) -> anyhow::Result<String> {
     let key = config.master_key()?;
-    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
     let pki = Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(pki.ca_pem().to_owned())
@@ -109,7 +110,7 @@ pub async fn ca_pem(config: &Config) -> anyhow::Result<String> {
 /// A new one-time bootstrap token for `AuthService/Setup`, replacing a lost one (the `bootstrap-token`
 /// command); refused once an admin exists.
 pub async fn bootstrap_token(config: &Config) -> anyhow::Result<String> {
-    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
     let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
     let token = auth.new_bootstrap_token().await.map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -121,15 +122,16 @@ pub async fn bootstrap_token(config: &Config) -> anyhow::Result<String> {
 pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     dg_common::tls::install_crypto_provider();
     let key = config.master_key()?;
-    let db = Db::connect(&config.database_url).await.context("connect to the controller database")?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
     db.migrate().await.context("apply migrations")?;
     let pki = Arc::new(Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("load CA: {e}"))?);
 
     let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
     match &config.admin_password {
-        Some(pw) => {
-            auth.bootstrap(&config.admin_username, pw).await.map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?
-        }
+        Some(pw) => auth
+            .bootstrap(&config.admin_username, pw.expose_secret())
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap admin: {e}"))?,
         // No admin configured: Setup needs the one-time bootstrap token handed out here (before the API
         // listens, so it exists by the time anyone can call Setup).
         None => {

@@ -7,18 +7,34 @@ use figment::{
     Figment,
     providers::{Env, Format, Serialized, Toml},
 };
-use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::{crypto::MasterKey, redis::RedisUrl};
 
-/// Everything the controller is configured with.
+/// Serializes a secret as its text: only figment's defaults pass through serialization (see [`Config::load`]);
+/// `Debug` of the configuration shows no secret.
+pub(crate) fn expose<S: Serializer>(v: &SecretString, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v.expose_secret())
+}
+
+fn expose_opt<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.serialize_some(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Everything the controller is configured with. Secrets (database URL, master key, admin password, the
+/// Redis URL's password) are held as [`SecretString`]s: `Debug` hides them and they are zeroed on drop.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Config {
     /// PostgreSQL URL of the controller's own database.
-    pub database_url: String,
+    #[serde(serialize_with = "expose")]
+    pub database_url: SecretString,
     /// Master key as 64 hex characters (prefer `master_key_file`).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub master_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "expose_opt")]
+    pub master_key: Option<SecretString>,
     /// File holding the master key as 64 hex characters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub master_key_file: Option<PathBuf>,
@@ -94,7 +110,8 @@ pub struct Config {
     pub bootstrap_token_file: Option<PathBuf>,
     /// Password of that bootstrap admin.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub admin_password: Option<String>,
+    #[serde(serialize_with = "expose_opt")]
+    pub admin_password: Option<SecretString>,
 }
 
 impl Default for Config {
@@ -208,17 +225,17 @@ impl Config {
 
     /// The master key, from `master_key` or `master_key_file`.
     pub fn master_key(&self) -> Result<MasterKey, ConfigError> {
-        let hex_key = match (&self.master_key, &self.master_key_file) {
-            (Some(k), _) => k.trim().to_owned(),
+        let hex_key: SecretString = match (&self.master_key, &self.master_key_file) {
+            (Some(k), _) => k.clone(),
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| ConfigError::Load(format!("master_key_file {}: {e}", path.display())))?
-                .trim()
-                .to_owned(),
+                .into(),
             (None, None) => {
                 return Err(ConfigError::Invalid("master_key or master_key_file is required".into()));
             }
         };
-        MasterKey::from_hex(&hex_key).map_err(|e| ConfigError::Invalid(format!("master key: {e}")))
+        MasterKey::from_hex(hex_key.expose_secret().trim())
+            .map_err(|e| ConfigError::Invalid(format!("master key: {e}")))
     }
 
     /// Heartbeat interval.

@@ -17,6 +17,7 @@ use fred::{
 };
 use rustls::RootCertStore;
 use rustls_pki_types::{PrivateKeyDer, pem::PemObject};
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, ConfigError};
@@ -43,25 +44,25 @@ const SCHEMES: &[(&str, bool, &str)] = &[
 /// A Redis URL that may hold a password: `Display` and `Debug` print it with the password replaced by
 /// `***` (the user name stays, it helps find a misconfigured ACL user). [`RedisUrl::expose`] is the only
 /// way to the raw text, for the Redis client itself.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct RedisUrl(String);
+pub struct RedisUrl(#[serde(serialize_with = "crate::config::expose")] SecretString);
 
 impl RedisUrl {
     /// The URL as configured, password included: only for building the client.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0.expose_secret()
     }
 
     /// Whether the scheme asks for TLS (`rediss://`, `valkeys://`, their cluster and sentinel forms).
     pub fn uses_tls(&self) -> bool {
-        url::Url::parse(&self.0).ok().and_then(|u| scheme(u.scheme())).is_some_and(|(tls, _)| tls)
+        url::Url::parse(self.0.expose_secret()).ok().and_then(|u| scheme(u.scheme())).is_some_and(|(tls, _)| tls)
     }
 
     /// The URL with its password replaced by `***`; an unparseable URL prints as a placeholder, since where
     /// its password sits cannot be told.
     pub fn redacted(&self) -> String {
-        match url::Url::parse(&self.0) {
+        match url::Url::parse(self.0.expose_secret()) {
             Ok(mut u) => {
                 if u.password().is_some() {
                     // Fails only for URLs that cannot have credentials, which then have none to hide.
@@ -75,7 +76,7 @@ impl RedisUrl {
 
     /// Checks the URL without connecting; the message never quotes the URL.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let u = url::Url::parse(&self.0).map_err(|e| ConfigError::Invalid(format!("redis_url: {e}")))?;
+        let u = url::Url::parse(self.0.expose_secret()).map_err(|e| ConfigError::Invalid(format!("redis_url: {e}")))?;
         if scheme(u.scheme()).is_none() {
             return Err(ConfigError::Invalid(format!(
                 "redis_url: scheme \"{}\" is not redis://, rediss:// or a cluster/sentinel form of them",
@@ -91,13 +92,13 @@ impl RedisUrl {
 
 impl From<String> for RedisUrl {
     fn from(s: String) -> Self {
-        Self(s)
+        Self(s.into())
     }
 }
 
 impl From<&str> for RedisUrl {
     fn from(s: &str) -> Self {
-        Self(s.to_owned())
+        Self(s.into())
     }
 }
 

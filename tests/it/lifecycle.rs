@@ -163,7 +163,7 @@ async fn two_replicas_start_together_on_one_database() -> anyhow::Result<()> {
     // A fresh database migrated by two replicas at once.
     let db = dg_tests::pg::TestDb::create("race").await?;
     let mut x = cluster.config.clone();
-    x.database_url = db.url();
+    x.database_url = db.url().into();
     x.api_listen = "127.0.0.1:0".parse()?;
     x.agent_listen = "127.0.0.1:0".parse()?;
     let y = x.clone();

@@ -124,8 +124,8 @@ impl Cluster {
         let db = TestDb::create("ctl").await?;
         let dir = tempfile::Builder::new().prefix("dg-test-").tempdir()?;
         let config = Config {
-            database_url: db.url(),
-            master_key: Some(hex::encode(rand_bytes())),
+            database_url: db.url().into(),
+            master_key: Some(hex::encode(rand_bytes()).into()),
             api_listen: "127.0.0.1:0".parse()?,
             agent_listen: "127.0.0.1:0".parse()?,
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
