@@ -81,6 +81,10 @@ pub struct Config {
     /// Password of that bootstrap admin.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_password: Option<String>,
+    /// Lets a keyless S3, GCS or Azure storage set `ambient_credentials`: the controller and agents then use
+    /// their hosts' own cloud credentials (environment, web or workload identity, instance metadata) for it.
+    /// Off: such storages are refused, and keyless storages are accessed anonymously.
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for Config {
@@ -116,6 +120,7 @@ impl Default for Config {
             admin_username: "admin".into(),
             admin_password: None,
             bootstrap_token_file: None,
+            allow_ambient_credentials: false,
         }
     }
 }
