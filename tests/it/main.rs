@@ -19,5 +19,6 @@ mod retarget;
 mod revocation;
 mod security;
 mod sessions;
+mod storage_input;
 mod transport;
 mod workers;
