@@ -5,8 +5,13 @@
 use std::{path::Path, sync::Arc, time::Duration};
 
 use object_store::{
-    ClientOptions, ObjectStore, RetryConfig, aws::AmazonS3Builder, azure::MicrosoftAzureBuilder,
-    gcp::GoogleCloudStorageBuilder, local::LocalFileSystem, path::Path as ObjPath, prefix::PrefixStore,
+    ClientOptions, ObjectStore, RetryConfig, StaticCredentialProvider,
+    aws::AmazonS3Builder,
+    azure::MicrosoftAzureBuilder,
+    gcp::{GcpCredential, GoogleCloudStorageBuilder},
+    local::LocalFileSystem,
+    path::Path as ObjPath,
+    prefix::PrefixStore,
 };
 
 /// A storage configuration with its credentials (never logged: `Debug` hides secrets).
@@ -35,6 +40,8 @@ pub enum StoreConfig {
         secret_access_key: String,
         /// Allow plain HTTP.
         allow_http: bool,
+        /// Without keys: the host's ambient credentials instead of unsigned requests.
+        ambient_credentials: bool,
     },
     /// A GCS bucket.
     Gcs {
@@ -46,6 +53,10 @@ pub enum StoreConfig {
         service_account_key: String,
         /// Base URL (emulators).
         endpoint: String,
+        /// Allow plain HTTP.
+        allow_http: bool,
+        /// Without a key: the host's ambient credentials instead of unsigned requests.
+        ambient_credentials: bool,
     },
     /// An Azure container.
     Azure {
@@ -59,6 +70,10 @@ pub enum StoreConfig {
         access_key: String,
         /// Endpoint (emulators).
         endpoint: String,
+        /// Allow plain HTTP.
+        allow_http: bool,
+        /// Without a key: the host's ambient credentials instead of unsigned requests.
+        ambient_credentials: bool,
     },
 }
 
@@ -121,7 +136,9 @@ fn with_prefix(store: Arc<dyn ObjectStore>, prefix: &str) -> Result<Arc<dyn Obje
 }
 
 /// Opens a store. A local directory must be absolute, free of `..` and not a symlink; it is created when
-/// missing.
+/// missing. A cloud store without keys sends unsigned (anonymous) requests unless `ambient_credentials` is
+/// set: only then may object_store look for the host's credentials (environment variables, web or workload
+/// identity, the instance metadata service at 169.254.169.254), which is what it does by default.
 pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
     let err = |e: object_store::Error| StoreError(e.to_string());
     match cfg {
@@ -145,8 +162,10 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             access_key_id,
             secret_access_key,
             allow_http,
+            ambient_credentials,
         } => {
-            let mut b = AmazonS3Builder::new()
+            let base = if *ambient_credentials { AmazonS3Builder::from_env() } else { AmazonS3Builder::new() };
+            let mut b = base
                 .with_bucket_name(bucket)
                 .with_region(if region.is_empty() { "us-east-1" } else { region })
                 .with_virtual_hosted_style_request(!path_style)
@@ -157,30 +176,44 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             }
             if !access_key_id.is_empty() {
                 b = b.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key);
+            } else if !*ambient_credentials {
+                b = b.with_skip_signature(true);
             }
             with_prefix(Arc::new(b.build().map_err(err)?), prefix)
         }
-        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
-            let mut b = GoogleCloudStorageBuilder::new()
-                .with_bucket_name(bucket)
-                .with_client_options(client_options(endpoint.starts_with("http://")))
-                .with_retry(retry());
+        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint, allow_http, ambient_credentials } => {
+            let base = if *ambient_credentials {
+                GoogleCloudStorageBuilder::from_env()
+            } else {
+                GoogleCloudStorageBuilder::new()
+            };
+            let mut b =
+                base.with_bucket_name(bucket).with_client_options(client_options(*allow_http)).with_retry(retry());
             if !service_account_key.is_empty() {
                 b = b.with_service_account_key(service_account_key);
+            } else if !*ambient_credentials {
+                // An explicit empty credential also keeps the builder from reading the application default
+                // credentials file; with unsigned requests it is never used.
+                let none = GcpCredential { bearer: String::new() };
+                b = b.with_skip_signature(true).with_credentials(Arc::new(StaticCredentialProvider::new(none)));
             }
             if !endpoint.is_empty() {
                 b = b.with_base_url(endpoint);
             }
             with_prefix(Arc::new(b.build().map_err(err)?), prefix)
         }
-        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
-            let mut b = MicrosoftAzureBuilder::new()
+        StoreConfig::Azure { account, container, prefix, access_key, endpoint, allow_http, ambient_credentials } => {
+            let base =
+                if *ambient_credentials { MicrosoftAzureBuilder::from_env() } else { MicrosoftAzureBuilder::new() };
+            let mut b = base
                 .with_account(account)
                 .with_container_name(container)
-                .with_client_options(client_options(endpoint.starts_with("http://")))
+                .with_client_options(client_options(*allow_http))
                 .with_retry(retry());
             if !access_key.is_empty() {
                 b = b.with_access_key(access_key);
+            } else if !*ambient_credentials {
+                b = b.with_skip_signature(true);
             }
             if !endpoint.is_empty() {
                 b = b.with_endpoint(endpoint.clone());
@@ -204,12 +237,15 @@ pub fn from_target(t: &dg_proto::v1::StorageTarget) -> Result<StoreConfig, Store
             access_key_id: s.access_key_id.clone(),
             secret_access_key: s.secret_access_key.clone(),
             allow_http: s.allow_http,
+            ambient_credentials: s.ambient_credentials,
         },
         Some(Config::Gcs(g)) => StoreConfig::Gcs {
             bucket: g.bucket.clone(),
             prefix: g.prefix.clone(),
             service_account_key: g.service_account_key.clone(),
             endpoint: g.endpoint.clone(),
+            allow_http: g.allow_http,
+            ambient_credentials: g.ambient_credentials,
         },
         Some(Config::Azure(a)) => StoreConfig::Azure {
             account: a.account.clone(),
@@ -217,6 +253,8 @@ pub fn from_target(t: &dg_proto::v1::StorageTarget) -> Result<StoreConfig, Store
             prefix: a.prefix.clone(),
             access_key: a.access_key.clone(),
             endpoint: a.endpoint.clone(),
+            allow_http: a.allow_http,
+            ambient_credentials: a.ambient_credentials,
         },
         None => return Err(StoreError("no storage configuration".into())),
     })
@@ -237,6 +275,7 @@ pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_p
             access_key_id,
             secret_access_key,
             allow_http,
+            ambient_credentials,
         } => Config::S3(pb::S3StorageConfig {
             endpoint,
             region,
@@ -246,12 +285,28 @@ pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_p
             access_key_id,
             secret_access_key,
             allow_http,
+            ambient_credentials,
         }),
-        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
-            Config::Gcs(pb::GcsStorageConfig { bucket, prefix, service_account_key, endpoint })
+        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint, allow_http, ambient_credentials } => {
+            Config::Gcs(pb::GcsStorageConfig {
+                bucket,
+                prefix,
+                service_account_key,
+                endpoint,
+                allow_http,
+                ambient_credentials,
+            })
         }
-        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
-            Config::Azure(pb::AzureStorageConfig { account, container, prefix, access_key, endpoint })
+        StoreConfig::Azure { account, container, prefix, access_key, endpoint, allow_http, ambient_credentials } => {
+            Config::Azure(pb::AzureStorageConfig {
+                account,
+                container,
+                prefix,
+                access_key,
+                endpoint,
+                allow_http,
+                ambient_credentials,
+            })
         }
     };
     pb::StorageTarget { storage_id, config: Some(config) }
@@ -325,6 +380,7 @@ mod tests {
             access_key_id: "AKIDSECRET".into(),
             secret_access_key: "very-secret".into(),
             allow_http: true,
+            ambient_credentials: false,
         };
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-secret") && !shown.contains("AKIDSECRET"), "{shown}");

@@ -163,7 +163,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
     let redis_conn = RedisConnection::from_config(&config)?;
     let redis = redis_conn.client().context("redis client")?;
-    let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone());
+    let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone(), config.allow_ambient_credentials);
     let coord = Coordination::new(redis.clone());
     let sessions = Sessions::new(registry.clone(), coord.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;

@@ -112,6 +112,10 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[serde(serialize_with = "expose_opt")]
     pub admin_password: Option<SecretString>,
+    /// Lets a keyless S3, GCS or Azure storage set `ambient_credentials`: the controller and agents then use
+    /// their hosts' own cloud credentials (environment, web or workload identity, instance metadata) for it.
+    /// Off: such storages are refused, and keyless storages are accessed anonymously.
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for Config {
@@ -150,6 +154,7 @@ impl Default for Config {
             admin_username: "admin".into(),
             admin_password: None,
             bootstrap_token_file: None,
+            allow_ambient_credentials: false,
         }
     }
 }

@@ -21,7 +21,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 4: a backup result carries the globals object and the wrapped data key's sha256 (required when encrypted),
 /// and a restore task carries what the controller recorded (`RecordedBackup`); an agent refuses a manifest
 /// that disagrees with it.
-pub const AGENT_PROTOCOL_VERSION: u32 = 4;
+/// 5: a keyless cloud `StorageTarget` is opened anonymously (unsigned requests) unless its
+/// `ambient_credentials` is set; GCS and Azure endpoints use plain HTTP only with `allow_http` (an older agent
+/// would fall back to its host's ambient credentials or infer HTTP from the endpoint).
+pub const AGENT_PROTOCOL_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests {

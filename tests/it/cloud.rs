@@ -25,6 +25,7 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
             access_key_id,
             secret_access_key,
             allow_http,
+            ambient_credentials,
         } => pb::create_storage_request::Config::S3(pb::S3StorageConfig {
             endpoint,
             region,
@@ -34,22 +35,27 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
             access_key_id,
             secret_access_key,
             allow_http,
+            ambient_credentials,
         }),
-        StoreConfig::Azure { account, container, prefix, access_key, endpoint } => {
+        StoreConfig::Azure { account, container, prefix, access_key, endpoint, allow_http, ambient_credentials } => {
             pb::create_storage_request::Config::Azure(pb::AzureStorageConfig {
                 account,
                 container,
                 prefix,
                 access_key,
                 endpoint,
+                allow_http,
+                ambient_credentials,
             })
         }
-        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint } => {
+        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint, allow_http, ambient_credentials } => {
             pb::create_storage_request::Config::Gcs(pb::GcsStorageConfig {
                 bucket,
                 prefix,
                 service_account_key,
                 endpoint,
+                allow_http,
+                ambient_credentials,
             })
         }
         StoreConfig::Local { .. } => unreachable!("cloud storages only"),
@@ -193,6 +199,55 @@ async fn postgres_and_mariadb_to_s3_and_azure() -> anyhow::Result<()> {
     assert_eq!(n1, 20_000);
     assert_eq!((n1, s1), (n2, s2));
     m.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE `{my}`; DROP DATABASE `{restored}`"))).await?;
+
+    agent.stop().await;
+    cluster.stop().await;
+    Ok(())
+}
+
+/// A keyless S3 storage sends unsigned requests: it backs up and restores against a bucket that allows
+/// anonymous access (public-read-write) without ever looking for the host's credentials (on this machine, which has no instance
+/// metadata service, a credential lookup would fail the storage test), and is refused once the server checks
+/// signatures, while a keyed storage still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_s3_storage_is_anonymous() -> anyhow::Result<()> {
+    let mut s3 = S3Server::start().await?;
+    s3.create_public_bucket("anon").await?;
+    let src = TestDb::create("anon").await?;
+    src.connect()
+        .await?
+        .execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g")
+        .await?;
+    let want = src.table_fingerprint("t").await?;
+
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let agent = cluster.start_agent(&mut c).await?;
+    let cfg = s3.keyless_config("anon", "pg");
+    let st = storage(&mut c, cfg.clone()).await?;
+    assert!(!st.has_credentials);
+    let test = |id: &str| pb::TestStorageRequest { target: Some(pb::test_storage_request::Target::Id(id.into())) };
+    let r = c.storages.test_storage(authed(test(&st.id), &c.token)).await?.into_inner();
+    assert!(r.ok, "{r:?}");
+
+    let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
+    let job = c.job(&ds.id, &[&st], pb::StorageStrategy::Replicate, "").await?;
+    let ex = c.run_job(&job.id).await?;
+    assert_eq!(ex.status, pb::ExecutionStatus::Completed as i32, "{}\n{}", ex.error, c.logs(&ex.id).await?);
+    assert_eq!(object_count(&cfg).await?, ex.chunk_count as usize + 1, "chunks and manifest in S3");
+    let dst = TestDb::reserve("anon_r");
+    let r = c.restore_into(&ex.id, &dst.name).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}", r.error);
+    assert_eq!(dst.table_fingerprint("t").await?, want);
+
+    s3.require_signatures().await?;
+    let r = c.storages.test_storage(authed(test(&st.id), &c.token)).await?.into_inner();
+    // moto answers an unsigned request it should check with 500 rather than 403: any refusal of the write
+    // shows the request carried no usable signature.
+    assert!(!r.ok && r.error.starts_with("write:"), "unsigned requests are refused once signatures are checked: {r:?}");
+    let keyed = storage(&mut c, s3.config("anon", "keyed")).await?;
+    let r = c.storages.test_storage(authed(test(&keyed.id), &c.token)).await?.into_inner();
+    assert!(r.ok, "{r:?}");
 
     agent.stop().await;
     cluster.stop().await;

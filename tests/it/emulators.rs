@@ -183,6 +183,13 @@ async fn gcs_fake_server_reads_lists_deletes() -> anyhow::Result<()> {
     let (store, raw) = (open(&gcs.config(&bucket, "backups/gcs"))?, open(&gcs.config(&bucket, ""))?);
     read_list_delete(store.as_ref(), raw.as_ref(), "backups/gcs").await?;
 
+    // Without a key the store sends no token and fetches none (no metadata server, no default credentials).
+    let anonymous = open(&gcs.config_with_key(&bucket, "", ""))?;
+    assert_eq!(keys(anonymous.as_ref(), None).await?, keys(raw.as_ref(), None).await?);
+    gcs.upload(&bucket, "anon/k", b"v").await?;
+    assert_eq!(anonymous.get(&Path::from("anon/k")).await?.bytes().await?.as_ref(), b"v");
+    anonymous.delete(&Path::from("anon/k")).await?;
+
     let missing = open(&gcs.config("dg-no-such-bucket", ""))?;
     assert!(keys(missing.as_ref(), None).await.is_err(), "listing a missing bucket must fail");
     eprintln!("fake-gcs-server: started in {started:?}, whole test {:?}", t.elapsed());

@@ -21,5 +21,6 @@ mod retarget;
 mod revocation;
 mod security;
 mod sessions;
+mod storage_input;
 mod transport;
 mod workers;

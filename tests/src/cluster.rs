@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     /// Start without a configured admin: `Setup` needs the bootstrap token, written to
     /// `<dir>/bootstrap-token`.
     pub no_admin: bool,
+    /// Let storages use the host's ambient cloud credentials (`allow_ambient_credentials`).
+    pub allow_ambient_credentials: bool,
 }
 
 impl Default for ClusterOptions {
@@ -61,6 +63,7 @@ impl Default for ClusterOptions {
             lease_secs: None,
             tls_handshake_timeout_secs: None,
             no_admin: false,
+            allow_ambient_credentials: false,
         }
     }
 }
@@ -142,6 +145,7 @@ impl Cluster {
             admin_password: (!opts.no_admin).then(|| ADMIN_PASSWORD.into()),
             bootstrap_token_file: Some(dir.path().join("bootstrap-token")),
             tls_handshake_timeout_secs: opts.tls_handshake_timeout_secs.unwrap_or(10),
+            allow_ambient_credentials: opts.allow_ambient_credentials,
             ..Config::default()
         };
         let config = Config { lease_secs: opts.lease_secs.unwrap_or(config.lease_secs), ..config };

@@ -284,10 +284,20 @@ impl S3Server {
 
     /// Creates a bucket (with an unsigned request; signature checks are paused around it when enforced).
     pub async fn create_bucket(&self, name: &str) -> anyhow::Result<()> {
+        self.create_bucket_with(name, &[]).await
+    }
+
+    /// Creates a bucket anonymous requests may read and write (ACL `public-read-write`: moto then serves
+    /// unsigned requests on it while it does not check signatures).
+    pub async fn create_public_bucket(&self, name: &str) -> anyhow::Result<()> {
+        self.create_bucket_with(name, &[("x-amz-acl", "public-read-write")]).await
+    }
+
+    async fn create_bucket_with(&self, name: &str, headers: &[(&str, &str)]) -> anyhow::Result<()> {
         if self.enforcing {
             self.set_auth_threshold("inf").await?;
         }
-        let result = http_request(self.addr, "PUT", &format!("/{name}"), &[], b"").await;
+        let result = http_request(self.addr, "PUT", &format!("/{name}"), headers, b"").await;
         if self.enforcing {
             self.set_auth_threshold("0").await?;
         }
@@ -353,7 +363,13 @@ impl S3Server {
             access_key_id: key_id.into(),
             secret_access_key: secret.into(),
             allow_http: true,
+            ambient_credentials: false,
         }
+    }
+
+    /// A store configuration without keys: anonymous (unsigned) requests.
+    pub fn keyless_config(&self, bucket: &str, prefix: &str) -> StoreConfig {
+        self.config_with_keys(bucket, prefix, "", "")
     }
 }
 
@@ -454,6 +470,8 @@ impl Azurite {
             prefix: prefix.into(),
             access_key: access_key.into(),
             endpoint: self.endpoint.clone(),
+            allow_http: true,
+            ambient_credentials: false,
         }
     }
 }
@@ -579,6 +597,8 @@ impl GcsEmulator {
             prefix: prefix.into(),
             service_account_key: service_account_key.into(),
             endpoint: self.endpoint.clone(),
+            allow_http: true,
+            ambient_credentials: false,
         }
     }
 }

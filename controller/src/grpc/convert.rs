@@ -281,12 +281,15 @@ fn storage_config(s: &model::Storage) -> Option<pb::storage::Config> {
             access_key_id: String::new(),
             secret_access_key: String::new(),
             allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         }),
         model::StorageKind::Gcs => pb::storage::Config::Gcs(pb::GcsStorageConfig {
             bucket: p.bucket,
             prefix: p.prefix,
             service_account_key: String::new(),
             endpoint: p.endpoint,
+            allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         }),
         model::StorageKind::Azure => pb::storage::Config::Azure(pb::AzureStorageConfig {
             account: p.account,
@@ -294,6 +297,8 @@ fn storage_config(s: &model::Storage) -> Option<pb::storage::Config> {
             prefix: p.prefix,
             access_key: String::new(),
             endpoint: p.endpoint,
+            allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         }),
     })
 }

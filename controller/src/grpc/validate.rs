@@ -257,6 +257,26 @@ fn secret(field: &'static str, s: &str) -> V<Option<String>> {
     Ok((!s.is_empty()).then(|| s.to_owned()))
 }
 
+/// A plain `http://` endpoint only with `allow_http`: data and keys would travel unencrypted.
+fn plain_http(field: &'static str, endpoint: String, allow_http: bool) -> V<String> {
+    if endpoint.starts_with("http://") && !allow_http {
+        return Err(FieldError::new(
+            field,
+            "is plain http://: set allow_http to send data and keys unencrypted, or use https://",
+        ));
+    }
+    Ok(endpoint)
+}
+
+/// Ambient credentials stand in for keys, never beside them. Whether this controller allows them at all is
+/// its configuration's say (`CatalogService`).
+fn ambient(field: &'static str, ambient_credentials: bool, has_keys: bool) -> V<()> {
+    if ambient_credentials && has_keys {
+        return Err(FieldError::new(field, "cannot be set together with keys: give keys or use ambient credentials"));
+    }
+    Ok(())
+}
+
 /// The kind-specific part of create/update/test storage requests.
 pub enum StorageConfigIn {
     /// Local.
@@ -316,13 +336,8 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
             if s.region.len() > 64 || s.region.chars().any(|c| !(c.is_ascii_alphanumeric() || c == '-')) {
                 return Err(FieldError::new("s3.region", "must be a region name such as eu-west-1"));
             }
-            let endpoint = endpoint("s3.endpoint", &s.endpoint)?;
-            if endpoint.starts_with("http://") && !s.allow_http {
-                return Err(FieldError::new(
-                    "s3.endpoint",
-                    "is plain http://: set allow_http to send data and keys unencrypted, or use https://",
-                ));
-            }
+            let endpoint = plain_http("s3.endpoint", endpoint("s3.endpoint", &s.endpoint)?, s.allow_http)?;
+            ambient("s3.ambient_credentials", s.ambient_credentials, keys.is_some())?;
             StorageSpec::S3 {
                 endpoint,
                 region: s.region,
@@ -330,15 +345,22 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
                 prefix: prefix("s3.prefix", &s.prefix)?,
                 path_style: s.path_style,
                 allow_http: s.allow_http,
+                ambient_credentials: s.ambient_credentials,
                 keys,
             }
         }
-        StorageConfigIn::Gcs(g) => StorageSpec::Gcs {
-            bucket: bucket("gcs.bucket", &g.bucket)?,
-            prefix: prefix("gcs.prefix", &g.prefix)?,
-            endpoint: endpoint("gcs.endpoint", &g.endpoint)?,
-            key: secret("gcs.service_account_key", &g.service_account_key)?,
-        },
+        StorageConfigIn::Gcs(g) => {
+            let key = secret("gcs.service_account_key", &g.service_account_key)?;
+            ambient("gcs.ambient_credentials", g.ambient_credentials, key.is_some())?;
+            StorageSpec::Gcs {
+                bucket: bucket("gcs.bucket", &g.bucket)?,
+                prefix: prefix("gcs.prefix", &g.prefix)?,
+                endpoint: plain_http("gcs.endpoint", endpoint("gcs.endpoint", &g.endpoint)?, g.allow_http)?,
+                allow_http: g.allow_http,
+                ambient_credentials: g.ambient_credentials,
+                key,
+            }
+        }
         StorageConfigIn::Azure(a) => {
             if a.account.len() < 3
                 || a.account.len() > 24
@@ -352,12 +374,16 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
             {
                 return Err(FieldError::new("azure.container", "must be 3-63 characters of [a-z0-9-]"));
             }
+            let key = secret("azure.access_key", &a.access_key)?;
+            ambient("azure.ambient_credentials", a.ambient_credentials, key.is_some())?;
             StorageSpec::Azure {
                 account: a.account,
                 container: a.container,
                 prefix: prefix("azure.prefix", &a.prefix)?,
-                endpoint: endpoint("azure.endpoint", &a.endpoint)?,
-                key: secret("azure.access_key", &a.access_key)?,
+                endpoint: plain_http("azure.endpoint", endpoint("azure.endpoint", &a.endpoint)?, a.allow_http)?,
+                allow_http: a.allow_http,
+                ambient_credentials: a.ambient_credentials,
+                key,
             }
         }
     })
@@ -654,6 +680,51 @@ mod tests {
         let p = Page { offset: 0, limit: 2 };
         assert_eq!(p.next_token(2), "o2");
         assert_eq!(p.next_token(1), "");
+    }
+
+    #[test]
+    fn cloud_storages_choose_plain_http_and_ambient_credentials_explicitly() {
+        let http = "http://127.0.0.1:10000".to_owned();
+        let gcs = |allow_http, key: &str, ambient| {
+            StorageConfigIn::Gcs(pb::GcsStorageConfig {
+                bucket: "bbb".into(),
+                endpoint: http.clone(),
+                allow_http,
+                service_account_key: key.into(),
+                ambient_credentials: ambient,
+                ..Default::default()
+            })
+        };
+        let azure = |allow_http, key: &str, ambient| {
+            StorageConfigIn::Azure(pb::AzureStorageConfig {
+                account: "acct".into(),
+                container: "ccc".into(),
+                endpoint: http.clone(),
+                allow_http,
+                access_key: key.into(),
+                ambient_credentials: ambient,
+                ..Default::default()
+            })
+        };
+        let s3 = |key: &str, ambient| {
+            StorageConfigIn::S3(pb::S3StorageConfig {
+                bucket: "bbb".into(),
+                access_key_id: if key.is_empty() { String::new() } else { "id".into() },
+                secret_access_key: key.into(),
+                ambient_credentials: ambient,
+                ..Default::default()
+            })
+        };
+        let field = |c| storage_spec(c).map(|_| ()).map_err(|e| e.field);
+        assert_eq!(field(gcs(false, "", false)), Err("gcs.endpoint"));
+        assert_eq!(field(azure(false, "", false)), Err("azure.endpoint"));
+        assert_eq!(field(gcs(true, "", false)), Ok(()));
+        assert_eq!(field(azure(true, "k", false)), Ok(()));
+        assert!(matches!(storage_spec(gcs(true, "", true)), Ok(StorageSpec::Gcs { ambient_credentials: true, .. })));
+        assert_eq!(field(gcs(true, "k", true)), Err("gcs.ambient_credentials"));
+        assert_eq!(field(azure(true, "k", true)), Err("azure.ambient_credentials"));
+        assert_eq!(field(s3("k", true)), Err("s3.ambient_credentials"));
+        assert_eq!(field(s3("", true)), Ok(()));
     }
 
     #[test]

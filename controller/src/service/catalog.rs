@@ -168,6 +168,8 @@ pub struct CatalogService {
     db: Db,
     key: MasterKey,
     rpc: AgentRpc,
+    /// Storages may use the hosts' ambient cloud credentials (`Config::allow_ambient_credentials`).
+    allow_ambient_credentials: bool,
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -176,8 +178,8 @@ fn to_i32(v: u32) -> i32 {
 
 impl CatalogService {
     /// New service.
-    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc) -> Self {
-        Self { db, key, rpc }
+    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc, allow_ambient_credentials: bool) -> Self {
+        Self { db, key, rpc, allow_ambient_credentials }
     }
 
     async fn require_agent(&self, id: Uuid) -> ControllerResult<()> {
@@ -359,7 +361,7 @@ impl CatalogService {
             created_at: now,
             updated_at: now,
         };
-        spec.apply(&mut s, &self.key)?;
+        spec.apply(&mut s, &self.key, self.allow_ambient_credentials)?;
         Ok(self.db.insert_storage(&s).await?)
     }
 
@@ -392,7 +394,7 @@ impl CatalogService {
                     ));
                 }
             }
-            spec.apply(&mut s, &self.key)?;
+            spec.apply(&mut s, &self.key, self.allow_ambient_credentials)?;
         }
         self.db.update_storage(&s).await?.ok_or_else(|| ControllerError::NotFound(format!("storage {id}")))
     }
@@ -426,7 +428,7 @@ impl CatalogService {
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
-        spec.apply(&mut s, &self.key)?;
+        spec.apply(&mut s, &self.key, self.allow_ambient_credentials)?;
         Ok(self.test_stored(&s).await)
     }
 

@@ -36,6 +36,8 @@ pub enum StorageSpec {
         path_style: bool,
         /// Plain HTTP allowed.
         allow_http: bool,
+        /// Without keys: the host's ambient credentials (else unsigned requests).
+        ambient_credentials: bool,
         /// Keys.
         keys: Option<(String, String)>,
     },
@@ -47,6 +49,10 @@ pub enum StorageSpec {
         prefix: String,
         /// Emulator URL.
         endpoint: String,
+        /// Plain HTTP allowed.
+        allow_http: bool,
+        /// Without a key: the host's ambient credentials (else unsigned requests).
+        ambient_credentials: bool,
         /// Service account JSON.
         key: Option<String>,
     },
@@ -60,6 +66,10 @@ pub enum StorageSpec {
         prefix: String,
         /// Endpoint.
         endpoint: String,
+        /// Plain HTTP allowed.
+        allow_http: bool,
+        /// Without a key: the host's ambient credentials (else unsigned requests).
+        ambient_credentials: bool,
         /// Access key.
         key: Option<String>,
     },
@@ -104,6 +114,9 @@ pub struct PublicConfig {
     #[serde(default)]
     /// See the storage kind's configuration message.
     pub allow_http: bool,
+    #[serde(default)]
+    /// See the storage kind's configuration message.
+    pub ambient_credentials: bool,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     /// See the storage kind's configuration message.
     pub account: String,
@@ -145,11 +158,42 @@ impl StorageSpec {
         }
     }
 
+    /// The request field choosing ambient credentials.
+    fn ambient_field(&self) -> &'static str {
+        match self {
+            StorageSpec::Local { .. } => "local",
+            StorageSpec::S3 { .. } => "s3.ambient_credentials",
+            StorageSpec::Gcs { .. } => "gcs.ambient_credentials",
+            StorageSpec::Azure { .. } => "azure.ambient_credentials",
+        }
+    }
+
+    /// Whether this spec asks for the host's ambient credentials.
+    fn ambient_credentials(&self) -> bool {
+        match self {
+            StorageSpec::Local { .. } => false,
+            StorageSpec::S3 { ambient_credentials, .. }
+            | StorageSpec::Gcs { ambient_credentials, .. }
+            | StorageSpec::Azure { ambient_credentials, .. } => *ambient_credentials,
+        }
+    }
+
     /// Fills `storage`'s kind, config, agent and (when given) encrypted credentials from this spec. Stored
     /// credentials are kept only while they keep going where they went: a new endpoint, region, bucket,
     /// account or container without the credentials again is refused (`INVALID_ARGUMENT` naming the secret's
     /// field), so whoever may update a storage cannot point its keys at a server of their own.
-    pub fn apply(&self, storage: &mut Storage, key: &MasterKey) -> ControllerResult<()> {
+    ///
+    /// Ambient credentials (the controller's and agents' own cloud identity) are refused unless
+    /// `ambient_allowed` (the controller's `allow_ambient_credentials`); choosing them drops stored keys.
+    pub fn apply(&self, storage: &mut Storage, key: &MasterKey, ambient_allowed: bool) -> ControllerResult<()> {
+        if self.ambient_credentials() && !ambient_allowed {
+            return Err(dg_common::error::FieldError::new(
+                self.ambient_field(),
+                "is refused: this controller does not let storages use the host's ambient cloud credentials \
+                 (set allow_ambient_credentials = true in the controller configuration to allow it)",
+            )
+            .into());
+        }
         let mut p = PublicConfig::default();
         let old = public(storage);
         let mut agent = None;
@@ -158,20 +202,28 @@ impl StorageSpec {
                 p.path = path.clone();
                 agent = Some(*agent_id);
             }
-            StorageSpec::S3 { endpoint, region, bucket, prefix, path_style, allow_http, .. } => {
+            StorageSpec::S3 {
+                endpoint, region, bucket, prefix, path_style, allow_http, ambient_credentials, ..
+            } => {
                 (p.endpoint, p.region, p.bucket, p.prefix) =
                     (endpoint.clone(), region.clone(), bucket.clone(), prefix.clone());
-                (p.path_style, p.allow_http) = (*path_style, *allow_http);
+                (p.path_style, p.allow_http, p.ambient_credentials) = (*path_style, *allow_http, *ambient_credentials);
             }
-            StorageSpec::Gcs { bucket, prefix, endpoint, .. } => {
+            StorageSpec::Gcs { bucket, prefix, endpoint, allow_http, ambient_credentials, .. } => {
                 (p.bucket, p.prefix, p.endpoint) = (bucket.clone(), prefix.clone(), endpoint.clone());
+                (p.allow_http, p.ambient_credentials) = (*allow_http, *ambient_credentials);
             }
-            StorageSpec::Azure { account, container, prefix, endpoint, .. } => {
+            StorageSpec::Azure { account, container, prefix, endpoint, allow_http, ambient_credentials, .. } => {
                 (p.account, p.container, p.prefix, p.endpoint) =
                     (account.clone(), container.clone(), prefix.clone(), endpoint.clone());
+                (p.allow_http, p.ambient_credentials) = (*allow_http, *ambient_credentials);
             }
         }
-        if storage.credentials_ciphertext.is_some() && self.secrets().is_none() && retargeted(&old, &p) {
+        if storage.credentials_ciphertext.is_some()
+            && self.secrets().is_none()
+            && !p.ambient_credentials
+            && retargeted(&old, &p)
+        {
             return Err(dg_common::error::FieldError::new(
                 self.secret_field(),
                 "must be given again: the endpoint, region, bucket, account or container changed, and stored \
@@ -182,7 +234,7 @@ impl StorageSpec {
         storage.agent_id = agent;
         storage.kind = self.kind();
         storage.config = serde_json::to_value(&p).map_err(|e| ControllerError::Pki(e.to_string()))?;
-        if storage.kind == StorageKind::Local {
+        if storage.kind == StorageKind::Local || p.ambient_credentials {
             storage.credentials_ciphertext = None;
         } else if let Some(s) = self.secrets() {
             let json = serde_json::to_vec(&s).map_err(|e| ControllerError::Pki(e.to_string()))?;
@@ -232,12 +284,15 @@ pub fn store_config(s: &Storage, key: &MasterKey) -> ControllerResult<StoreConfi
             access_key_id: sec.access_key_id,
             secret_access_key: sec.secret,
             allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         },
         StorageKind::Gcs => StoreConfig::Gcs {
             bucket: p.bucket,
             prefix: p.prefix,
             service_account_key: sec.secret,
             endpoint: p.endpoint,
+            allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         },
         StorageKind::Azure => StoreConfig::Azure {
             account: p.account,
@@ -245,6 +300,8 @@ pub fn store_config(s: &Storage, key: &MasterKey) -> ControllerResult<StoreConfi
             prefix: p.prefix,
             access_key: sec.secret,
             endpoint: p.endpoint,
+            allow_http: p.allow_http,
+            ambient_credentials: p.ambient_credentials,
         },
     })
 }
@@ -262,6 +319,27 @@ pub fn reachable_by(s: &Storage, agent: Uuid) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_http_on_gcs_or_azure_needs_the_key_again() {
+        let key = MasterKey::from_hex(&"44".repeat(32)).expect("key");
+        let mut s = blank(Uuid::now_v7());
+        let gcs = |allow_http, key: Option<&str>| StorageSpec::Gcs {
+            bucket: "b".into(),
+            prefix: String::new(),
+            endpoint: "https://gcs.example.com".into(),
+            allow_http,
+            ambient_credentials: false,
+            key: key.map(str::to_owned),
+        };
+        gcs(false, Some("{}")).apply(&mut s, &key, false).expect("apply");
+        let e = gcs(true, None).apply(&mut s, &key, false).expect_err("plain http without the key");
+        assert!(e.to_string().contains("gcs.service_account_key"), "{e}");
+        assert!(!public(&s).allow_http);
+        gcs(true, Some("{}")).apply(&mut s, &key, false).expect("with the key");
+        assert!(public(&s).allow_http);
+        assert!(matches!(store_config(&s, &key), Ok(StoreConfig::Gcs { allow_http: true, .. })));
+    }
 
     fn blank(id: Uuid) -> Storage {
         Storage {
@@ -287,9 +365,10 @@ mod tests {
             prefix: "p".into(),
             path_style: true,
             allow_http: true,
+            ambient_credentials: false,
             keys: Some(("AKID-1".into(), "s3cr3t-value".into())),
         };
-        spec.apply(&mut s, &key).expect("apply");
+        spec.apply(&mut s, &key, false).expect("apply");
         let stored = format!("{} {:?}", s.config, s.credentials_ciphertext);
         assert!(!stored.contains("s3cr3t-value") && !stored.contains("AKID-1"), "{stored}");
         let public = format!("{:?}", serde_json::to_string(&public(&s)));
@@ -302,9 +381,10 @@ mod tests {
             prefix: String::new(),
             path_style: false,
             allow_http: true,
+            ambient_credentials: false,
             keys: None,
         };
-        no_keys.apply(&mut s, &key).expect("apply");
+        no_keys.apply(&mut s, &key, false).expect("apply");
         // …and a new endpoint, region or bucket without them is refused, naming the field, changing nothing.
         let before = s.clone();
         for (endpoint, region, bucket) in [
@@ -319,9 +399,10 @@ mod tests {
                 prefix: String::new(),
                 path_style: false,
                 allow_http: true,
+                ambient_credentials: false,
                 keys: None,
             };
-            let e = moved.apply(&mut s, &key).expect_err("retargeted without keys");
+            let e = moved.apply(&mut s, &key, false).expect_err("retargeted without keys");
             assert!(e.to_string().contains("s3.secret_access_key"), "{e}");
             assert_eq!(
                 (s.config.clone(), s.credentials_ciphertext.clone()),
@@ -337,6 +418,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        // Ambient credentials only where the controller allows them; choosing them drops the stored keys.
+        let ambient = StorageSpec::S3 {
+            endpoint: "http://127.0.0.1:9000".into(),
+            region: "eu".into(),
+            bucket: "b".into(),
+            prefix: String::new(),
+            path_style: false,
+            allow_http: true,
+            ambient_credentials: true,
+            keys: None,
+        };
+        let e = ambient.apply(&mut s, &key, false).expect_err("ambient credentials not allowed");
+        assert!(
+            e.to_string().contains("s3.ambient_credentials") && e.to_string().contains("allow_ambient_credentials")
+        );
+        assert_eq!(s.credentials_ciphertext, before.credentials_ciphertext);
+        let mut dropped = s.clone();
+        ambient.apply(&mut dropped, &key, true).expect("ambient credentials allowed");
+        assert!(dropped.credentials_ciphertext.is_none() && super::public(&dropped).ambient_credentials);
         // Bound to the row: another id cannot decrypt.
         let mut moved = s.clone();
         moved.id = Uuid::now_v7();
