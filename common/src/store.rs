@@ -4,6 +4,8 @@
 
 use std::{path::Path, sync::Arc, time::Duration};
 
+use secrecy::{ExposeSecret, SecretString};
+
 use object_store::{
     ClientOptions, ObjectStore, RetryConfig, StaticCredentialProvider,
     aws::AmazonS3Builder,
@@ -37,7 +39,7 @@ pub enum StoreConfig {
         /// Access key id.
         access_key_id: String,
         /// Secret access key.
-        secret_access_key: String,
+        secret_access_key: SecretString,
         /// Allow plain HTTP.
         allow_http: bool,
         /// Without keys: the host's ambient credentials instead of unsigned requests.
@@ -50,7 +52,7 @@ pub enum StoreConfig {
         /// Key prefix.
         prefix: String,
         /// Service account key JSON.
-        service_account_key: String,
+        service_account_key: SecretString,
         /// Base URL (emulators).
         endpoint: String,
         /// Allow plain HTTP.
@@ -67,7 +69,7 @@ pub enum StoreConfig {
         /// Key prefix.
         prefix: String,
         /// Access key.
-        access_key: String,
+        access_key: SecretString,
         /// Endpoint (emulators).
         endpoint: String,
         /// Allow plain HTTP.
@@ -175,7 +177,7 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
                 b = b.with_endpoint(endpoint);
             }
             if !access_key_id.is_empty() {
-                b = b.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key);
+                b = b.with_access_key_id(access_key_id).with_secret_access_key(secret_access_key.expose_secret());
             } else if !*ambient_credentials {
                 b = b.with_skip_signature(true);
             }
@@ -189,8 +191,8 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
             };
             let mut b =
                 base.with_bucket_name(bucket).with_client_options(client_options(*allow_http)).with_retry(retry());
-            if !service_account_key.is_empty() {
-                b = b.with_service_account_key(service_account_key);
+            if !service_account_key.expose_secret().is_empty() {
+                b = b.with_service_account_key(service_account_key.expose_secret());
             } else if !*ambient_credentials {
                 // An explicit empty credential also keeps the builder from reading the application default
                 // credentials file; with unsigned requests it is never used.
@@ -210,8 +212,8 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn ObjectStore>, StoreError> {
                 .with_container_name(container)
                 .with_client_options(client_options(*allow_http))
                 .with_retry(retry());
-            if !access_key.is_empty() {
-                b = b.with_access_key(access_key);
+            if !access_key.expose_secret().is_empty() {
+                b = b.with_access_key(access_key.expose_secret());
             } else if !*ambient_credentials {
                 b = b.with_skip_signature(true);
             }
@@ -235,14 +237,14 @@ pub fn from_target(t: &dg_proto::v1::StorageTarget) -> Result<StoreConfig, Store
             prefix: s.prefix.clone(),
             path_style: s.path_style,
             access_key_id: s.access_key_id.clone(),
-            secret_access_key: s.secret_access_key.clone(),
+            secret_access_key: s.secret_access_key.clone().into(),
             allow_http: s.allow_http,
             ambient_credentials: s.ambient_credentials,
         },
         Some(Config::Gcs(g)) => StoreConfig::Gcs {
             bucket: g.bucket.clone(),
             prefix: g.prefix.clone(),
-            service_account_key: g.service_account_key.clone(),
+            service_account_key: g.service_account_key.clone().into(),
             endpoint: g.endpoint.clone(),
             allow_http: g.allow_http,
             ambient_credentials: g.ambient_credentials,
@@ -251,7 +253,7 @@ pub fn from_target(t: &dg_proto::v1::StorageTarget) -> Result<StoreConfig, Store
             account: a.account.clone(),
             container: a.container.clone(),
             prefix: a.prefix.clone(),
-            access_key: a.access_key.clone(),
+            access_key: a.access_key.clone().into(),
             endpoint: a.endpoint.clone(),
             allow_http: a.allow_http,
             ambient_credentials: a.ambient_credentials,
@@ -283,7 +285,7 @@ pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_p
             prefix,
             path_style,
             access_key_id,
-            secret_access_key,
+            secret_access_key: secret_access_key.expose_secret().to_owned(),
             allow_http,
             ambient_credentials,
         }),
@@ -291,7 +293,7 @@ pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_p
             Config::Gcs(pb::GcsStorageConfig {
                 bucket,
                 prefix,
-                service_account_key,
+                service_account_key: service_account_key.expose_secret().to_owned(),
                 endpoint,
                 allow_http,
                 ambient_credentials,
@@ -302,7 +304,7 @@ pub fn to_target(storage_id: String, cfg: StoreConfig, agent_id: String) -> dg_p
                 account,
                 container,
                 prefix,
-                access_key,
+                access_key: access_key.expose_secret().to_owned(),
                 endpoint,
                 allow_http,
                 ambient_credentials,

@@ -11,6 +11,7 @@ use dg_tests::{
     suffix,
 };
 use futures::StreamExt;
+use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor};
 
@@ -33,7 +34,7 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
             prefix,
             path_style,
             access_key_id,
-            secret_access_key,
+            secret_access_key: secret_access_key.expose_secret().to_owned(),
             allow_http,
             ambient_credentials,
         }),
@@ -42,7 +43,7 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
                 account,
                 container,
                 prefix,
-                access_key,
+                access_key: access_key.expose_secret().to_owned(),
                 endpoint,
                 allow_http,
                 ambient_credentials,
@@ -52,7 +53,7 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
             pb::create_storage_request::Config::Gcs(pb::GcsStorageConfig {
                 bucket,
                 prefix,
-                service_account_key,
+                service_account_key: service_account_key.expose_secret().to_owned(),
                 endpoint,
                 allow_http,
                 ambient_credentials,

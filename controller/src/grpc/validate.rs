@@ -324,7 +324,7 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
             let id = secret("s3.access_key_id", &s.access_key_id)?;
             let key = secret("s3.secret_access_key", &s.secret_access_key)?;
             let keys = match (id, key) {
-                (Some(i), Some(k)) => Some((i, k)),
+                (Some(i), Some(k)) => Some((i, k.into())),
                 (None, None) => None,
                 _ => {
                     return Err(FieldError::new(
@@ -358,7 +358,7 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
                 endpoint: plain_http("gcs.endpoint", endpoint("gcs.endpoint", &g.endpoint)?, g.allow_http)?,
                 allow_http: g.allow_http,
                 ambient_credentials: g.ambient_credentials,
-                key,
+                key: key.map(Into::into),
             }
         }
         StorageConfigIn::Azure(a) => {
@@ -383,7 +383,7 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
                 endpoint: plain_http("azure.endpoint", endpoint("azure.endpoint", &a.endpoint)?, a.allow_http)?,
                 allow_http: a.allow_http,
                 ambient_credentials: a.ambient_credentials,
-                key,
+                key: key.map(Into::into),
             }
         }
     })

@@ -3,6 +3,7 @@
 //! agent or opened by the controller.
 
 use dg_common::store::StoreConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -39,7 +40,7 @@ pub enum StorageSpec {
         /// Without keys: the host's ambient credentials (else unsigned requests).
         ambient_credentials: bool,
         /// Keys.
-        keys: Option<(String, String)>,
+        keys: Option<(String, SecretString)>,
     },
     /// A GCS bucket.
     Gcs {
@@ -54,7 +55,7 @@ pub enum StorageSpec {
         /// Without a key: the host's ambient credentials (else unsigned requests).
         ambient_credentials: bool,
         /// Service account JSON.
-        key: Option<String>,
+        key: Option<SecretString>,
     },
     /// An Azure container.
     Azure {
@@ -71,7 +72,7 @@ pub enum StorageSpec {
         /// Without a key: the host's ambient credentials (else unsigned requests).
         ambient_credentials: bool,
         /// Access key.
-        key: Option<String>,
+        key: Option<SecretString>,
     },
 }
 
@@ -86,8 +87,12 @@ impl std::fmt::Debug for StorageSpec {
 struct Secrets {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     access_key_id: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    secret: String,
+    #[serde(default, skip_serializing_if = "no_secret", serialize_with = "crate::config::expose")]
+    secret: SecretString,
+}
+
+fn no_secret(s: &SecretString) -> bool {
+    s.expose_secret().is_empty()
 }
 
 /// Non-secret configuration as stored in `storage.config` (the operator view shows exactly this).
@@ -330,7 +335,7 @@ mod tests {
             endpoint: "https://gcs.example.com".into(),
             allow_http,
             ambient_credentials: false,
-            key: key.map(str::to_owned),
+            key: key.map(Into::into),
         };
         gcs(false, Some("{}")).apply(&mut s, &key, false).expect("apply");
         let e = gcs(true, None).apply(&mut s, &key, false).expect_err("plain http without the key");
@@ -412,7 +417,7 @@ mod tests {
         match store_config(&s, &key).expect("config") {
             StoreConfig::S3 { access_key_id, secret_access_key, bucket, .. } => {
                 assert_eq!(
-                    (access_key_id.as_str(), secret_access_key.as_str(), bucket.as_str()),
+                    (access_key_id.as_str(), secret_access_key.expose_secret(), bucket.as_str()),
                     ("AKID-1", "s3cr3t-value", "b")
                 );
             }
