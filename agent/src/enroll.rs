@@ -8,12 +8,8 @@ use dg_common::tls;
 use dg_proto::v1::{EnrollRequest, agent_enrollment_service_client::AgentEnrollmentServiceClient};
 use rcgen::{CertificateParams, KeyPair};
 use rustls::{
-    DigitallySignedStruct, RootCertStore, SignatureScheme,
-    client::{
-        WebPkiServerVerifier,
-        danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    },
-    crypto::CryptoProvider,
+    RootCertStore,
+    client::{WebPkiServerVerifier, danger::ServerCertVerifier},
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -21,63 +17,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use crate::{
     error::ConnectionError,
     state::{AgentState, StateDir},
+    verifier::CheckedBy,
 };
-
-/// Accepts a server whose chain contains the pinned CA and verifies to it; remembers the CA.
-#[derive(Debug)]
-struct PinnedCaVerifier {
-    pin: String,
-    provider: Arc<CryptoProvider>,
-    found: Mutex<Option<CertificateDer<'static>>>,
-}
-
-impl ServerCertVerifier for PinnedCaVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let ca = intermediates
-            .iter()
-            .find(|c| tls::fingerprint(c).eq_ignore_ascii_case(&self.pin))
-            .ok_or_else(|| rustls::Error::General("no certificate matching the pinned CA fingerprint".into()))?;
-        let mut roots = RootCertStore::empty();
-        roots.add(ca.clone().into_owned())?;
-        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
-        if let Ok(mut slot) = self.found.lock() {
-            *slot = Some(ca.clone().into_owned());
-        }
-        Ok(verified)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// Host and port of an `https://host:port` endpoint.
 pub fn host_port(endpoint: &str) -> Result<(String, u16), ConnectionError> {
@@ -97,14 +38,31 @@ use tonic::codegen::http::uri as http_uri;
 pub async fn fetch_pinned_ca(endpoint: &str, pin: &str) -> Result<String, ConnectionError> {
     let (host, port) = host_port(endpoint)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier =
-        Arc::new(PinnedCaVerifier { pin: pin.trim().to_owned(), provider: provider.clone(), found: Mutex::new(None) });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectionError::Tls(e.to_string()))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier.clone())
-        .with_no_client_auth();
+    // Accepts a server whose chain contains the pinned CA and verifies to it; remembers the CA.
+    let found: Arc<Mutex<Option<CertificateDer<'static>>>> = Arc::default();
+    let (pin, slot, webpki_provider) = (pin.trim().to_owned(), found.clone(), provider.clone());
+    let check = move |end_entity: &CertificateDer<'_>,
+                      intermediates: &[CertificateDer<'_>],
+                      server_name: &ServerName<'_>,
+                      ocsp_response: &[u8],
+                      now: UnixTime| {
+        let ca = intermediates
+            .iter()
+            .find(|c| tls::fingerprint(c).eq_ignore_ascii_case(&pin))
+            .ok_or_else(|| rustls::Error::General("no certificate matching the pinned CA fingerprint".into()))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), webpki_provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verified = inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)?;
+        if let Ok(mut slot) = slot.lock() {
+            *slot = Some(ca.clone().into_owned());
+        }
+        Ok(verified)
+    };
+    let mut config =
+        CheckedBy::new(provider, Box::new(check)).client_config().map_err(|e| ConnectionError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     let server_name = ServerName::try_from(host.clone()).map_err(|e| ConnectionError::Tls(e.to_string()))?;
     let tcp =
@@ -115,8 +73,7 @@ pub async fn fetch_pinned_ca(endpoint: &str, pin: &str) -> Result<String, Connec
         .connect(server_name, tcp)
         .await
         .map_err(|e| ConnectionError::Tls(format!("controller at {endpoint} failed CA pinning: {e}")))?;
-    let ca = verifier
-        .found
+    let ca = found
         .lock()
         .ok()
         .and_then(|s| s.clone())

@@ -16,6 +16,7 @@ pub mod session;
 pub mod state;
 pub mod storage;
 pub mod tools;
+pub mod verifier;
 
 /// Agent software version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

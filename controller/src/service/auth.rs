@@ -133,10 +133,12 @@ impl AuthService {
         .unwrap_or(false);
         match user {
             Some(u) if ok => {
+                self.limits.succeeded(username, client);
                 self.db.audit(&u.username, "auth.login", "session", None, "ok").await?;
                 self.issue(u.id).await
             }
             _ => {
+                self.limits.failed(username, client);
                 self.db.audit("anonymous", "auth.login", "session", None, "error: Unauthenticated").await?;
                 Err(ControllerError::Unauthenticated(BAD_CREDENTIALS.into()))
             }

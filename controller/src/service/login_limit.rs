@@ -4,11 +4,20 @@
 //! address (against guessing one account). An attacker exhausts only the budgets keyed by its own address,
 //! so an operator who types the right password from elsewhere still logs in; behind a NAT or a load
 //! balancer everyone shares one address, and the per-account budget still keeps one attacker from locking
-//! out other accounts. Budgets are per replica and forgotten on restart. [`EnrollLimits`] does the same for
+//! out other accounts. On top of the per-account budget, consecutive failures back off exponentially: after
+//! [`ACCOUNT_BURST`] failures of one name from one address, each further failure doubles the wait before the
+//! next attempt (from [`ACCOUNT_REFILL`] up to [`MAX_BACKOFF`]); a success clears it. Budgets are per replica
+//! and forgotten on restart. [`EnrollLimits`] does the same for
 //! `Enroll` (which needs no credentials to be called): a budget per client address and a cap on enrollments
 //! in progress, checked before the join token is even looked up.
 
-use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter, clock::Clock as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -19,6 +28,10 @@ pub const MAX_CONCURRENT_HASHES: usize = 4;
 pub const ACCOUNT_BURST: u32 = 5;
 /// One more attempt per user name and address after this long.
 pub const ACCOUNT_REFILL: Duration = Duration::from_secs(30);
+/// The longest wait consecutive failures of one name from one address back off to.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Names and addresses whose failures are remembered at most (the oldest lockouts are forgotten first).
+const MAX_TRACKED: usize = 10_000;
 /// Attempts per client address, whatever the name.
 pub const CLIENT_BURST: u32 = 20;
 /// One more attempt per address after this long.
@@ -39,6 +52,43 @@ pub struct LoginLimits {
     hashing: Arc<Semaphore>,
     per_client: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     per_account: Arc<DefaultKeyedRateLimiter<(String, IpAddr)>>,
+    backoff: Arc<Backoff>,
+}
+
+/// Consecutive failures per (name, address) and the time before which the next attempt is refused.
+struct Backoff {
+    free: u32,
+    base: Duration,
+    strikes: Mutex<HashMap<(String, IpAddr), (u32, Instant)>>,
+}
+
+impl Backoff {
+    fn wait(&self, key: &(String, IpAddr), now: Instant) -> Option<Duration> {
+        let strikes = self.strikes.lock().ok()?;
+        strikes.get(key).and_then(|(_, until)| until.checked_duration_since(now)).filter(|d| !d.is_zero())
+    }
+
+    fn failed(&self, key: (String, IpAddr), now: Instant) {
+        let Ok(mut strikes) = self.strikes.lock() else { return };
+        if strikes.len() >= MAX_TRACKED && !strikes.contains_key(&key) {
+            strikes.retain(|_, (_, until)| *until > now);
+            if strikes.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let (count, until) = strikes.entry(key).or_insert((0, now));
+        *count += 1;
+        if *count > self.free {
+            let doublings = (*count - self.free - 1).min(16);
+            *until = now + (self.base * 2u32.pow(doublings)).min(MAX_BACKOFF);
+        }
+    }
+
+    fn succeeded(&self, key: &(String, IpAddr)) {
+        if let Ok(mut strikes) = self.strikes.lock() {
+            strikes.remove(key);
+        }
+    }
 }
 
 impl std::fmt::Debug for LoginLimits {
@@ -67,17 +117,35 @@ impl LoginLimits {
             hashing: Arc::new(Semaphore::new(hashes.max(1))),
             per_client: Arc::new(RateLimiter::keyed(quota(client))),
             per_account: Arc::new(RateLimiter::keyed(quota(account))),
+            backoff: Arc::new(Backoff { free: account.0, base: account.1, strikes: Mutex::default() }),
         }
+    }
+
+    fn key(username: &str, client: Option<IpAddr>) -> (String, IpAddr) {
+        // An attempt without a peer address (not over TCP) shares one budget.
+        (username.chars().take(64).collect(), client.unwrap_or(IpAddr::from([0, 0, 0, 0])))
+    }
+
+    /// Records a failed login of `username` from `client` (it backs off once the budget's worth failed).
+    pub fn failed(&self, username: &str, client: Option<IpAddr>) {
+        self.backoff.failed(Self::key(username, client), Instant::now());
+    }
+
+    /// Records a successful login: its failures are forgotten.
+    pub fn succeeded(&self, username: &str, client: Option<IpAddr>) {
+        self.backoff.succeeded(&Self::key(username, client));
     }
 
     /// Counts one attempt of `username` from `client` and reserves a hashing slot; the permit is held while
     /// the password is verified. Refused attempts cost nothing more than this call.
     pub fn admit(&self, username: &str, client: Option<IpAddr>) -> Result<OwnedSemaphorePermit, Refusal> {
-        // An attempt without a peer address (not over TCP) shares one budget.
-        let ip = client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let key = Self::key(username, client);
+        let ip = key.1;
+        if let Some(wait) = self.backoff.wait(&key, Instant::now()) {
+            return Err(Refusal::RetryIn(wait));
+        }
         let now = governor::clock::DefaultClock::default().now();
-        let name: String = username.chars().take(64).collect();
-        self.per_account.check_key(&(name, ip)).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
+        self.per_account.check_key(&key).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
         self.per_client.check_key(&ip).map_err(|n| Refusal::RetryIn(n.wait_time_from(now)))?;
         let permit = self.hashing.clone().try_acquire_owned().map_err(|_| Refusal::Busy)?;
         // Keys of budgets that are full again are dropped now and then, so memory stays bounded.
@@ -160,6 +228,35 @@ mod tests {
         assert_eq!(l.admit("third", b).err(), Some(Refusal::Busy));
         drop((p1, p2));
         assert!(l.admit("third", b).is_ok());
+    }
+
+    #[test]
+    fn consecutive_failures_back_off_exponentially_and_a_success_clears_them() {
+        let base = Duration::from_millis(200);
+        // A generous governor budget, so only the backoff refuses.
+        let l = LoginLimits::new(8, (3, base), (1000, Duration::from_millis(1)));
+        let b = &l.backoff;
+        let (a, other) = (Some(IpAddr::from([10, 0, 0, 1])), Some(IpAddr::from([10, 0, 0, 2])));
+        let key = LoginLimits::key("admin", a);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.failed(key.clone(), t0);
+            assert_eq!(b.wait(&key, t0), None, "the first failures are free");
+        }
+        // Then each failure doubles the wait: 200 ms, 400 ms, 800 ms…
+        for (n, expected) in [(4, 200), (5, 400), (6, 800), (7, 1600)] {
+            b.failed(key.clone(), t0);
+            assert_eq!(b.wait(&key, t0), Some(Duration::from_millis(expected)), "failure {n}");
+        }
+        assert!(matches!(l.admit("admin", a), Err(Refusal::RetryIn(d)) if d > Duration::from_millis(1000)));
+        assert!(l.admit("admin", other).is_ok(), "the same name from elsewhere is not held back");
+        // Capped, and a success forgets it all.
+        for _ in 0..40 {
+            b.failed(key.clone(), t0);
+        }
+        assert_eq!(b.wait(&key, t0), Some(MAX_BACKOFF));
+        l.succeeded("admin", a);
+        assert_eq!(b.wait(&key, t0), None);
     }
 
     #[test]
