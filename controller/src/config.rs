@@ -1,7 +1,7 @@
 //! Controller configuration: a TOML file plus `DG_*` environment overrides (figment). Validated once at
 //! start; nothing else reads the environment.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use figment::{
     Figment,
@@ -10,7 +10,7 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::{crypto::MasterKey, redis::RedisUrl};
+use crate::crypto::MasterKey;
 
 /// Serializes a secret as its text: only figment's defaults pass through serialization (see [`Config::load`]);
 /// `Debug` of the configuration shows no secret.
@@ -247,6 +247,102 @@ impl Config {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_interval_secs.max(1))
     }
+}
+
+/// What a redacted password reads as.
+const REDACTED: &str = "***";
+
+/// URL schemes fred accepts, each with whether it is TLS and its plain twin.
+const SCHEMES: &[(&str, bool, &str)] = &[
+    ("redis", false, "redis"),
+    ("rediss", true, "redis"),
+    ("valkey", false, "valkey"),
+    ("valkeys", true, "valkey"),
+    ("redis-cluster", false, "redis-cluster"),
+    ("rediss-cluster", true, "redis-cluster"),
+    ("valkey-cluster", false, "valkey-cluster"),
+    ("valkeys-cluster", true, "valkey-cluster"),
+    ("redis-sentinel", false, "redis-sentinel"),
+    ("rediss-sentinel", true, "redis-sentinel"),
+    ("valkey-sentinel", false, "valkey-sentinel"),
+    ("valkeys-sentinel", true, "valkey-sentinel"),
+];
+
+/// A Redis URL that may hold a password: `Display` and `Debug` print it with the password replaced by
+/// `***` (the user name stays, it helps find a misconfigured ACL user). [`RedisUrl::expose`] is the only
+/// way to the raw text, for the Redis client itself.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(#[serde(serialize_with = "crate::config::expose")] SecretString);
+
+impl RedisUrl {
+    /// The URL as configured, password included: only for building the client.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// Whether the scheme asks for TLS (`rediss://`, `valkeys://`, their cluster and sentinel forms).
+    pub fn uses_tls(&self) -> bool {
+        url::Url::parse(self.0.expose_secret()).ok().and_then(|u| scheme(u.scheme())).is_some_and(|(tls, _)| tls)
+    }
+
+    /// The URL with its password replaced by `***`; an unparseable URL prints as a placeholder, since where
+    /// its password sits cannot be told.
+    pub fn redacted(&self) -> String {
+        match url::Url::parse(self.0.expose_secret()) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    // Fails only for URLs that cannot have credentials, which then have none to hide.
+                    let _ = u.set_password(Some(REDACTED));
+                }
+                u.to_string()
+            }
+            Err(_) => "[unparseable redis url]".to_owned(),
+        }
+    }
+
+    /// Checks the URL without connecting; the message never quotes the URL.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let u = url::Url::parse(self.0.expose_secret()).map_err(|e| ConfigError::Invalid(format!("redis_url: {e}")))?;
+        if scheme(u.scheme()).is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "redis_url: scheme \"{}\" is not redis://, rediss:// or a cluster/sentinel form of them",
+                u.scheme()
+            )));
+        }
+        if u.host_str().is_none_or(str::is_empty) {
+            return Err(ConfigError::Invalid("redis_url: no host".into()));
+        }
+        Ok(())
+    }
+}
+
+impl From<String> for RedisUrl {
+    fn from(s: String) -> Self {
+        Self(s.into())
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(s: &str) -> Self {
+        Self(s.into())
+    }
+}
+
+impl fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RedisUrl({:?})", self.redacted())
+    }
+}
+
+pub(crate) fn scheme(s: &str) -> Option<(bool, &'static str)> {
+    SCHEMES.iter().find(|(name, _, _)| *name == s).map(|&(_, tls, plain)| (tls, plain))
 }
 
 #[cfg(test)]
