@@ -45,7 +45,7 @@ use crate::{
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
         relay::RelayTask,
-        retention::RetentionTask,
+        retention::{RetentionService, RetentionTask},
         scheduler::{self, SchedulerTask},
     },
 };
@@ -187,6 +187,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             api_endpoint,
         ),
         catalog: catalog.clone(),
+        retention: RetentionService::new(db.clone()),
         executions: ExecutionsService::new(
             db.clone(),
             waker.clone(),

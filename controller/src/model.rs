@@ -64,6 +64,10 @@ string_enum!(
     Strategy { Fallback = "fallback", Replicate = "replicate" }
 );
 string_enum!(
+    /// How a job's retention counts are read (see `service::retention_policy`).
+    RetentionMode { Count = "count", Gfs = "gfs" }
+);
+string_enum!(
     /// What an execution does.
     Operation { Backup = "backup", Restore = "restore", Verify = "verify" }
 );
@@ -197,6 +201,16 @@ pub struct BackupJob {
     pub keep_weekly: i32,
     /// Retention: monthly.
     pub keep_monthly: i32,
+    /// Retention: how the counts are read.
+    pub retention_mode: RetentionMode,
+    /// Retention (GFS): hourly.
+    pub keep_hourly: i32,
+    /// Retention (GFS): yearly.
+    pub keep_yearly: i32,
+    /// Retention: the newest this many good backups always stay.
+    pub min_backups: i32,
+    /// Retention: older backups go unless protected (0 = no limit).
+    pub max_age_secs: i64,
     /// Strategy.
     pub storage_strategy: Strategy,
     /// zstd level.
@@ -280,6 +294,10 @@ pub struct Execution {
     pub globals_sha256: Option<String>,
     /// Hex sha256 of the wrapped data key in the manifest, when encrypted.
     pub wrapped_key_sha256: Option<String>,
+    /// A completed backup retention must keep.
+    pub pinned: bool,
+    /// Why it is pinned.
+    pub pin_reason: Option<String>,
 }
 
 /// One stored chunk copy.

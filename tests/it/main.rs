@@ -18,6 +18,7 @@ mod python_client;
 mod redis_tls;
 mod restore_trust;
 mod retarget;
+mod retention_gfs;
 mod revocation;
 mod security;
 mod sessions;

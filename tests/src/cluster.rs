@@ -48,6 +48,8 @@ pub struct ClusterOptions {
     pub no_admin: bool,
     /// Let storages use the host's ambient cloud credentials (`allow_ambient_credentials`).
     pub allow_ambient_credentials: bool,
+    /// Interval of the periodic retention round (default: 1 s when `orphan_grace_secs` is set, else 1 h).
+    pub retention_interval_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -64,6 +66,7 @@ impl Default for ClusterOptions {
             tls_handshake_timeout_secs: None,
             no_admin: false,
             allow_ambient_credentials: false,
+            retention_interval_secs: None,
         }
     }
 }
@@ -140,7 +143,11 @@ impl Cluster {
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
-            retention_interval_secs: if opts.orphan_grace_secs.is_some() { 1 } else { 3600 },
+            retention_interval_secs: opts.retention_interval_secs.unwrap_or(if opts.orphan_grace_secs.is_some() {
+                1
+            } else {
+                3600
+            }),
             heartbeat_interval_secs: 2,
             admin_password: (!opts.no_admin).then(|| ADMIN_PASSWORD.into()),
             bootstrap_token_file: Some(dir.path().join("bootstrap-token")),

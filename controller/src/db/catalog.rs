@@ -13,7 +13,8 @@ const DS_COLS: &str = "id, name, engine, host, port, database_name, username, pa
 const ST_COLS: &str = "id, name, kind, config, agent_id, credentials_ciphertext, created_at, updated_at";
 const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, keep_daily, keep_weekly, \
                         keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
-                        retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at";
+                        retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at, \
+                        retention_mode, keep_hourly, keep_yearly, min_backups, max_age_secs";
 
 /// Outcome of a guarded deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,8 +225,10 @@ impl Db {
             &format!(
                 "INSERT INTO backup_job (id, name, datasource_id, cron, time_zone, max_backups, keep_daily, \
                  keep_weekly, keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
-                 retry_backoff_secs, encryption_key_id, include_globals) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) RETURNING {JOB_COLS}"
+                 retry_backoff_secs, encryption_key_id, include_globals, retention_mode, keep_hourly, keep_yearly, \
+                 min_backups, max_age_secs) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+                 $21) RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -245,7 +248,8 @@ impl Db {
                 "UPDATE backup_job SET name = $2, datasource_id = $3, cron = $4, time_zone = $5, max_backups = $6, \
                  keep_daily = $7, keep_weekly = $8, keep_monthly = $9, storage_strategy = $10, \
                  compression_level = $11, enabled = $12, retry_max_attempts = $13, retry_backoff_secs = $14, \
-                 encryption_key_id = $15, include_globals = $16, next_run_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
+                 encryption_key_id = $15, include_globals = $16, retention_mode = $17, keep_hourly = $18, \
+                 keep_yearly = $19, min_backups = $20, max_age_secs = $21, next_run_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -407,20 +411,6 @@ impl Db {
             .map(|r| r.id)
             .collect())
     }
-
-    /// A job's completed backups, newest first.
-    pub async fn completed_backup_ids(&self, job: Uuid) -> Result<Vec<Uuid>, DbErr> {
-        Ok(fetch_all::<IdRow>(
-            &self.conn,
-            "SELECT id FROM execution WHERE job_id = $1 AND operation = 'backup' AND status = 'completed' \
-             ORDER BY finished_at DESC, id DESC",
-            [job.into()],
-        )
-        .await?
-        .into_iter()
-        .map(|r| r.id)
-        .collect())
-    }
 }
 
 async fn set_targets(txn: &DatabaseTransaction, job: Uuid, storage_ids: &[Uuid]) -> Result<(), DbErr> {
@@ -462,7 +452,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 6] {
     ]
 }
 
-fn job_values(j: &BackupJob) -> [sea_orm::Value; 16] {
+fn job_values(j: &BackupJob) -> [sea_orm::Value; 21] {
     [
         j.id.into(),
         j.name.clone().into(),
@@ -480,5 +470,10 @@ fn job_values(j: &BackupJob) -> [sea_orm::Value; 16] {
         j.retry_backoff_secs.into(),
         j.encryption_key_id.clone().into(),
         j.include_globals.into(),
+        j.retention_mode.into(),
+        j.keep_hourly.into(),
+        j.keep_yearly.into(),
+        j.min_backups.into(),
+        j.max_age_secs.into(),
     ]
 }

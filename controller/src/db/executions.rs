@@ -10,7 +10,7 @@ use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
                        source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
-                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256";
+                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason";
 
 /// `EX_COLS`, each qualified by the table alias `alias`.
 fn qualified(alias: &str) -> String {
@@ -80,7 +80,7 @@ fn attempt_list(running: &[(Uuid, i32)]) -> serde_json::Value {
 }
 
 /// What marking a backup for deletion found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeleteMark {
     /// Marked; no restore of it can be queued from now on.
     Marked,
@@ -88,6 +88,8 @@ pub enum DeleteMark {
     NotFound,
     /// This queued or running execution reads it.
     InUse(Uuid),
+    /// Pinned, for this reason.
+    Pinned(String),
 }
 
 /// What recording a chunk report did.
@@ -211,23 +213,36 @@ impl Db {
         Ok(Some(ex))
     }
 
-    /// Marks a completed backup as being deleted, unless a queued or running execution reads it: one
+    /// Marks a completed backup as being deleted, unless it is pinned or a queued or running execution reads it: one
     /// transaction holding the backup's row, so a restore cannot be queued between the check and the mark.
     pub async fn mark_deleting(&self, backup: Uuid) -> Result<DeleteMark, DbErr> {
         #[derive(sea_orm::FromQueryResult)]
         struct Reader {
             id: Uuid,
         }
+        #[derive(sea_orm::FromQueryResult)]
+        struct Pin {
+            pinned: bool,
+            pin_reason: Option<String>,
+        }
         let txn = self.conn.begin().await?;
-        let locked = execute(
+        let pin: Option<Pin> = fetch_one(
             &txn,
-            "SELECT 1 FROM execution WHERE id = $1 AND operation = 'backup' AND status = 'completed' FOR UPDATE",
+            "SELECT pinned, pin_reason FROM execution WHERE id = $1 AND operation = 'backup' AND status = 'completed' \
+             FOR UPDATE",
             [backup.into()],
         )
         .await?;
-        if locked == 0 {
-            txn.rollback().await?;
-            return Ok(DeleteMark::NotFound);
+        match pin {
+            None => {
+                txn.rollback().await?;
+                return Ok(DeleteMark::NotFound);
+            }
+            Some(Pin { pinned: true, pin_reason }) => {
+                txn.rollback().await?;
+                return Ok(DeleteMark::Pinned(pin_reason.unwrap_or_default()));
+            }
+            Some(_) => {}
         }
         let reader: Option<Reader> = fetch_one(
             &txn,

@@ -8,6 +8,7 @@ mod catalog;
 mod executions;
 mod health;
 mod pki;
+mod retention;
 mod sweeps;
 
 use std::time::Duration;

@@ -7,8 +7,10 @@ use dg_proto::v1 as pb;
 use uuid::Uuid;
 
 use crate::{
-    model::{self, Status, Strategy, TlsMode},
-    service::{catalog::TestOutcome, schedule, storages},
+    model::{self, RetentionMode, Status, Strategy, TlsMode},
+    service::{
+        catalog::TestOutcome, retention::RetentionPreview, retention_policy::RetentionPolicy, schedule, storages,
+    },
 };
 
 /// A timestamp for responses.
@@ -117,12 +119,7 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         datasource_id: j.datasource_id.to_string(),
         cron: j.cron.clone(),
         time_zone: j.time_zone.clone(),
-        retention: Some(pb::RetentionPolicy {
-            max_backups: u(j.max_backups),
-            keep_daily: u(j.keep_daily),
-            keep_weekly: u(j.keep_weekly),
-            keep_monthly: u(j.keep_monthly),
-        }),
+        retention: Some(retention(&RetentionPolicy::of(j))),
         storage_strategy: match j.storage_strategy {
             Strategy::Fallback => pb::StorageStrategy::Fallback,
             Strategy::Replicate => pb::StorageStrategy::Replicate,
@@ -139,6 +136,44 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         encryption_key_id: j.encryption_key_id.clone(),
         include_globals: j.include_globals,
         updated_at: Some(ts(j.updated_at)),
+    }
+}
+
+/// Retention policy response.
+pub fn retention(p: &RetentionPolicy) -> pb::RetentionPolicy {
+    pb::RetentionPolicy {
+        max_backups: p.max_backups,
+        keep_daily: p.keep_daily,
+        keep_weekly: p.keep_weekly,
+        keep_monthly: p.keep_monthly,
+        mode: match p.mode {
+            RetentionMode::Count => pb::RetentionMode::Count,
+            RetentionMode::Gfs => pb::RetentionMode::Gfs,
+        } as i32,
+        keep_hourly: p.keep_hourly,
+        keep_yearly: p.keep_yearly,
+        min_backups: p.min_backups,
+        max_age: (p.max_age_secs > 0).then(|| dur(Duration::from_secs(p.max_age_secs))),
+    }
+}
+
+/// Retention preview response.
+pub fn retention_preview(p: &RetentionPreview) -> pb::PreviewRetentionResponse {
+    pb::PreviewRetentionResponse {
+        backups: p
+            .decisions
+            .iter()
+            .map(|d| pb::RetentionDecision {
+                backup_id: d.backup.id.to_string(),
+                completed_at: Some(ts(d.backup.completed_at)),
+                keep: d.verdict.keeps(),
+                reasons: d.verdict.reasons(),
+                pinned: d.backup.pin.is_some(),
+            })
+            .collect(),
+        policy: Some(retention(&p.policy)),
+        time_zone: p.time_zone.clone(),
+        evaluated_at: Some(ts(p.evaluated_at)),
     }
 }
 
@@ -213,6 +248,8 @@ pub fn backup(e: &model::Execution, storage_ids: &[Uuid], chunks: &[model::Chunk
             .collect(),
         encryption_key_id: e.encryption_key_id.clone().unwrap_or_default(),
         warnings: warnings(e),
+        pinned: e.pinned,
+        pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
     }
 }
 

@@ -27,8 +27,10 @@ pub struct Ctx {
     pub catalog: CatalogService,
     /// Executions.
     pub executions: ExecutionsService,
-    /// Backup object reads and deletes.
+    /// Backup object reads and deletes, pins.
     pub backups: BackupsService,
+    /// Retention previews.
+    pub retention: crate::service::retention::RetentionService,
     /// Health and audit reads.
     pub health: HealthService,
     /// Audit writer.

@@ -9,10 +9,11 @@ use uuid::Uuid;
 
 use crate::{
     db::Page,
-    model::{self, Engine, Status, Strategy, TlsMode},
+    model::{self, Engine, RetentionMode, Status, Strategy, TlsMode},
     service::{
         catalog::{DatasourcePatch, JobPatch, NewDatasource, NewJob},
         executions::RestoreRequest,
+        retention_policy::{MAX_COUNT, RetentionPolicy},
         schedule,
         storages::StorageSpec,
     },
@@ -460,17 +461,101 @@ fn compression(l: i32) -> V<i32> {
     }
 }
 
-fn retention(r: Option<pb::RetentionPolicy>) -> V<(u32, u32, u32, u32)> {
-    let r = r.unwrap_or_default();
-    let v = if r.max_backups == 0 && r.keep_daily == 0 && r.keep_weekly == 0 && r.keep_monthly == 0 {
-        (0, 7, 0, 0)
-    } else {
-        (r.max_backups, r.keep_daily, r.keep_weekly, r.keep_monthly)
+/// A retention policy (see `RetentionPolicy` in jobs.proto for how the fields combine).
+pub fn retention(r: Option<pb::RetentionPolicy>) -> V<RetentionPolicy> {
+    let Some(r) = r else { return Ok(RetentionPolicy::default()) };
+    let mode = match pb::RetentionMode::try_from(r.mode)
+        .map_err(|_| FieldError::new("retention.mode", "unknown retention mode"))?
+    {
+        pb::RetentionMode::Unspecified | pb::RetentionMode::Count => RetentionMode::Count,
+        pb::RetentionMode::Gfs => RetentionMode::Gfs,
     };
-    if [v.0, v.1, v.2, v.3].iter().any(|x| *x > 10_000) {
-        return Err(FieldError::new("retention", "values must be at most 10000"));
+    let max_age_secs = match r.max_age {
+        None => 0,
+        Some(d) if d.seconds == 0 && d.nanos == 0 => 0,
+        Some(d) if d.nanos != 0 => return Err(FieldError::new("retention.max_age", "must be whole seconds")),
+        Some(d) if (1..=100 * 366 * 86_400).contains(&d.seconds) => d.seconds.unsigned_abs(),
+        Some(_) => return Err(FieldError::new("retention.max_age", "must be between 1 second and 100 years")),
+    };
+    let counts = [
+        ("retention.max_backups", r.max_backups),
+        ("retention.keep_hourly", r.keep_hourly),
+        ("retention.keep_daily", r.keep_daily),
+        ("retention.keep_weekly", r.keep_weekly),
+        ("retention.keep_monthly", r.keep_monthly),
+        ("retention.keep_yearly", r.keep_yearly),
+        ("retention.min_backups", r.min_backups),
+    ];
+    if let Some((field, _)) = counts.iter().find(|(_, v)| *v > MAX_COUNT) {
+        return Err(FieldError::new(field, format!("must be at most {MAX_COUNT}")));
     }
-    Ok(v)
+    let p = RetentionPolicy {
+        mode,
+        max_backups: r.max_backups,
+        keep_hourly: r.keep_hourly,
+        keep_daily: r.keep_daily,
+        keep_weekly: r.keep_weekly,
+        keep_monthly: r.keep_monthly,
+        keep_yearly: r.keep_yearly,
+        min_backups: r.min_backups,
+        max_age_secs,
+    };
+    match mode {
+        RetentionMode::Count => {
+            if r.keep_hourly > 0 {
+                return Err(FieldError::new("retention.keep_hourly", "needs mode RETENTION_MODE_GFS"));
+            }
+            if r.keep_yearly > 0 {
+                return Err(FieldError::new("retention.keep_yearly", "needs mode RETENTION_MODE_GFS"));
+            }
+            let empty = RetentionPolicy { keep_daily: 0, ..RetentionPolicy::default() };
+            if p == empty {
+                return Ok(RetentionPolicy::default());
+            }
+        }
+        RetentionMode::Gfs => {
+            if r.max_backups > 0 {
+                return Err(FieldError::new(
+                    "retention.max_backups",
+                    "must be 0 in mode RETENTION_MODE_GFS (use min_backups and the keep_* tiers)",
+                ));
+            }
+            if [r.keep_hourly, r.keep_daily, r.keep_weekly, r.keep_monthly, r.keep_yearly].iter().all(|n| *n == 0) {
+                return Err(FieldError::new(
+                    "retention",
+                    "mode RETENTION_MODE_GFS needs at least one of keep_hourly, keep_daily, keep_weekly, \
+                     keep_monthly, keep_yearly",
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// The policy under edit of `PreviewRetention` (field `policy`, validated like a job's `retention`).
+pub fn preview_policy(p: Option<pb::RetentionPolicy>) -> V<Option<RetentionPolicy>> {
+    let renamed = |f: &'static str| match f {
+        "retention.mode" => "policy.mode",
+        "retention.max_age" => "policy.max_age",
+        "retention.max_backups" => "policy.max_backups",
+        "retention.keep_hourly" => "policy.keep_hourly",
+        "retention.keep_daily" => "policy.keep_daily",
+        "retention.keep_weekly" => "policy.keep_weekly",
+        "retention.keep_monthly" => "policy.keep_monthly",
+        "retention.keep_yearly" => "policy.keep_yearly",
+        "retention.min_backups" => "policy.min_backups",
+        _ => "policy",
+    };
+    p.map(|p| retention(Some(p)).map_err(|e| FieldError::new(renamed(e.field), e.reason))).transpose()
+}
+
+/// The reason of a pin: 1-256 printable characters.
+pub fn pin_reason(s: &str) -> V<String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().count() > 256 || s.chars().any(char::is_control) {
+        return Err(FieldError::new("reason", "must be 1-256 printable characters"));
+    }
+    Ok(s.to_owned())
 }
 
 fn retry(r: Option<pb::RetryPolicy>) -> V<(u32, u32)> {
@@ -507,17 +592,13 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
     type Error = FieldError;
     fn try_from(r: pb::CreateBackupJobRequest) -> V<Self> {
         let (cron, time_zone) = cron_and_zone(&r.cron, &r.time_zone)?;
-        let (max_backups, keep_daily, keep_weekly, keep_monthly) = retention(r.retention)?;
         let (retry_max_attempts, retry_backoff_secs) = retry(r.retry)?;
         Ok(NewJob {
             name: name("name", &r.name)?,
             datasource_id: id("datasource_id", &r.datasource_id)?,
             cron,
             time_zone,
-            max_backups,
-            keep_daily,
-            keep_weekly,
-            keep_monthly,
+            retention: retention(r.retention)?,
             strategy: strategy(r.storage_strategy)?,
             storage_ids: storage_ids(&r.storage_ids)?,
             compression_level: compression(r.compression_level)?,
@@ -734,8 +815,48 @@ mod tests {
             retry(Some(pb::RetryPolicy { max_attempts: 11, backoff: None })).expect_err("max").field,
             "retry.max_attempts"
         );
-        assert_eq!(retention(None).expect("default"), (0, 7, 0, 0));
+        assert_eq!(retention(None).expect("default"), RetentionPolicy::default());
+        assert_eq!(retention(Some(pb::RetentionPolicy::default())).expect("empty"), RetentionPolicy::default());
         let r = pb::RetentionPolicy { max_backups: 3, ..Default::default() };
-        assert_eq!(retention(Some(r)).expect("max"), (3, 0, 0, 0));
+        assert_eq!(
+            retention(Some(r)).expect("max"),
+            RetentionPolicy { max_backups: 3, keep_daily: 0, ..RetentionPolicy::default() }
+        );
+        let gfs = |p: pb::RetentionPolicy| pb::RetentionPolicy { mode: pb::RetentionMode::Gfs as i32, ..p };
+        let day = |s: i64| Some(prost_types::Duration { seconds: s, nanos: 0 });
+        let ok = retention(Some(gfs(pb::RetentionPolicy {
+            keep_hourly: 24,
+            keep_yearly: 3,
+            min_backups: 2,
+            max_age: day(86_400 * 400),
+            ..Default::default()
+        })))
+        .expect("gfs");
+        assert_eq!(
+            (ok.mode, ok.keep_hourly, ok.keep_daily, ok.max_age_secs),
+            (RetentionMode::Gfs, 24, 0, 86_400 * 400)
+        );
+        // Only max_age in count mode: keep everything younger (not the 7-daily default).
+        let young = retention(Some(pb::RetentionPolicy { max_age: day(3600), ..Default::default() })).expect("age");
+        assert_eq!((young.keep_daily, young.count(), young.max_age_secs), (0, None, 3600));
+        let field = |p| retention(Some(p)).expect_err("refused").field;
+        assert_eq!(field(pb::RetentionPolicy { keep_hourly: 1, ..Default::default() }), "retention.keep_hourly");
+        assert_eq!(field(pb::RetentionPolicy { keep_yearly: 1, ..Default::default() }), "retention.keep_yearly");
+        assert_eq!(
+            field(gfs(pb::RetentionPolicy { max_backups: 1, keep_daily: 1, ..Default::default() })),
+            "retention.max_backups"
+        );
+        assert_eq!(field(gfs(pb::RetentionPolicy { min_backups: 3, ..Default::default() })), "retention");
+        assert_eq!(field(pb::RetentionPolicy { min_backups: 10_001, ..Default::default() }), "retention.min_backups");
+        assert_eq!(field(pb::RetentionPolicy { mode: 9, ..Default::default() }), "retention.mode");
+        assert_eq!(field(pb::RetentionPolicy { max_age: day(-5), ..Default::default() }), "retention.max_age");
+        let frac = Some(prost_types::Duration { seconds: 1, nanos: 5 });
+        assert_eq!(field(pb::RetentionPolicy { max_age: frac, ..Default::default() }), "retention.max_age");
+        let bad = pb::RetentionPolicy { keep_yearly: 2, ..Default::default() };
+        assert_eq!(preview_policy(Some(bad)).expect_err("renamed").field, "policy.keep_yearly");
+        assert_eq!(preview_policy(None).expect("absent"), None);
+        assert_eq!(pin_reason(" before upgrade ").expect("ok"), "before upgrade");
+        assert_eq!(pin_reason("").expect_err("empty").field, "reason");
+        assert_eq!(pin_reason(&"x".repeat(257)).expect_err("long").field, "reason");
     }
 }

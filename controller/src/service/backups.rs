@@ -193,7 +193,12 @@ impl BackupsService {
         Ok(rx)
     }
 
-    /// Deletes a backup, refused while a queued or running restore reads it (checked atomically with marking
+    /// Pins a backup (`Some(reason)`) or unpins it; retention keeps a pinned backup and deletion refuses it.
+    pub async fn set_pin(&self, id: Uuid, reason: Option<&str>) -> ControllerResult<()> {
+        if self.db.set_pin(id, reason).await? { Ok(()) } else { Err(ControllerError::NotFound(format!("backup {id}"))) }
+    }
+
+    /// Deletes a backup, refused while it is pinned or while a queued or running restore reads it (checked atomically with marking
     /// it, so no restore can be queued meanwhile): objects in every storage first (a storage is dropped from the backup's copies as soon
     /// as its objects are gone), then the rows. Returns the number of objects deleted (a store that cannot
     /// tell an absent object from a deleted one, like S3, counts every key it was asked to delete).
@@ -201,6 +206,11 @@ impl BackupsService {
         match self.db.mark_deleting(id).await? {
             DeleteMark::Marked => {}
             DeleteMark::NotFound => return Err(ControllerError::NotFound(format!("backup {id}"))),
+            DeleteMark::Pinned(why) => {
+                return Err(ControllerError::FailedPrecondition(format!(
+                    "backup {id} is pinned ({why}); unpin it before deleting it"
+                )));
+            }
             DeleteMark::InUse(reader) => {
                 return Err(ControllerError::FailedPrecondition(format!(
                     "backup {id} is read by execution {reader} (queued or running); delete it once that ends"

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
+    retention_policy::RetentionPolicy,
     schedule,
     storages::{self, StorageSpec},
 };
@@ -80,14 +81,8 @@ pub struct NewJob {
     pub cron: String,
     /// Time zone.
     pub time_zone: String,
-    /// Retention max backups.
-    pub max_backups: u32,
-    /// Keep daily.
-    pub keep_daily: u32,
-    /// Keep weekly.
-    pub keep_weekly: u32,
-    /// Keep monthly.
-    pub keep_monthly: u32,
+    /// Retention policy.
+    pub retention: RetentionPolicy,
     /// Strategy.
     pub strategy: Strategy,
     /// Ordered storages.
@@ -115,8 +110,8 @@ pub struct JobPatch {
     pub cron: Option<String>,
     /// Time zone.
     pub time_zone: Option<String>,
-    /// Retention (max, daily, weekly, monthly).
-    pub retention: Option<(u32, u32, u32, u32)>,
+    /// Retention policy (replaces the old one).
+    pub retention: Option<RetentionPolicy>,
     /// Strategy.
     pub strategy: Option<Strategy>,
     /// Storages.
@@ -491,16 +486,21 @@ impl CatalogService {
         let ds = self.datasource(n.datasource_id).await?;
         self.check_targets(&ds, &n.storage_ids).await?;
         let now = Utc::now();
-        let j = BackupJob {
+        let mut j = BackupJob {
             id: Uuid::now_v7(),
             name: n.name,
             datasource_id: n.datasource_id,
             cron: n.cron,
             time_zone: n.time_zone,
-            max_backups: to_i32(n.max_backups),
-            keep_daily: to_i32(n.keep_daily),
-            keep_weekly: to_i32(n.keep_weekly),
-            keep_monthly: to_i32(n.keep_monthly),
+            max_backups: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            retention_mode: n.retention.mode,
+            keep_hourly: 0,
+            keep_yearly: 0,
+            min_backups: 0,
+            max_age_secs: 0,
             storage_strategy: n.strategy,
             compression_level: n.compression_level,
             enabled: n.enabled,
@@ -511,6 +511,7 @@ impl CatalogService {
             created_at: now,
             updated_at: now,
         };
+        set_retention(&mut j, &n.retention);
         let job = self.db.insert_job(&j, &n.storage_ids).await?;
         Ok((job, n.storage_ids))
     }
@@ -525,9 +526,8 @@ impl CatalogService {
         let tz = p.time_zone.unwrap_or_else(|| j.time_zone.clone());
         schedule::parse(&cron, &tz)?;
         (j.cron, j.time_zone) = (cron, tz);
-        if let Some((m, d, w, mo)) = p.retention {
-            (j.max_backups, j.keep_daily, j.keep_weekly, j.keep_monthly) =
-                (to_i32(m), to_i32(d), to_i32(w), to_i32(mo));
+        if let Some(r) = &p.retention {
+            set_retention(&mut j, r);
         }
         if let Some(s) = p.strategy {
             j.storage_strategy = s;
@@ -584,6 +584,19 @@ impl CatalogService {
         }
         Ok(out)
     }
+}
+
+/// Writes a validated policy into the job's retention columns.
+fn set_retention(j: &mut BackupJob, r: &RetentionPolicy) {
+    j.retention_mode = r.mode;
+    j.max_backups = to_i32(r.max_backups);
+    j.keep_hourly = to_i32(r.keep_hourly);
+    j.keep_daily = to_i32(r.keep_daily);
+    j.keep_weekly = to_i32(r.keep_weekly);
+    j.keep_monthly = to_i32(r.keep_monthly);
+    j.keep_yearly = to_i32(r.keep_yearly);
+    j.min_backups = to_i32(r.min_backups);
+    j.max_age_secs = i64::try_from(r.max_age_secs).unwrap_or(i64::MAX);
 }
 
 /// The fields of `p` that send the stored password somewhere else: another server, port, login, TLS mode

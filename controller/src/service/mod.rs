@@ -13,6 +13,7 @@ pub mod health;
 pub mod login_limit;
 pub mod relay;
 pub mod retention;
+pub mod retention_policy;
 pub mod schedule;
 pub mod scheduler;
 pub mod storages;

@@ -1,38 +1,80 @@
-//! Retention (the cleanup worker): keeps the newest `max_backups` completed backups of a job when set, else
-//! the newest `keep_daily + keep_weekly + keep_monthly`, and deletes the rest (objects in every storage
-//! first, then rows). Runs after each successful backup of the job and periodically for every job. Needs
-//! only PostgreSQL (and the agents of local storages), so it keeps running while Redis is down.
+//! Retention (the cleanup worker): decides each completed backup of a job with the pure
+//! [`retention_policy::decide`] and deletes what it does not keep (objects in every storage first, then rows).
+//! Runs after each successful backup of the job and periodically for every job. Needs only PostgreSQL (and
+//! the agents of local storages), so it keeps running while Redis is down. A backup that became pinned or
+//! read by a restore after the decision is refused by the delete itself (checked under its row lock) and
+//! left alone. [`RetentionService::preview`] shows the same decision without acting on it.
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
 use tokio::{sync::mpsc, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use super::backups::BackupsService;
+use super::{
+    backups::BackupsService,
+    retention_policy::{self, Decision, RetentionPolicy},
+    schedule,
+};
 use crate::{
     db::Db,
     error::{ControllerError, ControllerResult},
     model::BackupJob,
 };
 
-/// How many completed backups a job keeps; `None` keeps all of them.
-pub fn keep_count(job: &BackupJob) -> Option<usize> {
-    let n = if job.max_backups > 0 {
-        job.max_backups
-    } else {
-        job.keep_daily.saturating_add(job.keep_weekly).saturating_add(job.keep_monthly)
-    };
-    usize::try_from(n).ok().filter(|n| *n > 0)
+/// What a policy does to a job's backups.
+#[derive(Clone, Debug)]
+pub struct RetentionPreview {
+    /// The policy evaluated.
+    pub policy: RetentionPolicy,
+    /// The zone periods were computed in.
+    pub time_zone: String,
+    /// The time ages were measured from.
+    pub evaluated_at: DateTime<Utc>,
+    /// Every completed backup, newest first.
+    pub decisions: Vec<Decision>,
 }
 
-/// The backups to delete, given the job's completed backups newest first.
-pub fn to_delete(newest_first: &[Uuid], keep: Option<usize>) -> Vec<Uuid> {
-    match keep {
-        Some(k) => newest_first.iter().skip(k).copied().collect(),
-        None => Vec::new(),
+/// Retention decisions over stored backups.
+#[derive(Clone, Debug)]
+pub struct RetentionService {
+    db: Db,
+}
+
+impl RetentionService {
+    /// New service.
+    pub fn new(db: Db) -> Self {
+        Self { db }
     }
+
+    /// The decision for every current backup of `job_id` under `policy` (default: the job's own).
+    pub async fn preview(&self, job_id: Uuid, policy: Option<RetentionPolicy>) -> ControllerResult<RetentionPreview> {
+        let job =
+            self.db.job(job_id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup job {job_id}")))?;
+        self.evaluate(&job, policy.unwrap_or_else(|| RetentionPolicy::of(&job)), Utc::now()).await
+    }
+
+    async fn evaluate(
+        &self,
+        job: &BackupJob,
+        policy: RetentionPolicy,
+        now: DateTime<Utc>,
+    ) -> ControllerResult<RetentionPreview> {
+        let backups = self.db.retention_candidates(job.id).await?;
+        let decisions = retention_policy::decide(&backups, &policy, zone(job), now);
+        Ok(RetentionPreview { policy, time_zone: job.time_zone.clone(), evaluated_at: now, decisions })
+    }
+}
+
+/// The job's time zone (validated when stored; UTC should a stored one no longer parse).
+fn zone(job: &BackupJob) -> Tz {
+    schedule::time_zone(&job.time_zone).unwrap_or_else(|e| {
+        warn!(job_id = %job.id, error = %e, "retention periods computed in UTC");
+        Tz::UTC
+    })
 }
 
 /// Asks the retention task to apply one job's policy now (cheap to clone).
@@ -49,6 +91,7 @@ impl RetentionHandle {
 /// The retention loop.
 pub struct RetentionTask {
     db: Db,
+    retention: RetentionService,
     backups: BackupsService,
     rx: mpsc::Receiver<Uuid>,
     interval: Duration,
@@ -59,7 +102,8 @@ impl RetentionTask {
     /// A task and the handle that feeds it.
     pub fn new(db: Db, backups: BackupsService, interval: Duration, orphan_grace: Duration) -> (Self, RetentionHandle) {
         let (tx, rx) = mpsc::channel(256);
-        (Self { db, backups, rx, interval, orphan_grace }, RetentionHandle(tx))
+        let retention = RetentionService::new(db.clone());
+        (Self { db, retention, backups, rx, interval, orphan_grace }, RetentionHandle(tx))
     }
 
     /// Runs until cancelled.
@@ -94,61 +138,22 @@ impl RetentionTask {
 
     async fn apply(&self, job_id: Uuid) -> ControllerResult<()> {
         let Some(job) = self.db.job(job_id).await? else { return Ok(()) };
-        let backups = self.db.completed_backup_ids(job_id).await?;
-        for id in to_delete(&backups, keep_count(&job)) {
+        let plan = self.retention.evaluate(&job, RetentionPolicy::of(&job), Utc::now()).await?;
+        for d in plan.decisions.iter().filter(|d| !d.verdict.keeps()) {
+            let id = d.backup.id;
             let objects = match self.backups.delete(id).await {
                 Ok(n) => n,
                 Err(ControllerError::FailedPrecondition(why)) => {
                     info!(job_id = %job_id, backup_id = %id, reason = %why, "retention deferred");
-                    continue; // a restore reads it; next round
+                    continue; // pinned or read by a restore since the decision; next round
                 }
+                Err(ControllerError::NotFound(_)) => continue, // deleted meanwhile
                 Err(e) => return Err(e),
             };
-            info!(job_id = %job_id, backup_id = %id, objects, "retention deleted a backup");
+            let why = d.verdict.reasons().join("; ");
+            info!(job_id = %job_id, backup_id = %id, objects, reason = %why, "retention deleted a backup");
             self.db.audit("retention", "backup.delete", "backup", Some(id.to_string()), "ok").await?;
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(max: i32, d: i32, w: i32, m: i32) -> BackupJob {
-        BackupJob {
-            id: Uuid::now_v7(),
-            name: "j".into(),
-            datasource_id: Uuid::now_v7(),
-            cron: String::new(),
-            time_zone: "UTC".into(),
-            max_backups: max,
-            keep_daily: d,
-            keep_weekly: w,
-            keep_monthly: m,
-            storage_strategy: crate::model::Strategy::Fallback,
-            compression_level: 3,
-            enabled: true,
-            retry_max_attempts: 1,
-            retry_backoff_secs: 60,
-            encryption_key_id: String::new(),
-            include_globals: false,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
-        }
-    }
-
-    #[test]
-    fn max_backups_wins_else_the_sum_of_keeps() {
-        assert_eq!(keep_count(&job(3, 7, 4, 12)), Some(3));
-        assert_eq!(keep_count(&job(0, 7, 4, 12)), Some(23));
-        assert_eq!(keep_count(&job(0, 0, 0, 0)), None);
-        let ids: Vec<Uuid> = (0..10).map(|_| Uuid::now_v7()).collect();
-        for keep in 0..12 {
-            let del = to_delete(&ids, (keep > 0).then_some(keep));
-            let expect = if keep == 0 { 0 } else { ids.len().saturating_sub(keep) };
-            assert_eq!(del.len(), expect, "keep {keep}");
-            assert!(del.iter().all(|d| !ids[..keep.min(ids.len())].contains(d)), "the newest are kept");
-        }
     }
 }

@@ -77,4 +77,24 @@ impl backup_service_server::BackupService for OperatorSvc {
         let deleted_objects = self.audited_on(&who, "backup.delete", "backup", id, res).await?;
         Ok(Response::new(pb::DeleteBackupResponse { deleted_objects }))
     }
+
+    async fn pin_backup(&self, req: Request<pb::PinBackupRequest>) -> Result<Response<pb::Backup>, Status> {
+        let who = actor(&req);
+        let r = req.into_inner();
+        let id = validate::id("backup_id", &r.backup_id)?;
+        let reason = validate::pin_reason(&r.reason)?;
+        let res = self.ctx.backups.set_pin(id, Some(&reason)).await;
+        self.audited_on(&who, "backup.pin", "backup", id, res).await?;
+        let b = self.ctx.executions.backup(id).await?;
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+    }
+
+    async fn unpin_backup(&self, req: Request<pb::UnpinBackupRequest>) -> Result<Response<pb::Backup>, Status> {
+        let who = actor(&req);
+        let id = validate::id("backup_id", &req.into_inner().backup_id)?;
+        let res = self.ctx.backups.set_pin(id, None).await;
+        self.audited_on(&who, "backup.unpin", "backup", id, res).await?;
+        let b = self.ctx.executions.backup(id).await?;
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+    }
 }

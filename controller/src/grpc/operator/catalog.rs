@@ -216,4 +216,15 @@ impl backup_job_service_server::BackupJobService for OperatorSvc {
         let (j, s) = self.audited_on(&who, "backup_job.disable", "backup_job", id, res).await?;
         Ok(Response::new(convert::job(&j, &s)))
     }
+
+    async fn preview_retention(
+        &self,
+        req: Request<pb::PreviewRetentionRequest>,
+    ) -> Result<Response<pb::PreviewRetentionResponse>, Status> {
+        let r = req.into_inner();
+        let id = validate::id("job_id", &r.job_id)?;
+        let policy = validate::preview_policy(r.policy)?;
+        let preview = self.ctx.retention.preview(id, policy).await?;
+        Ok(Response::new(convert::retention_preview(&preview)))
+    }
 }
