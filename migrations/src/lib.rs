@@ -13,6 +13,7 @@ mod m0006_sweeps;
 mod m0007_restore_trust;
 mod m0008_revocation;
 mod m0009_bootstrap;
+mod m0011_verify;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0007_restore_trust::Migration),
             Box::new(m0008_revocation::Migration),
             Box::new(m0009_bootstrap::Migration),
+            Box::new(m0011_verify::Migration),
         ]
     }
 }

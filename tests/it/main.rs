@@ -23,4 +23,5 @@ mod security;
 mod sessions;
 mod storage_input;
 mod transport;
+mod verify;
 mod workers;

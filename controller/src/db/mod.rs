@@ -9,6 +9,7 @@ mod executions;
 mod health;
 mod pki;
 mod sweeps;
+mod verify;
 
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ pub use self::{
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
     sweeps::{OrphanAttempt, Sweep},
+    verify::CopyVerdict,
 };
 
 /// Advisory lock key serialising migrations between replicas ("dgmigrat").

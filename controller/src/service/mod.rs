@@ -16,4 +16,5 @@ pub mod retention;
 pub mod schedule;
 pub mod scheduler;
 pub mod storages;
+pub mod verify;
 pub mod waker;
