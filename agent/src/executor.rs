@@ -99,6 +99,7 @@ impl Executor {
                         pipeline::backup::run(p, &rep, &cancel, &ctx).await.map(|r| Finished::Backup(Box::new(r)))
                     }
                     Plan::Restore(p) => pipeline::restore::run(p, &rep, &cancel, &ctx).await.map(Finished::Restore),
+                    Plan::Verify(p) => pipeline::verify::run(p, &rep, &cancel, &ctx).await.map(Finished::Verify),
                 };
                 if aborted.load(Ordering::SeqCst) {
                     // The controller ended this attempt: nothing it does counts any more.

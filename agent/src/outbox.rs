@@ -62,6 +62,7 @@ pub fn needs_ack(r: &AgentReport) -> bool {
         AgentReport::ChunkStored(_)
             | AgentReport::BackupCompleted { .. }
             | AgentReport::RestoreCompleted { .. }
+            | AgentReport::VerifyCompleted { .. }
             | AgentReport::Failed { .. }
     )
 }

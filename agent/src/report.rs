@@ -7,7 +7,10 @@
 
 use dg_common::{
     ids::StorageId,
-    protocol::{AgentReport, BackupResult, ChunkStored, ExecutionRef, LogLevel, LogReport, Progress, RestoreResult},
+    protocol::{
+        AgentReport, BackupResult, ChunkStored, ExecutionRef, LogLevel, LogReport, Progress, RestoreResult,
+        VerifyResult,
+    },
 };
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -37,6 +40,8 @@ pub(crate) enum Finished {
     Backup(Box<BackupResult>),
     /// A restore's result.
     Restore(RestoreResult),
+    /// A verify's findings.
+    Verify(VerifyResult),
 }
 
 impl Reporter {
@@ -99,6 +104,7 @@ impl Reporter {
         self.send(match finished {
             Finished::Backup(result) => AgentReport::BackupCompleted { execution, result: *result },
             Finished::Restore(result) => AgentReport::RestoreCompleted { execution, result },
+            Finished::Verify(result) => AgentReport::VerifyCompleted { execution, result },
         })
         .await;
     }

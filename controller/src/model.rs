@@ -315,6 +315,21 @@ pub struct Chunk {
     pub sha256: String,
 }
 
+/// One complete copy of a backup with its last verify.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct CopyRecord {
+    /// Storage holding it.
+    pub storage_id: Uuid,
+    /// `intact`, `damaged` or `missing`; `None` when never verified.
+    pub verify_status: Option<String>,
+    /// When it was verified.
+    pub verified_at: Option<DateTime<Utc>>,
+    /// The verify execution that found it.
+    pub verify_execution_id: Option<Uuid>,
+    /// `{"damaged_chunks": [{"seq", "fault", "detail"}], "problems": [..]}`.
+    pub verify_detail: serde_json::Value,
+}
+
 /// One execution log line.
 #[derive(Clone, Debug, FromQueryResult)]
 pub struct LogLine {

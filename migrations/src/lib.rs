@@ -14,6 +14,7 @@ mod m0007_restore_trust;
 mod m0008_revocation;
 mod m0009_bootstrap;
 mod m0010_retention;
+mod m0011_verify;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0008_revocation::Migration),
             Box::new(m0009_bootstrap::Migration),
             Box::new(m0010_retention::Migration),
+            Box::new(m0011_verify::Migration),
         ]
     }
 }

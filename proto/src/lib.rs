@@ -24,7 +24,10 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 5: a keyless cloud `StorageTarget` is opened anonymously (unsigned requests) unless its
 /// `ambient_credentials` is set; GCS and Azure endpoints use plain HTTP only with `allow_http` (an older agent
 /// would fall back to its host's ambient credentials or infer HTTP from the endpoint).
-pub const AGENT_PROTOCOL_VERSION: u32 = 5;
+/// 6: `Assign` may carry a `VerifyTask` (a checksum-only verify of a backup's copies, each with its recorded
+/// chunk list) and `Completed` a `VerifyResult` (findings per copy: damaged chunks by seq and fault, manifest,
+/// stream and globals problems); an older agent could not decode such an assignment.
+pub const AGENT_PROTOCOL_VERSION: u32 = 6;
 
 #[cfg(test)]
 mod tests {

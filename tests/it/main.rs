@@ -24,4 +24,5 @@ mod security;
 mod sessions;
 mod storage_input;
 mod transport;
+mod verify;
 mod workers;

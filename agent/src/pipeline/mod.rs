@@ -1,12 +1,15 @@
 //! The data path. Backup: dump tool stdout -> zstd (blocking thread) -> fixed-size chunks with sha256 ->
 //! concurrent uploads -> manifest last. Restore: verify every chunk against its sha256 first, then download
 //! again (verifying each chunk before use) -> zstd decoder -> restore tool stdin. Memory is bounded by channel
-//! capacities: at most a few chunks are ever held at once, never the whole dump. Both take the protocol
-//! model's plans (`BackupPlan`, `RestorePlan`) and return its results; the executor calls them.
+//! capacities: at most a few chunks are ever held at once, never the whole dump. Verify: every copy's manifest
+//! and chunks read back (bounded by recorded sizes) and checked against the controller's record, no database
+//! touched. All take the protocol model's plans (`BackupPlan`, `RestorePlan`, `VerifyPlan`) and return its
+//! results; the executor calls them.
 
 pub mod backup;
 pub mod restore;
 pub mod trust;
+pub mod verify;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 

@@ -12,11 +12,37 @@
 
 use dg_common::{
     manifest::{self, CIPHER, Manifest},
-    protocol::{RecordedBackup, RestorePlan},
+    protocol::{ChunkRef, RecordedBackup, RestorePlan},
 };
 
 /// The manifest agrees with the plan: `Err` names the first disagreement.
 pub fn check_manifest(plan: &RestorePlan, m: &Manifest) -> Result<(), String> {
+    check_against_record(
+        Record {
+            chunks: &plan.chunks,
+            sha256: &plan.sha256,
+            recorded: plan.recorded.as_ref(),
+            restore_globals: plan.restore_globals,
+        },
+        m,
+    )
+}
+
+/// What the controller recorded about a backup, as a restore or verify plan carries it.
+#[derive(Clone, Copy, Debug)]
+pub struct Record<'a> {
+    /// The chunks of the copy, in order.
+    pub chunks: &'a [ChunkRef],
+    /// Whole-stream sha256.
+    pub sha256: &'a str,
+    /// Globals and encryption; `None` for a backup recorded before agent protocol 4.
+    pub recorded: Option<&'a RecordedBackup>,
+    /// The globals are to be replayed (restores only).
+    pub restore_globals: bool,
+}
+
+/// The manifest agrees with the record: `Err` names the first disagreement (shared by restore and verify).
+pub fn check_against_record(plan: Record<'_>, m: &Manifest) -> Result<(), String> {
     let differs = |what: &str, manifest: &dyn std::fmt::Display, recorded: &dyn std::fmt::Display| {
         Err(format!(
             "the manifest disagrees with the controller's record: {what} (manifest: {manifest}, recorded: {recorded})"
@@ -25,7 +51,7 @@ pub fn check_manifest(plan: &RestorePlan, m: &Manifest) -> Result<(), String> {
     if m.chunks.len() != plan.chunks.len() {
         return differs("chunk count", &m.chunks.len(), &plan.chunks.len());
     }
-    for (mc, pc) in m.chunks.iter().zip(&plan.chunks) {
+    for (mc, pc) in m.chunks.iter().zip(plan.chunks) {
         if mc.seq != pc.seq || mc.key != pc.key {
             return differs(&format!("chunk {} key", pc.seq), &mc.key, &pc.key);
         }
@@ -36,10 +62,10 @@ pub fn check_manifest(plan: &RestorePlan, m: &Manifest) -> Result<(), String> {
             return differs(&format!("chunk {} sha256", pc.seq), &mc.sha256, &pc.sha256);
         }
     }
-    if !m.sha256.eq_ignore_ascii_case(&plan.sha256) {
+    if !m.sha256.eq_ignore_ascii_case(plan.sha256) {
         return differs("stream sha256", &m.sha256, &plan.sha256);
     }
-    let Some(RecordedBackup { globals, encryption }) = &plan.recorded else {
+    let Some(RecordedBackup { globals, encryption }) = plan.recorded else {
         if plan.restore_globals {
             return Err("restore_globals: this backup was recorded before the controller recorded its globals; \
                         they are not replayed (restore without restore_globals)"

@@ -361,6 +361,29 @@ pub struct RestorePlan {
     pub raw_bytes: Option<u64>,
 }
 
+/// One copy of a backup to verify: a storage and the chunks the controller recorded for it there.
+#[derive(Clone, Debug)]
+pub struct VerifyCopy {
+    /// The storage holding the copy.
+    pub storage: StorageTarget,
+    /// Its recorded chunks in stream order (seq 0, 1, …).
+    pub chunks: Vec<ChunkRef>,
+}
+
+/// A checksum-only verify of a backup's copies (agent protocol 6): every object is read bounded by its
+/// recorded size and compared with this record, never with the manifest read back. No database is touched.
+#[derive(Clone, Debug)]
+pub struct VerifyPlan {
+    /// The copies to read (at least one).
+    pub copies: Vec<VerifyCopy>,
+    /// Hex sha256 of the whole stored stream.
+    pub sha256: String,
+    /// Manifest object key (the same in every storage).
+    pub manifest_key: String,
+    /// What the controller recorded beyond the chunks; `None` for a backup recorded before agent protocol 4.
+    pub recorded: Option<RecordedBackup>,
+}
+
 /// What an assignment asks for.
 #[derive(Clone, Debug)]
 pub enum Plan {
@@ -368,6 +391,8 @@ pub enum Plan {
     Backup(BackupPlan),
     /// A restore.
     Restore(RestorePlan),
+    /// A checksum-only verify.
+    Verify(VerifyPlan),
 }
 
 /// One attempt of an execution handed to an agent.
@@ -491,6 +516,142 @@ pub struct RestoreResult {
     pub tool_version: String,
 }
 
+/// What is wrong with one stored chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChunkFault {
+    /// The object is absent.
+    Missing,
+    /// Its size differs from the recorded one.
+    Size,
+    /// Its sha256 differs from the recorded one.
+    Sha256,
+}
+
+impl ChunkFault {
+    /// Its name in records and for operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChunkFault::Missing => "missing",
+            ChunkFault::Size => "size",
+            ChunkFault::Sha256 => "sha256",
+        }
+    }
+}
+
+/// One damaged chunk of a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChunkDamage {
+    /// Position in the stream.
+    pub seq: u32,
+    /// What is wrong.
+    pub fault: ChunkFault,
+    /// Details for operators (e.g. the size found).
+    pub detail: String,
+}
+
+/// The verdict on one copy, derived from [`CopyFindings`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyStatus {
+    /// Manifest, every chunk and the whole stream match the record.
+    Intact,
+    /// Something is wrong.
+    Damaged,
+    /// The manifest and every chunk object are gone.
+    Missing,
+}
+
+impl CopyStatus {
+    /// Its stored spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyStatus::Intact => "intact",
+            CopyStatus::Damaged => "damaged",
+            CopyStatus::Missing => "missing",
+        }
+    }
+}
+
+/// What a verify found in one copy: facts only; [`CopyFindings::status`] is the one place they become a
+/// verdict (the controller applies it to what the agent reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyFindings {
+    /// The storage.
+    pub storage: StorageId,
+    /// The copy could not be read at all (the storage failed, not an absent object): no verdict.
+    pub unreadable: Option<String>,
+    /// The manifest object is absent.
+    pub manifest_missing: bool,
+    /// The manifest is unreadable or disagrees with the record.
+    pub manifest_problem: Option<String>,
+    /// Damaged chunks, by seq.
+    pub damaged_chunks: Vec<ChunkDamage>,
+    /// Every chunk matched but together they do not match the recorded stream sha256.
+    pub stream_mismatch: bool,
+    /// The recorded globals object is absent or does not match.
+    pub globals_problem: Option<String>,
+}
+
+impl CopyFindings {
+    /// Findings of a copy where nothing was wrong (yet).
+    pub fn clean(storage: StorageId) -> Self {
+        Self {
+            storage,
+            unreadable: None,
+            manifest_missing: false,
+            manifest_problem: None,
+            damaged_chunks: Vec::new(),
+            stream_mismatch: false,
+            globals_problem: None,
+        }
+    }
+
+    /// The verdict for a copy of `chunk_count` chunks; `None` when it could not be read.
+    pub fn status(&self, chunk_count: usize) -> Option<CopyStatus> {
+        if self.unreadable.is_some() {
+            return None;
+        }
+        let all_chunks_gone = self.damaged_chunks.len() == chunk_count
+            && self.damaged_chunks.iter().all(|d| d.fault == ChunkFault::Missing);
+        Some(if self.manifest_missing && all_chunks_gone {
+            CopyStatus::Missing
+        } else if self.manifest_missing
+            || self.manifest_problem.is_some()
+            || !self.damaged_chunks.is_empty()
+            || self.stream_mismatch
+            || self.globals_problem.is_some()
+        {
+            CopyStatus::Damaged
+        } else {
+            CopyStatus::Intact
+        })
+    }
+
+    /// The problems other than damaged chunks, readable.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.manifest_missing {
+            out.push("manifest: missing".to_owned());
+        }
+        if let Some(p) = &self.manifest_problem {
+            out.push(format!("manifest: {p}"));
+        }
+        if self.stream_mismatch {
+            out.push("the chunks do not add up to the recorded stream sha256".to_owned());
+        }
+        if let Some(p) = &self.globals_problem {
+            out.push(format!("globals: {p}"));
+        }
+        out
+    }
+}
+
+/// What a finished verify found, one entry per copy of its plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyResult {
+    /// Findings per copy.
+    pub copies: Vec<CopyFindings>,
+}
+
 /// Everything an agent reports about the attempts it runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum AgentReport {
@@ -514,6 +675,13 @@ pub enum AgentReport {
         /// What it did.
         result: RestoreResult,
     },
+    /// A verify attempt finished (whatever it found: damage is a finding, not a failure).
+    VerifyCompleted {
+        /// The attempt.
+        execution: ExecutionRef,
+        /// What it found.
+        result: VerifyResult,
+    },
     /// An attempt failed, or stopped because it was cancelled.
     Failed {
         /// The attempt.
@@ -534,6 +702,7 @@ impl AgentReport {
             AgentReport::Log(l) => l.execution,
             AgentReport::BackupCompleted { execution, .. }
             | AgentReport::RestoreCompleted { execution, .. }
+            | AgentReport::VerifyCompleted { execution, .. }
             | AgentReport::Failed { execution, .. } => *execution,
         }
     }

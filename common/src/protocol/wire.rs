@@ -6,11 +6,11 @@ use dg_proto::v1 as pb;
 use secrecy::ExposeSecret;
 
 use super::{
-    AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkRef,
-    ChunkStored, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE, LogLevel, LogReport, MAX_LOG_CHARS,
-    MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan, Progress, ProtocolError, ProtocolResult,
-    RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult, StorageTarget, StoredObject, Strategy,
-    TargetDatabasePlan, TlsMode,
+    AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkDamage,
+    ChunkFault, ChunkRef, ChunkStored, CopyFindings, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE,
+    LogLevel, LogReport, MAX_LOG_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan, Progress,
+    ProtocolError, ProtocolResult, RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult, StorageTarget,
+    StoredObject, Strategy, TargetDatabasePlan, TlsMode, VerifyCopy, VerifyPlan, VerifyResult,
 };
 use crate::{
     ids::{DatasourceId, ExecutionId, StorageId},
@@ -346,13 +346,12 @@ impl From<ChunkRef> for pb::ChunkRef {
     }
 }
 
-fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
-    let target = DatabaseTarget::try_from(required(t.target, "target")?).map_err(|e| e.within("target"))?;
-    if t.chunks.len() > MAX_CHUNKS {
+/// A recorded chunk list: 1 to [`MAX_CHUNKS`] chunks, in order from seq 0.
+fn chunks_field(list: Vec<pb::ChunkRef>) -> ProtocolResult<Vec<ChunkRef>> {
+    if list.len() > MAX_CHUNKS {
         return Err(ProtocolError::new("chunks", format!("must list at most {MAX_CHUNKS} chunks")));
     }
-    let chunks = t
-        .chunks
+    let chunks = list
         .into_iter()
         .enumerate()
         .map(|(i, c)| {
@@ -366,6 +365,12 @@ fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
     if chunks.is_empty() {
         return Err(ProtocolError::new("chunks", "must list at least one chunk"));
     }
+    Ok(chunks)
+}
+
+fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
+    let target = DatabaseTarget::try_from(required(t.target, "target")?).map_err(|e| e.within("target"))?;
+    let chunks = chunks_field(t.chunks)?;
     if t.drop_after && (t.drop_existing || !t.create_database) {
         return Err(ProtocolError::new("drop_after", "a scratch database is created new and never cleaned first"));
     }
@@ -404,6 +409,46 @@ impl From<RestorePlan> for pb::RestoreTask {
     }
 }
 
+fn verify_plan(t: pb::VerifyTask) -> ProtocolResult<VerifyPlan> {
+    if t.copies.is_empty() || t.copies.len() > MAX_STORAGES {
+        return Err(ProtocolError::new("copies", format!("must name 1 to {MAX_STORAGES} copies")));
+    }
+    let mut copies = Vec::with_capacity(t.copies.len());
+    for (i, c) in t.copies.into_iter().enumerate() {
+        let within = |e: ProtocolError| e.within(&format!("copies[{i}]"));
+        let storage = StorageTarget::try_from(required(c.storage, "storage").map_err(within)?)
+            .map_err(|e| within(e.within("storage")))?;
+        if copies.iter().any(|c: &VerifyCopy| c.storage.id == storage.id) {
+            return Err(within(ProtocolError::new("storage", "names a storage twice")));
+        }
+        copies.push(VerifyCopy { storage, chunks: chunks_field(c.chunks).map_err(within)? });
+    }
+    Ok(VerifyPlan {
+        copies,
+        sha256: sha256_field("sha256", &t.sha256)?,
+        manifest_key: key_field("manifest_key", &t.manifest_key)?,
+        recorded: t.recorded.map(|r| RecordedBackup::try_from(r).map_err(|e| e.within("recorded"))).transpose()?,
+    })
+}
+
+impl From<VerifyPlan> for pb::VerifyTask {
+    fn from(p: VerifyPlan) -> Self {
+        pb::VerifyTask {
+            copies: p
+                .copies
+                .into_iter()
+                .map(|c| pb::VerifyCopy {
+                    storage: Some(c.storage.into()),
+                    chunks: c.chunks.into_iter().map(Into::into).collect(),
+                })
+                .collect(),
+            sha256: p.sha256,
+            manifest_key: p.manifest_key,
+            recorded: p.recorded.map(Into::into),
+        }
+    }
+}
+
 impl TryFrom<pb::Assign> for Assignment {
     type Error = ProtocolError;
     fn try_from(a: pb::Assign) -> ProtocolResult<Self> {
@@ -411,6 +456,7 @@ impl TryFrom<pb::Assign> for Assignment {
         let plan = match required(a.task, "task")? {
             pb::assign::Task::Backup(t) => Plan::Backup(backup_plan(t, execution).map_err(|e| e.within("backup"))?),
             pb::assign::Task::Restore(t) => Plan::Restore(restore_plan(t).map_err(|e| e.within("restore"))?),
+            pb::assign::Task::Verify(t) => Plan::Verify(verify_plan(t).map_err(|e| e.within("verify"))?),
         };
         let trace_context =
             a.trace_context.into_iter().filter(|(k, v)| k.len() <= 64 && v.len() <= 512).take(8).collect();
@@ -427,6 +473,7 @@ impl From<Assignment> for pb::Assign {
             task: Some(match a.plan {
                 Plan::Backup(p) => pb::assign::Task::Backup(p.into()),
                 Plan::Restore(p) => pb::assign::Task::Restore(p.into()),
+                Plan::Verify(p) => pb::assign::Task::Verify(p.into()),
             }),
         }
     }
@@ -476,6 +523,87 @@ impl From<BackupResult> for pb::BackupResult {
             encryption_key_id: b.encryption_key_id.unwrap_or_default(),
             globals: b.globals.map(Into::into),
             wrapped_key_sha256: b.wrapped_key_sha256.unwrap_or_default(),
+        }
+    }
+}
+
+/// Longest problem text kept in a verify finding.
+const MAX_FINDING_CHARS: usize = 1024;
+
+fn optional_text(s: &str) -> Option<String> {
+    (!s.is_empty()).then(|| text(s, MAX_FINDING_CHARS))
+}
+
+fn copy_findings(c: pb::CopyFindings) -> ProtocolResult<CopyFindings> {
+    if c.damaged_chunks.len() > MAX_CHUNKS {
+        return Err(ProtocolError::new("damaged_chunks", format!("must list at most {MAX_CHUNKS} chunks")));
+    }
+    let damaged_chunks = c
+        .damaged_chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let fault = match pb::ChunkFault::try_from(d.fault) {
+                Ok(pb::ChunkFault::Missing) => ChunkFault::Missing,
+                Ok(pb::ChunkFault::Size) => ChunkFault::Size,
+                Ok(pb::ChunkFault::Sha256) => ChunkFault::Sha256,
+                _ => return Err(ProtocolError::new(format!("damaged_chunks[{i}].fault"), "unknown fault")),
+            };
+            Ok(ChunkDamage { seq: d.seq, fault, detail: text(&d.detail, MAX_FINDING_CHARS) })
+        })
+        .collect::<ProtocolResult<Vec<_>>>()?;
+    Ok(CopyFindings {
+        storage: uuid_field("storage_id", &c.storage_id)?,
+        unreadable: optional_text(&c.unreadable),
+        manifest_missing: c.manifest_missing,
+        manifest_problem: optional_text(&c.manifest_problem),
+        damaged_chunks,
+        stream_mismatch: c.stream_mismatch,
+        globals_problem: optional_text(&c.globals_problem),
+    })
+}
+
+fn verify_result(v: pb::VerifyResult) -> ProtocolResult<VerifyResult> {
+    if v.copies.is_empty() || v.copies.len() > MAX_STORAGES {
+        return Err(ProtocolError::new("copies", format!("must name 1 to {MAX_STORAGES} copies")));
+    }
+    let copies = v
+        .copies
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| copy_findings(c).map_err(|e| e.within(&format!("copies[{i}]"))))
+        .collect::<ProtocolResult<Vec<_>>>()?;
+    Ok(VerifyResult { copies })
+}
+
+impl From<VerifyResult> for pb::VerifyResult {
+    fn from(v: VerifyResult) -> Self {
+        pb::VerifyResult {
+            copies: v
+                .copies
+                .into_iter()
+                .map(|c| pb::CopyFindings {
+                    storage_id: c.storage.to_string(),
+                    unreadable: c.unreadable.unwrap_or_default(),
+                    manifest_missing: c.manifest_missing,
+                    manifest_problem: c.manifest_problem.unwrap_or_default(),
+                    damaged_chunks: c
+                        .damaged_chunks
+                        .into_iter()
+                        .map(|d| pb::ChunkDamage {
+                            seq: d.seq,
+                            fault: match d.fault {
+                                ChunkFault::Missing => pb::ChunkFault::Missing,
+                                ChunkFault::Size => pb::ChunkFault::Size,
+                                ChunkFault::Sha256 => pb::ChunkFault::Sha256,
+                            } as i32,
+                            detail: d.detail,
+                        })
+                        .collect(),
+                    stream_mismatch: c.stream_mismatch,
+                    globals_problem: c.globals_problem.unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }
@@ -555,6 +683,9 @@ fn completed(c: pb::Completed) -> ProtocolResult<AgentReport> {
             execution,
             result: RestoreResult { raw_bytes: r.raw_bytes, tool_version: text(&r.tool_version, 256) },
         },
+        pb::completed::Result::Verify(v) => {
+            AgentReport::VerifyCompleted { execution, result: verify_result(v).map_err(|e| e.within("verify"))? }
+        }
     })
 }
 
@@ -593,6 +724,10 @@ impl From<AgentReport> for pb::agent_message::Kind {
                     raw_bytes: result.raw_bytes,
                     tool_version: result.tool_version,
                 })),
+            }),
+            AgentReport::VerifyCompleted { execution, result } => Kind::Completed(pb::Completed {
+                execution: Some(execution.into()),
+                result: Some(pb::completed::Result::Verify(result.into())),
             }),
             AgentReport::Failed { execution, error, cancelled } => {
                 Kind::Failed(pb::Failed { execution: Some(execution.into()), error, cancelled })

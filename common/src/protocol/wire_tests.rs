@@ -281,3 +281,118 @@ fn reports_round_trip_and_are_validated() {
     }
     assert!(report_of(completed("", "")).expect("a report").is_ok());
 }
+
+fn verify_task() -> pb::VerifyTask {
+    let chunks: Vec<ChunkRef> =
+        (0..2).map(|seq| ChunkRef { seq, key: format!("a/b/1/{seq:08}.zst"), size: 10, sha256: sha('a') }).collect();
+    pb::VerifyTask::from(VerifyPlan {
+        copies: vec![
+            VerifyCopy { storage: storage(), chunks: chunks.clone() },
+            VerifyCopy { storage: storage(), chunks },
+        ],
+        sha256: sha('b'),
+        manifest_key: "a/b/1/manifest.json".into(),
+        recorded: Some(RecordedBackup { globals: None, encryption: None }),
+    })
+}
+
+fn verify_assign(t: pb::VerifyTask) -> pb::Assign {
+    pb::Assign {
+        execution_id: ExecutionId::new().to_string(),
+        attempt: 1,
+        trace_context: Default::default(),
+        task: Some(pb::assign::Task::Verify(t)),
+    }
+}
+
+#[test]
+fn verify_tasks_and_results_round_trip_and_bad_fields_are_named() {
+    let a = Assignment::try_from(verify_assign(verify_task())).expect("valid");
+    let Plan::Verify(p) = a.plan else { panic!("a verify") };
+    assert_eq!(p.copies.len(), 2);
+    assert_eq!(p.copies[1].chunks[1].key, "a/b/1/00000001.zst");
+    assert_eq!(p.manifest_key, "a/b/1/manifest.json");
+
+    type Tweak = Box<dyn Fn(&mut pb::VerifyTask)>;
+    let cases: Vec<(&str, Tweak)> = vec![
+        ("verify.copies", Box::new(|t| t.copies.clear())),
+        ("verify.copies[1].chunks[0].seq", Box::new(|t| t.copies[1].chunks[0].seq = 1)),
+        ("verify.copies[0].chunks[1].key", Box::new(|t| t.copies[0].chunks[1].key = "../x".into())),
+        ("verify.copies[0].chunks", Box::new(|t| t.copies[0].chunks.clear())),
+        ("verify.copies[0].storage", Box::new(|t| t.copies[0].storage = None)),
+        ("verify.copies[1].storage", Box::new(|t| t.copies[1].storage = t.copies[0].storage.clone())),
+        ("verify.sha256", Box::new(|t| t.sha256 = "x".into())),
+        ("verify.manifest_key", Box::new(|t| t.manifest_key = "/m".into())),
+    ];
+    for (field, f) in cases {
+        let mut t = verify_task();
+        f(&mut t);
+        assert_eq!(Assignment::try_from(verify_assign(t)).expect_err(field).field, field);
+    }
+
+    let e = exec();
+    let (s1, s2) = (StorageId::new(), StorageId::new());
+    let mut damaged = CopyFindings::clean(s1);
+    damaged.damaged_chunks = vec![
+        ChunkDamage { seq: 0, fault: ChunkFault::Sha256, detail: String::new() },
+        ChunkDamage { seq: 1, fault: ChunkFault::Missing, detail: "gone".into() },
+    ];
+    damaged.manifest_problem = Some("disagrees".into());
+    let r = AgentReport::VerifyCompleted {
+        execution: e,
+        result: VerifyResult { copies: vec![damaged, CopyFindings::clean(s2)] },
+    };
+    assert_eq!(report_of(r.clone().into()).expect("a report").expect("valid"), r);
+
+    let bad_fault = pb::agent_message::Kind::Completed(pb::Completed {
+        execution: Some(e.into()),
+        result: Some(pb::completed::Result::Verify(pb::VerifyResult {
+            copies: vec![pb::CopyFindings {
+                storage_id: s1.to_string(),
+                damaged_chunks: vec![pb::ChunkDamage { seq: 0, fault: 0, detail: String::new() }],
+                ..Default::default()
+            }],
+        })),
+    });
+    let err = report_of(bad_fault).expect("a report").expect_err("fault");
+    assert_eq!(err.field, "completed.verify.copies[0].damaged_chunks[0].fault");
+    let no_copies = pb::agent_message::Kind::Completed(pb::Completed {
+        execution: Some(e.into()),
+        result: Some(pb::completed::Result::Verify(pb::VerifyResult { copies: vec![] })),
+    });
+    assert_eq!(report_of(no_copies).expect("a report").expect_err("copies").field, "completed.verify.copies");
+}
+
+#[test]
+fn a_copy_verdict_follows_from_its_findings() {
+    use super::super::CopyStatus;
+    let s = StorageId::new();
+    let missing = |seq| ChunkDamage { seq, fault: ChunkFault::Missing, detail: String::new() };
+    assert_eq!(CopyFindings::clean(s).status(3), Some(CopyStatus::Intact));
+    let mut f = CopyFindings::clean(s);
+    f.manifest_missing = true;
+    f.damaged_chunks = (0..3).map(missing).collect();
+    assert_eq!(f.status(3), Some(CopyStatus::Missing), "manifest and every chunk gone");
+    assert_eq!(f.status(4), Some(CopyStatus::Damaged), "one chunk still there");
+    f.damaged_chunks[2].fault = ChunkFault::Size;
+    assert_eq!(f.status(3), Some(CopyStatus::Damaged));
+    let mut f = CopyFindings::clean(s);
+    f.damaged_chunks = (0..3).map(missing).collect();
+    assert_eq!(f.status(3), Some(CopyStatus::Damaged), "the manifest is still there");
+    for tweak in [
+        (|f: &mut CopyFindings| f.manifest_missing = true) as fn(&mut CopyFindings),
+        |f| f.manifest_problem = Some("x".into()),
+        |f| f.stream_mismatch = true,
+        |f| f.globals_problem = Some("x".into()),
+        |f| f.damaged_chunks.push(ChunkDamage { seq: 1, fault: ChunkFault::Sha256, detail: String::new() }),
+    ] {
+        let mut f = CopyFindings::clean(s);
+        tweak(&mut f);
+        assert_eq!(f.status(3), Some(CopyStatus::Damaged), "{f:?}");
+        assert!(f.damaged_chunks.len() == 1 || !f.problems().is_empty(), "{f:?}");
+    }
+    let mut f = CopyFindings::clean(s);
+    f.unreadable = Some("storage down".into());
+    f.manifest_missing = true;
+    assert_eq!(f.status(3), None, "no verdict on a copy that could not be read");
+}

@@ -10,6 +10,7 @@ mod health;
 mod pki;
 mod retention;
 mod sweeps;
+mod verify;
 
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ pub use self::{
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
     sweeps::{OrphanAttempt, Sweep},
+    verify::CopyVerdict,
 };
 
 /// Advisory lock key serialising migrations between replicas ("dgmigrat").

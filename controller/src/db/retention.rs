@@ -17,18 +17,21 @@ struct CandidateRow {
     pinned: bool,
     pin_reason: Option<String>,
     in_use: bool,
+    good: bool,
 }
 
 impl Db {
-    /// A job's completed backups, newest first, each with its pin and whether a queued or running
-    /// execution (restore, verification) reads it. Every completed backup counts as good: nothing marks
-    /// a backup damaged yet.
+    /// A job's completed backups, newest first, each with its pin, whether a queued or running execution
+    /// (restore, verification) reads it, and whether it is good: at least one complete copy that no verify
+    /// found damaged or missing (the copies restores and downloads may use).
     pub async fn retention_candidates(&self, job: Uuid) -> Result<Vec<RetentionCandidate>, DbErr> {
         let rows: Vec<CandidateRow> = fetch_all(
             &self.conn,
             "SELECT b.id, b.finished_at, b.created_at, b.pinned, b.pin_reason, \
              EXISTS (SELECT 1 FROM execution r WHERE r.source_backup_id = b.id \
-                     AND r.status IN ('queued', 'running')) AS in_use \
+                     AND r.status IN ('queued', 'running')) AS in_use, \
+             EXISTS (SELECT 1 FROM backup_copy c WHERE c.execution_id = b.id AND c.complete \
+                     AND coalesce(c.verify_status, 'intact') = 'intact') AS good \
              FROM execution b WHERE b.job_id = $1 AND b.operation = 'backup' AND b.status = 'completed' \
              ORDER BY b.finished_at DESC, b.id DESC",
             [job.into()],
@@ -39,7 +42,7 @@ impl Db {
             .map(|r| RetentionCandidate {
                 id: r.id,
                 completed_at: r.finished_at.unwrap_or(r.created_at),
-                good: true,
+                good: r.good,
                 pin: r.pinned.then(|| r.pin_reason.unwrap_or_default()),
                 in_use: r.in_use,
             })

@@ -223,7 +223,12 @@ pub fn log_line(l: &model::LogLine) -> pb::ExecutionLogLine {
 }
 
 /// Backup response.
-pub fn backup(e: &model::Execution, storage_ids: &[Uuid], chunks: &[model::Chunk]) -> pb::Backup {
+pub fn backup(
+    e: &model::Execution,
+    storage_ids: &[Uuid],
+    chunks: &[model::Chunk],
+    copies: &[model::CopyRecord],
+) -> pb::Backup {
     pb::Backup {
         id: e.id.to_string(),
         job_id: e.job_id.map(|j| j.to_string()).unwrap_or_default(),
@@ -250,6 +255,42 @@ pub fn backup(e: &model::Execution, storage_ids: &[Uuid], chunks: &[model::Chunk
         warnings: warnings(e),
         pinned: e.pinned,
         pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
+        copies: copies.iter().map(backup_copy).collect(),
+    }
+}
+
+/// A copy and its last verify, as `GetBackup` shows it.
+fn backup_copy(c: &model::CopyRecord) -> pb::BackupCopy {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Damaged {
+        seq: u32,
+        fault: String,
+        detail: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Detail {
+        damaged_chunks: Vec<Damaged>,
+        problems: Vec<String>,
+    }
+    let detail: Detail = serde_json::from_value(c.verify_detail.clone()).unwrap_or_default();
+    pb::BackupCopy {
+        storage_id: c.storage_id.to_string(),
+        verify_status: match c.verify_status.as_deref() {
+            Some("intact") => pb::CopyVerifyStatus::Intact,
+            Some("damaged") => pb::CopyVerifyStatus::Damaged,
+            Some("missing") => pb::CopyVerifyStatus::Missing,
+            _ => pb::CopyVerifyStatus::Unspecified,
+        } as i32,
+        verified_at: ots(c.verified_at),
+        verify_execution_id: c.verify_execution_id.map(|v| v.to_string()).unwrap_or_default(),
+        damaged_chunks: detail
+            .damaged_chunks
+            .into_iter()
+            .map(|d| pb::DamagedChunk { seq: d.seq, fault: d.fault, detail: d.detail })
+            .collect(),
+        problems: detail.problems,
     }
 }
 

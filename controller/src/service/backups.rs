@@ -1,7 +1,7 @@
 //! Operator reads and deletes of backup objects. Cloud storages are opened by the controller itself; a local
 //! storage lives on one agent's host, so reads and deletes there go through that agent's session. Every
 //! chunk is checked against its size and sha256 before any of its bytes are sent, and a chunk is read from
-//! the next storage holding a copy when one fails.
+//! the next storage holding a copy when one fails. Copies a verify found damaged or missing are not read.
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
@@ -103,7 +103,13 @@ impl BackupsService {
                 "decompress: the backup is encrypted with agent key \"{k}\"; download the stored stream instead"
             )));
         }
-        let copies = self.db.backup_storage_ids(id).await?;
+        // Copies a verify found damaged or missing are never read.
+        let copies = self.db.usable_copy_ids(id).await?;
+        if copies.is_empty() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "backup {id}: every copy was found damaged or missing by a verify; nothing intact to download"
+            )));
+        }
         let mut sources = Vec::new();
         for sid in &copies {
             if let Some(s) = self.db.storage(*sid).await? {

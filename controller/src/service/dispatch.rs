@@ -10,7 +10,7 @@ use std::time::Duration;
 use dg_common::{
     protocol::{
         self, Assignment, Attempt, BackupPlan, ChunkRef, ExecutionRef, ObjectLayout, Plan, RecordedBackup,
-        RecordedEncryption, RestorePlan, StoredObject,
+        RecordedEncryption, RestorePlan, StoredObject, VerifyCopy, VerifyPlan,
     },
     telemetry,
 };
@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{
     attempts::{AttemptEnder, EndCause},
     catalog::CatalogService,
-    storages,
+    storages, verify,
 };
 use crate::session::deliver::{Delivery, Sessions};
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
     crypto::MasterKey,
     db::Db,
     error::{ControllerError, ControllerResult},
-    model::{Execution, Operation, RestoreOptions},
+    model::{Chunk, Execution, Operation, RestoreOptions},
     session::ToAgent,
 };
 
@@ -164,11 +164,7 @@ impl DispatchTask {
         let plan = match ex.operation {
             Operation::Backup => Plan::Backup(self.backup_plan(ex, execution, &ds).await?),
             Operation::Restore => Plan::Restore(self.restore_plan(ex, &ds).await?),
-            Operation::Verify => {
-                return Err(ControllerError::FailedPrecondition(
-                    "standalone verification runs are not supported".into(),
-                ));
-            }
+            Operation::Verify => Plan::Verify(self.verify_plan(ex).await?),
         };
         Ok(Assignment { execution, trace_context: telemetry::inject_current(), plan })
     }
@@ -225,7 +221,16 @@ impl DispatchTask {
             .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
         let source_ds = self.catalog.datasource(backup.datasource_id).await?;
         let options = RestoreOptions::of(&ex.options);
-        let copies = copy_order(self.db.backup_storage_ids(backup_id).await?, options.source_storage_id);
+        // Copies a verify found damaged or missing are left out: the restore never reads them.
+        let all = self.db.backup_storage_ids(backup_id).await?;
+        let usable = self.db.usable_copy_ids(backup_id).await?;
+        let skipped: Vec<String> = all.iter().filter(|s| !usable.contains(s)).map(ToString::to_string).collect();
+        if !skipped.is_empty() {
+            let line =
+                format!("skipping the copies a verify found damaged or missing, in storages {}", skipped.join(", "));
+            self.db.append_log(ex.id, "warn", &line).await?;
+        }
+        let copies = copy_order(usable, options.source_storage_id);
         let mut storages = Vec::new();
         for sid in &copies {
             if let Some(s) = self.db.storage(*sid).await?
@@ -236,9 +241,11 @@ impl DispatchTask {
         }
         if storages.is_empty() {
             return Err(ControllerError::FailedPrecondition(
-                "no storage holding this backup is reachable from the target's agent".into(),
+                "no storage holding an intact copy of this backup is reachable from the target's agent".into(),
             ));
         }
+        let names: Vec<String> = storages.iter().map(|s| s.id.to_string()).collect();
+        self.db.append_log(ex.id, "info", &format!("reading the copies in storages {}", names.join(", "))).await?;
         // Keys and checksums are identical in every copy; take the first copy's list.
         let first = copies.first().copied().unwrap_or_default();
         let chunks = self
@@ -247,12 +254,7 @@ impl DispatchTask {
             .await?
             .into_iter()
             .filter(|c| c.storage_id == first)
-            .map(|c| ChunkRef {
-                seq: u32::try_from(c.seq).unwrap_or_default(),
-                key: c.object_key,
-                size: u64::try_from(c.size).unwrap_or_default(),
-                sha256: c.sha256,
-            })
+            .map(chunk_ref)
             .collect();
         Ok(RestorePlan {
             target: self.catalog.database_target(ds, ex.target_database.clone())?,
@@ -267,6 +269,47 @@ impl DispatchTask {
             recorded: recorded_backup(&backup),
             raw_bytes: u64::try_from(backup.raw_bytes).ok().filter(|n| *n > 0),
         })
+    }
+}
+
+impl DispatchTask {
+    /// A verify reads every complete copy its agent can reach, each against the chunks recorded for it.
+    async fn verify_plan(&self, ex: &Execution) -> ControllerResult<VerifyPlan> {
+        let backup_id =
+            ex.source_backup_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup was deleted".into()))?;
+        let backup = self
+            .db
+            .execution(backup_id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
+        let mut copies = Vec::new();
+        for c in verify::planned_copies(&self.db, &backup, ex.agent_id).await? {
+            let storage = storages::target(&c.storage, &self.key)?;
+            copies.push(VerifyCopy { storage, chunks: c.chunks.into_iter().map(chunk_ref).collect() });
+        }
+        if copies.is_empty() {
+            return Err(ControllerError::FailedPrecondition(
+                "no storage holding this backup is reachable from its datasource's agent".into(),
+            ));
+        }
+        let names: Vec<String> = copies.iter().map(|c| c.storage.id.to_string()).collect();
+        self.db.append_log(ex.id, "info", &format!("verifying the copies in storages {}", names.join(", "))).await?;
+        Ok(VerifyPlan {
+            copies,
+            sha256: backup.sha256.clone().unwrap_or_default(),
+            manifest_key: backup.manifest_key.clone().unwrap_or_default(),
+            recorded: recorded_backup(&backup),
+        })
+    }
+}
+
+/// A recorded chunk as a plan carries it.
+fn chunk_ref(c: Chunk) -> ChunkRef {
+    ChunkRef {
+        seq: u32::try_from(c.seq).unwrap_or_default(),
+        key: c.object_key,
+        size: u64::try_from(c.size).unwrap_or_default(),
+        sha256: c.sha256,
     }
 }
 

@@ -10,11 +10,12 @@ use super::{
     attempts::{AttemptEnder, EndCause},
     commit::{self, CommitPlan},
     retention::RetentionHandle,
+    verify,
     waker::DispatchWaker,
 };
 use dg_common::{
     ids::AgentId,
-    protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout},
+    protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout, VerifyResult},
 };
 
 use crate::session::{
@@ -25,7 +26,7 @@ use crate::{
     coordination::Coordination,
     db::{BackupOutcome, ChunkRecord, ChunkReport, Db, ExecutionFilter, NewExecution, Page},
     error::{ControllerError, ControllerResult},
-    model::{Chunk, Execution, LogLine, Operation, Status},
+    model::{Chunk, CopyRecord, Execution, LogLine, Operation, Status},
 };
 
 /// A validated restore request.
@@ -86,6 +87,8 @@ pub struct BackupDetail {
     pub storage_ids: Vec<Uuid>,
     /// Chunks of every copy.
     pub chunks: Vec<Chunk>,
+    /// Every complete copy with its last verify.
+    pub copies: Vec<CopyRecord>,
 }
 
 /// Execution service.
@@ -196,6 +199,23 @@ impl ExecutionsService {
                 backup.id
             )));
         }
+        // Copies a verify found damaged or missing are never read; with none left the restore is refused
+        // here, before anything is queued (the target is never touched).
+        let usable = self.db.usable_copy_ids(backup.id).await?;
+        if usable.is_empty() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "backup {}: every copy was found damaged or missing by a verify; nothing intact to restore from",
+                backup.id
+            )));
+        }
+        if let Some(sid) = r.source_storage_id
+            && !usable.contains(&sid)
+        {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "source_storage_id: the copy of backup {} in storage {sid} was found damaged or missing by a verify",
+                backup.id
+            )));
+        }
         let database = if r.verification_mode {
             format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12])
         } else {
@@ -236,6 +256,43 @@ impl ExecutionsService {
         self.db
             .append_log(ex.id, "info", &format!("{what} of backup {} into database {database} queued", backup.id))
             .await?;
+        self.waker.wake();
+        self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
+        Ok(ex)
+    }
+
+    /// Queues a checksum-only verify of every copy of a backup, run by the agent bound to the backup's
+    /// datasource. Refused while the backup is being deleted (checked atomically with queueing, as restores
+    /// are, so a deletion waits for the verify).
+    pub async fn verify(&self, backup_id: Uuid) -> ControllerResult<Execution> {
+        self.coord.require()?;
+        let backup = self.backup_execution(backup_id).await?;
+        if backup.deleting {
+            return Err(ControllerError::FailedPrecondition(format!("backup {backup_id} is being deleted")));
+        }
+        let ds = self
+            .db
+            .datasource(backup.datasource_id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", backup.datasource_id)))?;
+        let ex = self
+            .db
+            .insert_reading_execution(
+                backup.id,
+                &NewExecution {
+                    operation: Operation::Verify,
+                    job_id: None,
+                    datasource_id: ds.id,
+                    agent_id: ds.agent_id,
+                    source_backup_id: Some(backup.id),
+                    target_database: None,
+                    options: serde_json::json!({}),
+                },
+            )
+            .await?
+            .ok_or_else(|| ControllerError::FailedPrecondition(format!("backup {backup_id} is being deleted")))?;
+        let line = format!("verify of backup {backup_id} queued (checksums only; no database is touched)");
+        self.db.append_log(ex.id, "info", &line).await?;
         self.waker.wake();
         self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
         Ok(ex)
@@ -282,7 +339,8 @@ impl ExecutionsService {
             .into_iter()
             .filter(|c| storage_ids.contains(&c.storage_id))
             .collect();
-        Ok(BackupDetail { execution, storage_ids, chunks })
+        let copies = self.db.backup_copies(id).await?;
+        Ok(BackupDetail { execution, storage_ids, chunks, copies })
     }
 
     async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
@@ -312,7 +370,10 @@ impl ExecutionsService {
         let current = ex.attempt == attempt;
         let terminal_report = matches!(
             report,
-            AgentReport::BackupCompleted { .. } | AgentReport::RestoreCompleted { .. } | AgentReport::Failed { .. }
+            AgentReport::BackupCompleted { .. }
+                | AgentReport::RestoreCompleted { .. }
+                | AgentReport::VerifyCompleted { .. }
+                | AgentReport::Failed { .. }
         );
         if !(current && ex.status == Status::Running) {
             if current && terminal_report && ex.status.is_terminal() {
@@ -338,6 +399,7 @@ impl ExecutionsService {
             AgentReport::RestoreCompleted { result, .. } => {
                 self.report_restore_completed(&ex, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
             }
+            AgentReport::VerifyCompleted { result, .. } => self.report_verify_completed(&ex, attempt, result).await,
             AgentReport::Failed { error, cancelled, .. } => {
                 let cause = if cancelled { EndCause::AgentCancelled } else { EndCause::AgentFailed(error) };
                 self.ender.end(&ex, attempt, cause).await?;
@@ -484,6 +546,42 @@ impl ExecutionsService {
         if self.db.complete_restore(id, attempt, raw).await? {
             self.finished(Operation::Restore, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// A verify finished on the agent: its findings must name exactly the copies of the plan and only their
+    /// chunks (else the attempt is refused); then every verdict and the verify's end are recorded in one
+    /// transaction (a resent report finds the attempt ended and changes nothing).
+    async fn report_verify_completed(&self, ex: &Execution, attempt: i32, r: VerifyResult) -> ControllerResult<()> {
+        if ex.operation != Operation::Verify {
+            return self.refuse(ex, attempt, format!("a verify result for a {} execution", ex.operation)).await;
+        }
+        let Some(backup) = ex.source_backup_id else {
+            return self.refuse(ex, attempt, "the backup is gone".into()).await;
+        };
+        let b =
+            self.db.execution(backup).await?.ok_or_else(|| ControllerError::NotFound(format!("backup {backup}")))?;
+        let planned: Vec<(Uuid, usize)> = verify::planned_copies(&self.db, &b, ex.agent_id)
+            .await?
+            .into_iter()
+            .map(|c| (c.storage.id, c.chunks.len()))
+            .collect();
+        let outcomes = match verify::check_result(&planned, &r) {
+            Ok(o) => o,
+            Err(why) => return self.refuse(ex, attempt, why).await,
+        };
+        let verdicts: Vec<_> = outcomes.iter().filter_map(|o| o.verdict.clone()).collect();
+        let lines: Vec<(&str, &str)> = outcomes
+            .iter()
+            .map(|o| {
+                let level = if o.verdict.as_ref().is_some_and(|v| v.status == "intact") { "info" } else { "warn" };
+                (level, o.line.as_str())
+            })
+            .collect();
+        if self.db.complete_verify(ex.id, attempt, backup, &verdicts, &lines).await? {
+            self.finished(Operation::Verify, Status::Completed);
         }
         self.waker.wake();
         Ok(())

@@ -17,4 +17,5 @@ pub mod retention_policy;
 pub mod schedule;
 pub mod scheduler;
 pub mod storages;
+pub mod verify;
 pub mod waker;

@@ -27,14 +27,14 @@ impl backup_service_server::BackupService for OperatorSvc {
         let list = self.ctx.executions.list_backups(ds, page).await?;
         Ok(Response::new(pb::ListBackupsResponse {
             next_page_token: page.next_token(list.len()),
-            backups: list.iter().map(|(e, s)| convert::backup(e, s, &[])).collect(),
+            backups: list.iter().map(|(e, s)| convert::backup(e, s, &[], &[])).collect(),
         }))
     }
 
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> Result<Response<pb::Backup>, Status> {
         let id = validate::id("id", &req.into_inner().id)?;
         let b = self.ctx.executions.backup(id).await?;
-        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks, &b.copies)))
     }
 
     async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> Result<Response<pb::Execution>, Status> {
@@ -43,6 +43,14 @@ impl backup_service_server::BackupService for OperatorSvc {
         let backup = r.backup_id;
         let res = self.ctx.executions.restore(r).await;
         let e = self.audited_on(&who, "backup.restore", "backup", backup, res).await?;
+        Ok(Response::new(convert::execution(&e)))
+    }
+
+    async fn verify_backup(&self, req: Request<pb::VerifyBackupRequest>) -> Result<Response<pb::Execution>, Status> {
+        let who = actor(&req);
+        let backup = validate::id("backup_id", &req.into_inner().backup_id)?;
+        let res = self.ctx.executions.verify(backup).await;
+        let e = self.audited_on(&who, "backup.verify", "backup", backup, res).await?;
         Ok(Response::new(convert::execution(&e)))
     }
 
@@ -86,7 +94,7 @@ impl backup_service_server::BackupService for OperatorSvc {
         let res = self.ctx.backups.set_pin(id, Some(&reason)).await;
         self.audited_on(&who, "backup.pin", "backup", id, res).await?;
         let b = self.ctx.executions.backup(id).await?;
-        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks, &b.copies)))
     }
 
     async fn unpin_backup(&self, req: Request<pb::UnpinBackupRequest>) -> Result<Response<pb::Backup>, Status> {
@@ -95,6 +103,6 @@ impl backup_service_server::BackupService for OperatorSvc {
         let res = self.ctx.backups.set_pin(id, None).await;
         self.audited_on(&who, "backup.unpin", "backup", id, res).await?;
         let b = self.ctx.executions.backup(id).await?;
-        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks)))
+        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks, &b.copies)))
     }
 }
