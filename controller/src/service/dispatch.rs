@@ -212,13 +212,8 @@ impl DispatchTask {
     }
 
     async fn restore_plan(&self, ex: &Execution, ds: &crate::model::Datasource) -> ControllerResult<RestorePlan> {
-        let backup_id =
-            ex.source_backup_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup was deleted".into()))?;
-        let backup = self
-            .db
-            .execution(backup_id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
+        let backup = self.source_backup(ex).await?;
+        let backup_id = backup.id;
         let source_ds = self.catalog.datasource(backup.datasource_id).await?;
         let options = RestoreOptions::of(&ex.options);
         // Copies a verify found damaged or missing are left out: the restore never reads them.
@@ -273,15 +268,16 @@ impl DispatchTask {
 }
 
 impl DispatchTask {
+    /// The backup a restore or verify reads.
+    async fn source_backup(&self, ex: &Execution) -> ControllerResult<Execution> {
+        let id =
+            ex.source_backup_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup was deleted".into()))?;
+        self.db.execution(id).await?.ok_or_else(|| ControllerError::NotFound(format!("backup {id}")))
+    }
+
     /// A verify reads every complete copy its agent can reach, each against the chunks recorded for it.
     async fn verify_plan(&self, ex: &Execution) -> ControllerResult<VerifyPlan> {
-        let backup_id =
-            ex.source_backup_id.ok_or_else(|| ControllerError::FailedPrecondition("the backup was deleted".into()))?;
-        let backup = self
-            .db
-            .execution(backup_id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("backup {backup_id}")))?;
+        let backup = self.source_backup(ex).await?;
         let mut copies = Vec::new();
         for c in verify::planned_copies(&self.db, &backup, ex.agent_id).await? {
             let storage = storages::target(&c.storage, &self.key)?;
