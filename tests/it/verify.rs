@@ -179,6 +179,17 @@ async fn with_every_copy_damaged_restores_and_downloads_are_refused_and_bad_inpu
     assert_eq!(cb.verify_status, pb::CopyVerifyStatus::Missing as i32, "{cb:?}");
     assert_eq!(cb.damaged_chunks.len(), keys.len(), "every chunk named missing: {cb:?}");
     assert!(cb.problems.iter().any(|p| p.contains("manifest: missing")), "{:?}", cb.problems);
+    // Retention no longer counts it as a good backup: it is not the job's newest good one.
+    let preview = c
+        .jobs
+        .preview_retention(authed(
+            pb::PreviewRetentionRequest { job_id: backup.job_id.clone(), policy: None },
+            &c.token,
+        ))
+        .await?
+        .into_inner();
+    let decision = preview.backups.iter().find(|d| d.backup_id == backup.id).expect("the backup is listed");
+    assert!(decision.reasons.iter().all(|r| !r.contains("newest good")), "{decision:?}");
 
     // Restore: refused at once with FAILED_PRECONDITION, nothing queued, no target touched.
     let never = TestDb::reserve("vfyall_never");
