@@ -15,7 +15,6 @@ use secrecy::ExposeSecret;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use object_store::{ObjectStoreExt, path::Path as ObjPath};
 use sha2::{Digest, Sha256};
 use tokio::{io::AsyncWriteExt, sync::mpsc};
 use tokio_util::sync::CancellationToken;
@@ -33,15 +32,11 @@ use crate::{
     error::{PipelineError, PipelineResult},
     keys::ChunkCipher,
     report::Reporter,
-    storage::{self, OpenStorage},
+    storage::{self, Bounded, OpenStorage},
 };
 
 /// Decompressed block size written to the restore tool.
 const BLOCK: usize = 256 * 1024;
-/// A manifest read back is at most this plus [`MANIFEST_BYTES_PER_CHUNK`] per chunk of the plan.
-const MANIFEST_BASE_BYTES: u64 = 64 * 1024;
-/// Manifest bytes allowed per chunk (a chunk entry is about 150 bytes).
-const MANIFEST_BYTES_PER_CHUNK: u64 = 1024;
 /// Largest globals SQL replayed (roles and tablespaces: kilobytes in practice).
 const MAX_GLOBALS_SQL: u64 = 64 << 20;
 
@@ -73,21 +68,14 @@ pub async fn run(
 /// Reads at most `max` bytes of object `key`: an object larger than that fails without being read further
 /// (every size a restore reads by is recorded by the controller, or a bound derived from it).
 async fn read_bounded(s: &OpenStorage, key: &str, max: u64) -> Result<Bytes, String> {
-    use futures::StreamExt;
-    let got = s.store.get(&ObjPath::from(key)).await.map_err(|e| format!("storage {}: {e}", s.id))?;
-    if got.meta.size > max {
-        return Err(format!("storage {}: {key} is {} bytes, more than the {max} recorded", s.id, got.meta.size));
-    }
-    let mut buf = bytes::BytesMut::with_capacity(usize::try_from(got.meta.size).unwrap_or(0));
-    let mut parts = got.into_stream();
-    while let Some(part) = parts.next().await {
-        let part = part.map_err(|e| format!("storage {}: {e}", s.id))?;
-        if (buf.len() + part.len()) as u64 > max {
-            return Err(format!("storage {}: {key} is more than the {max} bytes recorded", s.id));
+    match s.read_bounded(key, max).await.map_err(|e| format!("storage {}: {e}", s.id))? {
+        Bounded::Got(b) => Ok(b),
+        Bounded::Absent => Err(format!("storage {}: {key} not found", s.id)),
+        Bounded::TooLarge(Some(size)) => {
+            Err(format!("storage {}: {key} is {size} bytes, more than the {max} recorded", s.id))
         }
-        buf.extend_from_slice(&part);
+        Bounded::TooLarge(None) => Err(format!("storage {}: {key} is more than the {max} bytes recorded", s.id)),
     }
-    Ok(buf.freeze())
 }
 
 async fn fetch_verified(s: &OpenStorage, c: &ChunkRef) -> Result<Bytes, String> {
@@ -115,7 +103,7 @@ async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> Pip
 
 /// Reads the manifest, bounded by what a manifest of `chunks` chunks can need.
 async fn read_manifest(stores: &[OpenStorage], key: &str, chunks: usize) -> PipelineResult<Manifest> {
-    let max = MANIFEST_BASE_BYTES + MANIFEST_BYTES_PER_CHUNK * chunks as u64;
+    let max = storage::manifest_bound(chunks);
     let mut reasons = Vec::new();
     for s in stores {
         let got = async { Manifest::from_bytes(&read_bounded(s, key, max).await?).map_err(|e| e.to_string()) };
@@ -388,7 +376,7 @@ fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> Pipe
 mod tests {
     use std::sync::Arc;
 
-    use object_store::{PutPayload, memory::InMemory};
+    use object_store::{ObjectStoreExt, PutPayload, memory::InMemory, path::Path as ObjPath};
 
     use dg_common::ids::StorageId;
 

@@ -23,15 +23,11 @@ use crate::{
     context::AgentContext,
     error::{PipelineError, PipelineResult},
     report::Reporter,
-    storage::{self, OpenStorage},
+    storage::{self, Bounded, OpenStorage},
 };
 
 /// Bytes gathered before they are hashed on a blocking thread.
 const HASH_BATCH: usize = 4 << 20;
-/// A manifest read back is at most this plus [`MANIFEST_BYTES_PER_CHUNK`] per chunk of the copy.
-const MANIFEST_BASE_BYTES: u64 = 64 * 1024;
-/// Manifest bytes allowed per chunk.
-const MANIFEST_BYTES_PER_CHUNK: u64 = 1024;
 
 /// Runs one verify attempt.
 pub async fn run(
@@ -103,24 +99,11 @@ fn storage_failure(s: &OpenStorage, e: impl std::fmt::Display) -> String {
 /// Reads a small object whole, at most `max` bytes (`Err` on a storage failure; an object past the bound is
 /// `Got(None)`).
 async fn read_small(s: &OpenStorage, key: &str, max: u64) -> Result<Read<Option<bytes::Bytes>>, String> {
-    let got = match s.store.get(&ObjPath::from(key)).await {
-        Ok(g) => g,
-        Err(object_store::Error::NotFound { .. }) => return Ok(Read::Absent),
-        Err(e) => return Err(storage_failure(s, e)),
-    };
-    if got.meta.size > max {
-        return Ok(Read::Got(None));
-    }
-    let mut buf = BytesMut::new();
-    let mut parts = got.into_stream();
-    while let Some(part) = parts.next().await {
-        let part = part.map_err(|e| storage_failure(s, e))?;
-        if (buf.len() + part.len()) as u64 > max {
-            return Ok(Read::Got(None));
-        }
-        buf.extend_from_slice(&part);
-    }
-    Ok(Read::Got(Some(buf.freeze())))
+    Ok(match s.read_bounded(key, max).await.map_err(|e| storage_failure(s, e))? {
+        Bounded::Absent => Read::Absent,
+        Bounded::TooLarge(_) => Read::Got(None),
+        Bounded::Got(b) => Read::Got(Some(b)),
+    })
 }
 
 /// What hashing one object found.
@@ -197,7 +180,7 @@ async fn verify_copy(plan: &VerifyPlan, copy: &VerifyCopy, s: &OpenStorage) -> P
     let mut f = CopyFindings::clean(copy.storage.id);
     let unreadable = |f: CopyFindings, e: String| CopyFindings { unreadable: Some(e), ..f };
 
-    let max = MANIFEST_BASE_BYTES + MANIFEST_BYTES_PER_CHUNK * copy.chunks.len() as u64;
+    let max = storage::manifest_bound(copy.chunks.len());
     match read_small(s, &plan.manifest_key, max).await {
         Err(e) => return Ok(unreadable(f, e)),
         Ok(Read::Absent) => f.manifest_missing = true,
