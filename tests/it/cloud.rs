@@ -11,55 +11,17 @@ use dg_tests::{
     suffix,
 };
 use futures::StreamExt;
-use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, Executor};
 
+/// The create request for a cloud configuration: the same per-kind message the agent's task carries.
 fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
-    match cfg {
-        StoreConfig::S3 {
-            endpoint,
-            region,
-            bucket,
-            prefix,
-            path_style,
-            access_key_id,
-            secret_access_key,
-            allow_http,
-            ambient_credentials,
-        } => pb::create_storage_request::Config::S3(pb::S3StorageConfig {
-            endpoint,
-            region,
-            bucket,
-            prefix,
-            path_style,
-            access_key_id,
-            secret_access_key: secret_access_key.expose_secret().to_owned(),
-            allow_http,
-            ambient_credentials,
-        }),
-        StoreConfig::Azure { account, container, prefix, access_key, endpoint, allow_http, ambient_credentials } => {
-            pb::create_storage_request::Config::Azure(pb::AzureStorageConfig {
-                account,
-                container,
-                prefix,
-                access_key: access_key.expose_secret().to_owned(),
-                endpoint,
-                allow_http,
-                ambient_credentials,
-            })
-        }
-        StoreConfig::Gcs { bucket, prefix, service_account_key, endpoint, allow_http, ambient_credentials } => {
-            pb::create_storage_request::Config::Gcs(pb::GcsStorageConfig {
-                bucket,
-                prefix,
-                service_account_key: service_account_key.expose_secret().to_owned(),
-                endpoint,
-                allow_http,
-                ambient_credentials,
-            })
-        }
-        StoreConfig::Local { .. } => unreachable!("cloud storages only"),
+    use pb::{create_storage_request::Config as Request, storage_target::Config as Target};
+    match dg_common::store::to_target(String::new(), cfg, String::new()).config {
+        Some(Target::S3(s)) => Request::S3(s),
+        Some(Target::Gcs(g)) => Request::Gcs(g),
+        Some(Target::Azure(a)) => Request::Azure(a),
+        _ => unreachable!("cloud storages only"),
     }
 }
 
