@@ -313,6 +313,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
             let bound = l.local_addr()?;
+            let refresh = Duration::from_secs(config.metrics_refresh_interval_secs.max(1));
+            tracker.spawn(
+                crate::service::gauges::GaugesTask::new(db.clone(), metrics.clone(), refresh).run(cancel.clone()),
+            );
             tracker.spawn(crate::metrics::serve(l, metrics, cancel.clone()));
             Some(bound)
         }

@@ -1,6 +1,7 @@
 //! End-to-end tests through the public gRPC API against real PostgreSQL, real `pg_dump`/`pg_restore`,
 //! real mTLS agents and real `grpcurl`.
 
+mod alert_rules;
 mod backup_restore;
 mod bad_input;
 mod bootstrap;
@@ -12,6 +13,7 @@ mod failures;
 mod faults;
 mod grpcurl;
 mod lifecycle;
+mod metrics;
 mod operator_api;
 mod protocol;
 mod python_client;

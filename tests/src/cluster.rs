@@ -143,6 +143,7 @@ impl Cluster {
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
+            metrics_refresh_interval_secs: 1,
             retention_interval_secs: opts.retention_interval_secs.unwrap_or(if opts.orphan_grace_secs.is_some() {
                 1
             } else {

@@ -6,6 +6,7 @@ mod agents;
 mod auth;
 mod catalog;
 mod executions;
+mod gauges;
 mod health;
 mod pki;
 mod retention;
@@ -24,6 +25,7 @@ pub use self::{
     agents::{AgentStanding, IssuedCert},
     catalog::Deletion,
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
+    gauges::{AgentGauge, JobGauge, QueueGauge},
     health::AuditFilter,
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,

@@ -117,8 +117,9 @@ impl ExecutionsService {
         Self { db, waker, sessions, coord, retention, metrics, ender }
     }
 
-    fn finished(&self, operation: Operation, status: Status) {
-        self.metrics.executions_finished.with_label_values(&[operation.as_str(), status.as_str()]).inc();
+    fn finished(&self, ex: &Execution, status: Status) {
+        let ran_for = ex.started_at.and_then(|s| (chrono::Utc::now() - s).to_std().ok());
+        self.metrics.execution_ended(ex.operation.as_str(), status.as_str(), ran_for);
     }
 
     /// Asks dispatch for a round (e.g. an agent connected).
@@ -522,7 +523,7 @@ impl ExecutionsService {
                         ),
                     )
                     .await?;
-                self.finished(Operation::Backup, Status::Completed);
+                self.finished(ex, Status::Completed);
                 self.metrics.backup_bytes_stored.inc_by(u64::try_from(o.stored_bytes).unwrap_or(0));
                 self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
                 if let Some(job) = ex.job_id {
@@ -544,7 +545,7 @@ impl ExecutionsService {
             return self.refuse(ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
         }
         if self.db.complete_restore(id, attempt, raw).await? {
-            self.finished(Operation::Restore, Status::Completed);
+            self.finished(ex, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }
         self.waker.wake();
@@ -581,7 +582,10 @@ impl ExecutionsService {
             })
             .collect();
         if self.db.complete_verify(ex.id, attempt, backup, &verdicts, &lines).await? {
-            self.finished(Operation::Verify, Status::Completed);
+            self.finished(ex, Status::Completed);
+            for v in &verdicts {
+                self.metrics.verify_copies.with_label_values(&[v.status]).inc();
+            }
         }
         self.waker.wake();
         Ok(())
@@ -615,7 +619,7 @@ impl ExecutionsService {
         match ex.status {
             Status::Queued => {
                 if self.db.cancel_queued(id, "cancelled by an operator").await? {
-                    self.finished(ex.operation, Status::Cancelled);
+                    self.finished(&ex, Status::Cancelled);
                     self.db.append_log(id, "warn", "cancelled by an operator before it started").await?;
                 }
             }

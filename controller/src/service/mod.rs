@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod commit;
 pub mod dispatch;
 pub mod executions;
+pub mod gauges;
 pub mod health;
 pub mod login_limit;
 pub mod relay;
