@@ -477,6 +477,8 @@ pub struct RestoreDrill {
     pub schema_expect: serde_json::Value,
     /// Scheduled runs happen.
     pub enabled: bool,
+    /// Scratch database name prefix.
+    pub scratch_prefix: String,
     /// Next scheduled slot.
     pub next_run_at: Option<DateTime<Utc>>,
     /// Created.

@@ -35,6 +35,7 @@ impl MigrationTrait for Migration {
                      sql_assertions       JSONB NOT NULL DEFAULT '[]'::jsonb,
                      schema_expect        JSONB NOT NULL DEFAULT '{}'::jsonb,
                      enabled              BOOLEAN NOT NULL DEFAULT true,
+                     scratch_prefix       TEXT NOT NULL DEFAULT 'dg_drill_',
                      next_run_at          TIMESTAMPTZ,
                      created_at           TIMESTAMPTZ NOT NULL DEFAULT now(),
                      updated_at           TIMESTAMPTZ NOT NULL DEFAULT now()

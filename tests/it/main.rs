@@ -7,6 +7,7 @@ mod bootstrap;
 mod cleartext;
 mod cloud;
 mod data_path;
+mod drills;
 mod emulators;
 mod failures;
 mod faults;

@@ -10,7 +10,8 @@ use super::{Db, Page, execute, fetch_all, fetch_one};
 use crate::model::{DrillRun, DrillRunStatus, RestoreDrill};
 
 const DRILL_COLS: &str = "id, name, datasource_id, target_datasource_id, cron, time_zone, max_backup_age_secs, \
-     tolerance_percent, assert_row_counts, sql_assertions, schema_expect, enabled, next_run_at, created_at, updated_at";
+     tolerance_percent, assert_row_counts, sql_assertions, schema_expect, enabled, scratch_prefix, next_run_at, created_at, \
+     updated_at";
 const RUN_COLS: &str = "id, drill_id, status, trigger, started_at, finished_at, execution_id, backup_id, \
      backup_completed_at, target_datasource_id, scratch_database, evidence, error";
 
@@ -39,6 +40,8 @@ pub struct DrillRecord {
     pub schema_expect: serde_json::Value,
     /// Scheduled runs happen.
     pub enabled: bool,
+    /// Scratch database name prefix.
+    pub scratch_prefix: String,
 }
 
 /// A newest good backup candidate.
@@ -66,8 +69,9 @@ impl Db {
             &self.conn,
             &format!(
                 "INSERT INTO restore_drill (id, name, datasource_id, target_datasource_id, cron, time_zone, \
-                 max_backup_age_secs, tolerance_percent, assert_row_counts, sql_assertions, schema_expect, enabled) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (name) DO NOTHING \
+                 max_backup_age_secs, tolerance_percent, assert_row_counts, sql_assertions, schema_expect, enabled, \
+                 scratch_prefix) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+                 ON CONFLICT (name) DO NOTHING \
                  RETURNING {DRILL_COLS}"
             ),
             [
@@ -83,6 +87,7 @@ impl Db {
                 d.sql_assertions.clone().into(),
                 d.schema_expect.clone().into(),
                 d.enabled.into(),
+                d.scratch_prefix.clone().into(),
             ],
         )
         .await
@@ -180,11 +185,15 @@ impl Db {
 
     /// The newest completed backup of a datasource with a copy a verify has not found damaged or missing,
     /// not being deleted, completed at or after `since`.
-    pub async fn newest_good_backup(&self, datasource: Uuid, since: DateTime<Utc>) -> Result<Option<GoodBackup>, DbErr> {
+    pub async fn newest_good_backup(
+        &self,
+        datasource: Uuid,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Option<GoodBackup>, DbErr> {
         fetch_one(
             &self.conn,
             "SELECT e.id, e.finished_at FROM execution e WHERE e.operation = 'backup' AND e.status = 'completed' \
-             AND NOT e.deleting AND e.datasource_id = $1 AND e.finished_at >= $2 AND EXISTS (SELECT 1 FROM \
+             AND NOT e.deleting AND e.datasource_id = $1 AND ($2::timestamptz IS NULL OR e.finished_at >= $2) AND EXISTS (SELECT 1 FROM \
              backup_copy c WHERE c.execution_id = e.id AND c.complete AND coalesce(c.verify_status, 'intact') = \
              'intact') ORDER BY e.finished_at DESC LIMIT 1",
             [datasource.into(), since.into()],
@@ -194,7 +203,7 @@ impl Db {
 
     /// The newest completed backup of a datasource whatever its age (to say how old it is).
     pub async fn newest_backup_any_age(&self, datasource: Uuid) -> Result<Option<GoodBackup>, DbErr> {
-        self.newest_good_backup(datasource, DateTime::<Utc>::MIN_UTC).await
+        self.newest_good_backup(datasource, None).await
     }
 
     /// Inserts a run `running` (or already `failed` with `error`).

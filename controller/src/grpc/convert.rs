@@ -416,6 +416,7 @@ pub fn drill(d: &model::RestoreDrill) -> pb::RestoreDrill {
         enabled: d.enabled,
         next_run_at: ots(d.next_run_at.filter(|_| d.enabled && d.cron.is_some())),
         created_at: Some(ts(d.created_at)),
+        scratch_database_prefix: d.scratch_prefix.clone(),
     }
 }
 

@@ -53,6 +53,8 @@ pub struct NewDrill {
     pub schema: SchemaExpect,
     /// Scheduled runs happen.
     pub enabled: bool,
+    /// Scratch database name prefix (validated: an identifier of at most 40 characters).
+    pub scratch_prefix: String,
 }
 
 /// A validated change to a drill (`None`: unchanged).
@@ -98,12 +100,13 @@ fn record(d: &NewDrill) -> DrillRecord {
         sql_assertions: serde_json::json!(d.sql),
         schema_expect: serde_json::json!(d.schema),
         enabled: d.enabled,
+        scratch_prefix: d.scratch_prefix.clone(),
     }
 }
 
-/// The scratch database of a run.
-pub fn scratch_database(run: Uuid) -> String {
-    format!("dg_drill_{}", &run.simple().to_string()[..12])
+/// The scratch database of a run: the drill's prefix and 12 hex digits of the run id.
+pub fn scratch_database(prefix: &str, run: Uuid) -> String {
+    format!("{prefix}{}", &run.simple().to_string()[..12])
 }
 
 /// The checks the agent runs for a drill.
@@ -169,6 +172,7 @@ impl DrillService {
             sql: p.sql.unwrap_or_else(|| cur.sql()),
             schema: p.schema.unwrap_or_else(|| cur.schema()),
             enabled: p.enabled.unwrap_or(cur.enabled),
+            scratch_prefix: cur.scratch_prefix.clone(),
         };
         // The cron and zone are checked together (either may have changed).
         schedule::parse(&d.cron, &d.time_zone)?;
@@ -188,7 +192,7 @@ impl DrillService {
     pub async fn run(&self, id: Uuid, trigger: &str) -> ControllerResult<DrillRun> {
         let drill = self.get(id).await?;
         let max_age = chrono::Duration::seconds(drill.max_backup_age_secs);
-        let since = Utc::now() - max_age;
+        let since = Some(Utc::now() - max_age);
         let Some(backup) = self.db.newest_good_backup(drill.datasource_id, since).await? else {
             let why = match self.db.newest_backup_any_age(drill.datasource_id).await? {
                 Some(b) => format!(
@@ -205,7 +209,7 @@ impl DrillService {
             return self.run_record(run.id).await;
         };
         let run = self.db.insert_drill_run(&drill, trigger, None).await?;
-        let scratch = scratch_database(run.id);
+        let scratch = scratch_database(&drill.scratch_prefix, run.id);
         let request = RestoreRequest {
             backup_id: backup.id,
             target_datasource_id: Some(drill.target_datasource_id),

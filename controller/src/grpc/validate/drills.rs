@@ -71,6 +71,22 @@ pub fn sql_assertions(list: Vec<pb::SqlAssertion>) -> V<Vec<SqlAssertion>> {
     Ok(out)
 }
 
+/// A scratch database name prefix: empty for the default, else `[a-z_][a-z0-9_]*`, at most 40 characters
+/// (12 hex digits follow; the name stays within PostgreSQL's 63 and MariaDB's 64).
+fn scratch_prefix(p: &str) -> V<String> {
+    if p.is_empty() {
+        return Ok("dg_drill_".into());
+    }
+    let ok = p.len() <= 40
+        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !p.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(p.to_owned())
+    } else {
+        Err(FieldError::new("scratch_database_prefix", "must be lowercase letters, digits and _ (not first), at most 40"))
+    }
+}
+
 fn schema(s: Option<pb::SchemaExpectations>) -> SchemaExpect {
     s.map(|s| SchemaExpect {
         min_tables: s.min_tables,
@@ -100,6 +116,7 @@ impl TryFrom<pb::CreateRestoreDrillRequest> for NewDrill {
             sql: sql_assertions(r.sql_assertions)?,
             schema: schema(r.schema),
             enabled: r.enabled.unwrap_or(true),
+            scratch_prefix: scratch_prefix(&r.scratch_database_prefix)?,
         })
     }
 }
