@@ -9,11 +9,11 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use dg_proto::v1::{
     agent_enrollment_service_server::AgentEnrollmentServiceServer, agent_service_server::AgentServiceServer,
-    agent_session_service_server::AgentSessionServiceServer, audit_service_server::AuditServiceServer, restore_drill_service_server::RestoreDrillServiceServer,
+    agent_session_service_server::AgentSessionServiceServer, audit_service_server::AuditServiceServer,
     auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
     execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
-    storage_service_server::StorageServiceServer,
+    restore_drill_service_server::RestoreDrillServiceServer, storage_service_server::StorageServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
@@ -42,11 +42,11 @@ use crate::{
         backups::BackupsService,
         catalog::CatalogService,
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
+        drills::{DrillService, DrillTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
         relay::RelayTask,
         retention::{RetentionService, RetentionTask},
-        drills::{DrillService, DrillTask},
         scheduler::{self, SchedulerTask},
     },
 };

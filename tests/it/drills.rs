@@ -32,7 +32,11 @@ fn scalar(name: &str, query: &str, value: &str) -> pb::SqlAssertion {
 }
 
 fn rows(name: &str, query: &str) -> pb::SqlAssertion {
-    pb::SqlAssertion { name: name.into(), query: query.into(), expect: Some(pb::sql_assertion::Expect::AtLeastOneRow(true)) }
+    pb::SqlAssertion {
+        name: name.into(),
+        query: query.into(),
+        expect: Some(pb::sql_assertion::Expect::AtLeastOneRow(true)),
+    }
 }
 
 fn drill_req(ds: &str, sql: Vec<pb::SqlAssertion>, max_age_secs: i64) -> pb::CreateRestoreDrillRequest {
@@ -59,7 +63,8 @@ async fn run_drill(c: &mut Clients, drill: &str) -> anyhow::Result<pb::DrillRun>
     while run.status == pb::DrillRunStatus::Running as i32 {
         anyhow::ensure!(tokio::time::Instant::now() < deadline, "drill run {} still running", run.id);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        run = c.drills.get_drill_run(authed(pb::GetDrillRunRequest { id: run.id.clone() }, &c.token)).await?.into_inner();
+        run =
+            c.drills.get_drill_run(authed(pb::GetDrillRunRequest { id: run.id.clone() }, &c.token)).await?.into_inner();
     }
     Ok(run)
 }
@@ -166,7 +171,11 @@ async fn pg_drill_judges_the_backup_counts_and_keeps_evidence() -> anyhow::Resul
     assert_eq!(runs[0]["status"], "passed");
     assert_eq!(runs[0]["backup_id"], backup.id.as_str());
     assert!(runs[0]["rto_ms"].as_u64().is_some_and(|v| v > 0));
-    assert!(runs[0]["assertions"].as_array().is_some_and(|a| a.iter().any(|x| x["name"] == "count t" && x["actual"] == "1000")));
+    assert!(
+        runs[0]["assertions"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x["name"] == "count t" && x["actual"] == "1000"))
+    );
     let stale_doc = c
         .drills
         .export_drill_evidence(authed(
@@ -266,7 +275,9 @@ async fn drill_bad_input_is_refused_and_a_scheduled_drill_runs_from_its_cron() -
     assert!(e.message().contains("target_datasource_id"), "{}", e.message());
     let list = c.drills.list_restore_drills(authed(pb::ListRestoreDrillsRequest::default(), &c.token)).await?;
     assert!(list.into_inner().drills.is_empty(), "nothing written");
-    let run = c.drills.run_restore_drill(authed(pb::RunRestoreDrillRequest { id: uuid::Uuid::new_v4().to_string() }, &c.token));
+    let run = c
+        .drills
+        .run_restore_drill(authed(pb::RunRestoreDrillRequest { id: uuid::Uuid::new_v4().to_string() }, &c.token));
     assert_eq!(run.await.expect_err("unknown").code(), Code::NotFound);
     let run = c.drills.get_drill_run(authed(pb::GetDrillRunRequest { id: "nope".into() }, &c.token)).await;
     assert_eq!(run.expect_err("malformed").code(), Code::InvalidArgument);

@@ -52,8 +52,10 @@ async fn pg_count_all(conn: &mut sqlx::PgConnection, t: &DatabaseTarget) -> Pipe
     for r in tables {
         let (schema, table): (String, String) =
             (r.try_get("s").map_err(|e| sql_err(t, e))?, r.try_get("t").map_err(|e| sql_err(t, e))?);
-        let q = format!("SELECT count(*) AS n FROM {}.{}", postgres::quote_ident(&schema), postgres::quote_ident(&table));
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q)).fetch_one(&mut *conn).await.map_err(|e| sql_err(t, e))?;
+        let q =
+            format!("SELECT count(*) AS n FROM {}.{}", postgres::quote_ident(&schema), postgres::quote_ident(&table));
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(q)).fetch_one(&mut *conn).await.map_err(|e| sql_err(t, e))?;
         out.push(TableCount { schema, table, rows: u64::try_from(n).unwrap_or(0), exact: true });
     }
     Ok(out)
@@ -85,7 +87,8 @@ async fn my_count_all(conn: &mut sqlx::MySqlConnection, t: &DatabaseTarget) -> P
     for r in tables {
         let table: String = r.try_get_unchecked("t").map_err(|e| sql_err(t, e))?;
         let q = format!("SELECT COUNT(*) AS n FROM {}", mysql::quote_ident(&table));
-        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(q)).fetch_one(&mut *conn).await.map_err(|e| sql_err(t, e))?;
+        let n: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(q)).fetch_one(&mut *conn).await.map_err(|e| sql_err(t, e))?;
         out.push(TableCount { schema: String::new(), table, rows: u64::try_from(n).unwrap_or(0), exact: true });
     }
     Ok(out)
@@ -145,7 +148,8 @@ async fn pg_observe(
                 (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%') AS functions, \
                 (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%') AS sequences";
             let r = sqlx::query(q).fetch_one(&mut conn).await.map_err(|e| sql_err(t, e))?;
-            let get = |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0)).map_err(|e| sql_err(t, e));
+            let get =
+                |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0)).map_err(|e| sql_err(t, e));
             o.schema = Some(SchemaCounts {
                 tables: get("tables")?,
                 views: get("views")?,
@@ -159,7 +163,11 @@ async fn pg_observe(
         sqlx::raw_sql(sqlx::AssertSqlSafe(begin.clone())).execute(&mut conn).await.map_err(|e| sql_err(t, e))?;
         // The simple-query protocol returns every value as text, whatever its type.
         let res = sqlx::raw_sql(sqlx::AssertSqlSafe(q.sql.clone())).fetch_optional(&mut conn).await;
-        o.queries.push(query_observation(t, &q.name, res.map(|r| r.map(|r| r.try_get_unchecked::<Option<String>, _>(0)))));
+        o.queries.push(query_observation(
+            t,
+            &q.name,
+            res.map(|r| r.map(|r| r.try_get_unchecked::<Option<String>, _>(0))),
+        ));
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
     }
     let _ = conn.close().await;
@@ -216,7 +224,8 @@ async fn my_observe(
                 (SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE()) AS functions, \
                 (SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_TYPE = 'SEQUENCE') AS sequences";
             let r = sqlx::query(q).fetch_one(&mut conn).await.map_err(|e| sql_err(t, e))?;
-            let get = |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0)).map_err(|e| sql_err(t, e));
+            let get =
+                |c: &str| r.try_get::<i64, _>(c).map(|v| u64::try_from(v).unwrap_or(0)).map_err(|e| sql_err(t, e));
             o.schema = Some(SchemaCounts {
                 tables: get("tables")?,
                 views: get("views")?,
@@ -230,7 +239,11 @@ async fn my_observe(
         sqlx::raw_sql(begin).execute(&mut conn).await.map_err(|e| sql_err(t, e))?;
         // A text-protocol query: every value arrives as text.
         let res = sqlx::raw_sql(sqlx::AssertSqlSafe(q.sql.clone())).fetch_optional(&mut conn).await;
-        o.queries.push(query_observation(t, &q.name, res.map(|r| r.map(|r| r.try_get_unchecked::<Option<String>, _>(0)))));
+        o.queries.push(query_observation(
+            t,
+            &q.name,
+            res.map(|r| r.map(|r| r.try_get_unchecked::<Option<String>, _>(0))),
+        ));
         let _ = sqlx::raw_sql("ROLLBACK").execute(&mut conn).await;
     }
     let _ = conn.close().await;

@@ -403,7 +403,9 @@ pub fn drill(d: &model::RestoreDrill) -> pb::RestoreDrill {
                 query: a.query,
                 expect: Some(match a.expect {
                     crate::service::drill_judge::Expect::Scalar(v) => pb::sql_assertion::Expect::Scalar(v),
-                    crate::service::drill_judge::Expect::AtLeastOneRow => pb::sql_assertion::Expect::AtLeastOneRow(true),
+                    crate::service::drill_judge::Expect::AtLeastOneRow => {
+                        pb::sql_assertion::Expect::AtLeastOneRow(true)
+                    }
                 }),
             })
             .collect(),

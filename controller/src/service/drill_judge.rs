@@ -45,7 +45,10 @@ pub struct SchemaExpect {
 impl SchemaExpect {
     /// Some minimum is set.
     pub fn any(&self) -> bool {
-        self.min_tables.is_some() || self.min_views.is_some() || self.min_functions.is_some() || self.min_sequences.is_some()
+        self.min_tables.is_some()
+            || self.min_views.is_some()
+            || self.min_functions.is_some()
+            || self.min_sequences.is_some()
     }
 }
 
@@ -144,9 +147,14 @@ pub fn judge(e: Expectations<'_>, o: &DrillObservation) -> Judgement {
                     };
                     j.outcomes.push(outcome(format!("rows {}", qualified(r)), "row_count", expected, actual, passed));
                 }
-                for t in observed.iter().filter(|t| !recorded.iter().any(|r| r.schema == t.schema && r.table == t.table))
+                for t in
+                    observed.iter().filter(|t| !recorded.iter().any(|r| r.schema == t.schema && r.table == t.table))
                 {
-                    j.notes.push(format!("table {} restored with {} rows was not recorded at backup time", qualified(t), t.rows));
+                    j.notes.push(format!(
+                        "table {} restored with {} rows was not recorded at backup time",
+                        qualified(t),
+                        t.rows
+                    ));
                 }
             }
         }
@@ -267,7 +275,10 @@ mod tests {
         assert_eq!(j.outcomes.len(), 2);
         assert_eq!((j.outcomes[0].name.as_str(), j.outcomes[0].expected.as_str()), ("rows public.a", "100"));
 
-        let off = DrillObservation { table_counts: Some(vec![t("public", "a", 97), t("public", "b", 0)]), ..Default::default() };
+        let off = DrillObservation {
+            table_counts: Some(vec![t("public", "a", 97), t("public", "b", 0)]),
+            ..Default::default()
+        };
         let j = judge(expectations(Some(&recorded), &[]), &off);
         assert!(!j.passed());
         assert_eq!((j.outcomes[0].expected.as_str(), j.outcomes[0].actual.as_str()), ("100", "97"));
@@ -307,10 +318,17 @@ mod tests {
     #[test]
     fn sql_assertions_compare_text_and_tell_null_no_row_and_errors_apart() {
         let sql = [
-            SqlAssertion { name: "count".into(), query: "select count(*) from t".into(), expect: Expect::Scalar("3".into()) },
+            SqlAssertion {
+                name: "count".into(),
+                query: "select count(*) from t".into(),
+                expect: Expect::Scalar("3".into()),
+            },
             SqlAssertion { name: "any".into(), query: "select 1 from t".into(), expect: Expect::AtLeastOneRow },
         ];
-        let ok = DrillObservation { queries: vec![q("count", Some("3"), true, None), q("any", Some("1"), true, None)], ..Default::default() };
+        let ok = DrillObservation {
+            queries: vec![q("count", Some("3"), true, None), q("any", Some("1"), true, None)],
+            ..Default::default()
+        };
         assert!(judge(expectations(None, &sql), &ok).passed());
         for (obs, actual) in [
             (q("count", Some("4"), true, None), "4"),
@@ -324,9 +342,15 @@ mod tests {
             assert_eq!((j.outcomes[0].expected.as_str(), j.outcomes[0].actual.as_str()), ("3", actual));
             assert!(j.outcomes[1].passed);
         }
-        let empty = DrillObservation { queries: vec![q("count", Some("3"), true, None), q("any", None, false, None)], ..Default::default() };
+        let empty = DrillObservation {
+            queries: vec![q("count", Some("3"), true, None), q("any", None, false, None)],
+            ..Default::default()
+        };
         let j = judge(expectations(None, &sql), &empty);
-        assert_eq!((j.outcomes[1].kind.as_str(), j.outcomes[1].actual.as_str(), j.outcomes[1].passed), ("sql_rows", "no rows", false));
+        assert_eq!(
+            (j.outcomes[1].kind.as_str(), j.outcomes[1].actual.as_str(), j.outcomes[1].passed),
+            ("sql_rows", "no rows", false)
+        );
         // A missing or misnamed observation never passes.
         let short = DrillObservation { queries: vec![q("other", Some("3"), true, None)], ..Default::default() };
         assert!(judge(expectations(None, &sql), &short).outcomes.iter().all(|o| !o.passed));
@@ -339,7 +363,8 @@ mod tests {
             ..Default::default()
         };
         let mut e = expectations(None, &[]);
-        e.schema = SchemaExpect { min_tables: Some(3), min_views: Some(1), min_functions: None, min_sequences: Some(2) };
+        e.schema =
+            SchemaExpect { min_tables: Some(3), min_views: Some(1), min_functions: None, min_sequences: Some(2) };
         let j = judge(e, &obs);
         assert!(j.passed() && j.outcomes.len() == 3, "{j:?}");
         e.schema.min_functions = Some(1);
@@ -366,7 +391,11 @@ mod tests {
         assert_eq!(slot_decision(None, next, now), SlotDecision::Arm { next });
         assert_eq!(slot_decision(Some(next), next + chrono::Duration::minutes(5), now), SlotDecision::Wait);
         let missed = now - chrono::Duration::hours(3);
-        assert_eq!(slot_decision(Some(missed), next, now), SlotDecision::Run { due: missed, next }, "missed slots run once");
+        assert_eq!(
+            slot_decision(Some(missed), next, now),
+            SlotDecision::Run { due: missed, next },
+            "missed slots run once"
+        );
         assert_eq!(slot_decision(Some(now), next, now), SlotDecision::Run { due: now, next });
     }
 }

@@ -125,8 +125,16 @@ impl DrillService {
     }
 
     async fn check_datasources(&self, source: Uuid, target: Uuid) -> ControllerResult<()> {
-        let s = self.db.datasource(source).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {source}")))?;
-        let t = self.db.datasource(target).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {target}")))?;
+        let s = self
+            .db
+            .datasource(source)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {source}")))?;
+        let t = self
+            .db
+            .datasource(target)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("datasource {target}")))?;
         if s.engine != t.engine {
             return Err(ControllerError::FailedPrecondition(format!(
                 "target_datasource_id: engine {} differs from the drilled datasource's engine {}",
@@ -179,12 +187,19 @@ impl DrillService {
         if self.db.drill_name_taken(&d.name, id).await? {
             return Err(ControllerError::AlreadyExists(format!("a drill named \"{}\" exists", d.name)));
         }
-        self.db.update_drill(id, &record(&d)).await?.ok_or_else(|| ControllerError::NotFound(format!("restore drill {id}")))
+        self.db
+            .update_drill(id, &record(&d))
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("restore drill {id}")))
     }
 
     /// Deletes a drill and its runs' evidence.
     pub async fn delete(&self, id: Uuid) -> ControllerResult<()> {
-        if self.db.delete_drill(id).await? { Ok(()) } else { Err(ControllerError::NotFound(format!("restore drill {id}"))) }
+        if self.db.delete_drill(id).await? {
+            Ok(())
+        } else {
+            Err(ControllerError::NotFound(format!("restore drill {id}")))
+        }
     }
 
     /// Starts a run of a drill: `trigger` is "operator:<name>" or "schedule". No qualifying backup, or a
@@ -233,7 +248,11 @@ impl DrillService {
             Err(e) => {
                 let why = format!("the restore could not be queued: {e}");
                 let evidence = DrillEvidence::default();
-                if self.db.finish_drill_run(run.id, DrillRunStatus::Failed, serde_json::json!(evidence), Some(&why)).await? {
+                if self
+                    .db
+                    .finish_drill_run(run.id, DrillRunStatus::Failed, serde_json::json!(evidence), Some(&why))
+                    .await?
+                {
                     self.finished(&drill, &run);
                 }
             }
@@ -287,9 +306,11 @@ impl DrillService {
         let error = match &ex {
             None => Some("the restore execution is gone (deleted, or it was never queued)".to_owned()),
             Some(ex) if !ex.status.is_terminal() => return Ok(false),
-            Some(ex) if ex.status != Status::Completed => {
-                Some(format!("the restore {}: {}", ex.status, ex.error.clone().unwrap_or_else(|| "no error text".into())))
-            }
+            Some(ex) if ex.status != Status::Completed => Some(format!(
+                "the restore {}: {}",
+                ex.status,
+                ex.error.clone().unwrap_or_else(|| "no error text".into())
+            )),
             Some(ex) => match self.db.drill_observation(ex.id).await? {
                 None => Some("the agent reported no drill observation (an agent before protocol 7?)".to_owned()),
                 Some(observed) => {
@@ -319,7 +340,12 @@ impl DrillService {
                         evidence.notes.push(format!("agent: {p}"));
                     }
                     (!failed.is_empty()).then(|| {
-                        format!("{} of {} assertions failed: {}", failed.len(), evidence.assertions.len(), failed.join("; "))
+                        format!(
+                            "{} of {} assertions failed: {}",
+                            failed.len(),
+                            evidence.assertions.len(),
+                            failed.join("; ")
+                        )
                     })
                 }
             },

@@ -226,7 +226,9 @@ impl ExecutionsService {
             )));
         }
         let database = if r.verification_mode {
-            r.scratch_database.clone().unwrap_or_else(|| format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12]))
+            r.scratch_database
+                .clone()
+                .unwrap_or_else(|| format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12]))
         } else {
             let database = r.target_database.clone().unwrap_or_else(|| target.database_name.clone());
             if r.confirm_target_database != database {

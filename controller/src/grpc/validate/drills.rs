@@ -56,7 +56,10 @@ pub fn sql_assertions(list: Vec<pb::SqlAssertion>) -> V<Vec<SqlAssertion>> {
         let expect = match a.expect {
             Some(pb::sql_assertion::Expect::Scalar(s)) if s.chars().count() <= MAX_SCALAR_CHARS => Expect::Scalar(s),
             Some(pb::sql_assertion::Expect::Scalar(_)) => {
-                return Err(FieldError::new("sql_assertions.scalar", format!("[{i}]: at most {MAX_SCALAR_CHARS} characters")));
+                return Err(FieldError::new(
+                    "sql_assertions.scalar",
+                    format!("[{i}]: at most {MAX_SCALAR_CHARS} characters"),
+                ));
             }
             Some(pb::sql_assertion::Expect::AtLeastOneRow(true)) => Expect::AtLeastOneRow,
             _ => {
@@ -83,7 +86,10 @@ fn scratch_prefix(p: &str) -> V<String> {
     if ok {
         Ok(p.to_owned())
     } else {
-        Err(FieldError::new("scratch_database_prefix", "must be lowercase letters, digits and _ (not first), at most 40"))
+        Err(FieldError::new(
+            "scratch_database_prefix",
+            "must be lowercase letters, digits and _ (not first), at most 40",
+        ))
     }
 }
 
