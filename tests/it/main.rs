@@ -8,6 +8,7 @@ mod bootstrap;
 mod cleartext;
 mod cloud;
 mod data_path;
+mod drills;
 mod emulators;
 mod failures;
 mod faults;

@@ -5,6 +5,7 @@
 mod agents;
 mod auth;
 mod catalog;
+mod drills;
 mod executions;
 mod gauges;
 mod health;
@@ -24,6 +25,7 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::{AgentStanding, IssuedCert},
     catalog::Deletion,
+    drills::{DrillRecord, GoodBackup, RunningRun},
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     gauges::{AgentGauge, JobGauge, QueueGauge},
     health::AuditFilter,

@@ -18,8 +18,10 @@ use crate::{
     },
 };
 
+mod drills;
 mod storage;
 
+pub use drills::*;
 pub use storage::*;
 
 type V<T> = Result<T, FieldError>;
@@ -437,6 +439,8 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             verification_mode: r.verification_mode,
             parallel_jobs: r.parallel_jobs.max(1),
             restore_globals: r.restore_globals,
+            scratch_database: None,
+            drill: None,
         })
     }
 }

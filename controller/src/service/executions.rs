@@ -15,7 +15,10 @@ use super::{
 };
 use dg_common::{
     ids::AgentId,
-    protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout, VerifyResult},
+    protocol::{
+        AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout, VerifyResult,
+        drill::DrillObservation,
+    },
 };
 
 use crate::session::{
@@ -52,6 +55,10 @@ pub struct RestoreRequest {
     pub parallel_jobs: u32,
     /// PostgreSQL: replay the globals first.
     pub restore_globals: bool,
+    /// Verification mode: the scratch database's name (default `dg_verify_<random>`).
+    pub scratch_database: Option<String>,
+    /// Verification mode: a restore drill's checks.
+    pub drill: Option<dg_common::protocol::drill::DrillChecks>,
 }
 
 /// Progress of a running execution as a watcher sees it.
@@ -89,6 +96,8 @@ pub struct BackupDetail {
     pub chunks: Vec<Chunk>,
     /// Every complete copy with its last verify.
     pub copies: Vec<CopyRecord>,
+    /// Rows per table recorded at backup time (empty when none were).
+    pub table_counts: Vec<dg_common::protocol::drill::TableCount>,
 }
 
 /// Execution service.
@@ -218,7 +227,9 @@ impl ExecutionsService {
             )));
         }
         let database = if r.verification_mode {
-            format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12])
+            r.scratch_database
+                .clone()
+                .unwrap_or_else(|| format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12]))
         } else {
             let database = r.target_database.clone().unwrap_or_else(|| target.database_name.clone());
             if r.confirm_target_database != database {
@@ -247,6 +258,7 @@ impl ExecutionsService {
                         source_storage_id: r.source_storage_id,
                         parallel_jobs: r.parallel_jobs.max(1),
                         restore_globals: r.restore_globals,
+                        drill: r.drill.clone().filter(|_| r.verification_mode),
                     }
                     .to_json(),
                 },
@@ -341,7 +353,8 @@ impl ExecutionsService {
             .filter(|c| storage_ids.contains(&c.storage_id))
             .collect();
         let copies = self.db.backup_copies(id).await?;
-        Ok(BackupDetail { execution, storage_ids, chunks, copies })
+        let table_counts = self.db.backup_table_counts(id).await?.unwrap_or_default();
+        Ok(BackupDetail { execution, storage_ids, chunks, copies, table_counts })
     }
 
     async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
@@ -398,7 +411,8 @@ impl ExecutionsService {
             AgentReport::Log(l) => Ok(self.db.append_log(id, l.level.as_str(), &l.message).await?),
             AgentReport::BackupCompleted { result, .. } => self.report_backup_completed(&ex, attempt, result).await,
             AgentReport::RestoreCompleted { result, .. } => {
-                self.report_restore_completed(&ex, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
+                let raw = i64::try_from(result.raw_bytes).unwrap_or(i64::MAX);
+                self.report_restore_completed(&ex, attempt, raw, result.observed).await
             }
             AgentReport::VerifyCompleted { result, .. } => self.report_verify_completed(&ex, attempt, result).await,
             AgentReport::Failed { error, cancelled, .. } => {
@@ -503,6 +517,7 @@ impl ExecutionsService {
             encryption_key_id: r.encryption_key_id,
             wrapped_key_sha256: r.wrapped_key_sha256,
             globals: r.globals.map(|g| (g.key, i64::try_from(g.size).unwrap_or(i64::MAX), g.sha256)),
+            table_counts: r.table_counts.map(|c| serde_json::json!(c)),
         };
         let layout = Self::layout(ex, attempt);
         let (manifest_key, globals_key) = (layout.manifest_key(), layout.globals_key());
@@ -539,12 +554,20 @@ impl ExecutionsService {
     }
 
     /// A restore finished on the agent.
-    async fn report_restore_completed(&self, ex: &Execution, attempt: i32, raw: i64) -> ControllerResult<()> {
+    async fn report_restore_completed(
+        &self,
+        ex: &Execution,
+        attempt: i32,
+        raw: i64,
+        observed: Option<DrillObservation>,
+    ) -> ControllerResult<()> {
         let id = ex.id;
         if ex.operation != Operation::Restore {
             return self.refuse(ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
         }
-        if self.db.complete_restore(id, attempt, raw).await? {
+        // Kept for the drill that queued it to judge (the drill task reads it once the restore has ended).
+        let observed = observed.map(|o| serde_json::json!(o));
+        if self.db.complete_restore(id, attempt, raw, observed).await? {
             self.finished(ex, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }

@@ -8,6 +8,8 @@ pub mod backups;
 pub mod catalog;
 pub mod commit;
 pub mod dispatch;
+pub mod drill_judge;
+pub mod drills;
 pub mod executions;
 pub mod gauges;
 pub mod health;
