@@ -200,7 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         retention: RetentionService::new(db.clone()),
         executions: executions.clone(),
         backups,
-        drills: DrillService::new(db.clone(), executions.clone()),
+        drills: DrillService::new(db.clone(), executions.clone(), metrics.clone()),
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
         db: db.clone(),
         metrics: metrics.clone(),

@@ -137,7 +137,7 @@ impl Metrics {
                     "Recovery time measured by passed drills: run start to a queryable database",
                 )
                 .buckets(DURATION_BUCKETS.to_vec()),
-                &["engine"],
+                &["drill_name"],
             )?,
             drill_last_passed: IntGaugeVec::new(
                 Opts::new("dg_drill_last_passed", "1 when the drill's newest finished run passed, 0 when it failed"),

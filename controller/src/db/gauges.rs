@@ -1,5 +1,5 @@
 //! Persistence for the metrics that describe the whole catalog rather than one replica's work: per-job
-//! recovery state, queue depth and agent presence. Read-only; the metrics refresher calls these on an
+//! recovery state, drill results, queue depth and agent presence. Read-only; the metrics refresher calls these on an
 //! interval, so every replica exports the same values (aggregate them with `max`, not `sum`).
 
 use chrono::{DateTime, Utc};
@@ -45,6 +45,17 @@ pub struct AgentGauge {
     pub revoked: bool,
 }
 
+/// The newest finished run of one drill.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct DrillGauge {
+    /// Drill id.
+    pub id: Uuid,
+    /// Drill name.
+    pub name: String,
+    /// That run passed.
+    pub passed: bool,
+}
+
 impl Db {
     /// Every job with its newest completed backup (time and stored size).
     pub async fn job_gauges(&self) -> Result<Vec<JobGauge>, DbErr> {
@@ -76,6 +87,18 @@ impl Db {
             &self.conn,
             "SELECT id, hostname, last_heartbeat_at AS last_seen_at, connected, revoked_at IS NOT NULL AS revoked \
              FROM agent",
+            [],
+        )
+        .await
+    }
+
+    /// Every drill that has a finished run, with whether its newest finished run passed.
+    pub async fn drill_gauges(&self) -> Result<Vec<DrillGauge>, DbErr> {
+        fetch_all(
+            &self.conn,
+            "SELECT DISTINCT ON (d.id) d.id, d.name, r.status = 'passed' AS passed \
+             FROM restore_drill d JOIN restore_drill_run r ON r.drill_id = d.id \
+             WHERE r.status <> 'running' ORDER BY d.id, r.finished_at DESC NULLS LAST, r.started_at DESC",
             [],
         )
         .await

@@ -27,7 +27,7 @@ pub use self::{
     catalog::Deletion,
     drills::{DrillRecord, GoodBackup, RunningRun},
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
-    gauges::{AgentGauge, JobGauge, QueueGauge},
+    gauges::{AgentGauge, DrillGauge, JobGauge, QueueGauge},
     health::AuditFilter,
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,

@@ -85,6 +85,7 @@ pub struct DrillPatch {
 pub struct DrillService {
     db: Db,
     executions: ExecutionsService,
+    metrics: crate::metrics::Metrics,
 }
 
 fn record(d: &NewDrill) -> DrillRecord {
@@ -120,8 +121,8 @@ fn checks(d: &RestoreDrill) -> DrillChecks {
 
 impl DrillService {
     /// New service.
-    pub fn new(db: Db, executions: ExecutionsService) -> Self {
-        Self { db, executions }
+    pub fn new(db: Db, executions: ExecutionsService, metrics: crate::metrics::Metrics) -> Self {
+        Self { db, executions, metrics }
     }
 
     async fn check_datasources(&self, source: Uuid, target: Uuid) -> ControllerResult<()> {
@@ -362,7 +363,13 @@ impl DrillService {
     }
 
     /// A run has ended (passed or failed): the hook for "drill passed/failed" notifications and metrics.
-    fn finished(&self, _drill: &RestoreDrill, _run: &DrillRun) {}
+    fn finished(&self, drill: &RestoreDrill, run: &DrillRun) {
+        let passed = run.status == DrillRunStatus::Passed;
+        self.metrics.drill_runs.with_label_values(&[run.status.as_str()]).inc();
+        if passed && let Some(rto) = run.evidence().rto_ms {
+            self.metrics.drill_rto.with_label_values(&[drill.name.as_str()]).observe(rto as f64 / 1000.0);
+        }
+    }
 
     /// The evidence of a drill's runs started in `[since, until)` as JSON text, with stable field names.
     pub async fn export(

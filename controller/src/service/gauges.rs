@@ -1,4 +1,5 @@
-//! The catalog gauges: per-job recovery state (last success, last size), queue depth and agent presence,
+//! The catalog gauges: per-job recovery state (last success, last size), the newest drill result per drill,
+//! queue depth and agent presence,
 //! read from PostgreSQL on an interval and written into the metrics. Every replica runs it and exports the
 //! same values, so a scrape of any replica tells the truth about the whole fleet; a job or agent that no
 //! longer exists disappears from the next refresh. Runs only while metrics are served.
@@ -45,6 +46,7 @@ impl GaugesTask {
         let jobs = self.db.job_gauges().await?;
         let queues = self.db.queue_gauges().await?;
         let agents = self.db.agent_gauges().await?;
+        let drills = self.db.drill_gauges().await?;
         let m = &self.metrics;
         m.job_last_success.reset();
         m.job_last_backup_size.reset();
@@ -57,6 +59,11 @@ impl GaugesTask {
             if let Some(size) = j.last_size_bytes {
                 m.job_last_backup_size.with_label_values(&labels).set(size);
             }
+        }
+        m.drill_last_passed.reset();
+        for d in &drills {
+            let id = d.id.to_string();
+            m.drill_last_passed.with_label_values(&[id.as_str(), d.name.as_str()]).set(i64::from(d.passed));
         }
         m.queue_depth.reset();
         for op in ["backup", "restore", "verify"] {
