@@ -7,6 +7,7 @@ mod auth;
 mod catalog;
 mod executions;
 mod health;
+mod notify;
 mod pki;
 mod retention;
 mod sweeps;
@@ -25,6 +26,7 @@ pub use self::{
     catalog::Deletion,
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
+    notify::{AttemptOutcome, ChannelRow, DeliveryFilter, DeliveryRow, EventRow, InboxRow, NewEventRow, RpoJobRow},
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,
 };

@@ -99,6 +99,10 @@ pub struct NewJob {
     pub encryption_key_id: String,
     /// PostgreSQL globals.
     pub include_globals: bool,
+    /// Recovery-point objective in seconds (0 = none).
+    pub rpo_secs: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -124,6 +128,12 @@ pub struct JobPatch {
     pub encryption_key_id: Option<String>,
     /// PostgreSQL globals.
     pub include_globals: Option<bool>,
+    /// Recovery-point objective in seconds (0 clears it).
+    pub rpo_secs: Option<i64>,
+    /// Labels to merge (or set, with `replace_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Replace labels instead of merging.
+    pub replace_labels: bool,
 }
 
 /// Result of a connection or storage test.
@@ -259,16 +269,7 @@ impl CatalogService {
             d.password_ciphertext = self.encrypt_password(d.id, Some(pw))?;
         }
         if p.replace_labels || !p.labels.is_empty() {
-            let mut labels: BTreeMap<String, String> = if p.replace_labels {
-                BTreeMap::new()
-            } else {
-                serde_json::from_value(d.labels.clone()).unwrap_or_default()
-            };
-            labels.extend(p.labels);
-            if labels.len() > 64 {
-                return Err(dg_common::error::FieldError::new("labels", "at most 64 labels").into());
-            }
-            d.labels = serde_json::to_value(&labels).unwrap_or_default();
+            d.labels = merge_labels(&d.labels, p.labels, p.replace_labels)?;
         }
         self.db.update_datasource(&d).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
     }
@@ -508,6 +509,9 @@ impl CatalogService {
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
             encryption_key_id: n.encryption_key_id,
             include_globals: n.include_globals,
+            rpo_secs: n.rpo_secs,
+            labels: serde_json::to_value(&n.labels).unwrap_or_default(),
+            rpo_breached_since: None,
             created_at: now,
             updated_at: now,
         };
@@ -543,6 +547,12 @@ impl CatalogService {
         }
         if let Some(g) = p.include_globals {
             j.include_globals = g;
+        }
+        if let Some(r) = p.rpo_secs {
+            j.rpo_secs = r;
+        }
+        if p.replace_labels || !p.labels.is_empty() {
+            j.labels = merge_labels(&j.labels, p.labels, p.replace_labels)?;
         }
         if let Some(ids) = &p.storage_ids {
             let ds = self.datasource(j.datasource_id).await?;
@@ -619,4 +629,19 @@ fn retargeted(d: &Datasource, p: &DatasourcePatch) -> Vec<&'static str> {
         out.push("agent_id");
     }
     out
+}
+
+/// Labels after a change: `replace` sets them to `new`, otherwise `new` is merged into `current`.
+fn merge_labels(
+    current: &serde_json::Value,
+    new: BTreeMap<String, String>,
+    replace: bool,
+) -> ControllerResult<serde_json::Value> {
+    let mut labels: BTreeMap<String, String> =
+        if replace { BTreeMap::new() } else { serde_json::from_value(current.clone()).unwrap_or_default() };
+    labels.extend(new);
+    if labels.len() > 64 {
+        return Err(dg_common::error::FieldError::new("labels", "at most 64 labels").into());
+    }
+    Ok(serde_json::to_value(&labels).unwrap_or_default())
 }
