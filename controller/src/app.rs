@@ -44,6 +44,12 @@ use crate::{
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
+        notify::{
+            Notifier,
+            channels::NotificationService,
+            delivery::{NotificationTask, Sender},
+            rpo::{RpoHandle, RpoTask},
+        },
         relay::RelayTask,
         retention::{RetentionService, RetentionTask},
         scheduler::{self, SchedulerTask},
@@ -167,7 +173,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let coord = Coordination::new(redis.clone());
     let sessions = Sessions::new(registry.clone(), coord.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;
-    let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone());
+    let rpo_wake = RpoHandle::default();
+    let notifier = Notifier::new(db.clone(), rpo_wake.clone());
+    let sender = Sender::new(
+        db.clone(),
+        key.clone(),
+        Duration::from_secs(config.notify_retry_base_secs.max(1)),
+        Duration::from_secs(config.notify_retry_max_secs.max(1)),
+    )?;
+    let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone(), notifier.clone());
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
     let (retention_task, retention) = RetentionTask::new(
         db.clone(),
@@ -199,6 +213,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ),
         backups,
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
+        notifications: NotificationService::new(db.clone(), key.clone(), notifier.clone(), sender.clone()),
         db: db.clone(),
         metrics: metrics.clone(),
     };
@@ -323,6 +338,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker
         .spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick, leader).run(cancel.clone()));
     tracker.spawn(retention_task.run(cancel.clone()));
+    let notify_tick = Duration::from_secs(config.notify_interval_secs.max(1));
+    tracker.spawn(NotificationTask::new(db.clone(), sender, notify_tick).run(cancel.clone()));
+    let rpo_tick = Duration::from_secs(config.rpo_interval_secs.max(1));
+    let offline = Duration::from_secs(config.agent_offline_secs.max(1));
+    tracker.spawn(RpoTask::new(db.clone(), notifier, rpo_tick, rpo_wake, offline).run(cancel.clone()));
     let health_interval = Duration::from_secs(config.health_interval_secs.max(1));
     tracker.spawn(HealthTask::new(db.clone(), catalog, registry, health_interval).run(cancel.clone()));
     let quit_redis = redis.clone();

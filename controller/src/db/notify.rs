@@ -298,10 +298,10 @@ impl Db {
             ],
         )
         .await?;
-        if inserted.is_none() {
+        let Some(IdRow { id }) = inserted else {
             txn.rollback().await?;
             return Ok(None);
-        }
+        };
         if e.inbox {
             execute(&txn, "INSERT INTO notification_inbox (id) VALUES ($1)", [id.into()]).await?;
         }
@@ -503,6 +503,24 @@ impl Db {
             [],
         )
         .await
+    }
+
+    /// Agents (not revoked) without a live session whose last heartbeat is older than `secs`: id, host name,
+    /// last heartbeat.
+    pub async fn agents_offline_for(&self, secs: i64) -> Result<Vec<(Uuid, String, DateTime<Utc>)>, DbErr> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: Uuid,
+            hostname: String,
+            last_heartbeat_at: DateTime<Utc>,
+        }
+        let rows: Vec<Row> = fetch_all(
+            &self.conn,
+            "SELECT id, hostname, last_heartbeat_at FROM agent WHERE revoked_at IS NULL AND NOT connected              AND last_heartbeat_at IS NOT NULL AND last_heartbeat_at < now() - make_interval(secs => $1)",
+            [(secs as f64).into()],
+        )
+        .await?;
+        Ok(rows.into_iter().map(|r| (r.id, r.hostname, r.last_heartbeat_at)).collect())
     }
 
     /// Compare-and-set of a job's breach start: from `from` to `to`. False when it was not `from`.

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod executions;
 pub mod health;
 pub mod login_limit;
+pub mod notify;
 pub mod relay;
 pub mod retention;
 pub mod retention_policy;
