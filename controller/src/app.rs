@@ -13,7 +13,7 @@ use dg_proto::v1::{
     auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
     execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
-    storage_service_server::StorageServiceServer,
+    notification_service_server::NotificationServiceServer, storage_service_server::StorageServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
@@ -263,6 +263,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .add_service(ExecutionServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(BackupServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(HealthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(NotificationServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(AuditServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone())).max_decoding_message_size(64 * 1024),

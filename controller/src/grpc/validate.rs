@@ -18,8 +18,10 @@ use crate::{
     },
 };
 
+mod notify;
 mod storage;
 
+pub use notify::{channel_patch, delivery_filter};
 pub use storage::*;
 
 type V<T> = Result<T, FieldError>;

@@ -7,6 +7,7 @@ mod backups;
 mod catalog;
 mod executions;
 mod health;
+mod notifications;
 
 use dg_common::error::ServiceError;
 use tonic::{Request, Status};
