@@ -12,6 +12,7 @@ mod failures;
 mod faults;
 mod grpcurl;
 mod lifecycle;
+mod notifications;
 mod operator_api;
 mod protocol;
 mod python_client;

@@ -349,8 +349,8 @@ fn rpo(d: Option<prost_types::Duration>) -> V<i64> {
     match d {
         None => Ok(0),
         Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(0),
-        Some(d) if d.nanos == 0 && (60..=366 * 86_400).contains(&d.seconds) => Ok(d.seconds),
-        Some(_) => Err(FieldError::new("rpo", "must be whole seconds between 1 minute and 1 year, or zero for none")),
+        Some(d) if d.nanos == 0 && (1..=366 * 86_400).contains(&d.seconds) => Ok(d.seconds),
+        Some(_) => Err(FieldError::new("rpo", "must be whole seconds between 1 second and 1 year, or zero for none")),
     }
 }
 
