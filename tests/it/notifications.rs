@@ -311,16 +311,17 @@ async fn failing_receivers_are_retried_tests_deliver_and_the_inbox_tracks_failur
 
     // A receiver answering 500: retried with backoff, then failed after max_attempts.
     let failing = create(&mut c, webhook("fail-hook", format!("{base}/fail"), &["execution_failed"], 3)).await?;
-    // A job whose datasource has a wrong password fails.
+    // A job whose datasource names a database that does not exist fails (the test server trusts loopback
+    // logins, so a wrong password alone would not).
     let server = dg_tests::pg_server();
     let req = pb::CreateDatasourceRequest {
-        name: "wrong-password".into(),
+        name: "missing-database".into(),
         engine: pb::Engine::Postgres as i32,
         host: server.host,
         port: u32::from(server.port),
-        database: "postgres".into(),
+        database: "dg_no_such_database".into(),
         username: server.user,
-        password: "definitely-not-the-password".into(),
+        password: server.password,
         tls_mode: pb::TlsMode::Disable as i32,
         agent_id: agent.id.clone(),
         ..Default::default()
@@ -329,7 +330,7 @@ async fn failing_receivers_are_retried_tests_deliver_and_the_inbox_tracks_failur
     let storage = c.local_storage(&agent.id, &cluster.dir.path().join("store")).await?;
     let job = c.job(&ds.id, &[&storage], pb::StorageStrategy::Fallback, "").await?;
     let ex = c.run_job(&job.id).await?;
-    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32);
+    assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32, "{ex:?}");
 
     wait_until("three attempts at the failing receiver", Duration::from_secs(30), || rx.hits("/fail").len() >= 3).await?;
     let end = Instant::now() + Duration::from_secs(10);
