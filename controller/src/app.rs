@@ -169,12 +169,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
     let redis_conn = RedisConnection::from_config(&config)?;
     let redis = redis_conn.client().context("redis client")?;
-    let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone(), config.allow_ambient_credentials);
+    let rpo_wake = RpoHandle::default();
+    let notifier = Notifier::new(db.clone(), rpo_wake.clone());
+    let catalog =
+        CatalogService::new(db.clone(), key.clone(), rpc.clone(), config.allow_ambient_credentials, notifier.clone());
     let coord = Coordination::new(redis.clone());
     let sessions = Sessions::new(registry.clone(), coord.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;
-    let rpo_wake = RpoHandle::default();
-    let notifier = Notifier::new(db.clone(), rpo_wake.clone());
     let sender = Sender::new(
         db.clone(),
         key.clone(),

@@ -45,7 +45,10 @@ impl Receiver {
     }
 
     fn kinds(&self, path: &str, kind: &str) -> usize {
-        self.hits(path).iter().filter(|h| h.event == kind || h.body["text"].as_str().is_some_and(|t| t.contains(kind))).count()
+        self.hits(path)
+            .iter()
+            .filter(|h| h.event == kind || h.body["text"].as_str().is_some_and(|t| t.contains(kind)))
+            .count()
     }
 }
 
@@ -192,13 +195,16 @@ async fn an_rpo_breach_fires_once_per_channel_and_a_backup_recovers_it() -> anyh
     assert_eq!(job.labels.get("team").map(String::as_str), Some("core"));
     assert!(job.rpo_breached_since.is_none());
 
-    wait_until("rpo_breached at the webhook", Duration::from_secs(30), || rx.kinds("/hook", "rpo_breached") >= 1).await?;
+    wait_until("rpo_breached at the webhook", Duration::from_secs(30), || rx.kinds("/hook", "rpo_breached") >= 1)
+        .await?;
     wait_until("rpo_breached at the SMTP sink", Duration::from_secs(30), || {
         emails_with(&sink, "rpo_breached").unwrap_or(0) >= 1
     })
     .await?;
-    wait_until("rpo_breached at the slack receiver", Duration::from_secs(30), || rx.kinds("/slack", "rpo_breached") >= 1)
-        .await?;
+    wait_until("rpo_breached at the slack receiver", Duration::from_secs(30), || {
+        rx.kinds("/slack", "rpo_breached") >= 1
+    })
+    .await?;
     let breached = get_job(&mut c, &job.id).await?;
     assert!(breached.rpo_breached_since.is_some(), "{breached:?}");
     // Several RPO rounds later: still exactly one of each.
@@ -219,7 +225,8 @@ async fn an_rpo_breach_fires_once_per_channel_and_a_backup_recovers_it() -> anyh
     // A backup: one rpo_recovered, and the job shows no breach.
     let b = c.run_job(&job.id).await?;
     assert_eq!(b.status, pb::ExecutionStatus::Completed as i32, "{}", b.error);
-    wait_until("rpo_recovered at the webhook", Duration::from_secs(6), || rx.kinds("/hook", "rpo_recovered") >= 1).await?;
+    wait_until("rpo_recovered at the webhook", Duration::from_secs(6), || rx.kinds("/hook", "rpo_recovered") >= 1)
+        .await?;
     wait_until("rpo_recovered at the SMTP sink", Duration::from_secs(6), || {
         emails_with(&sink, "rpo_recovered").unwrap_or(0) >= 1
     })
@@ -287,7 +294,11 @@ async fn failing_receivers_are_retried_tests_deliver_and_the_inbox_tracks_failur
     let hook = create(&mut c, webhook("ok-hook", format!("{base}/hook?token=query-secret"), &[], 5)).await?;
     let d = c.notifications.test_channel(authed(pb::TestChannelRequest { id: hook.id.clone() }, &c.token)).await?;
     let d = d.into_inner();
-    assert_eq!((d.status.as_str(), d.attempts, d.last_status, d.event_kind.as_str()), ("delivered", 1, 200, "test"), "{d:?}");
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.last_status, d.event_kind.as_str()),
+        ("delivered", 1, 200, "test"),
+        "{d:?}"
+    );
     let hits = rx.hits("/hook");
     assert_eq!(hits.len(), 1);
     assert!(hits[0].signature_ok && hits[0].event == "test" && hits[0].delivery == d.id, "{hits:?}");
@@ -332,7 +343,8 @@ async fn failing_receivers_are_retried_tests_deliver_and_the_inbox_tracks_failur
     let ex = c.run_job(&job.id).await?;
     assert_eq!(ex.status, pb::ExecutionStatus::Failed as i32, "{ex:?}");
 
-    wait_until("three attempts at the failing receiver", Duration::from_secs(30), || rx.hits("/fail").len() >= 3).await?;
+    wait_until("three attempts at the failing receiver", Duration::from_secs(30), || rx.hits("/fail").len() >= 3)
+        .await?;
     let end = Instant::now() + Duration::from_secs(10);
     let delivery = loop {
         let req = pb::ListDeliveriesRequest { channel_id: failing.id.clone(), ..Default::default() };
@@ -354,6 +366,26 @@ async fn failing_receivers_are_retried_tests_deliver_and_the_inbox_tracks_failur
     let req = pb::ListDeliveriesRequest { status: "lost".into(), ..Default::default() };
     let e = c.notifications.list_deliveries(authed(req, &c.token)).await.expect_err("bad status");
     assert!(e.code() == Code::InvalidArgument && e.message().starts_with("status"), "{e:?}");
+
+    // Health flips (critical -> healthy -> critical) are events; repeated checks with the same result are not.
+    let test_ds = |c: &mut Clients| {
+        let req = authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &c.token);
+        let mut client = c.datasources.clone();
+        async move { anyhow::Ok(client.test_datasource(req).await?.into_inner()) }
+    };
+    assert!(!test_ds(&mut c).await?.ok, "the missing database fails the check");
+    let fix =
+        pb::UpdateDatasourceRequest { id: ds.id.clone(), database: Some("postgres".into()), ..Default::default() };
+    c.datasources.update_datasource(authed(fix, &c.token)).await?;
+    assert!(test_ds(&mut c).await?.ok);
+    assert!(test_ds(&mut c).await?.ok);
+    let flips = |items: &[pb::InboxItem]| {
+        items.iter().filter(|i| i.kind == "datasource_health_changed" && i.datasource_id == ds.id).count()
+    };
+    let inbox = c.notifications.list_inbox(authed(pb::ListInboxRequest::default(), &c.token)).await?.into_inner();
+    assert_eq!(flips(&inbox.items), 1, "{:?}", inbox.items);
+    let healthy = inbox.items.iter().find(|i| i.kind == "datasource_health_changed").expect("flip");
+    assert!(healthy.payload_json.contains("\"healthy\""), "{healthy:?}");
 
     // The inbox: the failure is there (test sends are not), unread; mark read, mark all read, delete.
     let list = |unread_only| pb::ListInboxRequest { unread_only, ..Default::default() };

@@ -331,8 +331,7 @@ impl Db {
 
     /// One event.
     pub async fn event(&self, id: Uuid) -> Result<Option<EventRow>, DbErr> {
-        fetch_one(&self.conn, &format!("SELECT {EV_COLS} FROM notification_event e WHERE e.id = $1"), [id.into()])
-            .await
+        fetch_one(&self.conn, &format!("SELECT {EV_COLS} FROM notification_event e WHERE e.id = $1"), [id.into()]).await
     }
 
     /// Claims up to `limit` due deliveries of enabled channels: each gets its attempt counted and a lease of
@@ -455,19 +454,17 @@ impl Db {
 
     /// Unread items in the inbox.
     pub async fn inbox_unread(&self) -> Result<i64, DbErr> {
-        Ok(fetch_one::<Count>(
-            &self.conn,
-            "SELECT count(*) AS n FROM notification_inbox WHERE read_at IS NULL",
-            [],
-        )
-        .await?
-        .map_or(0, |c| c.n))
+        Ok(fetch_one::<Count>(&self.conn, "SELECT count(*) AS n FROM notification_inbox WHERE read_at IS NULL", [])
+            .await?
+            .map_or(0, |c| c.n))
     }
 
     /// Marks items read (all unread ones when `ids` is `None`); returns how many changed.
     pub async fn mark_inbox_read(&self, ids: Option<&[Uuid]>) -> Result<u64, DbErr> {
         match ids {
-            None => execute(&self.conn, "UPDATE notification_inbox SET read_at = now() WHERE read_at IS NULL", []).await,
+            None => {
+                execute(&self.conn, "UPDATE notification_inbox SET read_at = now() WHERE read_at IS NULL", []).await
+            }
             Some(ids) => {
                 let mut n = 0;
                 let txn = self.conn.begin().await?;

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
+    notify::{Event, Notifier},
     retention_policy::RetentionPolicy,
     schedule,
     storages::{self, StorageSpec},
@@ -175,6 +176,8 @@ pub struct CatalogService {
     rpc: AgentRpc,
     /// Storages may use the hosts' ambient cloud credentials (`Config::allow_ambient_credentials`).
     allow_ambient_credentials: bool,
+    /// Health flips become events.
+    notifier: Notifier,
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -183,8 +186,8 @@ fn to_i32(v: u32) -> i32 {
 
 impl CatalogService {
     /// New service.
-    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc, allow_ambient_credentials: bool) -> Self {
-        Self { db, key, rpc, allow_ambient_credentials }
+    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc, allow_ambient_credentials: bool, notifier: Notifier) -> Self {
+        Self { db, key, rpc, allow_ambient_credentials, notifier }
     }
 
     async fn require_agent(&self, id: Uuid) -> ControllerResult<()> {
@@ -325,7 +328,11 @@ impl CatalogService {
         let ms = i32::try_from(o.latency.as_millis()).unwrap_or(i32::MAX);
         let error = (!o.ok).then_some(o.error.as_str());
         let detail = (!o.server_version.is_empty()).then_some(o.server_version.as_str());
-        self.db.insert_health(kind, id, o.ok, o.ok.then_some(ms), error, detail).await?;
+        let (check, previous) = self.db.insert_health(kind, id, o.ok, o.ok.then_some(ms), error, detail).await?;
+        // Only a flip between healthy and critical is news; the check that flipped it keys the event.
+        if previous.is_some_and(|p| p != o.ok) {
+            self.notifier.emit(Event::health_changed(kind, id, check, o.ok, &o.error)).await;
+        }
         Ok(())
     }
 

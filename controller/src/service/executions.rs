@@ -8,8 +8,8 @@ use uuid::Uuid;
 
 use super::{
     attempts::{AttemptEnder, EndCause},
-    notify::Event,
     commit::{self, CommitPlan},
+    notify::Event,
     retention::RetentionHandle,
     verify,
     waker::DispatchWaker,

@@ -20,11 +20,16 @@ impl notification_service_server::NotificationService for OperatorSvc {
         let who = actor(&req);
         let n = NewChannel::try_from(req.into_inner())?;
         let res = self.ctx.notifications.create(n).await;
-        let c = self.audited(&who, "notification.create_channel", "notification_channel", |c| c.id.to_string(), res).await?;
+        let c = self
+            .audited(&who, "notification.create_channel", "notification_channel", |c| c.id.to_string(), res)
+            .await?;
         Ok(Response::new(channel(&c)))
     }
 
-    async fn get_channel(&self, req: Request<pb::GetChannelRequest>) -> Result<Response<pb::NotificationChannel>, Status> {
+    async fn get_channel(
+        &self,
+        req: Request<pb::GetChannelRequest>,
+    ) -> Result<Response<pb::NotificationChannel>, Status> {
         let id = validate::id("id", &req.into_inner().id)?;
         Ok(Response::new(channel(&self.ctx.notifications.get(id).await?)))
     }
@@ -122,8 +127,10 @@ impl notification_service_server::NotificationService for OperatorSvc {
         &self,
         req: Request<pb::DeleteInboxItemRequest>,
     ) -> Result<Response<pb::DeleteInboxItemResponse>, Status> {
+        let who = actor(&req);
         let id = validate::id("id", &req.into_inner().id)?;
-        self.ctx.notifications.delete_inbox_item(id).await?;
+        let res = self.ctx.notifications.delete_inbox_item(id).await;
+        self.audited_on(&who, "notification.delete_inbox_item", "notification_event", id, res).await?;
         Ok(Response::new(pb::DeleteInboxItemResponse {}))
     }
 }
@@ -134,7 +141,11 @@ fn channel(c: &ChannelRow) -> pb::NotificationChannel {
     let mut out = pb::NotificationChannel {
         id: c.id.to_string(),
         name: c.name.clone(),
-        events: c.events.as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
+        events: c
+            .events
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default(),
         label_selector: serde_json::from_value(c.selector.clone()).unwrap_or_default(),
         max_attempts: u32::try_from(c.max_attempts).unwrap_or_default(),
         timeout: Some(prost_types::Duration { seconds: i64::from(c.timeout_secs), nanos: 0 }),

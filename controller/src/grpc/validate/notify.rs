@@ -53,7 +53,10 @@ fn address(field: &'static str, s: &str) -> V<String> {
 }
 
 fn webhook(w: pb::WebhookConfig) -> V<ChannelConfig> {
-    Ok(ChannelConfig::Webhook { url: http_url("webhook.url", &w.url)?, secret: secret("webhook.secret", &w.secret, 16)? })
+    Ok(ChannelConfig::Webhook {
+        url: http_url("webhook.url", &w.url)?,
+        secret: secret("webhook.secret", &w.secret, 16)?,
+    })
 }
 
 fn slack(s: pb::SlackConfig) -> V<ChannelConfig> {
@@ -214,7 +217,10 @@ pub fn channel_patch(r: pb::UpdateChannelRequest) -> V<(Uuid, ChannelPatch)> {
             config: config(None, r.webhook, r.slack, r.email)?,
             events: r.set_events.then(|| events(&r.events)).transpose()?,
             selector: r.set_label_selector.then(|| selector(&r.label_selector)).transpose()?,
-            max_attempts: r.max_attempts.map(|n| if n == 0 { Err(FieldError::new("max_attempts", "must be 1-20")) } else { attempts(n) }).transpose()?,
+            max_attempts: r
+                .max_attempts
+                .map(|n| if n == 0 { Err(FieldError::new("max_attempts", "must be 1-20")) } else { attempts(n) })
+                .transpose()?,
             timeout: r.timeout.map(|t| timeout(Some(t))).transpose()?,
             enabled: r.enabled,
         },
@@ -229,7 +235,11 @@ pub fn delivery_filter(r: &pb::ListDeliveriesRequest) -> V<DeliveryFilter> {
         s @ ("pending" | "delivered" | "failed") => Some(s.to_owned()),
         _ => return Err(FieldError::new("status", "must be pending, delivered or failed")),
     };
-    Ok(DeliveryFilter { channel_id: opt("channel_id", &r.channel_id)?, event_id: opt("event_id", &r.event_id)?, status })
+    Ok(DeliveryFilter {
+        channel_id: opt("channel_id", &r.channel_id)?,
+        event_id: opt("event_id", &r.event_id)?,
+        status,
+    })
 }
 
 #[cfg(test)]
@@ -247,13 +257,22 @@ mod tests {
     #[test]
     fn bad_channels_name_their_field() {
         let mut r = create(pb::ChannelKind::Webhook);
-        r.webhook = Some(pb::WebhookConfig { url: "ftp://x/".into(), secret: "0123456789abcdef".into(), ..Default::default() });
+        r.webhook =
+            Some(pb::WebhookConfig { url: "ftp://x/".into(), secret: "0123456789abcdef".into(), ..Default::default() });
         assert_eq!(field(r.clone()), "webhook.url");
-        r.webhook = Some(pb::WebhookConfig { url: "https://u:p@x/".into(), secret: "0123456789abcdef".into(), ..Default::default() });
+        r.webhook = Some(pb::WebhookConfig {
+            url: "https://u:p@x/".into(),
+            secret: "0123456789abcdef".into(),
+            ..Default::default()
+        });
         assert_eq!(field(r.clone()), "webhook.url");
         r.webhook = Some(pb::WebhookConfig { url: "https://x/".into(), secret: "short".into(), ..Default::default() });
         assert_eq!(field(r.clone()), "webhook.secret");
-        r.webhook = Some(pb::WebhookConfig { url: "https://x/".into(), secret: "0123456789abcdef".into(), ..Default::default() });
+        r.webhook = Some(pb::WebhookConfig {
+            url: "https://x/".into(),
+            secret: "0123456789abcdef".into(),
+            ..Default::default()
+        });
         assert!(NewChannel::try_from(r.clone()).is_ok());
         r.events = vec!["rpo_breached".into(), "nope".into()];
         assert_eq!(field(r.clone()), "events");
@@ -282,7 +301,9 @@ mod tests {
         }
         r.email = Some(cfg("smtp.example.com", pb::SmtpSecurity::Unspecified));
         let ok = NewChannel::try_from(r.clone()).expect("starttls");
-        assert!(matches!(ok.config, ChannelConfig::Email { ref settings, .. } if settings.port == 587 && settings.security == "starttls"));
+        assert!(
+            matches!(ok.config, ChannelConfig::Email { ref settings, .. } if settings.port == 587 && settings.security == "starttls")
+        );
         let mut bad = cfg("smtp.example.com", pb::SmtpSecurity::Tls);
         bad.to = vec!["not an address".into()];
         r.email = Some(bad);
@@ -292,7 +313,11 @@ mod tests {
     #[test]
     fn the_default_subscription_skips_completions() {
         let mut r = create(pb::ChannelKind::Webhook);
-        r.webhook = Some(pb::WebhookConfig { url: "https://x/".into(), secret: "0123456789abcdef".into(), ..Default::default() });
+        r.webhook = Some(pb::WebhookConfig {
+            url: "https://x/".into(),
+            secret: "0123456789abcdef".into(),
+            ..Default::default()
+        });
         let c = NewChannel::try_from(r).expect("valid");
         assert!(!c.events.contains(&EventKind::ExecutionCompleted));
         assert!(c.events.contains(&EventKind::ExecutionFailed));

@@ -280,7 +280,10 @@ impl NotificationService {
         if let Some(claimed) = self.db.claim_delivery_now(delivery.id, self.sender.lease_secs(&channel)).await? {
             self.sender.attempt(&channel, &claimed).await?;
         }
-        self.db.delivery(delivery.id).await?.ok_or_else(|| ControllerError::NotFound(format!("delivery {}", delivery.id)))
+        self.db
+            .delivery(delivery.id)
+            .await?
+            .ok_or_else(|| ControllerError::NotFound(format!("delivery {}", delivery.id)))
     }
 
     /// Deliveries, newest first.

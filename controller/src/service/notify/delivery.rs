@@ -65,7 +65,9 @@ impl Sender {
             .ok_or_else(|| ControllerError::NotFound(format!("notification event {}", d.event_id)))?;
         let timeout = Duration::from_secs(u64::try_from(c.timeout_secs.max(1)).unwrap_or(10));
         let r = match self.secret(c) {
-            Err(e) => send::SendResult { http_status: None, error: Some(format!("channel secret: {e}")), retryable: false },
+            Err(e) => {
+                send::SendResult { http_status: None, error: Some(format!("channel secret: {e}")), retryable: false }
+            }
             Ok(secret) => self.send(c, &event, d, secret.as_ref(), timeout).await,
         };
         let http_status = r.http_status.map(i32::from);

@@ -114,7 +114,16 @@ pub struct Event {
 
 impl Event {
     fn new(kind: EventKind, dedup_key: String, summary: String, payload: serde_json::Value) -> Self {
-        Self { row: NewEventRow { kind: kind.as_str().into(), dedup_key, summary, payload, inbox: true, ..Default::default() } }
+        Self {
+            row: NewEventRow {
+                kind: kind.as_str().into(),
+                dedup_key,
+                summary,
+                payload,
+                inbox: true,
+                ..Default::default()
+            },
+        }
     }
 
     /// The fact's key (what makes a repeated emit a no-op).
@@ -154,7 +163,8 @@ impl Event {
 
     /// A restore drill run passed or failed. One per run.
     pub fn drill(run: Uuid, drill: Uuid, datasource: Uuid, passed: bool, detail: &str) -> Self {
-        let (kind, verdict) = if passed { (EventKind::DrillPassed, "passed") } else { (EventKind::DrillFailed, "failed") };
+        let (kind, verdict) =
+            if passed { (EventKind::DrillPassed, "passed") } else { (EventKind::DrillFailed, "failed") };
         let mut e = Self::new(
             kind,
             format!("{kind}:{run}"),
@@ -198,6 +208,34 @@ impl Event {
             json!({"job_name": name, "rpo_secs": rpo_secs, "breached_since": since.to_rfc3339()}),
         );
         (e.row.job_id, e.row.datasource_id) = (Some(job), Some(datasource));
+        e
+    }
+
+    /// A datasource or storage (`target_kind` "datasource" / "storage") went healthy ↔ critical; `check` is
+    /// the health check that saw the flip. One per flip.
+    pub fn health_changed(target_kind: &str, target: Uuid, check: i64, healthy: bool, error: &str) -> Self {
+        let (kind, subject) = if target_kind == "storage" {
+            (EventKind::StorageHealthChanged, "storage")
+        } else {
+            (EventKind::DatasourceHealthChanged, "datasource")
+        };
+        let status = if healthy { "healthy" } else { "critical" };
+        let summary = if healthy {
+            format!("{subject} {target} is healthy again")
+        } else {
+            format!("{subject} {target} is critical: {error}")
+        };
+        let mut e = Self::new(
+            kind,
+            format!("{kind}:{target}:{check}"),
+            summary,
+            json!({"status": status, "error": if healthy { "" } else { error }}),
+        );
+        if kind == EventKind::StorageHealthChanged {
+            e.row.storage_id = Some(target);
+        } else {
+            e.row.datasource_id = Some(target);
+        }
         e
     }
 

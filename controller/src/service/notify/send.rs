@@ -82,7 +82,12 @@ pub fn retryable_status(status: u16) -> bool {
 
 /// A URL fit for logs and errors: scheme, host and port only.
 pub fn redacted(url: &url::Url) -> String {
-    format!("{}://{}{}", url.scheme(), url.host_str().unwrap_or(""), url.port().map(|p| format!(":{p}")).unwrap_or_default())
+    format!(
+        "{}://{}{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port().map(|p| format!(":{p}")).unwrap_or_default()
+    )
 }
 
 /// POSTs `body` to `url` with `headers`.
@@ -125,7 +130,13 @@ pub async fn post(
 }
 
 /// Sends one email.
-pub async fn email(s: &EmailSettings, password: Option<&str>, subject: &str, body: &str, timeout: Duration) -> SendResult {
+pub async fn email(
+    s: &EmailSettings,
+    password: Option<&str>,
+    subject: &str,
+    body: &str,
+    timeout: Duration,
+) -> SendResult {
     match try_email(s, password, subject, body, timeout).await {
         Ok(()) => SendResult { http_status: None, error: None, retryable: false },
         Err(e) => SendResult::failed(e),
