@@ -179,19 +179,20 @@ async fn an_rpo_breach_fires_once_per_channel_and_a_backup_recovers_it() -> anyh
     other.label_selector.insert("team".into(), "payments".into());
     let other = create(&mut c, other).await?;
 
-    // A job with an 8 s objective and no backup: it breaches 8 s after its creation.
+    // A job with a 15 s objective and no backup: it breaches 15 s after its creation (and again 15 s after
+    // its next backup, which leaves the checks below a wide margin).
     let storage = c.local_storage(&agent.id, &cluster.dir.path().join("store")).await?;
     let ds = c.datasource(pb::Engine::Postgres, &agent.id, &src.name).await?;
     let req = pb::CreateBackupJobRequest {
         name: "rpo-job".into(),
         datasource_id: ds.id.clone(),
         storage_ids: vec![storage.id.clone()],
-        rpo: Some(prost_types::Duration { seconds: 8, nanos: 0 }),
+        rpo: Some(prost_types::Duration { seconds: 15, nanos: 0 }),
         labels: [("team".to_owned(), "core".to_owned())].into(),
         ..Default::default()
     };
     let job = c.jobs.create_backup_job(authed(req, &c.token)).await?.into_inner();
-    assert_eq!(job.rpo.as_ref().map(|d| d.seconds), Some(8));
+    assert_eq!(job.rpo.as_ref().map(|d| d.seconds), Some(15));
     assert_eq!(job.labels.get("team").map(String::as_str), Some("core"));
     assert!(job.rpo_breached_since.is_none());
 
@@ -249,6 +250,27 @@ async fn an_rpo_breach_fires_once_per_channel_and_a_backup_recovers_it() -> anyh
     let inbox = c.notifications.list_inbox(authed(pb::ListInboxRequest::default(), &c.token)).await?.into_inner();
     let kinds: Vec<&str> = inbox.items.iter().map(|i| i.kind.as_str()).collect();
     assert!(kinds.contains(&"rpo_breached") && kinds.contains(&"rpo_recovered"), "{kinds:?}");
+
+    // Labels merge on update; a zero RPO clears the objective (and with it any breach state).
+    let upd = pb::UpdateBackupJobRequest {
+        id: job.id.clone(),
+        rpo: Some(prost_types::Duration { seconds: 0, nanos: 0 }),
+        labels: [("tier".to_owned(), "gold".to_owned())].into(),
+        ..Default::default()
+    };
+    let j = c.jobs.update_backup_job(authed(upd, &c.token)).await?.into_inner();
+    assert!(j.rpo.is_none() && j.rpo_breached_since.is_none(), "{j:?}");
+    assert_eq!(
+        (j.labels.get("team").map(String::as_str), j.labels.get("tier").map(String::as_str)),
+        (Some("core"), Some("gold"))
+    );
+    let upd = pb::UpdateBackupJobRequest {
+        id: job.id.clone(),
+        rpo: Some(prost_types::Duration { seconds: 0, nanos: 5 }),
+        ..Default::default()
+    };
+    let e = c.jobs.update_backup_job(authed(upd, &c.token)).await.expect_err("fractional rpo");
+    assert!(e.code() == Code::InvalidArgument && e.message().starts_with("rpo"), "{e:?}");
 
     agent.stop().await;
     cluster.stop().await;
