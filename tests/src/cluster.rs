@@ -10,6 +10,7 @@ use dg_proto::v1::{
     backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
     datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
     restore_drill_service_client::RestoreDrillServiceClient, storage_service_client::StorageServiceClient,
+    notification_service_client::NotificationServiceClient,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -50,6 +51,10 @@ pub struct ClusterOptions {
     pub allow_ambient_credentials: bool,
     /// Interval of the periodic retention round (default: 1 s when `orphan_grace_secs` is set, else 1 h).
     pub retention_interval_secs: Option<u64>,
+    /// Interval of the RPO and offline-agent checks (default 60 s).
+    pub rpo_interval_secs: Option<u64>,
+    /// First wait before a failed notification delivery is retried (default 1 s in tests).
+    pub notify_retry_base_secs: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -67,6 +72,8 @@ impl Default for ClusterOptions {
             no_admin: false,
             allow_ambient_credentials: false,
             retention_interval_secs: None,
+            rpo_interval_secs: None,
+            notify_retry_base_secs: None,
         }
     }
 }
@@ -154,6 +161,9 @@ impl Cluster {
             bootstrap_token_file: Some(dir.path().join("bootstrap-token")),
             tls_handshake_timeout_secs: opts.tls_handshake_timeout_secs.unwrap_or(10),
             allow_ambient_credentials: opts.allow_ambient_credentials,
+            rpo_interval_secs: opts.rpo_interval_secs.unwrap_or(60),
+            notify_interval_secs: 1,
+            notify_retry_base_secs: opts.notify_retry_base_secs.unwrap_or(1),
             ..Config::default()
         };
         let config = Config { lease_secs: opts.lease_secs.unwrap_or(config.lease_secs), ..config };
@@ -292,6 +302,8 @@ pub struct Clients {
     pub backups: BackupServiceClient<Channel>,
     /// RestoreDrillService.
     pub drills: RestoreDrillServiceClient<Channel>,
+    /// NotificationService.
+    pub notifications: NotificationServiceClient<Channel>,
 }
 
 impl Clients {
@@ -312,7 +324,8 @@ impl Clients {
             jobs: BackupJobServiceClient::new(ch.clone()),
             executions: ExecutionServiceClient::new(ch.clone()),
             backups: BackupServiceClient::new(ch.clone()),
-            drills: RestoreDrillServiceClient::new(ch),
+            drills: RestoreDrillServiceClient::new(ch.clone()),
+            notifications: NotificationServiceClient::new(ch),
         })
     }
 

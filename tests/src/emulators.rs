@@ -603,6 +603,74 @@ impl GcsEmulator {
     }
 }
 
+// --- SMTP: aiosmtpd ----------------------------------------------------------------------------------------
+
+/// An SMTP sink (`tests/smtp_sink.py`, PyPI `aiosmtpd`) on 127.0.0.1 that requires STARTTLS (a certificate
+/// from a fresh rcgen CA) and AUTH as `user`, and writes every accepted message into `messages`.
+pub struct SmtpSink {
+    /// Listening port.
+    pub port: u16,
+    /// PEM of the CA that signed the server certificate.
+    pub ca_pem: String,
+    /// The AUTH user.
+    pub user: String,
+    /// Its password.
+    pub password: String,
+    /// Where messages land (`NNNN.eml`).
+    pub messages: PathBuf,
+    _proc: ServerProcess,
+}
+
+impl SmtpSink {
+    /// Starts the sink and waits until it accepts connections.
+    pub async fn start() -> anyhow::Result<Self> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        let dir = tempdir("dg-smtp-")?;
+        let ca_key = rcgen::KeyPair::generate()?;
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "smtp sink test ca");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca_params.self_signed(&ca_key)?.pem();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate()?;
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?
+            .signed_by(&key, &issuer)?;
+        let (cert_file, key_file, messages) =
+            (dir.path().join("smtp.crt"), dir.path().join("smtp.key"), dir.path().join("messages"));
+        std::fs::write(&cert_file, cert.pem())?;
+        std::fs::write(&key_file, key.serialize_pem())?;
+        std::fs::create_dir(&messages)?;
+        let port = free_port()?;
+        let (user, password) = ("dg-notify".to_owned(), format!("pw-{}", rand::random::<u64>()));
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/smtp_sink.py");
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let args = [
+            script.to_owned(),
+            port.to_string(),
+            path(&cert_file),
+            path(&key_file),
+            user.clone(),
+            password.clone(),
+            path(&messages),
+        ];
+        let envs: [(&str, &std::ffi::OsStr); 1] = [("PYTHONUNBUFFERED", "1".as_ref())];
+        let mut proc = ServerProcess::spawn("smtp_sink", "python3".as_ref(), &args, &envs, dir)?;
+        proc.wait_for_log(deadline, |l| l.starts_with("listening on").then_some(())).await?;
+        Ok(Self { port, ca_pem, user, password, messages, _proc: proc })
+    }
+
+    /// The messages received so far, in arrival order.
+    pub fn received(&self) -> anyhow::Result<Vec<String>> {
+        let mut names: Vec<_> = std::fs::read_dir(&self.messages)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+            .collect();
+        names.sort();
+        names.iter().map(|p| Ok(std::fs::read_to_string(p)?)).collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

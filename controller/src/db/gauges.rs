@@ -19,6 +19,10 @@ pub struct JobGauge {
     pub last_success_at: Option<DateTime<Utc>>,
     /// Stored bytes (one copy) of that backup.
     pub last_size_bytes: Option<i64>,
+    /// The job has a recovery-point objective.
+    pub has_rpo: bool,
+    /// That objective is breached now.
+    pub rpo_breached: bool,
 }
 
 /// Queued executions of one operation.
@@ -61,7 +65,8 @@ impl Db {
     pub async fn job_gauges(&self) -> Result<Vec<JobGauge>, DbErr> {
         fetch_all(
             &self.conn,
-            "SELECT j.id, j.name, b.finished_at AS last_success_at, b.stored_bytes AS last_size_bytes \
+            "SELECT j.id, j.name, b.finished_at AS last_success_at, b.stored_bytes AS last_size_bytes, \
+             j.rpo_secs > 0 AS has_rpo, j.rpo_breached_since IS NOT NULL AS rpo_breached \
              FROM backup_job j LEFT JOIN LATERAL ( \
                SELECT e.finished_at, e.stored_bytes FROM execution e \
                WHERE e.job_id = j.id AND e.operation = 'backup' AND e.status = 'completed' \

@@ -3,7 +3,7 @@
 use sea_orm::{DbErr, Value};
 use uuid::Uuid;
 
-use super::{Db, Page, execute, fetch_all, fetch_one};
+use super::{Db, Page, fetch_all, fetch_one};
 use crate::model::{AuditEvent, HealthCheck};
 
 /// Audit listing filters.
@@ -18,7 +18,8 @@ pub struct AuditFilter {
 }
 
 impl Db {
-    /// Records a check of a datasource or storage.
+    /// Records a check of a datasource or storage; returns the new check's id and whether the check before it
+    /// (if any) passed.
     pub async fn insert_health(
         &self,
         kind: &str,
@@ -27,14 +28,21 @@ impl Db {
         latency_ms: Option<i32>,
         error: Option<&str>,
         detail: Option<&str>,
-    ) -> Result<(), DbErr> {
-        execute(
+    ) -> Result<(i64, Option<bool>), DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Row {
+            id: i64,
+            prev_ok: Option<bool>,
+        }
+        // The CTE reads the snapshot before the insert: `prev` is the check before this one.
+        let row: Option<Row> = fetch_one(
             &self.conn,
-            "INSERT INTO health_check (target_kind, target_id, ok, latency_ms, error, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            "WITH prev AS (SELECT ok FROM health_check WHERE target_kind = $1 AND target_id = $2                ORDER BY checked_at DESC, id DESC LIMIT 1),              ins AS (INSERT INTO health_check (target_kind, target_id, ok, latency_ms, error, detail)                VALUES ($1, $2, $3, $4, $5, $6) RETURNING id)              SELECT ins.id, (SELECT ok FROM prev) AS prev_ok FROM ins",
             [kind.into(), id.into(), ok.into(), latency_ms.into(), error.map(str::to_owned).into(), detail.map(str::to_owned).into()],
         )
-        .await
-        .map(|_| ())
+        .await?;
+        let row = row.ok_or(DbErr::RecordNotInserted)?;
+        Ok((row.id, row.prev_ok))
     }
 
     /// Recent checks, newest first.

@@ -9,6 +9,7 @@ mod drills;
 mod executions;
 mod gauges;
 mod health;
+mod notify;
 mod pki;
 mod retention;
 mod sweeps;
@@ -29,6 +30,7 @@ pub use self::{
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     gauges::{AgentGauge, DrillGauge, JobGauge, QueueGauge},
     health::AuditFilter,
+    notify::{AttemptOutcome, ChannelRow, DeliveryFilter, DeliveryRow, EventRow, InboxRow, NewEventRow, RpoJobRow},
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,
 };

@@ -136,6 +136,9 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         encryption_key_id: j.encryption_key_id.clone(),
         include_globals: j.include_globals,
         updated_at: Some(ts(j.updated_at)),
+        rpo: (j.rpo_secs > 0).then_some(prost_types::Duration { seconds: j.rpo_secs, nanos: 0 }),
+        labels: serde_json::from_value(j.labels.clone()).unwrap_or_default(),
+        rpo_breached_since: j.rpo_breached_since.map(ts),
     }
 }
 

@@ -35,6 +35,8 @@ pub struct Ctx {
     pub retention: crate::service::retention::RetentionService,
     /// Health and audit reads.
     pub health: HealthService,
+    /// Notification channels, deliveries and the inbox.
+    pub notifications: crate::service::notify::channels::NotificationService,
     /// Audit writer.
     pub db: crate::db::Db,
     /// Metrics.

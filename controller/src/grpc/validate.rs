@@ -19,9 +19,12 @@ use crate::{
 };
 
 mod drills;
+mod notify;
 mod storage;
 
 pub use drills::*;
+
+pub use notify::{channel_patch, delivery_filter};
 pub use storage::*;
 
 type V<T> = Result<T, FieldError>;
@@ -344,6 +347,16 @@ fn retry(r: Option<pb::RetryPolicy>) -> V<(u32, u32)> {
     Ok((attempts, backoff))
 }
 
+/// A recovery-point objective: absent or zero means none, else whole seconds from 1 minute to 1 year.
+fn rpo(d: Option<prost_types::Duration>) -> V<i64> {
+    match d {
+        None => Ok(0),
+        Some(d) if d.seconds == 0 && d.nanos == 0 => Ok(0),
+        Some(d) if d.nanos == 0 && (1..=366 * 86_400).contains(&d.seconds) => Ok(d.seconds),
+        Some(_) => Err(FieldError::new("rpo", "must be whole seconds between 1 second and 1 year, or zero for none")),
+    }
+}
+
 fn key_id(s: &str) -> V<String> {
     if s.len() > 64 || !s.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)) || s.starts_with('.') {
         return Err(FieldError::new(
@@ -379,6 +392,8 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             retry_backoff_secs,
             encryption_key_id: key_id(&r.encryption_key_id)?,
             include_globals: r.include_globals,
+            rpo_secs: rpo(r.rpo)?,
+            labels: labels(&r.labels)?,
         })
     }
 }
@@ -405,6 +420,9 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
             encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
             include_globals: r.include_globals,
+            rpo_secs: r.rpo.map(|d| rpo(Some(d))).transpose()?,
+            labels: labels(&r.labels)?,
+            replace_labels: r.replace_labels,
         },
     ))
 }

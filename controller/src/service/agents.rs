@@ -19,7 +19,10 @@ use chrono::{DateTime, Utc};
 use dg_common::ids::AgentId;
 use uuid::Uuid;
 
-use super::attempts::{AttemptEnder, EndCause};
+use super::{
+    attempts::{AttemptEnder, EndCause},
+    notify::Event,
+};
 use crate::session::deliver::Sessions;
 use crate::{
     crypto,
@@ -254,7 +257,10 @@ impl AgentsService {
         for ex in self.db.running_for_agent(id).await? {
             self.ender.end(&ex, ex.attempt, EndCause::AgentRevoked).await?;
         }
-        self.get(id).await
+        let agent = self.get(id).await?;
+        // After the revocation; keyed by the agent (revocation is final), so a repeated call emits nothing.
+        self.ender.notifier().emit(Event::agent_revoked(id, &agent.hostname)).await;
+        Ok(agent)
     }
 
     /// Session opened.

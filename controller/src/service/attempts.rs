@@ -6,7 +6,10 @@
 
 use std::fmt;
 
-use super::waker::DispatchWaker;
+use super::{
+    notify::{Event, Notifier},
+    waker::DispatchWaker,
+};
 use crate::{
     db::Db,
     error::ControllerResult,
@@ -172,12 +175,18 @@ pub struct AttemptEnder {
     db: Db,
     waker: DispatchWaker,
     metrics: Metrics,
+    notifier: Notifier,
 }
 
 impl AttemptEnder {
     /// New ender.
-    pub fn new(db: Db, waker: DispatchWaker, metrics: Metrics) -> Self {
-        Self { db, waker, metrics }
+    pub fn new(db: Db, waker: DispatchWaker, metrics: Metrics, notifier: Notifier) -> Self {
+        Self { db, waker, metrics, notifier }
+    }
+
+    /// The notifier (the services holding an ender emit through it too).
+    pub fn notifier(&self) -> &Notifier {
+        &self.notifier
     }
 
     /// Ends attempt `attempt` of `ex` for `cause`: queues the next attempt when the job's retry policy allows,
@@ -232,6 +241,11 @@ impl AttemptEnder {
                     let ran_for = ex.started_at.and_then(|s| (chrono::Utc::now() - s).to_std().ok());
                     self.metrics.execution_ended(ex.operation.as_str(), status.as_str(), ran_for);
                     self.db.append_log(ex.id, if cancelled { "warn" } else { "error" }, &msg).await?;
+                    // Right after the compare-and-set that ended it; the key (the execution) makes a repeat a no-op.
+                    if !cancelled {
+                        let op = ex.operation.as_str();
+                        self.notifier.emit(Event::execution_failed(ex.id, op, ex.job_id, ex.datasource_id, &msg)).await;
+                    }
                 }
                 ended
             }

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{
+    notify::{Event, Notifier},
     retention_policy::RetentionPolicy,
     schedule,
     storages::{self, StorageSpec},
@@ -99,6 +100,10 @@ pub struct NewJob {
     pub encryption_key_id: String,
     /// PostgreSQL globals.
     pub include_globals: bool,
+    /// Recovery-point objective in seconds (0 = none).
+    pub rpo_secs: i64,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -124,6 +129,12 @@ pub struct JobPatch {
     pub encryption_key_id: Option<String>,
     /// PostgreSQL globals.
     pub include_globals: Option<bool>,
+    /// Recovery-point objective in seconds (0 clears it).
+    pub rpo_secs: Option<i64>,
+    /// Labels to merge (or set, with `replace_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Replace labels instead of merging.
+    pub replace_labels: bool,
 }
 
 /// Result of a connection or storage test.
@@ -165,6 +176,8 @@ pub struct CatalogService {
     rpc: AgentRpc,
     /// Storages may use the hosts' ambient cloud credentials (`Config::allow_ambient_credentials`).
     allow_ambient_credentials: bool,
+    /// Health flips become events.
+    notifier: Notifier,
 }
 
 fn to_i32(v: u32) -> i32 {
@@ -173,8 +186,8 @@ fn to_i32(v: u32) -> i32 {
 
 impl CatalogService {
     /// New service.
-    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc, allow_ambient_credentials: bool) -> Self {
-        Self { db, key, rpc, allow_ambient_credentials }
+    pub fn new(db: Db, key: MasterKey, rpc: AgentRpc, allow_ambient_credentials: bool, notifier: Notifier) -> Self {
+        Self { db, key, rpc, allow_ambient_credentials, notifier }
     }
 
     async fn require_agent(&self, id: Uuid) -> ControllerResult<()> {
@@ -259,16 +272,7 @@ impl CatalogService {
             d.password_ciphertext = self.encrypt_password(d.id, Some(pw))?;
         }
         if p.replace_labels || !p.labels.is_empty() {
-            let mut labels: BTreeMap<String, String> = if p.replace_labels {
-                BTreeMap::new()
-            } else {
-                serde_json::from_value(d.labels.clone()).unwrap_or_default()
-            };
-            labels.extend(p.labels);
-            if labels.len() > 64 {
-                return Err(dg_common::error::FieldError::new("labels", "at most 64 labels").into());
-            }
-            d.labels = serde_json::to_value(&labels).unwrap_or_default();
+            d.labels = merge_labels(&d.labels, p.labels, p.replace_labels)?;
         }
         self.db.update_datasource(&d).await?.ok_or_else(|| ControllerError::NotFound(format!("datasource {id}")))
     }
@@ -324,7 +328,11 @@ impl CatalogService {
         let ms = i32::try_from(o.latency.as_millis()).unwrap_or(i32::MAX);
         let error = (!o.ok).then_some(o.error.as_str());
         let detail = (!o.server_version.is_empty()).then_some(o.server_version.as_str());
-        self.db.insert_health(kind, id, o.ok, o.ok.then_some(ms), error, detail).await?;
+        let (check, previous) = self.db.insert_health(kind, id, o.ok, o.ok.then_some(ms), error, detail).await?;
+        // Only a flip between healthy and critical is news; the check that flipped it keys the event.
+        if previous.is_some_and(|p| p != o.ok) {
+            self.notifier.emit(Event::health_changed(kind, id, check, o.ok, &o.error)).await;
+        }
         Ok(())
     }
 
@@ -508,6 +516,9 @@ impl CatalogService {
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
             encryption_key_id: n.encryption_key_id,
             include_globals: n.include_globals,
+            rpo_secs: n.rpo_secs,
+            labels: serde_json::to_value(&n.labels).unwrap_or_default(),
+            rpo_breached_since: None,
             created_at: now,
             updated_at: now,
         };
@@ -543,6 +554,12 @@ impl CatalogService {
         }
         if let Some(g) = p.include_globals {
             j.include_globals = g;
+        }
+        if let Some(r) = p.rpo_secs {
+            j.rpo_secs = r;
+        }
+        if p.replace_labels || !p.labels.is_empty() {
+            j.labels = merge_labels(&j.labels, p.labels, p.replace_labels)?;
         }
         if let Some(ids) = &p.storage_ids {
             let ds = self.datasource(j.datasource_id).await?;
@@ -619,4 +636,19 @@ fn retargeted(d: &Datasource, p: &DatasourcePatch) -> Vec<&'static str> {
         out.push("agent_id");
     }
     out
+}
+
+/// Labels after a change: `replace` sets them to `new`, otherwise `new` is merged into `current`.
+fn merge_labels(
+    current: &serde_json::Value,
+    new: BTreeMap<String, String>,
+    replace: bool,
+) -> ControllerResult<serde_json::Value> {
+    let mut labels: BTreeMap<String, String> =
+        if replace { BTreeMap::new() } else { serde_json::from_value(current.clone()).unwrap_or_default() };
+    labels.extend(new);
+    if labels.len() > 64 {
+        return Err(dg_common::error::FieldError::new("labels", "at most 64 labels").into());
+    }
+    Ok(serde_json::to_value(&labels).unwrap_or_default())
 }

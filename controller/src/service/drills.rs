@@ -86,6 +86,7 @@ pub struct DrillService {
     db: Db,
     executions: ExecutionsService,
     metrics: crate::metrics::Metrics,
+    notifier: super::notify::Notifier,
 }
 
 fn record(d: &NewDrill) -> DrillRecord {
@@ -121,8 +122,13 @@ fn checks(d: &RestoreDrill) -> DrillChecks {
 
 impl DrillService {
     /// New service.
-    pub fn new(db: Db, executions: ExecutionsService, metrics: crate::metrics::Metrics) -> Self {
-        Self { db, executions, metrics }
+    pub fn new(
+        db: Db,
+        executions: ExecutionsService,
+        metrics: crate::metrics::Metrics,
+        notifier: super::notify::Notifier,
+    ) -> Self {
+        Self { db, executions, metrics, notifier }
     }
 
     async fn check_datasources(&self, source: Uuid, target: Uuid) -> ControllerResult<()> {
@@ -221,7 +227,7 @@ impl DrillService {
             };
             let run = self.db.insert_drill_run(&drill, trigger, Some(&why)).await?;
             info!(drill = %drill.name, run = %run.id, reason = %why, "restore drill failed: no backup");
-            self.finished(&drill, &run);
+            self.finished(&drill, &run).await;
             return self.run_record(run.id).await;
         };
         let run = self.db.insert_drill_run(&drill, trigger, None).await?;
@@ -254,7 +260,7 @@ impl DrillService {
                     .finish_drill_run(run.id, DrillRunStatus::Failed, serde_json::json!(evidence), Some(&why))
                     .await?
                 {
-                    self.finished(&drill, &run);
+                    self.finished(&drill, &run).await;
                 }
             }
         }
@@ -357,18 +363,32 @@ impl DrillService {
         let done = self.db.finish_drill_run(run.id, status, serde_json::json!(evidence), error.as_deref()).await?;
         if done {
             info!(drill = %drill.name, run = %run.id, %status, rto_ms = ?evidence.rto_ms, "restore drill finished");
-            self.finished(&drill, &run);
+            self.finished(&drill, &run).await;
         }
         Ok(done)
     }
 
     /// A run has ended (passed or failed): the hook for "drill passed/failed" notifications and metrics.
-    fn finished(&self, drill: &RestoreDrill, run: &DrillRun) {
+    async fn finished(&self, drill: &RestoreDrill, run: &DrillRun) {
         let passed = run.status == DrillRunStatus::Passed;
+        let evidence = run.evidence();
         self.metrics.drill_runs.with_label_values(&[run.status.as_str()]).inc();
-        if passed && let Some(rto) = run.evidence().rto_ms {
+        if passed && let Some(rto) = evidence.rto_ms {
             self.metrics.drill_rto.with_label_values(&[drill.name.as_str()]).observe(rto as f64 / 1000.0);
         }
+        let failed: Vec<String> = evidence
+            .assertions
+            .iter()
+            .filter(|a| !a.passed)
+            .map(|a| format!("{}: expected {}, got {}", a.name, a.expected, a.actual))
+            .collect();
+        let detail = match (&run.error, passed) {
+            (Some(e), _) => e.clone(),
+            (None, true) => format!("{} assertions held", evidence.assertions.len()),
+            (None, false) => failed.join("; "),
+        };
+        let event = super::notify::Event::drill(run.id, drill.id, drill.datasource_id, passed, &detail);
+        self.notifier.emit(event).await;
     }
 
     /// The evidence of a drill's runs started in `[since, until)` as JSON text, with stable field names.

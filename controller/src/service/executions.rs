@@ -9,6 +9,7 @@ use uuid::Uuid;
 use super::{
     attempts::{AttemptEnder, EndCause},
     commit::{self, CommitPlan},
+    notify::Event,
     retention::RetentionHandle,
     verify,
     waker::DispatchWaker,
@@ -544,6 +545,9 @@ impl ExecutionsService {
                 if let Some(job) = ex.job_id {
                     self.retention.apply(job);
                 }
+                let notifier = self.ender.notifier();
+                notifier.emit(Event::execution_completed(id, ex.job_id, ex.datasource_id, o.stored_bytes)).await;
+                notifier.backup_committed();
             }
             Err(reason) => {
                 self.ender.end(ex, attempt, EndCause::CommitMismatch(reason)).await?;
@@ -609,6 +613,13 @@ impl ExecutionsService {
             for v in &verdicts {
                 self.metrics.verify_copies.with_label_values(&[v.status]).inc();
             }
+            let bad: Vec<Uuid> = verdicts.iter().filter(|v| v.status != "intact").map(|v| v.storage_id).collect();
+            if !bad.is_empty() {
+                let damage = Event::verify_damage(ex.id, backup, ex.datasource_id, b.job_id, &bad);
+                self.ender.notifier().emit(damage).await;
+            }
+            // A damaged copy may leave the job without a good backup.
+            self.ender.notifier().backup_committed();
         }
         self.waker.wake();
         Ok(())

@@ -50,6 +50,7 @@ impl GaugesTask {
         let m = &self.metrics;
         m.job_last_success.reset();
         m.job_last_backup_size.reset();
+        m.job_rpo_breached.reset();
         for j in &jobs {
             let id = j.id.to_string();
             let labels = [id.as_str(), j.name.as_str()];
@@ -58,6 +59,9 @@ impl GaugesTask {
             }
             if let Some(size) = j.last_size_bytes {
                 m.job_last_backup_size.with_label_values(&labels).set(size);
+            }
+            if j.has_rpo {
+                m.job_rpo_breached.with_label_values(&labels).set(i64::from(j.rpo_breached));
             }
         }
         m.drill_last_passed.reset();

@@ -14,6 +14,7 @@ pub mod executions;
 pub mod gauges;
 pub mod health;
 pub mod login_limit;
+pub mod notify;
 pub mod relay;
 pub mod retention;
 pub mod retention_policy;

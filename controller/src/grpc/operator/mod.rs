@@ -8,6 +8,7 @@ mod catalog;
 mod drills;
 mod executions;
 mod health;
+mod notifications;
 
 use dg_common::error::ServiceError;
 use tonic::{Request, Status};
