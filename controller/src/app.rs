@@ -13,8 +13,8 @@ use dg_proto::v1::{
     auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
     execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
-    restore_drill_service_server::RestoreDrillServiceServer, storage_service_server::StorageServiceServer,
-    notification_service_server::NotificationServiceServer,
+    notification_service_server::NotificationServiceServer, restore_drill_service_server::RestoreDrillServiceServer,
+    storage_service_server::StorageServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;

@@ -1,8 +1,9 @@
 //! Prometheus metrics an SRE can alert on, scraped from the real endpoint while a real cluster works: a
 //! backup moves its job's last-success time and size and the duration histogram; a failing job counts a
-//! failure by cause; a verify counts its copies; a job queued while its agent is away shows in the queue
-//! depth and the agent's presence drops; an attempt whose agent vanishes is reaped at lease expiry and
-//! counted as such.
+//! failure by cause; a verify counts its copies; a restore drill counts its run, its RTO and its result per
+//! drill (and puts one drill_passed event in the inbox); a job with a one-second RPO and no backup is breached; a notification to a receiver that refuses
+//! connections gives up and is counted; a job queued while its agent is away shows in the queue depth and the
+//! agent's presence drops; an attempt whose agent vanishes is reaped at lease expiry and counted as such.
 
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ async fn until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_metric_moves_with_what_the_cluster_does() -> anyhow::Result<()> {
-    let opts = ClusterOptions { metrics: true, lease_secs: Some(3), ..Default::default() };
+    let opts = ClusterOptions { metrics: true, lease_secs: Some(3), rpo_interval_secs: Some(1), ..Default::default() };
     let mut cluster = Cluster::start_with(opts).await?;
     let addr = cluster.controller.as_ref().and_then(|c| c.metrics_addr).expect("metrics enabled");
     let mut c = cluster.clients().await?;
@@ -99,6 +100,67 @@ async fn each_metric_moves_with_what_the_cluster_does() -> anyhow::Result<()> {
     let v = c.wait_execution(&v.id, Duration::from_secs(60)).await?;
     assert_eq!(v.status, pb::ExecutionStatus::Completed as i32, "{}", v.error);
     until(addr, "dg_verify_copies_total", &[("result", "intact")], |v| v == 1.0).await?;
+
+    // A restore drill of the backup: its run, its RTO, its result per drill.
+    let drill = pb::CreateRestoreDrillRequest {
+        name: format!("metrics-drill-{}", dg_tests::suffix()),
+        datasource_id: done.datasource_id.clone(),
+        target_datasource_id: done.datasource_id.clone(),
+        max_backup_age: Some(prost_types::Duration { seconds: 3600, nanos: 0 }),
+        ..Default::default()
+    };
+    let drill = c.drills.create_restore_drill(authed(drill, &c.token)).await?.into_inner();
+    let mut run = c
+        .drills
+        .run_restore_drill(authed(pb::RunRestoreDrillRequest { id: drill.id.clone() }, &c.token))
+        .await?
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while run.status == pb::DrillRunStatus::Running as i32 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        run =
+            c.drills.get_drill_run(authed(pb::GetDrillRunRequest { id: run.id.clone() }, &c.token)).await?.into_inner();
+    }
+    assert_eq!(run.status, pb::DrillRunStatus::Passed as i32, "{run:?}");
+    until(addr, "dg_drill_runs_total", &[("result", "passed")], |v| v == 1.0).await?;
+    until(addr, "dg_drill_rto_seconds_count", &[("drill_name", drill.name.as_str())], |v| v == 1.0).await?;
+    until(addr, "dg_drill_last_passed", &[("drill_id", drill.id.as_str())], |v| v == 1.0).await?;
+    let inbox = c.notifications.list_inbox(authed(pb::ListInboxRequest::default(), &c.token)).await?.into_inner();
+    let drill_events: Vec<_> = inbox.items.iter().filter(|i| i.kind.starts_with("drill_")).collect();
+    assert_eq!(drill_events.len(), 1, "one event per run: {drill_events:?}");
+    assert_eq!(drill_events[0].kind, "drill_passed");
+    assert!(drill_events[0].summary.contains("assertions held"), "{}", drill_events[0].summary);
+
+    // A one-second RPO on the job that never succeeded is breached; the job within its RPO is not.
+    for (id, rpo) in [(&bad.id, 1), (&job.id, 3600)] {
+        let req = pb::UpdateBackupJobRequest {
+            id: id.to_string(),
+            rpo: Some(prost_types::Duration { seconds: rpo, nanos: 0 }),
+            ..Default::default()
+        };
+        c.jobs.update_backup_job(authed(req, &c.token)).await?;
+    }
+    until(addr, "dg_job_rpo_breached", &[("job_id", bad.id.as_str())], |v| v == 1.0).await?;
+    until(addr, "dg_job_rpo_breached", &[("job_id", job.id.as_str())], |v| v == 0.0).await?;
+
+    // A webhook whose receiver refuses connections: one attempt, then it gives up.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let channel = pb::CreateChannelRequest {
+        name: format!("metrics-hook-{}", dg_tests::suffix()),
+        kind: pb::ChannelKind::Webhook as i32,
+        webhook: Some(pb::WebhookConfig {
+            url: format!("http://{closed}/hook"),
+            secret: "metrics-test-signing-secret".into(),
+            has_secret: false,
+        }),
+        events: vec!["execution_failed".into()],
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let channel = c.notifications.create_channel(authed(channel, &c.token)).await?.into_inner();
+    let sent = c.notifications.test_channel(authed(pb::TestChannelRequest { id: channel.id }, &c.token)).await;
+    assert!(sent.is_ok(), "the test-send is recorded, not an RPC error: {sent:?}");
+    until(addr, "dg_notification_delivery_failures_total", &[("kind", "webhook")], |v| v == 1.0).await?;
 
     // The agent goes away: its presence drops, and a job run now waits in the queue.
     let agent_id = agent.id.clone();

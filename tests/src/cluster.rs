@@ -9,8 +9,8 @@ use dg_proto::v1::{
     self as pb, agent_service_client::AgentServiceClient, auth_service_client::AuthServiceClient,
     backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
     datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
-    restore_drill_service_client::RestoreDrillServiceClient, storage_service_client::StorageServiceClient,
-    notification_service_client::NotificationServiceClient,
+    notification_service_client::NotificationServiceClient, restore_drill_service_client::RestoreDrillServiceClient,
+    storage_service_client::StorageServiceClient,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{

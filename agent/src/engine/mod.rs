@@ -54,15 +54,40 @@ pub struct ToolRun {
     pub counts: RowCounts,
 }
 
-/// Row counts taken with a dump.
+/// Row counts taken with a dump, counted beside it (not before it, so a lock that holds the dump back does not
+/// hold back its start, and the dump does not wait for the counts).
 #[derive(Default)]
 pub struct RowCounts {
-    /// Rows per table; `None` when counting failed.
-    pub tables: Option<Vec<dg_common::protocol::drill::TableCount>>,
-    /// Why counting failed.
-    pub warning: Option<String>,
-    /// What keeps the dump's snapshot alive (PostgreSQL): dropped with the run, after the dump ended.
-    pub hold: Option<Box<dyn std::any::Any + Send>>,
+    /// The counting task; it returns, with the counts, whatever keeps the dump's snapshot alive (PostgreSQL),
+    /// dropped by [`RowCounts::finish`] after the dump ended. Aborted if the run is dropped first.
+    task: Option<tokio_util::task::AbortOnDropHandle<CountResult>>,
+    /// Why there are no counts, when known before counting started.
+    warning: Option<String>,
+}
+
+/// What a counting task returns: its counts and what it kept open for the dump.
+type CountResult = (PipelineResult<Vec<dg_common::protocol::drill::TableCount>>, Option<Box<dyn std::any::Any + Send>>);
+
+impl RowCounts {
+    /// Counting that could not start.
+    pub fn refused(why: impl std::fmt::Display) -> Self {
+        Self { task: None, warning: Some(format!("row counts not recorded: {why}")) }
+    }
+
+    /// Counting running in `task`.
+    pub fn counting(task: tokio::task::JoinHandle<CountResult>) -> Self {
+        Self { task: Some(tokio_util::task::AbortOnDropHandle::new(task)), warning: None }
+    }
+
+    /// Waits for the counts (call after the dump ended) and releases the snapshot: the counts, or why none.
+    pub async fn finish(&mut self) -> (Option<Vec<dg_common::protocol::drill::TableCount>>, Option<String>) {
+        let Some(task) = self.task.take() else { return (None, self.warning.take()) };
+        match task.await {
+            Ok((Ok(tables), _hold)) => (Some(tables), None),
+            Ok((Err(e), _hold)) => (None, Some(format!("row counts not recorded: {e}"))),
+            Err(e) => (None, Some(format!("row counts not recorded: counting stopped: {e}"))),
+        }
+    }
 }
 
 /// See [`ToolRun::guard`].

@@ -167,11 +167,8 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
     let mut cmd = base(&path, creds.path());
     let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
     cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
-    // Counted just before the dump starts, in a snapshot of its own (the dump's cannot be shared).
-    let counts = match super::observe::my_counts(t).await {
-        Ok(c) => super::RowCounts { tables: Some(c), ..Default::default() },
-        Err(e) => super::RowCounts { warning: Some(format!("row counts not recorded: {e}")), ..Default::default() },
-    };
+    // Counted beside the dump, in a snapshot of its own taken as it starts (the dump's cannot be shared).
+    let counts = super::RowCounts::counting(tokio::spawn(super::observe::my_counts(t.clone())));
     Ok(ToolRun {
         cmd,
         tool: tool.to_owned(),

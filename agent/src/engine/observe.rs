@@ -1,6 +1,6 @@
-//! Row counts and restore-drill observations. At backup time the agent counts the rows of every table
-//! ([`pg_snapshot_counts`]: exact, in the very snapshot `pg_dump --snapshot` dumps; [`my_counts`]: exact, in a
-//! `WITH CONSISTENT SNAPSHOT` transaction opened just before the dump, so concurrent writes can differ by a
+//! Row counts and restore-drill observations. At backup time the agent counts the rows of every table beside
+//! the running dump ([`pg_count_in`]: exact, in the very snapshot `pg_dump --snapshot` dumps; [`my_counts`]:
+//! exact, in a `WITH CONSISTENT SNAPSHOT` transaction opened as the dump starts, so concurrent writes can differ by a
 //! little). In a drill's restored scratch database it observes ([`observe`]): the time until the database
 //! answers `SELECT 1`, row counts, schema object counts and the first value of each user query, every query
 //! read-only under a statement timeout. The agent only observes; the controller judges. Called by the backup
@@ -61,9 +61,9 @@ async fn pg_count_all(conn: &mut sqlx::PgConnection, t: &DatabaseTarget) -> Pipe
     Ok(out)
 }
 
-/// Opens a REPEATABLE READ transaction on the source, exports its snapshot and counts every ordinary table in
-/// it. The returned hold keeps the transaction open for `pg_dump --snapshot`.
-pub async fn pg_snapshot_counts(t: &DatabaseTarget) -> PipelineResult<(SnapshotHold, Vec<TableCount>)> {
+/// Opens a REPEATABLE READ transaction on the source and exports its snapshot for `pg_dump --snapshot`. The
+/// returned hold keeps the transaction open; [`pg_count_in`] counts in it.
+pub async fn pg_export_snapshot(t: &DatabaseTarget) -> PipelineResult<SnapshotHold> {
     let (mut conn, route) = postgres::connect(t, &t.database).await?;
     sqlx::raw_sql("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut conn)
@@ -71,8 +71,17 @@ pub async fn pg_snapshot_counts(t: &DatabaseTarget) -> PipelineResult<(SnapshotH
         .map_err(|e| sql_err(t, e))?;
     let snapshot: String =
         sqlx::query_scalar("SELECT pg_export_snapshot()").fetch_one(&mut conn).await.map_err(|e| sql_err(t, e))?;
-    let counts = pg_count_all(&mut conn, t).await?;
-    Ok((SnapshotHold { snapshot, _conn: conn, _route: route }, counts))
+    Ok(SnapshotHold { snapshot, _conn: conn, _route: route })
+}
+
+/// Counts every ordinary table in the exported snapshot of `hold` (the very data the dump reads), and hands
+/// the hold back so that the snapshot outlives the dump's import of it.
+pub async fn pg_count_in(
+    mut hold: SnapshotHold,
+    t: DatabaseTarget,
+) -> (PipelineResult<Vec<TableCount>>, Option<Box<dyn std::any::Any + Send>>) {
+    let counts = pg_count_all(&mut hold._conn, &t).await;
+    (counts, Some(Box::new(hold)))
 }
 
 const MY_TABLES: &str = "SELECT TABLE_NAME AS t FROM information_schema.TABLES \
@@ -95,8 +104,12 @@ async fn my_count_all(conn: &mut sqlx::MySqlConnection, t: &DatabaseTarget) -> P
 }
 
 /// Exact row counts of every base table of the source database, in one `WITH CONSISTENT SNAPSHOT`
-/// transaction (not the dump's own snapshot: MariaDB cannot share one).
-pub async fn my_counts(t: &DatabaseTarget) -> PipelineResult<Vec<TableCount>> {
+/// transaction opened as the dump starts (not the dump's own snapshot: MariaDB cannot share one).
+pub async fn my_counts(t: DatabaseTarget) -> (PipelineResult<Vec<TableCount>>, Option<Box<dyn std::any::Any + Send>>) {
+    (my_counts_now(&t).await, None)
+}
+
+async fn my_counts_now(t: &DatabaseTarget) -> PipelineResult<Vec<TableCount>> {
     let (mut conn, _guard) = mysql::connect(t, Some(&t.database)).await?;
     sqlx::raw_sql("START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY")
         .execute(&mut conn)

@@ -181,14 +181,15 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    // Exact counts in the snapshot the dump reads: the exporting transaction stays open (held by the run)
-    // until the dump has ended. Counting refused: the dump runs on its own snapshot, without counts.
-    let counts = match super::observe::pg_snapshot_counts(t).await {
-        Ok((hold, tables)) => {
+    // Exact counts in the snapshot the dump reads, counted beside the dump: the exporting transaction stays
+    // open (held by the counting task's result) until the dump has ended. Export refused: the dump runs on
+    // its own snapshot, without counts.
+    let counts = match super::observe::pg_export_snapshot(t).await {
+        Ok(hold) => {
             cmd.arg(format!("--snapshot={}", hold.snapshot));
-            super::RowCounts { tables: Some(tables), warning: None, hold: Some(Box::new(hold)) }
+            super::RowCounts::counting(tokio::spawn(super::observe::pg_count_in(hold, t.clone())))
         }
-        Err(e) => super::RowCounts { warning: Some(format!("row counts not recorded: {e}")), ..Default::default() },
+        Err(e) => super::RowCounts::refused(e),
     };
     Ok(ToolRun {
         cmd,

@@ -334,8 +334,8 @@ async fn one_pass(
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
     let options = std::mem::take(&mut run.options);
-    let (table_counts, count_warning) = (run.counts.tables.take(), run.counts.warning.take());
-    // Ends the counting transaction whose snapshot the dump read, now that the dump is over.
+    // The counts (taken beside the dump), then the end of the transaction whose snapshot the dump read.
+    let (table_counts, count_warning) = run.counts.finish().await;
     drop(run);
 
     let (chunks, complete, dropped) = upload_res?;

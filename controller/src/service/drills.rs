@@ -370,6 +370,15 @@ impl DrillService {
 
     /// A run has ended (passed or failed): the hook for "drill passed/failed" notifications and metrics.
     async fn finished(&self, drill: &RestoreDrill, run: &DrillRun) {
+        // The caller may hold the row from before it ended: read the ended one.
+        let ended = match self.run_record(run.id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(run = %run.id, error = %e, "drill run ended but cannot be read back; no event");
+                return;
+            }
+        };
+        let run = &ended;
         let passed = run.status == DrillRunStatus::Passed;
         let evidence = run.evidence();
         self.metrics.drill_runs.with_label_values(&[run.status.as_str()]).inc();
