@@ -300,6 +300,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             chunk_size: config.chunk_size_bytes,
             upload_concurrency: config.upload_concurrency,
             compression_workers: config.compression_workers,
+            verify_read_rate: config.verify_read_rate_bytes_per_second,
         },
         coord: coord.clone(),
         ender: ender.clone(),

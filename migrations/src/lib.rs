@@ -15,6 +15,7 @@ mod m0008_revocation;
 mod m0009_bootstrap;
 mod m0010_retention;
 mod m0011_verify;
+mod m0014_scrub;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_bootstrap::Migration),
             Box::new(m0010_retention::Migration),
             Box::new(m0011_verify::Migration),
+            Box::new(m0014_scrub::Migration),
         ]
     }
 }

@@ -14,7 +14,8 @@ const ST_COLS: &str = "id, name, kind, config, agent_id, credentials_ciphertext,
 const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, keep_daily, keep_weekly, \
                         keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                         retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at, \
-                        retention_mode, keep_hourly, keep_yearly, min_backups, max_age_secs";
+                        retention_mode, keep_hourly, keep_yearly, min_backups, max_age_secs, verify_cron, \
+                        verify_after_backup, verify_read_rate";
 
 /// Outcome of a guarded deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,9 +227,9 @@ impl Db {
                 "INSERT INTO backup_job (id, name, datasource_id, cron, time_zone, max_backups, keep_daily, \
                  keep_weekly, keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                  retry_backoff_secs, encryption_key_id, include_globals, retention_mode, keep_hourly, keep_yearly, \
-                 min_backups, max_age_secs) \
+                 min_backups, max_age_secs, verify_cron, verify_after_backup, verify_read_rate) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21) RETURNING {JOB_COLS}"
+                 $21, $22, $23, $24) RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -249,7 +250,9 @@ impl Db {
                  keep_daily = $7, keep_weekly = $8, keep_monthly = $9, storage_strategy = $10, \
                  compression_level = $11, enabled = $12, retry_max_attempts = $13, retry_backoff_secs = $14, \
                  encryption_key_id = $15, include_globals = $16, retention_mode = $17, keep_hourly = $18, \
-                 keep_yearly = $19, min_backups = $20, max_age_secs = $21, next_run_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
+                 keep_yearly = $19, min_backups = $20, max_age_secs = $21, verify_cron = $22, \
+                 verify_after_backup = $23, verify_read_rate = $24, next_run_at = NULL, next_verify_at = NULL, \
+                 updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -452,7 +455,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 6] {
     ]
 }
 
-fn job_values(j: &BackupJob) -> [sea_orm::Value; 21] {
+fn job_values(j: &BackupJob) -> [sea_orm::Value; 24] {
     [
         j.id.into(),
         j.name.clone().into(),
@@ -475,5 +478,8 @@ fn job_values(j: &BackupJob) -> [sea_orm::Value; 21] {
         j.keep_yearly.into(),
         j.min_backups.into(),
         j.max_age_secs.into(),
+        j.verify_cron.clone().into(),
+        j.verify_after_backup.into(),
+        j.verify_read_rate.into(),
     ]
 }

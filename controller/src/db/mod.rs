@@ -9,6 +9,7 @@ mod executions;
 mod health;
 mod pki;
 mod retention;
+mod scrub;
 mod sweeps;
 mod verify;
 
@@ -25,6 +26,7 @@ pub use self::{
     catalog::Deletion,
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
     health::AuditFilter,
+    scrub::{QueuedVerify, VerifyScheduledJob},
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,
 };

@@ -136,6 +136,11 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         encryption_key_id: j.encryption_key_id.clone(),
         include_globals: j.include_globals,
         updated_at: Some(ts(j.updated_at)),
+        verify: Some(pb::VerifySchedule {
+            cron: j.verify_cron.clone(),
+            after_backup: j.verify_after_backup,
+            read_rate_bytes_per_second: u64::try_from(j.verify_read_rate).unwrap_or(0),
+        }),
     }
 }
 

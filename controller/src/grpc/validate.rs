@@ -15,6 +15,7 @@ use crate::{
         executions::RestoreRequest,
         retention_policy::{MAX_COUNT, RetentionPolicy},
         schedule,
+        scrub::{self, VerifySchedule},
     },
 };
 
@@ -358,10 +359,21 @@ fn cron_and_zone(cron: &str, tz: &str) -> V<(String, String)> {
     Ok((cron.split_whitespace().collect::<Vec<_>>().join(" "), tz.to_owned()))
 }
 
+/// Scrubbing settings, the cron read in `tz`: errors name `verify.*`.
+fn verify_schedule(v: Option<pb::VerifySchedule>, tz: &str) -> V<VerifySchedule> {
+    let Some(v) = v else { return Ok(VerifySchedule::default()) };
+    Ok(VerifySchedule {
+        cron: scrub::verify_cron(&v.cron, tz)?,
+        after_backup: v.after_backup,
+        read_rate_bytes_per_second: scrub::read_rate("verify.read_rate_bytes_per_second", v.read_rate_bytes_per_second)?,
+    })
+}
+
 impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
     type Error = FieldError;
     fn try_from(r: pb::CreateBackupJobRequest) -> V<Self> {
         let (cron, time_zone) = cron_and_zone(&r.cron, &r.time_zone)?;
+        let verify = verify_schedule(r.verify, &time_zone)?;
         let (retry_max_attempts, retry_backoff_secs) = retry(r.retry)?;
         Ok(NewJob {
             name: name("name", &r.name)?,
@@ -377,6 +389,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             retry_backoff_secs,
             encryption_key_id: key_id(&r.encryption_key_id)?,
             include_globals: r.include_globals,
+            verify,
         })
     }
 }
@@ -387,8 +400,9 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
     if let Some(tz) = &r.time_zone {
         schedule::time_zone(tz)?;
     }
+    let tz = r.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
     if let Some(c) = &r.cron {
-        schedule::parse(c, r.time_zone.as_deref().unwrap_or("UTC"))?;
+        schedule::parse(c, &tz)?;
     }
     Ok((
         id,
@@ -403,6 +417,7 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
             encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
             include_globals: r.include_globals,
+            verify: r.verify.map(|v| verify_schedule(Some(v), &tz)).transpose()?,
         },
     ))
 }

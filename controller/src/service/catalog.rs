@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::{
     retention_policy::RetentionPolicy,
     schedule,
+    scrub::{self, VerifySchedule},
     storages::{self, StorageSpec},
 };
 use crate::session::rpc::{AgentRpc, TestReport};
@@ -99,6 +100,8 @@ pub struct NewJob {
     pub encryption_key_id: String,
     /// PostgreSQL globals.
     pub include_globals: bool,
+    /// Scheduled scrubbing.
+    pub verify: VerifySchedule,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -124,6 +127,8 @@ pub struct JobPatch {
     pub encryption_key_id: Option<String>,
     /// PostgreSQL globals.
     pub include_globals: Option<bool>,
+    /// Scheduled scrubbing (replaces the old settings).
+    pub verify: Option<VerifySchedule>,
 }
 
 /// Result of a connection or storage test.
@@ -508,6 +513,9 @@ impl CatalogService {
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
             encryption_key_id: n.encryption_key_id,
             include_globals: n.include_globals,
+            verify_cron: n.verify.cron,
+            verify_after_backup: n.verify.after_backup,
+            verify_read_rate: i64::try_from(n.verify.read_rate_bytes_per_second).unwrap_or(i64::MAX),
             created_at: now,
             updated_at: now,
         };
@@ -525,6 +533,13 @@ impl CatalogService {
         let cron = p.cron.unwrap_or_else(|| j.cron.clone());
         let tz = p.time_zone.unwrap_or_else(|| j.time_zone.clone());
         schedule::parse(&cron, &tz)?;
+        if let Some(v) = p.verify {
+            j.verify_cron = v.cron;
+            j.verify_after_backup = v.after_backup;
+            j.verify_read_rate = i64::try_from(v.read_rate_bytes_per_second).unwrap_or(i64::MAX);
+        }
+        // The verify cron is read in the job's (possibly new) time zone.
+        j.verify_cron = scrub::verify_cron(&j.verify_cron, &tz)?;
         (j.cron, j.time_zone) = (cron, tz);
         if let Some(r) = &p.retention {
             set_retention(&mut j, r);

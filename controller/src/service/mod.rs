@@ -15,6 +15,7 @@ pub mod relay;
 pub mod retention;
 pub mod retention_policy;
 pub mod schedule;
+pub mod scrub;
 pub mod scheduler;
 pub mod storages;
 pub mod verify;
