@@ -19,6 +19,7 @@ mod redis_tls;
 mod restore_trust;
 mod retarget;
 mod retention_gfs;
+mod scrub;
 mod revocation;
 mod security;
 mod sessions;
