@@ -44,6 +44,7 @@ use crate::{
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
+        import::{ImportReport, ImportRequest, ImportService},
         relay::RelayTask,
         retention::{RetentionService, RetentionTask},
         scheduler::{self, SchedulerTask},
@@ -118,6 +119,17 @@ pub async fn bootstrap_token(config: &Config) -> anyhow::Result<String> {
     Ok(token)
 }
 
+/// Imports a storage's backups into the catalog (the `import` command): the same service the
+/// `BackupService/ImportCatalog` RPC calls, with this configuration's database and master key, no server.
+pub async fn import(config: &Config, r: &ImportRequest) -> anyhow::Result<ImportReport> {
+    let key = config.master_key()?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
+    db.migrate().await.context("apply migrations")?;
+    let report = ImportService::new(db.clone(), key).import(r).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.close().await?;
+    Ok(report)
+}
+
 /// Starts the controller.
 pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     dg_common::tls::install_crypto_provider();
@@ -188,6 +200,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ),
         catalog: catalog.clone(),
         retention: RetentionService::new(db.clone()),
+        import: ImportService::new(db.clone(), key.clone()),
         executions: ExecutionsService::new(
             db.clone(),
             waker.clone(),

@@ -304,6 +304,8 @@ pub struct Execution {
     pub pinned: bool,
     /// Why it is pinned.
     pub pin_reason: Option<String>,
+    /// Registered by a catalog import from a storage's manifest.
+    pub imported: bool,
 }
 
 /// One stored chunk copy.

@@ -16,6 +16,7 @@ mod m0009_bootstrap;
 mod m0010_retention;
 mod m0011_verify;
 mod m0014_scrub;
+mod m0015_import;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0010_retention::Migration),
             Box::new(m0011_verify::Migration),
             Box::new(m0014_scrub::Migration),
+            Box::new(m0015_import::Migration),
         ]
     }
 }

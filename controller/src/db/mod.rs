@@ -7,6 +7,7 @@ mod auth;
 mod catalog;
 mod executions;
 mod health;
+mod import;
 mod pki;
 mod retention;
 mod scrub;

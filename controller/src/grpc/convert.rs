@@ -260,6 +260,7 @@ pub fn backup(
         warnings: warnings(e),
         pinned: e.pinned,
         pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
+        imported: e.imported,
         copies: copies.iter().map(backup_copy).collect(),
     }
 }
@@ -384,4 +385,26 @@ fn storage_config(s: &model::Storage) -> Option<pb::storage::Config> {
             ambient_credentials: p.ambient_credentials,
         }),
     })
+}
+
+/// An import's report.
+pub fn import_report(r: &crate::service::import::ImportReport, dry_run: bool) -> pb::ImportCatalogResponse {
+    pb::ImportCatalogResponse {
+        imported_backup_ids: r.imported.iter().map(Uuid::to_string).collect(),
+        skipped: r
+            .skipped
+            .iter()
+            .map(|(k, id, why)| pb::SkippedManifest {
+                manifest_key: k.clone(),
+                backup_id: id.to_string(),
+                reason: why.clone(),
+            })
+            .collect(),
+        failed: r
+            .failed
+            .iter()
+            .map(|(k, why)| pb::FailedManifest { manifest_key: k.clone(), reason: why.clone() })
+            .collect(),
+        dry_run,
+    }
 }

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub backups: BackupsService,
     /// Retention previews.
     pub retention: crate::service::retention::RetentionService,
+    /// Catalog import from a storage.
+    pub import: crate::service::import::ImportService,
     /// Health and audit reads.
     pub health: HealthService,
     /// Audit writer.

@@ -13,6 +13,7 @@ use crate::{
     service::{
         catalog::{DatasourcePatch, JobPatch, NewDatasource, NewJob},
         executions::RestoreRequest,
+        import::ImportRequest,
         retention_policy::{MAX_COUNT, RetentionPolicy},
         schedule,
         scrub::{self, VerifySchedule},
@@ -420,6 +421,21 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             verify: r.verify.map(|v| verify_schedule(Some(v), &tz)).transpose()?,
         },
     ))
+}
+
+impl TryFrom<pb::ImportCatalogRequest> for ImportRequest {
+    type Error = FieldError;
+    fn try_from(r: pb::ImportCatalogRequest) -> V<Self> {
+        Ok(ImportRequest {
+            storage_id: id("storage_id", &r.storage_id)?,
+            datasource_id: id("datasource_id", &r.datasource_id)?,
+            from_datasource_id: (!r.from_datasource_id.is_empty())
+                .then(|| id("from_datasource_id", &r.from_datasource_id))
+                .transpose()?,
+            verify_chunks: r.verify_chunks,
+            dry_run: r.dry_run,
+        })
+    }
 }
 
 impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {

@@ -10,6 +10,8 @@ pub mod commit;
 pub mod dispatch;
 pub mod executions;
 pub mod health;
+pub mod import;
+pub mod import_check;
 pub mod login_limit;
 pub mod relay;
 pub mod retention;
