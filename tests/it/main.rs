@@ -4,6 +4,7 @@
 mod backup_restore;
 mod bad_input;
 mod bootstrap;
+mod catalog_import;
 mod cleartext;
 mod cloud;
 mod data_path;
