@@ -93,7 +93,8 @@ async fn a_fresh_controller_imports_checked_backups_from_a_bucket_and_restores_t
     let key = |k: &str| ObjPath::from(k);
     let text = String::from_utf8(bucket.get(&key(&edited.manifest_key)).await?.bytes().await?.to_vec())?;
     let sha = &edited.chunks[0].sha256;
-    let replaced = if sha.starts_with('0') { format!("1{}", &sha[1..]) } else { format!("0{}", &sha[1..]) };
+    let first = if sha.starts_with('0') { '1' } else { '0' };
+    let replaced: String = std::iter::once(first).chain(sha.chars().skip(1)).collect();
     bucket.put(&key(&edited.manifest_key), text.replace(sha.as_str(), &replaced).into_bytes().into()).await?;
     let bytes = bucket.get(&key(&resigned.manifest_key)).await?.bytes().await?;
     let mut m = Manifest::from_bytes(&bytes)?;
@@ -148,9 +149,13 @@ async fn a_fresh_controller_imports_checked_backups_from_a_bucket_and_restores_t
     assert_eq!(listed.len(), 1, "{listed:?}");
     let b = &listed[0];
     assert!(b.imported && b.job_id.is_empty(), "{b:?}");
-    assert_eq!((b.id.as_str(), b.sha256.as_str(), b.stored_bytes), (good.id.as_str(), good.sha256.as_str(), good.stored_bytes));
+    assert_eq!(
+        (b.id.as_str(), b.sha256.as_str(), b.stored_bytes),
+        (good.id.as_str(), good.sha256.as_str(), good.stored_bytes)
+    );
     assert_eq!(b.storage_ids, vec![st2.id.clone()]);
-    let full = c2.backups.get_backup(authed(pb::GetBackupRequest { id: good.id.clone() }, &c2.token)).await?.into_inner();
+    let full =
+        c2.backups.get_backup(authed(pb::GetBackupRequest { id: good.id.clone() }, &c2.token)).await?.into_inner();
     assert_eq!(full.chunks.len(), good.chunks.len());
 
     // It restores (through controller 2's agent, from the bucket) with the source's rows.

@@ -19,7 +19,8 @@ const PG_SEED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text); \
     INSERT INTO t SELECT g, md5(random()::text) || md5(random()::text) FROM generate_series(1, 100000) g";
 
 fn secs(e: &pb::Execution) -> f64 {
-    let t = |ts: &Option<prost_types::Timestamp>| ts.as_ref().map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9);
+    let t =
+        |ts: &Option<prost_types::Timestamp>| ts.as_ref().map_or(0.0, |t| t.seconds as f64 + f64::from(t.nanos) / 1e9);
     t(&e.finished_at) - t(&e.started_at)
 }
 
@@ -127,7 +128,10 @@ async fn a_due_verify_cron_verifies_the_newest_backup_and_bad_input_names_the_fi
     for (v, field) in [
         (pb::VerifySchedule { cron: "61 * * * *".into(), ..Default::default() }, "verify.cron"),
         (pb::VerifySchedule { cron: "not a cron".into(), ..Default::default() }, "verify.cron"),
-        (pb::VerifySchedule { read_rate_bytes_per_second: 5, ..Default::default() }, "verify.read_rate_bytes_per_second"),
+        (
+            pb::VerifySchedule { read_rate_bytes_per_second: 5, ..Default::default() },
+            "verify.read_rate_bytes_per_second",
+        ),
     ] {
         let e = set_verify(&mut c, &job.id, v.clone()).await.expect_err(field);
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

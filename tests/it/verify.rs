@@ -204,13 +204,19 @@ async fn with_every_copy_damaged_restores_and_downloads_are_refused_and_bad_inpu
     // Bad input: unknown id, malformed id (named), a backup being deleted.
     let e = c
         .backups
-        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: uuid::Uuid::now_v7().to_string(), ..Default::default() }, &c.token))
+        .verify_backup(authed(
+            pb::VerifyBackupRequest { backup_id: uuid::Uuid::now_v7().to_string(), ..Default::default() },
+            &c.token,
+        ))
         .await
         .expect_err("unknown");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = c
         .backups
-        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: "not-a-uuid".into(), ..Default::default() }, &c.token))
+        .verify_backup(authed(
+            pb::VerifyBackupRequest { backup_id: "not-a-uuid".into(), ..Default::default() },
+            &c.token,
+        ))
         .await
         .expect_err("malformed");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");

@@ -366,7 +366,10 @@ fn verify_schedule(v: Option<pb::VerifySchedule>, tz: &str) -> V<VerifySchedule>
     Ok(VerifySchedule {
         cron: scrub::verify_cron(&v.cron, tz)?,
         after_backup: v.after_backup,
-        read_rate_bytes_per_second: scrub::read_rate("verify.read_rate_bytes_per_second", v.read_rate_bytes_per_second)?,
+        read_rate_bytes_per_second: scrub::read_rate(
+            "verify.read_rate_bytes_per_second",
+            v.read_rate_bytes_per_second,
+        )?,
     })
 }
 

@@ -537,7 +537,9 @@ impl ExecutionsService {
             return;
         }
         match scrub::queue_verify(&self.db, backup, 0, "after_backup").await {
-            Ok((ex, _)) => info!(job_id = %job, backup_id = %backup, execution_id = %ex.id, "after-backup verify queued"),
+            Ok((ex, _)) => {
+                info!(job_id = %job, backup_id = %backup, execution_id = %ex.id, "after-backup verify queued")
+            }
             Err(e) => warn!(job_id = %job, backup_id = %backup, error = %e, "after-backup verify not queued"),
         }
     }

@@ -98,7 +98,9 @@ impl ImportService {
 
         let mut found = self.list_manifests(&store, r.from_datasource_id).await?;
         // Newest attempt of a backup first: when two attempts left a manifest, the later one is the backup.
-        found.sort_by(|a, b| (a.0.execution, std::cmp::Reverse(a.0.attempt)).cmp(&(b.0.execution, std::cmp::Reverse(b.0.attempt))));
+        found.sort_by(|a, b| {
+            (a.0.execution, std::cmp::Reverse(a.0.attempt)).cmp(&(b.0.execution, std::cmp::Reverse(b.0.attempt)))
+        });
         let mut report = ImportReport::default();
         for (loc, size) in found {
             if report.imported.contains(&loc.execution) || self.db.execution_known(loc.execution).await? {

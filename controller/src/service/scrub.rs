@@ -63,12 +63,7 @@ pub fn effective_read_rate(requested: u64, job: Option<u64>, default: u64) -> u6
 /// Queues a verify of backup `backup_id` run by its datasource's agent, unless one is already queued or
 /// running for it: then that one is returned, with `false`. `rate` is the verify's own read-rate limit
 /// (0 = the job's or the controller's); `trigger` says what queued it (`operator`, `schedule`, `after_backup`).
-pub async fn queue_verify(
-    db: &Db,
-    backup_id: Uuid,
-    rate: u64,
-    trigger: &str,
-) -> ControllerResult<(Execution, bool)> {
+pub async fn queue_verify(db: &Db, backup_id: Uuid, rate: u64, trigger: &str) -> ControllerResult<(Execution, bool)> {
     let backup = db
         .execution(backup_id)
         .await?
@@ -90,9 +85,8 @@ pub async fn queue_verify(
     };
     match db.insert_verify(backup.id, &n).await? {
         QueuedVerify::Queued(ex) => {
-            let line = format!(
-                "verify of backup {backup_id} queued by {trigger} (checksums only; no database is touched)"
-            );
+            let line =
+                format!("verify of backup {backup_id} queued by {trigger} (checksums only; no database is touched)");
             db.append_log(ex.id, "info", &line).await?;
             Ok((ex, true))
         }
@@ -169,7 +163,10 @@ mod tests {
         assert_eq!(read_rate("f", MIN_READ_RATE), Ok(MIN_READ_RATE));
         assert_eq!(read_rate("f", MAX_READ_RATE), Ok(MAX_READ_RATE));
         for bad in [1, MIN_READ_RATE - 1, MAX_READ_RATE + 1, u64::MAX] {
-            assert_eq!(read_rate("verify.read_rate_bytes_per_second", bad).expect_err("bad").field, "verify.read_rate_bytes_per_second");
+            assert_eq!(
+                read_rate("verify.read_rate_bytes_per_second", bad).expect_err("bad").field,
+                "verify.read_rate_bytes_per_second"
+            );
         }
     }
 }
