@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::{
@@ -510,7 +509,7 @@ impl ExecutionsService {
                 self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
                 if let Some(job) = ex.job_id {
                     self.retention.apply(job);
-                    self.verify_after_backup(job, id).await;
+                    scrub::queue_after_backup(&self.db, job, id).await;
                 }
             }
             Err(reason) => {
@@ -519,29 +518,6 @@ impl ExecutionsService {
         }
         self.waker.wake();
         Ok(())
-    }
-
-    /// Right after backup `backup` of `job` committed: queues its verify when the job scrubs after each
-    /// backup. A failure here is logged, not returned: the backup is committed either way, and the job's
-    /// verify cron (or an operator) still covers it.
-    async fn verify_after_backup(&self, job: Uuid, backup: Uuid) {
-        let wanted = match self.db.job(job).await {
-            Ok(Some(j)) => j.verify_after_backup,
-            Ok(None) => false,
-            Err(e) => {
-                warn!(job_id = %job, backup_id = %backup, error = %e, "after-backup verify not queued");
-                false
-            }
-        };
-        if !wanted {
-            return;
-        }
-        match scrub::queue_verify(&self.db, backup, 0, "after_backup").await {
-            Ok((ex, _)) => {
-                info!(job_id = %job, backup_id = %backup, execution_id = %ex.id, "after-backup verify queued")
-            }
-            Err(e) => warn!(job_id = %job, backup_id = %backup, error = %e, "after-backup verify not queued"),
-        }
     }
 
     /// A restore finished on the agent.

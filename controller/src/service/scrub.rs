@@ -8,7 +8,7 @@
 
 use chrono::{DateTime, Utc};
 use dg_common::error::FieldError;
-use tracing::info;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use super::{schedule, waker::DispatchWaker};
@@ -94,6 +94,26 @@ pub async fn queue_verify(db: &Db, backup_id: Uuid, rate: u64, trigger: &str) ->
         QueuedVerify::NotReadable => Err(ControllerError::FailedPrecondition(format!(
             "backup {backup_id} is not a completed backup or is being deleted"
         ))),
+    }
+}
+
+/// Right after backup `backup` of `job` committed: queues its verify when the job scrubs after each
+/// backup. A failure here is logged, not returned: the backup is committed either way, and the job's
+/// verify cron (or an operator) still covers it. The caller wakes dispatch.
+pub async fn queue_after_backup(db: &Db, job: Uuid, backup: Uuid) {
+    let wanted = match db.job(job).await {
+        Ok(j) => j.is_some_and(|j| j.verify_after_backup),
+        Err(e) => {
+            warn!(job_id = %job, backup_id = %backup, error = %e, "after-backup verify not queued");
+            false
+        }
+    };
+    if !wanted {
+        return;
+    }
+    match queue_verify(db, backup, 0, "after_backup").await {
+        Ok((ex, _)) => info!(job_id = %job, backup_id = %backup, execution_id = %ex.id, "after-backup verify queued"),
+        Err(e) => warn!(job_id = %job, backup_id = %backup, error = %e, "after-backup verify not queued"),
     }
 }
 
