@@ -16,6 +16,7 @@ const PROTOS: &[&str] = &[
     "dataguardian/v1/backups.proto",
     "dataguardian/v1/health.proto",
     "dataguardian/v1/audit.proto",
+    "dataguardian/v1/drills.proto",
     "dataguardian/v1/agent_protocol.proto",
 ];
 

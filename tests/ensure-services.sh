@@ -353,9 +353,28 @@ if [[ "$MODE" == tests && ! -x "$NODE_PREFIX/node_modules/.bin/azurite-blob" ]];
 	}
 fi
 
+# --- 6b. promtool (tests) -----------------------------------------------------------------------
+# The alert-rule tests run `promtool check rules` and `promtool test rules`. Debian ships promtool only
+# inside the `prometheus` package, whose installation would also start a Prometheus server, so the
+# package is downloaded and only unpacked into the cache (nothing installed, no service started).
+PROM_DIR="$CACHE/prometheus"
+if [[ "$MODE" == tests ]] && ! have promtool && [[ ! -x "$PROM_DIR/usr/bin/promtool" ]]; then
+	log "unpacking promtool from the Debian package prometheus into $PROM_DIR"
+	debs=$(mktemp -d)
+	if ! (cd "$debs" && apt-get download prometheus >"$CACHE/apt-download.log" 2>&1); then
+		can_root || die "apt-get download prometheus failed and package lists cannot be refreshed without root (log: $CACHE/apt-download.log)"
+		as_root apt-get update -qq >>"$CACHE/apt-download.log" 2>&1
+		(cd "$debs" && apt-get download prometheus >>"$CACHE/apt-download.log" 2>&1) ||
+			die "apt-get download prometheus failed (log: $CACHE/apt-download.log)"
+	fi
+	rm -rf "$PROM_DIR"
+	dpkg-deb -x "$debs"/prometheus_*.deb "$PROM_DIR" || die "dpkg-deb could not unpack the prometheus package"
+	rm -rf "$debs"
+fi
+
 # --- 7. the env files ---------------------------------------------------------------------------
 TOOLS_PATH="$VENV/bin"
-[[ "$MODE" == tests ]] && TOOLS_PATH="$VENV/bin:$NODE_PREFIX/node_modules/.bin"
+[[ "$MODE" == tests ]] && TOOLS_PATH="$VENV/bin:$NODE_PREFIX/node_modules/.bin:$PROM_DIR/usr/bin"
 write_env() { # write_env FILE  (stdin: KEY=VALUE lines)
 	(
 		umask 077
@@ -385,7 +404,7 @@ fi
 PATH="$TOOLS_PATH:$PATH"
 for t in grpcurl jq psql pg_dump; do have "$t" || die "still missing after install: $t"; done
 if [[ "$MODE" == tests ]]; then
-	for t in moto_server azurite-blob zstd mariadb-dump; do have "$t" || die "still missing after install: $t"; done
+	for t in moto_server azurite-blob zstd mariadb-dump promtool; do have "$t" || die "still missing after install: $t"; done
 fi
 REDIS_VERSION=$(redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" info server 2>/dev/null | tr -d '\r' | sed -n 's/^redis_version://p')
 printf '%-11s %-16s %s\n' postgresql "$PG_HOST:$PG_PORT" "PostgreSQL client $PG_VERSION, role $([[ $MODE == tests ]] && echo dg_test || echo dg_demo)"

@@ -13,7 +13,7 @@ use dg_proto::v1::{
     auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
     backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
     execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
-    storage_service_server::StorageServiceServer,
+    restore_drill_service_server::RestoreDrillServiceServer, storage_service_server::StorageServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
@@ -42,6 +42,7 @@ use crate::{
         backups::BackupsService,
         catalog::CatalogService,
         dispatch::{DispatchSettings, DispatchTask, DispatchWaker, ReaperTask},
+        drills::{DrillService, DrillTask},
         executions::ExecutionsService,
         health::{HealthService, HealthTask},
         import::{ImportReport, ImportRequest, ImportService},
@@ -187,6 +188,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         Duration::from_secs(config.retention_interval_secs.max(1)),
         Duration::from_secs(config.orphan_grace_secs),
     );
+    let executions = ExecutionsService::new(
+        db.clone(),
+        waker.clone(),
+        sessions.clone(),
+        coord.clone(),
+        retention,
+        metrics.clone(),
+        ender.clone(),
+    );
     let ctx = Ctx {
         auth: auth.clone(),
         agents: AgentsService::new(
@@ -201,16 +211,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         catalog: catalog.clone(),
         retention: RetentionService::new(db.clone()),
         import: ImportService::new(db.clone(), key.clone()),
-        executions: ExecutionsService::new(
-            db.clone(),
-            waker.clone(),
-            sessions.clone(),
-            coord.clone(),
-            retention,
-            metrics.clone(),
-            ender.clone(),
-        ),
+        executions: executions.clone(),
         backups,
+        drills: DrillService::new(db.clone(), executions.clone(), metrics.clone()),
         health: HealthService::new(db.clone(), registry.clone(), redis.clone()),
         db: db.clone(),
         metrics: metrics.clone(),
@@ -261,7 +264,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .add_service(ExecutionServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(BackupServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(HealthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(AuditServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(AuditServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(RestoreDrillServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone())).max_decoding_message_size(64 * 1024),
         );
@@ -327,6 +331,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;
             let bound = l.local_addr()?;
+            let refresh = Duration::from_secs(config.metrics_refresh_interval_secs.max(1));
+            tracker.spawn(
+                crate::service::gauges::GaugesTask::new(db.clone(), metrics.clone(), refresh).run(cancel.clone()),
+            );
             tracker.spawn(crate::metrics::serve(l, metrics, cancel.clone()));
             Some(bound)
         }
@@ -334,6 +342,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     };
     let scheduler_tick = Duration::from_secs(config.scheduler_interval_secs.max(1));
     let leader = scheduler::leader_key(&pki.fingerprint());
+    let drill_task = DrillTask::new(ctx.drills.clone(), coord.clone(), scheduler_tick, format!("{leader}:drills"));
+    tracker.spawn(drill_task.run(cancel.clone()));
     tracker
         .spawn(SchedulerTask::new(db.clone(), coord, waker_for_scheduler, scheduler_tick, leader).run(cancel.clone()));
     tracker.spawn(retention_task.run(cancel.clone()));

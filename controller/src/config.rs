@@ -89,6 +89,8 @@ pub struct Config {
     /// Prometheus metrics (`GET /metrics`); none disables them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// How often the catalog gauges (per-job last success, queue depth, agents) are read from PostgreSQL.
+    pub metrics_refresh_interval_secs: u64,
     /// "text" or "json".
     pub log_format: String,
     /// OTLP gRPC endpoint for traces; none disables export.
@@ -153,6 +155,7 @@ impl Default for Config {
             max_concurrent_streams: 128,
             concurrency_per_connection: 64,
             metrics_listen: None,
+            metrics_refresh_interval_secs: 15,
             otlp_endpoint: None,
             admin_username: "admin".into(),
             admin_password: None,

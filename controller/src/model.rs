@@ -423,6 +423,8 @@ pub struct RestoreOptions {
     pub parallel_jobs: u32,
     /// PostgreSQL: replay the globals first.
     pub restore_globals: bool,
+    /// A restore drill's checks (verification restores only): observed before the scratch database is dropped.
+    pub drill: Option<dg_common::protocol::drill::DrillChecks>,
 }
 
 impl RestoreOptions {
@@ -469,5 +471,112 @@ impl From<Strategy> for dg_common::protocol::Strategy {
             Strategy::Fallback => dg_common::protocol::Strategy::Fallback,
             Strategy::Replicate => dg_common::protocol::Strategy::Replicate,
         }
+    }
+}
+
+string_enum!(
+    /// State of a restore drill run.
+    DrillRunStatus { Running = "running", Passed = "passed", Failed = "failed" }
+);
+
+/// A restore drill (`restore_drill`). Assertions and schema minimums are JSON columns read through
+/// [`RestoreDrill::sql`] and [`RestoreDrill::schema`].
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct RestoreDrill {
+    /// Id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// Datasource whose backups are drilled.
+    pub datasource_id: Uuid,
+    /// Where scratch databases are created.
+    pub target_datasource_id: Uuid,
+    /// Cron (None: manual only).
+    pub cron: Option<String>,
+    /// Time zone of the cron.
+    pub time_zone: String,
+    /// Newest backup may be this old.
+    pub max_backup_age_secs: i64,
+    /// Row count tolerance, percent.
+    pub tolerance_percent: f64,
+    /// Compare row counts.
+    pub assert_row_counts: bool,
+    /// SQL assertions (JSON list of `drill_judge::SqlAssertion`).
+    pub sql_assertions: serde_json::Value,
+    /// Schema minimums (JSON `drill_judge::SchemaExpect`).
+    pub schema_expect: serde_json::Value,
+    /// Scheduled runs happen.
+    pub enabled: bool,
+    /// Scratch database name prefix.
+    pub scratch_prefix: String,
+    /// Next scheduled slot.
+    pub next_run_at: Option<DateTime<Utc>>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl RestoreDrill {
+    /// The SQL assertions.
+    pub fn sql(&self) -> Vec<crate::service::drill_judge::SqlAssertion> {
+        serde_json::from_value(self.sql_assertions.clone()).unwrap_or_default()
+    }
+
+    /// The schema minimums.
+    pub fn schema(&self) -> crate::service::drill_judge::SchemaExpect {
+        serde_json::from_value(self.schema_expect.clone()).unwrap_or_default()
+    }
+}
+
+/// What a finished run proved, kept as JSON in `restore_drill_run.evidence`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct DrillEvidence {
+    /// Every assertion checked.
+    pub assertions: Vec<crate::service::drill_judge::AssertionOutcome>,
+    /// What was not checked, and why.
+    pub notes: Vec<String>,
+    /// Recovery time, ms (see `drill_judge::rto_ms`).
+    pub rto_ms: Option<u64>,
+    /// Start to finish, ms.
+    pub duration_ms: Option<u64>,
+}
+
+/// One run of a drill (`restore_drill_run`).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct DrillRun {
+    /// Id.
+    pub id: Uuid,
+    /// Drill.
+    pub drill_id: Uuid,
+    /// State.
+    pub status: DrillRunStatus,
+    /// "operator:<name>" or "schedule".
+    pub trigger: String,
+    /// Start (controller database clock).
+    pub started_at: DateTime<Utc>,
+    /// End.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The restore execution (None when none was queued, or it was deleted).
+    pub execution_id: Option<Uuid>,
+    /// The backup restored.
+    pub backup_id: Option<Uuid>,
+    /// When that backup completed.
+    pub backup_completed_at: Option<DateTime<Utc>>,
+    /// Target datasource.
+    pub target_datasource_id: Uuid,
+    /// Scratch database.
+    pub scratch_database: Option<String>,
+    /// Evidence (JSON [`DrillEvidence`]).
+    pub evidence: serde_json::Value,
+    /// Why it failed.
+    pub error: Option<String>,
+}
+
+impl DrillRun {
+    /// The evidence.
+    pub fn evidence(&self) -> DrillEvidence {
+        serde_json::from_value(self.evidence.clone()).unwrap_or_default()
     }
 }

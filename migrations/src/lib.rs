@@ -15,6 +15,7 @@ mod m0008_revocation;
 mod m0009_bootstrap;
 mod m0010_retention;
 mod m0011_verify;
+mod m0012_drills;
 mod m0014_scrub;
 mod m0015_import;
 
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0009_bootstrap::Migration),
             Box::new(m0010_retention::Migration),
             Box::new(m0011_verify::Migration),
+            Box::new(m0012_drills::Migration),
             Box::new(m0014_scrub::Migration),
             Box::new(m0015_import::Migration),
         ]

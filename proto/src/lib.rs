@@ -27,7 +27,9 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "
 /// 6: `Assign` may carry a `VerifyTask` (a checksum-only verify of a backup's copies, each with its recorded
 /// chunk list) and `Completed` a `VerifyResult` (findings per copy: damaged chunks by seq and fault, manifest,
 /// stream and globals problems); an older agent could not decode such an assignment.
-pub const AGENT_PROTOCOL_VERSION: u32 = 6;
+/// 7: a backup result carries per-table row counts, a restore task may carry drill checks and its result
+/// the drill observation (an older agent would ignore the checks and report nothing to judge).
+pub const AGENT_PROTOCOL_VERSION: u32 = 7;
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,7 @@
 //! End-to-end tests through the public gRPC API against real PostgreSQL, real `pg_dump`/`pg_restore`,
 //! real mTLS agents and real `grpcurl`.
 
+mod alert_rules;
 mod backup_restore;
 mod bad_input;
 mod bootstrap;
@@ -8,11 +9,13 @@ mod catalog_import;
 mod cleartext;
 mod cloud;
 mod data_path;
+mod drills;
 mod emulators;
 mod failures;
 mod faults;
 mod grpcurl;
 mod lifecycle;
+mod metrics;
 mod operator_api;
 mod protocol;
 mod python_client;

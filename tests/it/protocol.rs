@@ -87,7 +87,11 @@ async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_n
     assert_eq!(a.execution_id, id);
     s.send(Kind::Completed(pb::Completed {
         execution: Some(exec_ref(&a)),
-        result: Some(pb::completed::Result::Restore(pb::RestoreResult { raw_bytes: 1, tool_version: "x".into() })),
+        result: Some(pb::completed::Result::Restore(pb::RestoreResult {
+            raw_bytes: 1,
+            tool_version: "x".into(),
+            observed: None,
+        })),
     }))
     .await?;
     let ex = c.wait_execution(&id, WAIT).await?;
@@ -225,7 +229,11 @@ async fn reports_that_do_not_fit_the_plan_end_the_attempt_and_strangers_change_n
     assert_eq!(refused.map(|_| ()).map_err(|e| e.code()), Err(tonic::Code::FailedPrecondition), "in use by a restore");
     s.send(Kind::Completed(pb::Completed {
         execution: Some(exec_ref(&r)),
-        result: Some(pb::completed::Result::Restore(pb::RestoreResult { raw_bytes: 4, tool_version: "fake".into() })),
+        result: Some(pb::completed::Result::Restore(pb::RestoreResult {
+            raw_bytes: 4,
+            tool_version: "fake".into(),
+            observed: None,
+        })),
     }))
     .await?;
     assert_eq!(c.wait_execution(&restore.id, WAIT).await?.status, pb::ExecutionStatus::Completed as i32);

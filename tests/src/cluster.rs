@@ -9,7 +9,7 @@ use dg_proto::v1::{
     self as pb, agent_service_client::AgentServiceClient, auth_service_client::AuthServiceClient,
     backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
     datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
-    storage_service_client::StorageServiceClient,
+    restore_drill_service_client::RestoreDrillServiceClient, storage_service_client::StorageServiceClient,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -143,6 +143,7 @@ impl Cluster {
             scheduler_interval_secs: 1,
             orphan_grace_secs: opts.orphan_grace_secs.unwrap_or(3600),
             metrics_listen: if opts.metrics { Some("127.0.0.1:0".parse()?) } else { None },
+            metrics_refresh_interval_secs: 1,
             retention_interval_secs: opts.retention_interval_secs.unwrap_or(if opts.orphan_grace_secs.is_some() {
                 1
             } else {
@@ -289,6 +290,8 @@ pub struct Clients {
     pub executions: ExecutionServiceClient<Channel>,
     /// BackupService.
     pub backups: BackupServiceClient<Channel>,
+    /// RestoreDrillService.
+    pub drills: RestoreDrillServiceClient<Channel>,
 }
 
 impl Clients {
@@ -308,7 +311,8 @@ impl Clients {
             storages: StorageServiceClient::new(ch.clone()),
             jobs: BackupJobServiceClient::new(ch.clone()),
             executions: ExecutionServiceClient::new(ch.clone()),
-            backups: BackupServiceClient::new(ch),
+            backups: BackupServiceClient::new(ch.clone()),
+            drills: RestoreDrillServiceClient::new(ch),
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod my_guard;
 pub mod mysql;
+pub mod observe;
 pub mod pg_guard;
 pub mod postgres;
 
@@ -49,6 +50,19 @@ pub struct ToolRun {
     /// What keeps the tool from sending the password in clear text to a server TLS does not verify; held as
     /// long as the tool runs.
     pub guard: Option<AuthGuard>,
+    /// A dump's row counts (see [`observe`]); empty for a restore.
+    pub counts: RowCounts,
+}
+
+/// Row counts taken with a dump.
+#[derive(Default)]
+pub struct RowCounts {
+    /// Rows per table; `None` when counting failed.
+    pub tables: Option<Vec<dg_common::protocol::drill::TableCount>>,
+    /// Why counting failed.
+    pub warning: Option<String>,
+    /// What keeps the dump's snapshot alive (PostgreSQL): dropped with the run, after the dump ended.
+    pub hold: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// See [`ToolRun::guard`].

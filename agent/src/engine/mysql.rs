@@ -51,7 +51,7 @@ fn options(t: &DatabaseTarget, database: Option<&str>, via: Option<&HandshakeGua
 }
 
 /// A driver connection, through a [`HandshakeGuard`] (returned with it) when the password needs guarding.
-async fn connect(
+pub(super) async fn connect(
     t: &DatabaseTarget,
     database: Option<&str>,
 ) -> PipelineResult<(sqlx::MySqlConnection, Option<HandshakeGuard>)> {
@@ -167,6 +167,11 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
     let mut cmd = base(&path, creds.path());
     let options = ["--single-transaction", "--routines", "--triggers", "--events", "--hex-blob", "--no-tablespaces"];
     cmd.args(options).arg("--default-character-set=utf8mb4").arg(&t.database);
+    // Counted just before the dump starts, in a snapshot of its own (the dump's cannot be shared).
+    let counts = match super::observe::my_counts(t).await {
+        Ok(c) => super::RowCounts { tables: Some(c), ..Default::default() },
+        Err(e) => super::RowCounts { warning: Some(format!("row counts not recorded: {e}")), ..Default::default() },
+    };
     Ok(ToolRun {
         cmd,
         tool: tool.to_owned(),
@@ -174,6 +179,7 @@ pub async fn dump(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRun> 
         options: options.iter().map(|o| o.trim_start_matches('-').to_owned()).collect(),
         creds,
         guard,
+        counts,
     })
 }
 
@@ -214,7 +220,7 @@ pub async fn restore(t: &DatabaseTarget, tools: &Tools) -> PipelineResult<ToolRu
     }
     cmd.arg("--binary-mode").arg("--default-character-set=utf8mb4").arg(format!("--database={}", t.database));
     let options = if sandbox { vec![SANDBOX.to_owned()] } else { Vec::new() };
-    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options, creds, guard })
+    Ok(ToolRun { cmd, tool: tool.to_owned(), version, options, creds, guard, counts: Default::default() })
 }
 
 #[cfg(test)]

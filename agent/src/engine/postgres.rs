@@ -56,7 +56,7 @@ impl Route {
     }
 }
 
-async fn connect(t: &DatabaseTarget, database: &str) -> PipelineResult<(sqlx::PgConnection, Route)> {
+pub(super) async fn connect(t: &DatabaseTarget, database: &str) -> PipelineResult<(sqlx::PgConnection, Route)> {
     let fail = |e: String| PipelineError::Connection(dg_common::redact::redact(&e, &[t.password.expose_secret()]));
     let route = Route::to(t).await?;
     let conn = tokio::time::timeout(Duration::from_secs(10), options(&route, t, database).connect())
@@ -181,6 +181,15 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
         .arg("--compress=0")
         .arg("--no-password")
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
+    // Exact counts in the snapshot the dump reads: the exporting transaction stays open (held by the run)
+    // until the dump has ended. Counting refused: the dump runs on its own snapshot, without counts.
+    let counts = match super::observe::pg_snapshot_counts(t).await {
+        Ok((hold, tables)) => {
+            cmd.arg(format!("--snapshot={}", hold.snapshot));
+            super::RowCounts { tables: Some(tables), warning: None, hold: Some(Box::new(hold)) }
+        }
+        Err(e) => super::RowCounts { warning: Some(format!("row counts not recorded: {e}")), ..Default::default() },
+    };
     Ok(ToolRun {
         cmd,
         tool: tool.into(),
@@ -188,6 +197,7 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
         options: vec!["format=custom".into(), "compress=0".into()],
         creds,
         guard: route.into_guard(),
+        counts,
     })
 }
 
@@ -211,7 +221,15 @@ pub async fn restore(
     if let Some(f) = file {
         cmd.arg(format!("--jobs={}", jobs.clamp(1, 16))).arg(f);
     }
-    Ok(ToolRun { cmd, tool: tool.into(), version, options: Vec::new(), creds, guard: route.into_guard() })
+    Ok(ToolRun {
+        cmd,
+        tool: tool.into(),
+        version,
+        options: Vec::new(),
+        creds,
+        guard: route.into_guard(),
+        counts: Default::default(),
+    })
 }
 
 /// Refuses a dump the client would fail on: pg_dump cannot dump a server of a newer major version.

@@ -92,6 +92,8 @@ struct PassOutput {
     totals: chunker::StreamTotals,
     tool: String,
     options: Vec<String>,
+    table_counts: Option<Vec<dg_common::protocol::drill::TableCount>>,
+    count_warning: Option<String>,
 }
 
 async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> PipelineResult<BackupResult> {
@@ -128,6 +130,12 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         Strategy::Fallback => fallback(source, &info, &candidates, &settings, rep, &mut warnings).await?,
     };
     warnings.extend(out.dropped.iter().cloned());
+    if let Some(w) = &out.count_warning {
+        rep.log(LogLevel::Warn, w.clone()).await;
+        warnings.push(w.clone());
+    } else if let Some(c) = &out.table_counts {
+        rep.log(LogLevel::Info, format!("row counts of {} tables recorded (exact)", c.len())).await;
+    }
 
     let globals = if plan.include_globals && source.engine == Engine::Postgres {
         let (sql, tool) = engine::postgres::dump_globals(source, &ctx.tools).await?;
@@ -219,6 +227,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         encryption_key_id: plan.encryption_key_id.clone(),
         wrapped_key_sha256,
         globals,
+        table_counts: out.table_counts,
     })
 }
 
@@ -325,6 +334,8 @@ async fn one_pass(
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
     let options = std::mem::take(&mut run.options);
+    let (table_counts, count_warning) = (run.counts.tables.take(), run.counts.warning.take());
+    // Ends the counting transaction whose snapshot the dump read, now that the dump is over.
     drop(run);
 
     let (chunks, complete, dropped) = upload_res?;
@@ -335,7 +346,7 @@ async fn one_pass(
     if chunks.len() as u32 != totals.chunks {
         return Err(PipelineError::Integrity(format!("{} chunks produced but {} stored", totals.chunks, chunks.len())));
     }
-    Ok(PassOutput { chunks, complete, dropped, totals, tool, options })
+    Ok(PassOutput { chunks, complete, dropped, totals, tool, options, table_counts, count_warning })
 }
 
 type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>);

@@ -49,11 +49,39 @@ pub async fn run(
     ctx: &AgentContext,
 ) -> PipelineResult<RestoreResult> {
     let mut created = false;
-    let result = tokio::select! {
+    let started = std::time::Instant::now();
+    let mut result = tokio::select! {
         biased;
         _ = cancel.cancelled() => Err(PipelineError::Cancelled),
         r = run_inner(plan, rep, ctx, &mut created) => r,
     };
+    // A drill observes the restored scratch database before it is dropped (the controller judges).
+    if let (Ok(r), Some(checks)) = (&mut result, &plan.checks) {
+        let observing = engine::observe::observe(&plan.target, checks, started);
+        let observed = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            o = tokio::time::timeout(engine::observe::OBSERVE_DEADLINE, observing) => Some(o.unwrap_or_else(|_| {
+                dg_common::protocol::drill::DrillObservation {
+                    problem: Some("the drill checks did not finish within 15 minutes".into()),
+                    ..Default::default()
+                }
+            })),
+        };
+        match observed {
+            Some(o) => {
+                let line = format!(
+                    "drill checks observed: queryable after {} ms, {} queries{}",
+                    o.queryable_after_ms,
+                    o.queries.len(),
+                    o.problem.as_deref().map(|p| format!(", problem: {p}")).unwrap_or_default()
+                );
+                rep.log(LogLevel::Info, line).await;
+                r.observed = Some(o);
+            }
+            None => result = Err(PipelineError::Cancelled),
+        }
+    }
     // Only a database this attempt created is dropped.
     if plan.target_plan.is_scratch() && created {
         let t = &plan.target;
@@ -339,7 +367,7 @@ async fn run_inner(
     };
     let (written, tool) = result?;
     rep.log(LogLevel::Info, format!("restore finished: {written} bytes restored with {tool}")).await;
-    Ok(RestoreResult { raw_bytes: written, tool_version: tool })
+    Ok(RestoreResult { raw_bytes: written, tool_version: tool, observed: None })
 }
 
 /// Runs a prepared tool that reads a file to completion, failing on a non-zero exit.

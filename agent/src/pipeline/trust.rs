@@ -175,6 +175,7 @@ mod tests {
                 }),
             }),
             raw_bytes: Some(100),
+            checks: None,
         };
         let m = Manifest {
             format: MANIFEST_FORMAT,

@@ -10,6 +10,7 @@
 //! target-database plan of a restore, and chunk size, level and concurrency already clamped to what the
 //! agent accepts. Nothing is parsed back out of an object key.
 
+pub mod drill;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -359,6 +360,8 @@ pub struct RestorePlan {
     pub recorded: Option<RecordedBackup>,
     /// Uncompressed bytes the backup recorded; decompression stops with an error past them (`None`: no bound).
     pub raw_bytes: Option<u64>,
+    /// A restore drill: what to observe in the restored (scratch) database before it is dropped.
+    pub checks: Option<drill::DrillChecks>,
 }
 
 /// One copy of a backup to verify: a storage and the chunks the controller recorded for it there.
@@ -507,6 +510,8 @@ pub struct BackupResult {
     pub wrapped_key_sha256: Option<String>,
     /// The PostgreSQL globals object written with the backup.
     pub globals: Option<StoredObject>,
+    /// Rows per table at dump time; `None` when they could not be counted (a warning says why).
+    pub table_counts: Option<Vec<drill::TableCount>>,
 }
 
 /// What a finished restore did.
@@ -516,6 +521,8 @@ pub struct RestoreResult {
     pub raw_bytes: u64,
     /// Restore tool and version.
     pub tool_version: String,
+    /// What a drill observed (`Some` iff the plan carried checks).
+    pub observed: Option<drill::DrillObservation>,
 }
 
 /// What is wrong with one stored chunk.

@@ -386,6 +386,12 @@ fn restore_plan(t: pb::RestoreTask) -> ProtocolResult<RestorePlan> {
         restore_globals: t.restore_globals,
         recorded: t.recorded.map(|r| RecordedBackup::try_from(r).map_err(|e| e.within("recorded"))).transpose()?,
         raw_bytes: (t.raw_bytes > 0).then_some(t.raw_bytes),
+        checks: match t.checks {
+            Some(_) if !t.drop_after => {
+                return Err(ProtocolError::new("checks", "drill checks need a scratch database (drop_after)"));
+            }
+            c => c.map(|c| super::drill::DrillChecks::try_from(c).map_err(|e| e.within("checks"))).transpose()?,
+        },
     })
 }
 
@@ -405,6 +411,7 @@ impl From<RestorePlan> for pb::RestoreTask {
             restore_globals: p.restore_globals,
             recorded: p.recorded.map(Into::into),
             raw_bytes: p.raw_bytes.unwrap_or_default(),
+            checks: p.checks.map(Into::into),
         }
     }
 }
@@ -507,6 +514,11 @@ fn backup_result(b: pb::BackupResult) -> ProtocolResult<BackupResult> {
         encryption_key_id: encryption.as_ref().map(|e| e.key_id.clone()),
         wrapped_key_sha256: encryption.map(|e| e.wrapped_key_sha256),
         globals: stored_object_field(b.globals, "globals")?,
+        table_counts: if b.table_counts.is_empty() {
+            None
+        } else {
+            Some(super::drill::table_counts_of(b.table_counts, "table_counts")?)
+        },
     })
 }
 
@@ -525,6 +537,7 @@ impl From<BackupResult> for pb::BackupResult {
             encryption_key_id: b.encryption_key_id.unwrap_or_default(),
             globals: b.globals.map(Into::into),
             wrapped_key_sha256: b.wrapped_key_sha256.unwrap_or_default(),
+            table_counts: b.table_counts.unwrap_or_default().into_iter().map(Into::into).collect(),
         }
     }
 }
@@ -683,7 +696,14 @@ fn completed(c: pb::Completed) -> ProtocolResult<AgentReport> {
         }
         pb::completed::Result::Restore(r) => AgentReport::RestoreCompleted {
             execution,
-            result: RestoreResult { raw_bytes: r.raw_bytes, tool_version: text(&r.tool_version, 256) },
+            result: RestoreResult {
+                raw_bytes: r.raw_bytes,
+                tool_version: text(&r.tool_version, 256),
+                observed: r
+                    .observed
+                    .map(|o| super::drill::DrillObservation::try_from(o).map_err(|e| e.within("restore.observed")))
+                    .transpose()?,
+            },
         },
         pb::completed::Result::Verify(v) => {
             AgentReport::VerifyCompleted { execution, result: verify_result(v).map_err(|e| e.within("verify"))? }
@@ -725,6 +745,7 @@ impl From<AgentReport> for pb::agent_message::Kind {
                 result: Some(pb::completed::Result::Restore(pb::RestoreResult {
                     raw_bytes: result.raw_bytes,
                     tool_version: result.tool_version,
+                    observed: result.observed.map(Into::into),
                 })),
             }),
             AgentReport::VerifyCompleted { execution, result } => Kind::Completed(pb::Completed {

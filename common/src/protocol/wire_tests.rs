@@ -126,6 +126,7 @@ fn restore_task() -> pb::RestoreTask {
             encryption: Some(RecordedEncryption { key_id: "prod-1".into(), wrapped_key_sha256: sha('d') }),
         }),
         raw_bytes: Some(1234),
+        checks: None,
     })
 }
 
@@ -233,11 +234,24 @@ fn reports_round_trip_and_are_validated() {
                 encryption_key_id: Some("k1".into()),
                 wrapped_key_sha256: Some(sha('e')),
                 globals: Some(StoredObject { key: "a/b/2/globals.sql.zst".into(), size: 3, sha256: sha('f') }),
+                table_counts: Some(vec![crate::protocol::drill::TableCount {
+                    schema: "public".into(),
+                    table: "t".into(),
+                    rows: 3,
+                    exact: true,
+                }]),
             },
         },
         AgentReport::RestoreCompleted {
             execution: e,
-            result: RestoreResult { raw_bytes: 7, tool_version: "x".into() },
+            result: RestoreResult {
+                raw_bytes: 7,
+                tool_version: "x".into(),
+                observed: Some(crate::protocol::drill::DrillObservation {
+                    queryable_after_ms: 5,
+                    ..Default::default()
+                }),
+            },
         },
         AgentReport::Failed { execution: e, error: "boom".into(), cancelled: true },
     ];

@@ -132,6 +132,8 @@ pub struct BackupOutcome {
     pub wrapped_key_sha256: Option<String>,
     /// The globals object: key, size, sha256.
     pub globals: Option<(String, i64, String)>,
+    /// Rows per table at dump time (JSON list), when the agent counted them.
+    pub table_counts: Option<serde_json::Value>,
 }
 
 /// What the controller recorded for one storage of a backup attempt (see `service::commit`).
@@ -540,8 +542,8 @@ impl Db {
             "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3, \
              stored_bytes = $4, chunk_count = $5, sha256 = $6, manifest_key = $7, tool_version = $8, \
              server_version = $9, warnings = $10, encryption_key_id = $11, wrapped_key_sha256 = $12, \
-             globals_key = $13, globals_size = $14, globals_sha256 = $15, trust_recorded = true \
-             WHERE id = $1 AND attempt = $2 AND status = 'running'",
+             globals_key = $13, globals_size = $14, globals_sha256 = $15, trust_recorded = true, \
+             table_counts = $16 WHERE id = $1 AND attempt = $2 AND status = 'running'",
             [
                 id.into(),
                 attempt.into(),
@@ -558,6 +560,7 @@ impl Db {
                 o.globals.as_ref().map(|g| g.0.clone()).into(),
                 o.globals.as_ref().map(|g| g.1).into(),
                 o.globals.as_ref().map(|g| g.2.clone()).into(),
+                o.table_counts.clone().into(),
             ],
         )
         .await?;
@@ -570,12 +573,18 @@ impl Db {
     }
 
     /// `running -> completed` for a restore.
-    pub async fn complete_restore(&self, id: Uuid, attempt: i32, raw_bytes: i64) -> Result<bool, DbErr> {
+    pub async fn complete_restore(
+        &self,
+        id: Uuid,
+        attempt: i32,
+        raw_bytes: i64,
+        observed: Option<serde_json::Value>,
+    ) -> Result<bool, DbErr> {
         Ok(execute(
             &self.conn,
-            "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3 \
-             WHERE id = $1 AND attempt = $2 AND status = 'running'",
-            [id.into(), attempt.into(), raw_bytes.into()],
+            "UPDATE execution SET status = 'completed', finished_at = now(), lease_until = NULL, raw_bytes = $3, \
+             drill_observed = $4 WHERE id = $1 AND attempt = $2 AND status = 'running'",
+            [id.into(), attempt.into(), raw_bytes.into(), observed.into()],
         )
         .await?
             == 1)

@@ -5,7 +5,9 @@
 mod agents;
 mod auth;
 mod catalog;
+mod drills;
 mod executions;
+mod gauges;
 mod health;
 mod import;
 mod pki;
@@ -25,7 +27,9 @@ use sea_orm_migration::MigratorTrait;
 pub use self::{
     agents::{AgentStanding, IssuedCert},
     catalog::Deletion,
+    drills::{DrillRecord, GoodBackup, RunningRun},
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},
+    gauges::{AgentGauge, DrillGauge, JobGauge, QueueGauge},
     health::AuditFilter,
     scrub::{QueuedVerify, VerifyScheduledJob},
     sweeps::{OrphanAttempt, Sweep},

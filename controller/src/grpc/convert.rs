@@ -262,6 +262,7 @@ pub fn backup(
         pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
         imported: e.imported,
         copies: copies.iter().map(backup_copy).collect(),
+        table_counts: Vec::new(),
     }
 }
 
@@ -407,4 +408,87 @@ pub fn import_report(r: &crate::service::import::ImportReport, dry_run: bool) ->
             .collect(),
         dry_run,
     }
+}
+
+/// A drill.
+pub fn drill(d: &model::RestoreDrill) -> pb::RestoreDrill {
+    let s = d.schema();
+    pb::RestoreDrill {
+        id: d.id.to_string(),
+        name: d.name.clone(),
+        datasource_id: d.datasource_id.to_string(),
+        target_datasource_id: d.target_datasource_id.to_string(),
+        cron: d.cron.clone().unwrap_or_default(),
+        time_zone: d.time_zone.clone(),
+        max_backup_age: Some(dur(Duration::from_secs(u64::try_from(d.max_backup_age_secs).unwrap_or(0)))),
+        row_count_tolerance_percent: d.tolerance_percent,
+        assert_row_counts: d.assert_row_counts,
+        sql_assertions: d
+            .sql()
+            .into_iter()
+            .map(|a| pb::SqlAssertion {
+                name: a.name,
+                query: a.query,
+                expect: Some(match a.expect {
+                    crate::service::drill_judge::Expect::Scalar(v) => pb::sql_assertion::Expect::Scalar(v),
+                    crate::service::drill_judge::Expect::AtLeastOneRow => {
+                        pb::sql_assertion::Expect::AtLeastOneRow(true)
+                    }
+                }),
+            })
+            .collect(),
+        schema: s.any().then_some(pb::SchemaExpectations {
+            min_tables: s.min_tables,
+            min_views: s.min_views,
+            min_functions: s.min_functions,
+            min_sequences: s.min_sequences,
+        }),
+        enabled: d.enabled,
+        next_run_at: ots(d.next_run_at.filter(|_| d.enabled && d.cron.is_some())),
+        created_at: Some(ts(d.created_at)),
+        scratch_database_prefix: d.scratch_prefix.clone(),
+    }
+}
+
+/// A drill run with its evidence.
+pub fn drill_run(r: &model::DrillRun) -> pb::DrillRun {
+    let e = r.evidence();
+    let opt = |u: Option<Uuid>| u.map(|u| u.to_string()).unwrap_or_default();
+    pb::DrillRun {
+        id: r.id.to_string(),
+        drill_id: r.drill_id.to_string(),
+        status: match r.status {
+            model::DrillRunStatus::Running => pb::DrillRunStatus::Running,
+            model::DrillRunStatus::Passed => pb::DrillRunStatus::Passed,
+            model::DrillRunStatus::Failed => pb::DrillRunStatus::Failed,
+        } as i32,
+        trigger: r.trigger.clone(),
+        started_at: Some(ts(r.started_at)),
+        finished_at: ots(r.finished_at),
+        backup_id: opt(r.backup_id),
+        backup_completed_at: ots(r.backup_completed_at),
+        target_datasource_id: r.target_datasource_id.to_string(),
+        scratch_database: r.scratch_database.clone().unwrap_or_default(),
+        execution_id: opt(r.execution_id),
+        assertions: e
+            .assertions
+            .into_iter()
+            .map(|a| pb::AssertionOutcome {
+                name: a.name,
+                kind: a.kind,
+                expected: a.expected,
+                actual: a.actual,
+                passed: a.passed,
+            })
+            .collect(),
+        rto_ms: e.rto_ms.unwrap_or_default(),
+        duration_ms: e.duration_ms.unwrap_or_default(),
+        error: r.error.clone().unwrap_or_default(),
+        notes: e.notes,
+    }
+}
+
+/// Row counts recorded with a backup.
+pub fn table_counts(list: &[dg_common::protocol::drill::TableCount]) -> Vec<pb::TableRowCount> {
+    list.iter().cloned().map(Into::into).collect()
 }

@@ -29,6 +29,8 @@ pub struct Ctx {
     pub executions: ExecutionsService,
     /// Backup object reads and deletes, pins.
     pub backups: BackupsService,
+    /// Restore drills.
+    pub drills: crate::service::drills::DrillService,
     /// Retention previews.
     pub retention: crate::service::retention::RetentionService,
     /// Catalog import from a storage.

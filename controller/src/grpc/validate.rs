@@ -20,8 +20,10 @@ use crate::{
     },
 };
 
+mod drills;
 mod storage;
 
+pub use drills::*;
 pub use storage::*;
 
 type V<T> = Result<T, FieldError>;
@@ -471,6 +473,8 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             verification_mode: r.verification_mode,
             parallel_jobs: r.parallel_jobs.max(1),
             restore_globals: r.restore_globals,
+            scratch_database: None,
+            drill: None,
         })
     }
 }

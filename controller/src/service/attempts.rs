@@ -45,6 +45,23 @@ pub enum EndCause {
 }
 
 impl EndCause {
+    /// The cause as a metric label (a fixed set, never the free text).
+    pub fn label(&self) -> &'static str {
+        match self {
+            EndCause::AgentFailed(_) => "agent_failed",
+            EndCause::AgentCancelled => "agent_cancelled",
+            EndCause::LeaseExpired => "lease_expired",
+            EndCause::AgentRevoked => "agent_revoked",
+            EndCause::AgentRestarted => "agent_restarted",
+            EndCause::NotRunning { .. } => "not_running",
+            EndCause::DeliveryFailed => "delivery_failed",
+            EndCause::CommitMismatch(_) => "commit_mismatch",
+            EndCause::Refused(_) => "refused",
+            EndCause::OperatorCancelled => "operator_cancelled",
+            EndCause::Unassignable(_) => "unassignable",
+        }
+    }
+
     /// Whether the agent certainly did not touch a restore's target before the attempt ended: the `Assign`
     /// never arrived, or no heartbeat ever listed the attempt. A restore is retried only then.
     fn target_untouched(&self) -> bool {
@@ -187,7 +204,8 @@ impl AttemptEnder {
             let prefix = dg_common::manifest::attempt_prefix(ex.datasource_id.into(), ex.id.into(), n);
             self.db.add_sweeps(ex.id, attempt, &prefix, &storages).await?;
         }
-        let ended = match decide(ex.operation, &cause, n, policy, ex.cancel_requested) {
+        let decision = decide(ex.operation, &cause, n, policy, ex.cancel_requested);
+        let ended = match decision {
             Decision::Retry { next, after_secs } => {
                 let retried = self
                     .db
@@ -211,12 +229,19 @@ impl AttemptEnder {
                 let ended = self.db.finish_failed(ex.id, Some(attempt), &msg, cancelled).await?;
                 if ended {
                     let status = if cancelled { Status::Cancelled } else { Status::Failed };
-                    self.metrics.executions_finished.with_label_values(&[ex.operation.as_str(), status.as_str()]).inc();
+                    let ran_for = ex.started_at.and_then(|s| (chrono::Utc::now() - s).to_std().ok());
+                    self.metrics.execution_ended(ex.operation.as_str(), status.as_str(), ran_for);
                     self.db.append_log(ex.id, if cancelled { "warn" } else { "error" }, &msg).await?;
                 }
                 ended
             }
         };
+        if ended && !matches!(decision, Decision::End { cancelled: true }) {
+            self.metrics.execution_failures.with_label_values(&[ex.operation.as_str(), cause.label()]).inc();
+            if matches!(cause, EndCause::LeaseExpired) {
+                self.metrics.lease_reaps.inc();
+            }
+        }
         self.waker.wake();
         Ok(ended)
     }

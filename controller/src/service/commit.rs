@@ -88,6 +88,7 @@ mod tests {
             encryption_key_id: None,
             wrapped_key_sha256: None,
             globals: None,
+            table_counts: None,
         }
     }
 

@@ -265,6 +265,7 @@ impl DispatchTask {
             restore_globals: options.restore_globals,
             recorded: recorded_backup(&backup),
             raw_bytes: u64::try_from(backup.raw_bytes).ok().filter(|n| *n > 0),
+            checks: options.drill.clone().filter(|_| options.verification),
         })
     }
 }

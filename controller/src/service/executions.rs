@@ -15,7 +15,10 @@ use super::{
 };
 use dg_common::{
     ids::AgentId,
-    protocol::{AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout, VerifyResult},
+    protocol::{
+        AgentReport, Attempt, BackupResult, ChunkStored, ExecutionRef, ObjectLayout, VerifyResult,
+        drill::DrillObservation,
+    },
 };
 
 use crate::session::{
@@ -52,6 +55,10 @@ pub struct RestoreRequest {
     pub parallel_jobs: u32,
     /// PostgreSQL: replay the globals first.
     pub restore_globals: bool,
+    /// Verification mode: the scratch database's name (default `dg_verify_<random>`).
+    pub scratch_database: Option<String>,
+    /// Verification mode: a restore drill's checks.
+    pub drill: Option<dg_common::protocol::drill::DrillChecks>,
 }
 
 /// Progress of a running execution as a watcher sees it.
@@ -89,6 +96,8 @@ pub struct BackupDetail {
     pub chunks: Vec<Chunk>,
     /// Every complete copy with its last verify.
     pub copies: Vec<CopyRecord>,
+    /// Rows per table recorded at backup time (empty when none were).
+    pub table_counts: Vec<dg_common::protocol::drill::TableCount>,
 }
 
 /// Execution service.
@@ -117,8 +126,9 @@ impl ExecutionsService {
         Self { db, waker, sessions, coord, retention, metrics, ender }
     }
 
-    fn finished(&self, operation: Operation, status: Status) {
-        self.metrics.executions_finished.with_label_values(&[operation.as_str(), status.as_str()]).inc();
+    fn finished(&self, ex: &Execution, status: Status) {
+        let ran_for = ex.started_at.and_then(|s| (chrono::Utc::now() - s).to_std().ok());
+        self.metrics.execution_ended(ex.operation.as_str(), status.as_str(), ran_for);
     }
 
     /// Asks dispatch for a round (e.g. an agent connected).
@@ -217,7 +227,9 @@ impl ExecutionsService {
             )));
         }
         let database = if r.verification_mode {
-            format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12])
+            r.scratch_database
+                .clone()
+                .unwrap_or_else(|| format!("dg_verify_{}", &Uuid::new_v4().simple().to_string()[..12]))
         } else {
             let database = r.target_database.clone().unwrap_or_else(|| target.database_name.clone());
             if r.confirm_target_database != database {
@@ -246,6 +258,7 @@ impl ExecutionsService {
                         source_storage_id: r.source_storage_id,
                         parallel_jobs: r.parallel_jobs.max(1),
                         restore_globals: r.restore_globals,
+                        drill: r.drill.clone().filter(|_| r.verification_mode),
                     }
                     .to_json(),
                 },
@@ -322,7 +335,8 @@ impl ExecutionsService {
             .filter(|c| storage_ids.contains(&c.storage_id))
             .collect();
         let copies = self.db.backup_copies(id).await?;
-        Ok(BackupDetail { execution, storage_ids, chunks, copies })
+        let table_counts = self.db.backup_table_counts(id).await?.unwrap_or_default();
+        Ok(BackupDetail { execution, storage_ids, chunks, copies, table_counts })
     }
 
     async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
@@ -379,7 +393,8 @@ impl ExecutionsService {
             AgentReport::Log(l) => Ok(self.db.append_log(id, l.level.as_str(), &l.message).await?),
             AgentReport::BackupCompleted { result, .. } => self.report_backup_completed(&ex, attempt, result).await,
             AgentReport::RestoreCompleted { result, .. } => {
-                self.report_restore_completed(&ex, attempt, i64::try_from(result.raw_bytes).unwrap_or(i64::MAX)).await
+                let raw = i64::try_from(result.raw_bytes).unwrap_or(i64::MAX);
+                self.report_restore_completed(&ex, attempt, raw, result.observed).await
             }
             AgentReport::VerifyCompleted { result, .. } => self.report_verify_completed(&ex, attempt, result).await,
             AgentReport::Failed { error, cancelled, .. } => {
@@ -484,6 +499,7 @@ impl ExecutionsService {
             encryption_key_id: r.encryption_key_id,
             wrapped_key_sha256: r.wrapped_key_sha256,
             globals: r.globals.map(|g| (g.key, i64::try_from(g.size).unwrap_or(i64::MAX), g.sha256)),
+            table_counts: r.table_counts.map(|c| serde_json::json!(c)),
         };
         let layout = Self::layout(ex, attempt);
         let (manifest_key, globals_key) = (layout.manifest_key(), layout.globals_key());
@@ -504,7 +520,7 @@ impl ExecutionsService {
                         ),
                     )
                     .await?;
-                self.finished(Operation::Backup, Status::Completed);
+                self.finished(ex, Status::Completed);
                 self.metrics.backup_bytes_stored.inc_by(u64::try_from(o.stored_bytes).unwrap_or(0));
                 self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
                 if let Some(job) = ex.job_id {
@@ -521,13 +537,21 @@ impl ExecutionsService {
     }
 
     /// A restore finished on the agent.
-    async fn report_restore_completed(&self, ex: &Execution, attempt: i32, raw: i64) -> ControllerResult<()> {
+    async fn report_restore_completed(
+        &self,
+        ex: &Execution,
+        attempt: i32,
+        raw: i64,
+        observed: Option<DrillObservation>,
+    ) -> ControllerResult<()> {
         let id = ex.id;
         if ex.operation != Operation::Restore {
             return self.refuse(ex, attempt, format!("a restore result for a {} execution", ex.operation)).await;
         }
-        if self.db.complete_restore(id, attempt, raw).await? {
-            self.finished(Operation::Restore, Status::Completed);
+        // Kept for the drill that queued it to judge (the drill task reads it once the restore has ended).
+        let observed = observed.map(|o| serde_json::json!(o));
+        if self.db.complete_restore(id, attempt, raw, observed).await? {
+            self.finished(ex, Status::Completed);
             self.db.append_log(id, "info", &format!("restore completed: {raw} bytes restored")).await?;
         }
         self.waker.wake();
@@ -564,7 +588,10 @@ impl ExecutionsService {
             })
             .collect();
         if self.db.complete_verify(ex.id, attempt, backup, &verdicts, &lines).await? {
-            self.finished(Operation::Verify, Status::Completed);
+            self.finished(ex, Status::Completed);
+            for v in &verdicts {
+                self.metrics.verify_copies.with_label_values(&[v.status]).inc();
+            }
         }
         self.waker.wake();
         Ok(())
@@ -598,7 +625,7 @@ impl ExecutionsService {
         match ex.status {
             Status::Queued => {
                 if self.db.cancel_queued(id, "cancelled by an operator").await? {
-                    self.finished(ex.operation, Status::Cancelled);
+                    self.finished(&ex, Status::Cancelled);
                     self.db.append_log(id, "warn", "cancelled by an operator before it started").await?;
                 }
             }

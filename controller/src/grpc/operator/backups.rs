@@ -34,7 +34,9 @@ impl backup_service_server::BackupService for OperatorSvc {
     async fn get_backup(&self, req: Request<pb::GetBackupRequest>) -> Result<Response<pb::Backup>, Status> {
         let id = validate::id("id", &req.into_inner().id)?;
         let b = self.ctx.executions.backup(id).await?;
-        Ok(Response::new(convert::backup(&b.execution, &b.storage_ids, &b.chunks, &b.copies)))
+        let mut out = convert::backup(&b.execution, &b.storage_ids, &b.chunks, &b.copies);
+        out.table_counts = convert::table_counts(&b.table_counts);
+        Ok(Response::new(out))
     }
 
     async fn restore_backup(&self, req: Request<pb::RestoreBackupRequest>) -> Result<Response<pb::Execution>, Status> {

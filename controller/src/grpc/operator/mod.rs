@@ -5,6 +5,7 @@ mod agents;
 mod auth;
 mod backups;
 mod catalog;
+mod drills;
 mod executions;
 mod health;
 

@@ -15,7 +15,7 @@ use crate::{
     ZSTD_LEVEL,
     args::Args,
     created::Created,
-    dg::{dg_backup, dg_restore},
+    dg::{dg_backup, dg_restore, dg_verify},
     engine::HOST,
     plain::{first_line_of, on_path, pipeline, settle, timed, tool},
     report::{Memory, mib, print_report},
@@ -123,6 +123,7 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
             dg_backup: DgSamples::default(),
             plain_restore: Samples::default(),
             dg_restore: DgSamples::default(),
+            dg_verify: DgSamples::default(),
             notes: Vec::new(),
             error: None,
         });
@@ -327,9 +328,10 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         anyhow::ensure!(n == r.source.accounts, "plain restore has {n} accounts, the source {}", r.source.accounts);
         created.drop_db_now(kind, &plain_db).await;
 
-        // (e) DataGuardian restore into a fresh database.
+        // (e) DataGuardian restore into a fresh database, (f) a verify of the same backup.
         if let Some(backup_id) = backup_id {
-            dg_restore(r, ctx, created, backup_id, &format!("{db}_dg_{sfx}_{round}"), &tag).await?;
+            dg_restore(r, ctx, created, backup_id.clone(), &format!("{db}_dg_{sfx}_{round}"), &tag).await?;
+            dg_verify(r, ctx, &backup_id, &tag).await?;
         }
     }
     let _ = std::fs::remove_file(&dump_path);

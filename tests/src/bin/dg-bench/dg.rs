@@ -1,5 +1,5 @@
-//! The DataGuardian steps through the controller's API: (c) RunNow and (e) RestoreBackup, each timed from the
-//! call to seeing the execution end, with the execution's own span, the agent's memory and the failure cases.
+//! The DataGuardian steps through the controller's API: (c) RunNow, (e) RestoreBackup and (f) VerifyBackup, each
+//! timed from the call to seeing the execution end, with the execution's own span, the agent's memory and the failure cases.
 
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,43 @@ pub(crate) async fn dg_restore(
         }
     }
     created.drop_db_now(kind, target).await;
+    Ok(())
+}
+
+/// (f) VerifyBackup → completed: a checksum-only read of every copy of the backup (no database touched).
+pub(crate) async fn dg_verify(
+    r: &mut EngineReport,
+    ctx: &mut Ctx<'_>,
+    backup_id: &str,
+    tag: &str,
+) -> anyhow::Result<()> {
+    if r.dg_verify.problem.is_some() {
+        return Ok(());
+    }
+    let t = ctx.clients.token.clone();
+    ctx.rss.begin();
+    let start = Instant::now();
+    let req = pb::VerifyBackupRequest { backup_id: backup_id.into(), ..Default::default() };
+    let ex = ctx.clients.backups.verify_backup(authed(req, &t)).await?.into_inner();
+    let done = wait_exec(ctx.clients, &ex.id).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let rss = ctx.rss.end();
+    let backup = ctx.clients.backups.get_backup(authed(pb::GetBackupRequest { id: backup_id.into() }, &t)).await?;
+    let intact = backup.into_inner().copies.iter().all(|c| c.verify_status == pb::CopyVerifyStatus::Intact as i32);
+    if done.status == pb::ExecutionStatus::Completed as i32 && intact {
+        let exec = span(&done);
+        println!(
+            "{tag} (f) DataGuardian verify: {wall:.2} s (execution {}), agent VmRSS peak {}, every copy intact",
+            exec.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "?".into()),
+            mib(rss)
+        );
+        r.dg_verify.wall.push(wall, None, rss);
+        r.dg_verify.exec.extend(exec);
+    } else {
+        let status = pb::ExecutionStatus::try_from(done.status).map(|s| s.as_str_name()).unwrap_or("?");
+        println!("{tag} (f) DataGuardian verify FAILED after {wall:.2} s: {status}: {} (intact: {intact})", done.error);
+        r.dg_verify.problem = Some(Problem::Failed(format!("{status}: {} (intact: {intact})", done.error)));
+    }
     Ok(())
 }
 

@@ -141,6 +141,7 @@ pub(crate) fn print_report(
         };
         t.step(restore, &r.plain_restore);
         t.dg("(e) DataGuardian restore (create_database), call -> completed", &r.dg_restore, false);
+        t.dg("(f) DataGuardian verify (checksums only), call -> completed", &r.dg_verify, false);
         let _ = writeln!(out, "  dump command: {}", k.dump_display());
 
         let _ = writeln!(out, "\n  {:<46} {:>7}   {:<10} result", "ratio", "value", "target");
@@ -172,6 +173,7 @@ pub(crate) fn print_report(
         let exec_e = if r.dg_restore.problem.is_none() { median(&r.dg_restore.exec) } else { None };
         ratio_line(&mut out, "DG backup execution span / dump alone", exec_b, r.dump_alone.median(), None);
         ratio_line(&mut out, "DG restore execution span / plain restore", exec_e, r.plain_restore.median(), None);
+        ratio_line(&mut out, "DG verify / DG backup          (f)/(c)", r.dg_verify.median(), b, None);
         let stored = if r.dg_backup.problem.is_none() { r.dg_backup.wall.bytes } else { None };
         ratio_line(
             &mut out,
@@ -195,6 +197,7 @@ pub(crate) fn print_report(
         }
         if matches!(r.dg_backup.problem, Some(Problem::Failed(_)))
             || matches!(r.dg_restore.problem, Some(Problem::Failed(_)))
+            || matches!(r.dg_verify.problem, Some(Problem::Failed(_)))
         {
             ok = false;
         }

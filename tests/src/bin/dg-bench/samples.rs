@@ -83,6 +83,7 @@ pub(crate) struct EngineReport {
     pub(crate) dg_backup: DgSamples,
     pub(crate) plain_restore: Samples,
     pub(crate) dg_restore: DgSamples,
+    pub(crate) dg_verify: DgSamples,
     pub(crate) notes: Vec<String>,
     pub(crate) error: Option<String>,
 }

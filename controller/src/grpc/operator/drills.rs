@@ -1,0 +1,111 @@
+//! RestoreDrillService.
+
+use dg_proto::v1::{self as pb, restore_drill_service_server};
+use tonic::{Request, Response, Status};
+
+use super::OperatorSvc;
+use crate::{
+    grpc::{actor, convert, validate},
+    service::drills::NewDrill,
+};
+
+#[tonic::async_trait]
+impl restore_drill_service_server::RestoreDrillService for OperatorSvc {
+    async fn create_restore_drill(
+        &self,
+        req: Request<pb::CreateRestoreDrillRequest>,
+    ) -> Result<Response<pb::RestoreDrill>, Status> {
+        let who = actor(&req);
+        let d = NewDrill::try_from(req.into_inner())?;
+        let res = self.ctx.drills.create(d).await;
+        let d = self.audited(&who, "drill.create", "restore_drill", |d| d.id.to_string(), res).await?;
+        Ok(Response::new(convert::drill(&d)))
+    }
+
+    async fn get_restore_drill(
+        &self,
+        req: Request<pb::GetRestoreDrillRequest>,
+    ) -> Result<Response<pb::RestoreDrill>, Status> {
+        let id = validate::id("id", &req.into_inner().id)?;
+        Ok(Response::new(convert::drill(&self.ctx.drills.get(id).await?)))
+    }
+
+    async fn list_restore_drills(
+        &self,
+        req: Request<pb::ListRestoreDrillsRequest>,
+    ) -> Result<Response<pb::ListRestoreDrillsResponse>, Status> {
+        let r = req.into_inner();
+        let page = validate::page(r.page_size, &r.page_token, 50, 500)?;
+        let list = self.ctx.drills.list(page).await?;
+        Ok(Response::new(pb::ListRestoreDrillsResponse {
+            next_page_token: page.next_token(list.len()),
+            drills: list.iter().map(convert::drill).collect(),
+        }))
+    }
+
+    async fn update_restore_drill(
+        &self,
+        req: Request<pb::UpdateRestoreDrillRequest>,
+    ) -> Result<Response<pb::RestoreDrill>, Status> {
+        let who = actor(&req);
+        let (id, patch) = validate::drill_patch(req.into_inner())?;
+        let res = self.ctx.drills.update(id, patch).await;
+        let d = self.audited_on(&who, "drill.update", "restore_drill", id, res).await?;
+        Ok(Response::new(convert::drill(&d)))
+    }
+
+    async fn delete_restore_drill(
+        &self,
+        req: Request<pb::DeleteRestoreDrillRequest>,
+    ) -> Result<Response<pb::DeleteRestoreDrillResponse>, Status> {
+        let who = actor(&req);
+        let id = validate::id("id", &req.into_inner().id)?;
+        let res = self.ctx.drills.delete(id).await;
+        self.audited_on(&who, "drill.delete", "restore_drill", id, res).await?;
+        Ok(Response::new(pb::DeleteRestoreDrillResponse {}))
+    }
+
+    async fn run_restore_drill(
+        &self,
+        req: Request<pb::RunRestoreDrillRequest>,
+    ) -> Result<Response<pb::DrillRun>, Status> {
+        let who = actor(&req);
+        let id = validate::id("id", &req.into_inner().id)?;
+        let res = self.ctx.drills.run(id, &format!("operator:{who}")).await;
+        let run = self.audited_on(&who, "drill.run", "restore_drill", id, res).await?;
+        Ok(Response::new(convert::drill_run(&run)))
+    }
+
+    async fn list_drill_runs(
+        &self,
+        req: Request<pb::ListDrillRunsRequest>,
+    ) -> Result<Response<pb::ListDrillRunsResponse>, Status> {
+        let r = req.into_inner();
+        let drill = validate::id("drill_id", &r.drill_id)?;
+        let page = validate::page(r.page_size, &r.page_token, 50, 500)?;
+        let runs = self.ctx.drills.runs(drill, page).await?;
+        Ok(Response::new(pb::ListDrillRunsResponse {
+            next_page_token: page.next_token(runs.len()),
+            runs: runs.iter().map(convert::drill_run).collect(),
+        }))
+    }
+
+    async fn get_drill_run(&self, req: Request<pb::GetDrillRunRequest>) -> Result<Response<pb::DrillRun>, Status> {
+        let id = validate::id("id", &req.into_inner().id)?;
+        Ok(Response::new(convert::drill_run(&self.ctx.drills.get_run(id).await?)))
+    }
+
+    async fn export_drill_evidence(
+        &self,
+        req: Request<pb::ExportDrillEvidenceRequest>,
+    ) -> Result<Response<pb::ExportDrillEvidenceResponse>, Status> {
+        let who = actor(&req);
+        let r = req.into_inner();
+        let drill = validate::id("drill_id", &r.drill_id)?;
+        let since = validate::opt_time("since", r.since)?;
+        let until = validate::opt_time("until", r.until)?;
+        let res = self.ctx.drills.export(drill, since, until).await;
+        let json = self.audited_on(&who, "drill.export", "restore_drill", drill, res).await?;
+        Ok(Response::new(pb::ExportDrillEvidenceResponse { json }))
+    }
+}
