@@ -52,6 +52,7 @@ use crate::{
             delivery::{NotificationTask, Sender},
             rpo::{RpoHandle, RpoTask},
         },
+        import::{ImportReport, ImportRequest, ImportService},
         relay::RelayTask,
         retention::{RetentionService, RetentionTask},
         scheduler::{self, SchedulerTask},
@@ -124,6 +125,17 @@ pub async fn bootstrap_token(config: &Config) -> anyhow::Result<String> {
     let token = auth.new_bootstrap_token().await.map_err(|e| anyhow::anyhow!("{e}"))?;
     db.close().await?;
     Ok(token)
+}
+
+/// Imports a storage's backups into the catalog (the `import` command): the same service the
+/// `BackupService/ImportCatalog` RPC calls, with this configuration's database and master key, no server.
+pub async fn import(config: &Config, r: &ImportRequest) -> anyhow::Result<ImportReport> {
+    let key = config.master_key()?;
+    let db = Db::connect(config.database_url.expose_secret()).await.context("connect to the controller database")?;
+    db.migrate().await.context("apply migrations")?;
+    let report = ImportService::new(db.clone(), key).import(r).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    db.close().await?;
+    Ok(report)
 }
 
 /// Starts the controller.
@@ -215,6 +227,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ),
         catalog: catalog.clone(),
         retention: RetentionService::new(db.clone()),
+        import: ImportService::new(db.clone(), key.clone()),
         executions: executions.clone(),
         backups,
         drills: DrillService::new(db.clone(), executions.clone(), metrics.clone(), notifier.clone()),
@@ -323,6 +336,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             chunk_size: config.chunk_size_bytes,
             upload_concurrency: config.upload_concurrency,
             compression_workers: config.compression_workers,
+            verify_read_rate: config.verify_read_rate_bytes_per_second,
         },
         coord: coord.clone(),
         ender: ender.clone(),

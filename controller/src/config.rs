@@ -74,6 +74,8 @@ pub struct Config {
     pub health_interval_secs: u64,
     /// How often the scheduler leader looks for due cron slots.
     pub scheduler_interval_secs: u64,
+    /// Read-rate limit (bytes per second) of verifies whose request and job set none; 0: unlimited.
+    pub verify_read_rate_bytes_per_second: u64,
     /// Interval of the periodic retention round (it also runs after each successful backup).
     pub retention_interval_secs: u64,
     /// Objects of failed attempts and partial copies are removed this long after their execution ended.
@@ -152,6 +154,7 @@ impl Default for Config {
             health_interval_secs: 300,
             scheduler_interval_secs: 5,
             retention_interval_secs: 3600,
+            verify_read_rate_bytes_per_second: 0,
             orphan_grace_secs: 3600,
             rpo_interval_secs: 60,
             notify_interval_secs: 2,

@@ -1,9 +1,9 @@
-//! `dg-controller`: serve (default), migrate, print-ca.
+//! `dg-controller`: serve (default), migrate, print-ca, bootstrap-token, import.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use dg_controller::{app, config::Config};
+use dg_controller::{app, config::Config, service::import::ImportRequest};
 
 #[derive(Parser)]
 #[command(name = "dg-controller", version, about = "DataGuardian controller")]
@@ -26,6 +26,25 @@ enum Command {
     /// Make a new one-time bootstrap token for AuthService/Setup (replacing a lost one) and print it;
     /// refused once an admin exists.
     BootstrapToken,
+    /// Register the backups a cloud storage holds that the catalog does not know (disaster recovery of the
+    /// controller's database); the same checks as BackupService/ImportCatalog. Prints the report as JSON.
+    Import {
+        /// Storage to scan (id of a storage created on this controller, pointing at the old bucket/prefix).
+        #[arg(long)]
+        storage: uuid::Uuid,
+        /// Datasource on this controller the found backups are registered to.
+        #[arg(long)]
+        datasource: uuid::Uuid,
+        /// Only backups whose original datasource id is this one.
+        #[arg(long = "from-datasource")]
+        from_datasource: Option<uuid::Uuid>,
+        /// Also read every chunk and check its sha256.
+        #[arg(long = "verify-chunks")]
+        verify_chunks: bool,
+        /// Check everything, register nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
+    },
 }
 
 #[tokio::main]
@@ -38,6 +57,29 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate => app::migrate(&config).await,
         Command::BootstrapToken => {
             println!("{}", app::bootstrap_token(&config).await?);
+            Ok(())
+        }
+        Command::Import { storage, datasource, from_datasource, verify_chunks, dry_run } => {
+            dg_common::tls::install_crypto_provider();
+            let r = ImportRequest {
+                storage_id: storage,
+                datasource_id: datasource,
+                from_datasource_id: from_datasource,
+                verify_chunks,
+                dry_run,
+            };
+            let report = app::import(&config, &r).await?;
+            let json = serde_json::json!({
+                "dry_run": dry_run,
+                "imported_backup_ids": report.imported.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "skipped": report.skipped.iter().map(|(k, id, why)| serde_json::json!({
+                    "manifest_key": k, "backup_id": id.to_string(), "reason": why,
+                })).collect::<Vec<_>>(),
+                "failed": report.failed.iter().map(|(k, why)| serde_json::json!({
+                    "manifest_key": k, "reason": why,
+                })).collect::<Vec<_>>(),
+            });
+            println!("{}", serde_json::to_string_pretty(&json)?);
             Ok(())
         }
         Command::PrintCa => {

@@ -231,6 +231,12 @@ pub struct BackupJob {
     pub labels: serde_json::Value,
     /// Since when the RPO is breached (set and cleared by the RPO task only).
     pub rpo_breached_since: Option<DateTime<Utc>>,
+    /// Scrubbing: cron of scheduled verifies of the newest backup ("" = none), in `time_zone`.
+    pub verify_cron: String,
+    /// Scrubbing: verify each backup right after it completes.
+    pub verify_after_backup: bool,
+    /// Scrubbing: read-rate limit of the job's verifies, bytes per second (0 = the controller's default).
+    pub verify_read_rate: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -304,6 +310,8 @@ pub struct Execution {
     pub pinned: bool,
     /// Why it is pinned.
     pub pin_reason: Option<String>,
+    /// Registered by a catalog import from a storage's manifest.
+    pub imported: bool,
 }
 
 /// One stored chunk copy.
@@ -381,6 +389,28 @@ pub struct AuditEvent {
     pub target_id: Option<String>,
     /// Outcome.
     pub outcome: String,
+}
+
+/// The options of a verify execution, stored in its `options` column.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct VerifyOptions {
+    /// Read-rate limit over all copies, bytes per second (0 = unlimited), resolved when queued.
+    pub read_rate_bytes_per_second: u64,
+    /// What queued it: `operator`, `schedule` or `after_backup`.
+    pub trigger: String,
+}
+
+impl VerifyOptions {
+    /// The options of an execution (defaults for what it does not say).
+    pub fn of(options: &serde_json::Value) -> Self {
+        serde_json::from_value(options.clone()).unwrap_or_default()
+    }
+
+    /// As stored.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_default()
+    }
 }
 
 /// The options of a restore execution, stored in its `options` column as one typed value.

@@ -17,6 +17,8 @@ mod m0010_retention;
 mod m0011_verify;
 mod m0012_drills;
 mod m0013_notifications;
+mod m0014_scrub;
+mod m0015_import;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -38,6 +40,8 @@ impl MigratorTrait for Migrator {
             Box::new(m0011_verify::Migration),
             Box::new(m0012_drills::Migration),
             Box::new(m0013_notifications::Migration),
+            Box::new(m0014_scrub::Migration),
+            Box::new(m0015_import::Migration),
         ]
     }
 }

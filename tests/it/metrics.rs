@@ -95,7 +95,7 @@ async fn each_metric_moves_with_what_the_cluster_does() -> anyhow::Result<()> {
     assert_eq!(sample(&text, "dg_job_last_success_timestamp_seconds", &[("job_id", bad.id.as_str())]), None);
 
     // A verify counts the copy it checked.
-    let req = pb::VerifyBackupRequest { backup_id: done.id.clone() };
+    let req = pb::VerifyBackupRequest { backup_id: done.id.clone(), ..Default::default() };
     let v = c.backups.verify_backup(authed(req, &c.token)).await?.into_inner();
     let v = c.wait_execution(&v.id, Duration::from_secs(60)).await?;
     assert_eq!(v.status, pb::ExecutionStatus::Completed as i32, "{}", v.error);

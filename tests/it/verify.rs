@@ -20,7 +20,7 @@ const PG_SEED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text, b bytea); \
     INSERT INTO t SELECT g, md5(g::text) || repeat('x', g % 50), decode(md5(g::text), 'hex') FROM generate_series(1, 120000) g";
 
 async fn verify(c: &mut Clients, backup: &str) -> anyhow::Result<pb::Execution> {
-    let req = pb::VerifyBackupRequest { backup_id: backup.into() };
+    let req = pb::VerifyBackupRequest { backup_id: backup.into(), ..Default::default() };
     let ex = c.backups.verify_backup(authed(req, &c.token)).await?.into_inner();
     assert_eq!(ex.operation, pb::Operation::Verify as i32);
     c.wait_execution(&ex.id, Duration::from_secs(120)).await
@@ -204,13 +204,19 @@ async fn with_every_copy_damaged_restores_and_downloads_are_refused_and_bad_inpu
     // Bad input: unknown id, malformed id (named), a backup being deleted.
     let e = c
         .backups
-        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: uuid::Uuid::now_v7().to_string() }, &c.token))
+        .verify_backup(authed(
+            pb::VerifyBackupRequest { backup_id: uuid::Uuid::now_v7().to_string(), ..Default::default() },
+            &c.token,
+        ))
         .await
         .expect_err("unknown");
     assert_eq!(e.code(), Code::NotFound, "{e:?}");
     let e = c
         .backups
-        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: "not-a-uuid".into() }, &c.token))
+        .verify_backup(authed(
+            pb::VerifyBackupRequest { backup_id: "not-a-uuid".into(), ..Default::default() },
+            &c.token,
+        ))
         .await
         .expect_err("malformed");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
@@ -224,7 +230,7 @@ async fn with_every_copy_damaged_restores_and_downloads_are_refused_and_bad_inpu
     assert!(del.is_err(), "the deletion cannot finish without the agent: {del:?}");
     let e = c
         .backups
-        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: backup.id.clone() }, &c.token))
+        .verify_backup(authed(pb::VerifyBackupRequest { backup_id: backup.id.clone(), ..Default::default() }, &c.token))
         .await
         .expect_err("being deleted");
     assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");

@@ -8,6 +8,7 @@
 
 pub mod backup;
 pub mod restore;
+pub mod throttle;
 pub mod trust;
 pub mod verify;
 

@@ -5,7 +5,8 @@
 //! chunks together against the recorded stream sha256; the recorded globals object likewise. What is wrong
 //! is reported as findings per copy (damage is a finding, not a failure of the attempt); a storage that
 //! fails outright (not an absent object) makes its copy `unreadable`, which the controller records as no
-//! verdict. Memory per read is bounded by [`HASH_BATCH`]. The executor calls [`run`].
+//! verdict. Memory per read is bounded by [`HASH_BATCH`]. Chunk and globals reads go through one
+//! [`ReadLimiter`] per verify (the plan's read-rate limit, over all copies). The executor calls [`run`].
 
 use bytes::BytesMut;
 use futures::StreamExt;
@@ -18,7 +19,10 @@ use dg_common::{
     protocol::{ChunkDamage, ChunkFault, CopyFindings, CopyStatus, LogLevel, VerifyCopy, VerifyPlan, VerifyResult},
 };
 
-use super::trust::{self, Record};
+use super::{
+    throttle::ReadLimiter,
+    trust::{self, Record},
+};
 use crate::{
     context::AgentContext,
     error::{PipelineError, PipelineResult},
@@ -45,9 +49,11 @@ pub async fn run(
 
 async fn run_inner(plan: &VerifyPlan, rep: &Reporter, ctx: &AgentContext) -> PipelineResult<VerifyResult> {
     let mut copies = Vec::with_capacity(plan.copies.len());
+    // One limiter for the whole verify: the limit holds across its copies.
+    let limiter = ReadLimiter::new(plan.read_rate_bytes_per_second);
     for copy in &plan.copies {
         let findings = match storage::open(&copy.storage, ctx) {
-            Ok(s) => verify_copy(plan, copy, &s).await?,
+            Ok(s) => verify_copy(plan, copy, &s, &limiter).await?,
             Err(e) => CopyFindings { unreadable: Some(e.to_string()), ..CopyFindings::clean(copy.storage.id) },
         };
         rep.log(summary_level(&findings, copy.chunks.len()), summary(&findings, copy.chunks.len())).await;
@@ -139,6 +145,7 @@ async fn hash_object(
     key: &str,
     size: u64,
     whole: &mut Option<Sha256>,
+    limiter: &ReadLimiter,
 ) -> PipelineResult<Result<Read<Hashed>, String>> {
     let got = match s.store.get(&ObjPath::from(key)).await {
         Ok(g) => g,
@@ -157,6 +164,7 @@ async fn hash_object(
             Ok(p) => p,
             Err(e) => return Ok(Err(storage_failure(s, e))),
         };
+        limiter.take(part.len()).await;
         total += part.len() as u64;
         if total > size {
             return Ok(Ok(Read::Got(Hashed::Size(None))));
@@ -176,7 +184,12 @@ async fn hash_object(
 }
 
 /// Reads one copy and says what is wrong with it.
-async fn verify_copy(plan: &VerifyPlan, copy: &VerifyCopy, s: &OpenStorage) -> PipelineResult<CopyFindings> {
+async fn verify_copy(
+    plan: &VerifyPlan,
+    copy: &VerifyCopy,
+    s: &OpenStorage,
+    limiter: &ReadLimiter,
+) -> PipelineResult<CopyFindings> {
     let mut f = CopyFindings::clean(copy.storage.id);
     let unreadable = |f: CopyFindings, e: String| CopyFindings { unreadable: Some(e), ..f };
 
@@ -201,7 +214,7 @@ async fn verify_copy(plan: &VerifyPlan, copy: &VerifyCopy, s: &OpenStorage) -> P
 
     let mut whole = Some(Sha256::new());
     for c in &copy.chunks {
-        let damage = match hash_object(s, &c.key, c.size, &mut whole).await? {
+        let damage = match hash_object(s, &c.key, c.size, &mut whole, limiter).await? {
             Err(e) => return Ok(unreadable(f, e)),
             Ok(Read::Absent) => Some((ChunkFault::Missing, format!("{} is absent", c.key))),
             Ok(Read::Got(Hashed::Size(found))) => {
@@ -225,7 +238,7 @@ async fn verify_copy(plan: &VerifyPlan, copy: &VerifyCopy, s: &OpenStorage) -> P
     }
 
     if let Some(g) = plan.recorded.as_ref().and_then(|r| r.globals.as_ref()) {
-        f.globals_problem = match hash_object(s, &g.key, g.size, &mut None).await? {
+        f.globals_problem = match hash_object(s, &g.key, g.size, &mut None, limiter).await? {
             Err(e) => return Ok(unreadable(f, e)),
             Ok(Read::Absent) => Some(format!("{} is absent", g.key)),
             Ok(Read::Got(Hashed::Size(_))) => Some(format!("{} does not have its recorded {} bytes", g.key, g.size)),
@@ -309,6 +322,7 @@ mod tests {
             sha256: whole,
             manifest_key: "d/e/1/manifest.json".into(),
             recorded: Some(RecordedBackup { globals: None, encryption: None }),
+            read_rate_bytes_per_second: 0,
         };
         (OpenStorage { id, store }, plan, data)
     }
@@ -317,7 +331,7 @@ mod tests {
     async fn an_intact_copy_has_no_findings_and_each_kind_of_damage_is_named() {
         let (s, plan, data) = stored().await;
         let copy = &plan.copies[0];
-        let f = verify_copy(&plan, copy, &s).await.expect("verify");
+        let f = verify_copy(&plan, copy, &s, &ReadLimiter::new(0)).await.expect("verify");
         assert_eq!(f, CopyFindings::clean(s.id));
         assert_eq!(f.status(3), Some(CopyStatus::Intact));
 
@@ -327,7 +341,7 @@ mod tests {
         s.store.put(&ObjPath::from(copy.chunks[0].key.as_str()), flipped.into()).await.expect("put");
         s.store.put(&ObjPath::from(copy.chunks[1].key.as_str()), data[1][..10].to_vec().into()).await.expect("put");
         s.store.delete(&ObjPath::from(copy.chunks[2].key.as_str())).await.expect("delete");
-        let f = verify_copy(&plan, copy, &s).await.expect("verify");
+        let f = verify_copy(&plan, copy, &s, &ReadLimiter::new(0)).await.expect("verify");
         let faults: Vec<(u32, ChunkFault)> = f.damaged_chunks.iter().map(|d| (d.seq, d.fault)).collect();
         assert_eq!(faults, vec![(0, ChunkFault::Sha256), (1, ChunkFault::Size), (2, ChunkFault::Missing)]);
         assert!(f.damaged_chunks[1].detail.starts_with("10 bytes"), "{:?}", f.damaged_chunks[1]);
@@ -341,7 +355,7 @@ mod tests {
         let (s, mut plan, _) = stored().await;
         // The record says another stream sha256: the bucket's manifest (and the stream) disagree with it.
         plan.sha256 = "0".repeat(64);
-        let f = verify_copy(&plan, &plan.copies[0], &s).await.expect("verify");
+        let f = verify_copy(&plan, &plan.copies[0], &s, &ReadLimiter::new(0)).await.expect("verify");
         assert!(f.manifest_problem.as_deref().is_some_and(|p| p.contains("stream sha256")), "{f:?}");
         assert!(f.stream_mismatch && f.damaged_chunks.is_empty(), "{f:?}");
 
@@ -350,7 +364,7 @@ mod tests {
         for k in keys.iter().chain([&plan.manifest_key]) {
             s.store.delete(&ObjPath::from(k.as_str())).await.expect("delete");
         }
-        let f = verify_copy(&plan, &plan.copies[0], &s).await.expect("verify");
+        let f = verify_copy(&plan, &plan.copies[0], &s, &ReadLimiter::new(0)).await.expect("verify");
         assert!(f.manifest_missing);
         assert_eq!(f.status(3), Some(CopyStatus::Missing), "{f:?}");
     }

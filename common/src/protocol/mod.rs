@@ -385,6 +385,8 @@ pub struct VerifyPlan {
     pub manifest_key: String,
     /// What the controller recorded beyond the chunks; `None` for a backup recorded before agent protocol 4.
     pub recorded: Option<RecordedBackup>,
+    /// Read-rate limit over all copies, bytes per second; 0: unlimited.
+    pub read_rate_bytes_per_second: u64,
 }
 
 /// What an assignment asks for.

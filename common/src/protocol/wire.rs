@@ -435,6 +435,7 @@ fn verify_plan(t: pb::VerifyTask) -> ProtocolResult<VerifyPlan> {
         sha256: sha256_field("sha256", &t.sha256)?,
         manifest_key: key_field("manifest_key", &t.manifest_key)?,
         recorded: t.recorded.map(|r| RecordedBackup::try_from(r).map_err(|e| e.within("recorded"))).transpose()?,
+        read_rate_bytes_per_second: t.read_rate_bytes_per_second,
     })
 }
 
@@ -452,6 +453,7 @@ impl From<VerifyPlan> for pb::VerifyTask {
             sha256: p.sha256,
             manifest_key: p.manifest_key,
             recorded: p.recorded.map(Into::into),
+            read_rate_bytes_per_second: p.read_rate_bytes_per_second,
         }
     }
 }

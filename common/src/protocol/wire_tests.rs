@@ -307,6 +307,7 @@ fn verify_task() -> pb::VerifyTask {
         sha256: sha('b'),
         manifest_key: "a/b/1/manifest.json".into(),
         recorded: Some(RecordedBackup { globals: None, encryption: None }),
+        read_rate_bytes_per_second: 1 << 20,
     })
 }
 

@@ -7,10 +7,10 @@ use uuid::Uuid;
 use super::{Db, Page, execute, fetch_all, fetch_one};
 use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 
-const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
+pub(super) const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
                        source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
-                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason";
+                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason, imported";
 
 /// `EX_COLS`, each qualified by the table alias `alias`.
 fn qualified(alias: &str) -> String {
@@ -166,7 +166,7 @@ impl Db {
         self.insert_execution_on(&self.conn, n).await
     }
 
-    async fn insert_execution_on(
+    pub(super) async fn insert_execution_on(
         &self,
         c: &impl sea_orm::ConnectionTrait,
         n: &NewExecution,

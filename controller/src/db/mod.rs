@@ -10,8 +10,10 @@ mod executions;
 mod gauges;
 mod health;
 mod notify;
+mod import;
 mod pki;
 mod retention;
+mod scrub;
 mod sweeps;
 mod verify;
 
@@ -31,6 +33,7 @@ pub use self::{
     gauges::{AgentGauge, DrillGauge, JobGauge, QueueGauge},
     health::AuditFilter,
     notify::{AttemptOutcome, ChannelRow, DeliveryFilter, DeliveryRow, EventRow, InboxRow, NewEventRow, RpoJobRow},
+    scrub::{QueuedVerify, VerifyScheduledJob},
     sweeps::{OrphanAttempt, Sweep},
     verify::CopyVerdict,
 };

@@ -139,6 +139,11 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         rpo: (j.rpo_secs > 0).then_some(prost_types::Duration { seconds: j.rpo_secs, nanos: 0 }),
         labels: serde_json::from_value(j.labels.clone()).unwrap_or_default(),
         rpo_breached_since: j.rpo_breached_since.map(ts),
+        verify: Some(pb::VerifySchedule {
+            cron: j.verify_cron.clone(),
+            after_backup: j.verify_after_backup,
+            read_rate_bytes_per_second: u64::try_from(j.verify_read_rate).unwrap_or(0),
+        }),
     }
 }
 
@@ -258,6 +263,7 @@ pub fn backup(
         warnings: warnings(e),
         pinned: e.pinned,
         pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
+        imported: e.imported,
         copies: copies.iter().map(backup_copy).collect(),
         table_counts: Vec::new(),
     }
@@ -383,6 +389,28 @@ fn storage_config(s: &model::Storage) -> Option<pb::storage::Config> {
             ambient_credentials: p.ambient_credentials,
         }),
     })
+}
+
+/// An import's report.
+pub fn import_report(r: &crate::service::import::ImportReport, dry_run: bool) -> pb::ImportCatalogResponse {
+    pb::ImportCatalogResponse {
+        imported_backup_ids: r.imported.iter().map(Uuid::to_string).collect(),
+        skipped: r
+            .skipped
+            .iter()
+            .map(|(k, id, why)| pb::SkippedManifest {
+                manifest_key: k.clone(),
+                backup_id: id.to_string(),
+                reason: why.clone(),
+            })
+            .collect(),
+        failed: r
+            .failed
+            .iter()
+            .map(|(k, why)| pb::FailedManifest { manifest_key: k.clone(), reason: why.clone() })
+            .collect(),
+        dry_run,
+    }
 }
 
 /// A drill.

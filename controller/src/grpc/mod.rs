@@ -33,6 +33,8 @@ pub struct Ctx {
     pub drills: crate::service::drills::DrillService,
     /// Retention previews.
     pub retention: crate::service::retention::RetentionService,
+    /// Catalog import from a storage.
+    pub import: crate::service::import::ImportService,
     /// Health and audit reads.
     pub health: HealthService,
     /// Notification channels, deliveries and the inbox.

@@ -13,8 +13,10 @@ use crate::{
     service::{
         catalog::{DatasourcePatch, JobPatch, NewDatasource, NewJob},
         executions::RestoreRequest,
+        import::ImportRequest,
         retention_policy::{MAX_COUNT, RetentionPolicy},
         schedule,
+        scrub::{self, VerifySchedule},
     },
 };
 
@@ -373,10 +375,24 @@ fn cron_and_zone(cron: &str, tz: &str) -> V<(String, String)> {
     Ok((cron.split_whitespace().collect::<Vec<_>>().join(" "), tz.to_owned()))
 }
 
+/// Scrubbing settings, the cron read in `tz`: errors name `verify.*`.
+fn verify_schedule(v: Option<pb::VerifySchedule>, tz: &str) -> V<VerifySchedule> {
+    let Some(v) = v else { return Ok(VerifySchedule::default()) };
+    Ok(VerifySchedule {
+        cron: scrub::verify_cron(&v.cron, tz)?,
+        after_backup: v.after_backup,
+        read_rate_bytes_per_second: scrub::read_rate(
+            "verify.read_rate_bytes_per_second",
+            v.read_rate_bytes_per_second,
+        )?,
+    })
+}
+
 impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
     type Error = FieldError;
     fn try_from(r: pb::CreateBackupJobRequest) -> V<Self> {
         let (cron, time_zone) = cron_and_zone(&r.cron, &r.time_zone)?;
+        let verify = verify_schedule(r.verify, &time_zone)?;
         let (retry_max_attempts, retry_backoff_secs) = retry(r.retry)?;
         Ok(NewJob {
             name: name("name", &r.name)?,
@@ -394,6 +410,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             include_globals: r.include_globals,
             rpo_secs: rpo(r.rpo)?,
             labels: labels(&r.labels)?,
+            verify,
         })
     }
 }
@@ -404,8 +421,9 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
     if let Some(tz) = &r.time_zone {
         schedule::time_zone(tz)?;
     }
+    let tz = r.time_zone.clone().unwrap_or_else(|| "UTC".to_owned());
     if let Some(c) = &r.cron {
-        schedule::parse(c, r.time_zone.as_deref().unwrap_or("UTC"))?;
+        schedule::parse(c, &tz)?;
     }
     Ok((
         id,
@@ -423,8 +441,24 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             rpo_secs: r.rpo.map(|d| rpo(Some(d))).transpose()?,
             labels: labels(&r.labels)?,
             replace_labels: r.replace_labels,
+            verify: r.verify.map(|v| verify_schedule(Some(v), &tz)).transpose()?,
         },
     ))
+}
+
+impl TryFrom<pb::ImportCatalogRequest> for ImportRequest {
+    type Error = FieldError;
+    fn try_from(r: pb::ImportCatalogRequest) -> V<Self> {
+        Ok(ImportRequest {
+            storage_id: id("storage_id", &r.storage_id)?,
+            datasource_id: id("datasource_id", &r.datasource_id)?,
+            from_datasource_id: (!r.from_datasource_id.is_empty())
+                .then(|| id("from_datasource_id", &r.from_datasource_id))
+                .transpose()?,
+            verify_chunks: r.verify_chunks,
+            dry_run: r.dry_run,
+        })
+    }
 }
 
 impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {

@@ -11,6 +11,7 @@ use super::{
     notify::{Event, Notifier},
     retention_policy::RetentionPolicy,
     schedule,
+    scrub::{self, VerifySchedule},
     storages::{self, StorageSpec},
 };
 use crate::session::rpc::{AgentRpc, TestReport};
@@ -104,6 +105,8 @@ pub struct NewJob {
     pub rpo_secs: i64,
     /// Labels.
     pub labels: BTreeMap<String, String>,
+    /// Scheduled scrubbing.
+    pub verify: VerifySchedule,
 }
 
 /// A validated job change; `None` keeps the current value.
@@ -135,6 +138,8 @@ pub struct JobPatch {
     pub labels: BTreeMap<String, String>,
     /// Replace labels instead of merging.
     pub replace_labels: bool,
+    /// Scheduled scrubbing (replaces the old settings).
+    pub verify: Option<VerifySchedule>,
 }
 
 /// Result of a connection or storage test.
@@ -519,6 +524,9 @@ impl CatalogService {
             rpo_secs: n.rpo_secs,
             labels: serde_json::to_value(&n.labels).unwrap_or_default(),
             rpo_breached_since: None,
+            verify_cron: n.verify.cron,
+            verify_after_backup: n.verify.after_backup,
+            verify_read_rate: i64::try_from(n.verify.read_rate_bytes_per_second).unwrap_or(i64::MAX),
             created_at: now,
             updated_at: now,
         };
@@ -536,6 +544,13 @@ impl CatalogService {
         let cron = p.cron.unwrap_or_else(|| j.cron.clone());
         let tz = p.time_zone.unwrap_or_else(|| j.time_zone.clone());
         schedule::parse(&cron, &tz)?;
+        if let Some(v) = p.verify {
+            j.verify_cron = v.cron;
+            j.verify_after_backup = v.after_backup;
+            j.verify_read_rate = i64::try_from(v.read_rate_bytes_per_second).unwrap_or(i64::MAX);
+        }
+        // The verify cron is read in the job's (possibly new) time zone.
+        j.verify_cron = scrub::verify_cron(&j.verify_cron, &tz)?;
         (j.cron, j.time_zone) = (cron, tz);
         if let Some(r) = &p.retention {
             set_retention(&mut j, r);

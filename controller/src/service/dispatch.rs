@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::{
     attempts::{AttemptEnder, EndCause},
     catalog::CatalogService,
-    storages, verify,
+    scrub, storages, verify,
 };
 use crate::session::deliver::{Delivery, Sessions};
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
     crypto::MasterKey,
     db::Db,
     error::{ControllerError, ControllerResult},
-    model::{Chunk, Execution, Operation, RestoreOptions},
+    model::{Chunk, Execution, Operation, RestoreOptions, VerifyOptions},
     session::ToAgent,
 };
 
@@ -49,6 +49,8 @@ pub struct DispatchSettings {
     pub upload_concurrency: u32,
     /// zstd worker threads.
     pub compression_workers: u32,
+    /// Read-rate limit of verifies that neither they nor their job set (bytes per second; 0 = unlimited).
+    pub verify_read_rate: u64,
 }
 
 /// The dispatch loop. Built with a struct literal: every field is a dependency it needs.
@@ -290,12 +292,22 @@ impl DispatchTask {
             ));
         }
         let names: Vec<String> = copies.iter().map(|c| c.storage.id.to_string()).collect();
-        self.db.append_log(ex.id, "info", &format!("verifying the copies in storages {}", names.join(", "))).await?;
+        let job_rate = match backup.job_id {
+            Some(j) => self.db.job(j).await?.map(|j| u64::try_from(j.verify_read_rate).unwrap_or(0)),
+            None => None,
+        };
+        let requested = VerifyOptions::of(&ex.options).read_rate_bytes_per_second;
+        let rate = scrub::effective_read_rate(requested, job_rate, self.settings.verify_read_rate);
+        let limit = if rate == 0 { "no read-rate limit".to_owned() } else { format!("reading at most {rate} bytes/s") };
+        self.db
+            .append_log(ex.id, "info", &format!("verifying the copies in storages {} ({limit})", names.join(", ")))
+            .await?;
         Ok(VerifyPlan {
             copies,
             sha256: backup.sha256.clone().unwrap_or_default(),
             manifest_key: backup.manifest_key.clone().unwrap_or_default(),
             recorded: recorded_backup(&backup),
+            read_rate_bytes_per_second: rate,
         })
     }
 }

@@ -11,7 +11,7 @@ use super::{
     commit::{self, CommitPlan},
     notify::Event,
     retention::RetentionHandle,
-    verify,
+    scrub, verify,
     waker::DispatchWaker,
 };
 use dg_common::{
@@ -276,39 +276,21 @@ impl ExecutionsService {
     }
 
     /// Queues a checksum-only verify of every copy of a backup, run by the agent bound to the backup's
-    /// datasource. Refused while the backup is being deleted (checked atomically with queueing, as restores
-    /// are, so a deletion waits for the verify).
-    pub async fn verify(&self, backup_id: Uuid) -> ControllerResult<Execution> {
+    /// datasource, reading at most `read_rate` bytes per second (0: the job's or the controller's limit).
+    /// Refused while the backup is being deleted (checked atomically with queueing, as restores are, so a
+    /// deletion waits for the verify). A backup has at most one verify queued or running: asking again
+    /// returns that one.
+    pub async fn verify(&self, backup_id: Uuid, read_rate: u64) -> ControllerResult<Execution> {
         self.coord.require()?;
         let backup = self.backup_execution(backup_id).await?;
         if backup.deleting {
             return Err(ControllerError::FailedPrecondition(format!("backup {backup_id} is being deleted")));
         }
-        let ds = self
-            .db
-            .datasource(backup.datasource_id)
-            .await?
-            .ok_or_else(|| ControllerError::NotFound(format!("datasource {}", backup.datasource_id)))?;
-        let ex = self
-            .db
-            .insert_reading_execution(
-                backup.id,
-                &NewExecution {
-                    operation: Operation::Verify,
-                    job_id: None,
-                    datasource_id: ds.id,
-                    agent_id: ds.agent_id,
-                    source_backup_id: Some(backup.id),
-                    target_database: None,
-                    options: serde_json::json!({}),
-                },
-            )
-            .await?
-            .ok_or_else(|| ControllerError::FailedPrecondition(format!("backup {backup_id} is being deleted")))?;
-        let line = format!("verify of backup {backup_id} queued (checksums only; no database is touched)");
-        self.db.append_log(ex.id, "info", &line).await?;
-        self.waker.wake();
-        self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
+        let (ex, queued) = scrub::queue_verify(&self.db, backup.id, read_rate, "operator").await?;
+        if queued {
+            self.waker.wake();
+            self.coord.publish(crate::coordination::WAKE_CHANNEL, "wake".into()).await;
+        }
         Ok(ex)
     }
 
@@ -544,6 +526,7 @@ impl ExecutionsService {
                 self.metrics.backup_bytes_raw.inc_by(u64::try_from(o.raw_bytes).unwrap_or(0));
                 if let Some(job) = ex.job_id {
                     self.retention.apply(job);
+                    scrub::queue_after_backup(&self.db, job, id).await;
                 }
                 let notifier = self.ender.notifier();
                 notifier.emit(Event::execution_completed(id, ex.job_id, ex.datasource_id, o.stored_bytes)).await;

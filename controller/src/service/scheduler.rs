@@ -1,7 +1,8 @@
 //! The scheduler: turns due cron slots of enabled jobs into queued executions, one per (job, slot) — the
 //! unique index on `execution(job_id, scheduled_for)` makes a slot impossible to queue twice, even with two
 //! leaders. Runs on the replica holding the Redis leader lock, and pauses while Redis is down. A job whose
-//! slots were missed (controller down) runs once for the latest missed slot, not once per slot.
+//! slots were missed (controller down) runs once for the latest missed slot, not once per slot. Each round
+//! also queues the jobs' due scheduled verifies (scrubbing, see [`scrub::verify_round`]).
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{schedule, waker::DispatchWaker};
+use super::{schedule, scrub, waker::DispatchWaker};
 use crate::coordination::Coordination;
 use crate::{db::Db, error::ControllerResult};
 
@@ -73,6 +74,6 @@ impl SchedulerTask {
                 Some(_) => {}
             }
         }
-        Ok(())
+        scrub::verify_round(&self.db, &self.waker, now).await
     }
 }

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::OperatorSvc;
 use crate::{
     grpc::{actor, convert, validate},
-    service::executions::RestoreRequest,
+    service::{executions::RestoreRequest, import::ImportRequest, scrub},
 };
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBackupResponse, Status>> + Send>>;
@@ -48,10 +48,23 @@ impl backup_service_server::BackupService for OperatorSvc {
         Ok(Response::new(convert::execution(&e)))
     }
 
+    async fn import_catalog(
+        &self,
+        req: Request<pb::ImportCatalogRequest>,
+    ) -> Result<Response<pb::ImportCatalogResponse>, Status> {
+        let who = actor(&req);
+        let r = ImportRequest::try_from(req.into_inner())?;
+        let res = self.ctx.import.import(&r).await;
+        let report = self.audited_on(&who, "backup.import_catalog", "storage", r.storage_id, res).await?;
+        Ok(Response::new(convert::import_report(&report, r.dry_run)))
+    }
+
     async fn verify_backup(&self, req: Request<pb::VerifyBackupRequest>) -> Result<Response<pb::Execution>, Status> {
         let who = actor(&req);
-        let backup = validate::id("backup_id", &req.into_inner().backup_id)?;
-        let res = self.ctx.executions.verify(backup).await;
+        let r = req.into_inner();
+        let backup = validate::id("backup_id", &r.backup_id)?;
+        let rate = scrub::read_rate("read_rate_bytes_per_second", r.read_rate_bytes_per_second)?;
+        let res = self.ctx.executions.verify(backup, rate).await;
         let e = self.audited_on(&who, "backup.verify", "backup", backup, res).await?;
         Ok(Response::new(convert::execution(&e)))
     }

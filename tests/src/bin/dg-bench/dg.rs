@@ -159,7 +159,7 @@ pub(crate) async fn dg_verify(
     let t = ctx.clients.token.clone();
     ctx.rss.begin();
     let start = Instant::now();
-    let req = pb::VerifyBackupRequest { backup_id: backup_id.into() };
+    let req = pb::VerifyBackupRequest { backup_id: backup_id.into(), ..Default::default() };
     let ex = ctx.clients.backups.verify_backup(authed(req, &t)).await?.into_inner();
     let done = wait_exec(ctx.clients, &ex.id).await?;
     let wall = start.elapsed().as_secs_f64();
