@@ -15,7 +15,7 @@ use crate::{
     ZSTD_LEVEL,
     args::Args,
     created::Created,
-    dg::{dg_backup, dg_restore, dg_verify},
+    dg::{dg_backup, dg_drill, dg_restore, dg_verify},
     engine::HOST,
     plain::{first_line_of, on_path, pipeline, settle, timed, tool},
     report::{Memory, mib, print_report},
@@ -124,6 +124,8 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
             plain_restore: Samples::default(),
             dg_restore: DgSamples::default(),
             dg_verify: DgSamples::default(),
+            dg_drill: DgSamples::default(),
+            drill_rto: Vec::new(),
             notes: Vec::new(),
             error: None,
         });
@@ -284,6 +286,15 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         ))
         .await?
         .into_inner();
+    let drill = pb::CreateRestoreDrillRequest {
+        name: format!("bench-{k}-{sfx}"),
+        datasource_id: ds.id.clone(),
+        target_datasource_id: ds.id.clone(),
+        max_backup_age: Some(prost_types::Duration { seconds: 86_400, nanos: 0 }),
+        scratch_database_prefix: format!("{db}_drill_"),
+        ..Default::default()
+    };
+    let drill = ctx.clients.drills.create_restore_drill(authed(drill, &t)).await?.into_inner();
 
     for round in 1..=runs {
         let tag = if runs > 1 { format!("[{k} {round}/{runs}]") } else { format!("[{k}]") };
@@ -332,6 +343,8 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         if let Some(backup_id) = backup_id {
             dg_restore(r, ctx, created, backup_id.clone(), &format!("{db}_dg_{sfx}_{round}"), &tag).await?;
             dg_verify(r, ctx, &backup_id, &tag).await?;
+            // (g) a restore drill of the newest good backup: this one.
+            dg_drill(r, ctx, &drill.id, &tag).await?;
         }
     }
     let _ = std::fs::remove_file(&dump_path);

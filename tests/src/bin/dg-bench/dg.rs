@@ -1,5 +1,5 @@
-//! The DataGuardian steps through the controller's API: (c) RunNow, (e) RestoreBackup and (f) VerifyBackup, each
-//! timed from the call to seeing the execution end, with the execution's own span, the agent's memory and the failure cases.
+//! The DataGuardian steps through the controller's API: (c) RunNow, (e) RestoreBackup, (f) VerifyBackup and (g)
+//! RunRestoreDrill, each timed from the call to seeing the execution (or drill run) end, with the execution's own span, the agent's memory and the failure cases.
 
 use std::time::{Duration, Instant};
 
@@ -179,6 +179,44 @@ pub(crate) async fn dg_verify(
         let status = pb::ExecutionStatus::try_from(done.status).map(|s| s.as_str_name()).unwrap_or("?");
         println!("{tag} (f) DataGuardian verify FAILED after {wall:.2} s: {status}: {} (intact: {intact})", done.error);
         r.dg_verify.problem = Some(Problem::Failed(format!("{status}: {} (intact: {intact})", done.error)));
+    }
+    Ok(())
+}
+
+/// (g) RunRestoreDrill → passed: picks the newest good backup, restores it into a scratch database, counts
+/// every table and compares with the counts recorded at backup time, then drops the scratch database.
+pub(crate) async fn dg_drill(r: &mut EngineReport, ctx: &mut Ctx<'_>, drill_id: &str, tag: &str) -> anyhow::Result<()> {
+    if r.dg_drill.problem.is_some() {
+        return Ok(());
+    }
+    let t = ctx.clients.token.clone();
+    settle(r.kind).await;
+    ctx.rss.begin();
+    let start = Instant::now();
+    let req = pb::RunRestoreDrillRequest { id: drill_id.into() };
+    let mut run = ctx.clients.drills.run_restore_drill(authed(req, &t)).await?.into_inner();
+    let deadline = Instant::now() + EXEC_LIMIT;
+    while run.status == pb::DrillRunStatus::Running as i32 {
+        anyhow::ensure!(Instant::now() < deadline, "drill run {} still running after {EXEC_LIMIT:?}", run.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let req = pb::GetDrillRunRequest { id: run.id.clone() };
+        run = ctx.clients.drills.get_drill_run(authed(req, &t)).await?.into_inner();
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let rss = ctx.rss.end();
+    if run.status == pb::DrillRunStatus::Passed as i32 {
+        let rto = (run.rto_ms > 0).then(|| run.rto_ms as f64 / 1000.0);
+        println!(
+            "{tag} (g) DataGuardian restore drill: {wall:.2} s, RTO {}, {} assertions passed, agent VmRSS peak {}",
+            rto.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "?".into()),
+            run.assertions.len(),
+            mib(rss)
+        );
+        r.dg_drill.wall.push(wall, None, rss);
+        r.drill_rto.extend(rto);
+    } else {
+        println!("{tag} (g) DataGuardian restore drill FAILED after {wall:.2} s: {}", run.error);
+        r.dg_drill.problem = Some(Problem::Failed(run.error));
     }
     Ok(())
 }

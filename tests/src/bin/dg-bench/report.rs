@@ -142,6 +142,10 @@ pub(crate) fn print_report(
         t.step(restore, &r.plain_restore);
         t.dg("(e) DataGuardian restore (create_database), call -> completed", &r.dg_restore, false);
         t.dg("(f) DataGuardian verify (checksums only), call -> completed", &r.dg_verify, false);
+        t.dg("(g) DataGuardian restore drill (restore, count, drop), call -> passed", &r.dg_drill, false);
+        if r.dg_drill.problem.is_none() && !r.drill_rto.is_empty() {
+            t.row("    drill RTO: run start -> scratch database queryable", &r.drill_rto, "", "");
+        }
         let _ = writeln!(out, "  dump command: {}", k.dump_display());
 
         let _ = writeln!(out, "\n  {:<46} {:>7}   {:<10} result", "ratio", "value", "target");
@@ -174,6 +178,7 @@ pub(crate) fn print_report(
         ratio_line(&mut out, "DG backup execution span / dump alone", exec_b, r.dump_alone.median(), None);
         ratio_line(&mut out, "DG restore execution span / plain restore", exec_e, r.plain_restore.median(), None);
         ratio_line(&mut out, "DG verify / DG backup          (f)/(c)", r.dg_verify.median(), b, None);
+        ratio_line(&mut out, "DG drill / DG restore          (g)/(e)", r.dg_drill.median(), e, None);
         let stored = if r.dg_backup.problem.is_none() { r.dg_backup.wall.bytes } else { None };
         ratio_line(
             &mut out,
@@ -198,6 +203,7 @@ pub(crate) fn print_report(
         if matches!(r.dg_backup.problem, Some(Problem::Failed(_)))
             || matches!(r.dg_restore.problem, Some(Problem::Failed(_)))
             || matches!(r.dg_verify.problem, Some(Problem::Failed(_)))
+            || matches!(r.dg_drill.problem, Some(Problem::Failed(_)))
         {
             ok = false;
         }

@@ -84,6 +84,10 @@ pub(crate) struct EngineReport {
     pub(crate) plain_restore: Samples,
     pub(crate) dg_restore: DgSamples,
     pub(crate) dg_verify: DgSamples,
+    /// Restore drills (wall: the call to the run's end; exec: the restore executions' spans).
+    pub(crate) dg_drill: DgSamples,
+    /// The drills' recovery times.
+    pub(crate) drill_rto: Vec<f64>,
     pub(crate) notes: Vec<String>,
     pub(crate) error: Option<String>,
 }
