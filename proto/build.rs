@@ -8,6 +8,7 @@ use prost::Message as _;
 const PROTOS: &[&str] = &[
     "dataguardian/v1/types.proto",
     "dataguardian/v1/auth.proto",
+    "dataguardian/v1/access.proto",
     "dataguardian/v1/agents.proto",
     "dataguardian/v1/datasources.proto",
     "dataguardian/v1/storages.proto",

@@ -9,12 +9,14 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use dg_proto::v1::{
     agent_enrollment_service_server::AgentEnrollmentServiceServer, agent_service_server::AgentServiceServer,
-    agent_session_service_server::AgentSessionServiceServer, audit_service_server::AuditServiceServer,
-    auth_service_server::AuthServiceServer, backup_job_service_server::BackupJobServiceServer,
-    backup_service_server::BackupServiceServer, datasource_service_server::DatasourceServiceServer,
-    execution_service_server::ExecutionServiceServer, health_service_server::HealthServiceServer,
-    notification_service_server::NotificationServiceServer, restore_drill_service_server::RestoreDrillServiceServer,
-    storage_service_server::StorageServiceServer,
+    agent_session_service_server::AgentSessionServiceServer, approval_service_server::ApprovalServiceServer,
+    audit_service_server::AuditServiceServer, auth_service_server::AuthServiceServer,
+    backup_job_service_server::BackupJobServiceServer, backup_service_server::BackupServiceServer,
+    datasource_service_server::DatasourceServiceServer, execution_service_server::ExecutionServiceServer,
+    health_service_server::HealthServiceServer, notification_service_server::NotificationServiceServer,
+    restore_drill_service_server::RestoreDrillServiceServer, role_service_server::RoleServiceServer,
+    storage_service_server::StorageServiceServer, token_service_server::TokenServiceServer,
+    user_service_server::UserServiceServer,
 };
 use fred::interfaces::ClientLike as _;
 use tokio::net::TcpListener;
@@ -215,6 +217,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ender.clone(),
     );
     let ctx = Ctx {
+        access: crate::service::access::AccessService::new(
+            db.clone(),
+            auth.clone(),
+            Duration::from_secs(config.approval_ttl_secs),
+        ),
         auth: auth.clone(),
         agents: AgentsService::new(
             db.clone(),
@@ -284,7 +291,11 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .add_service(HealthServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(AuditServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
         .add_service(RestoreDrillServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
-        .add_service(NotificationServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(NotificationServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(UserServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(RoleServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(TokenServiceServer::new(op.clone()).max_decoding_message_size(MAX_MESSAGE))
+        .add_service(ApprovalServiceServer::new(op).max_decoding_message_size(MAX_MESSAGE))
         .add_service(
             AgentEnrollmentServiceServer::new(EnrollmentSvc::new(ctx.clone())).max_decoding_message_size(64 * 1024),
         );

@@ -64,6 +64,11 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// Operator session lifetime.
     pub session_ttl_secs: u64,
+    /// How long an approval of a critical call stays valid (requested, then approved and used), in seconds.
+    pub approval_ttl_secs: u64,
+    /// Labels marking a datasource protected (`key=value`): restoring into one needs an approval unless the
+    /// caller is an admin.
+    pub protected_labels: Vec<String>,
     /// Agent client certificate lifetime.
     pub agent_cert_ttl_secs: u64,
     /// Interval agents send heartbeats at.
@@ -147,6 +152,8 @@ impl Default for Config {
             agent_endpoint: String::new(),
             server_names: vec!["localhost".into(), "127.0.0.1".into()],
             session_ttl_secs: 12 * 3600,
+            approval_ttl_secs: 24 * 3600,
+            protected_labels: vec!["env=production".into(), "protected=true".into()],
             agent_cert_ttl_secs: 24 * 3600,
             heartbeat_interval_secs: 10,
             lease_secs: 60,
@@ -213,6 +220,12 @@ impl Config {
         // A stolen certificate or token is good until it expires: keep that bounded.
         if self.agent_cert_ttl_secs > 30 * 86_400 {
             return Err(ConfigError::Invalid("agent_cert_ttl_secs must be at most 30 days".into()));
+        }
+        if !(60..=30 * 86_400).contains(&self.approval_ttl_secs) {
+            return Err(ConfigError::Invalid("approval_ttl_secs must be between 60 seconds and 30 days".into()));
+        }
+        if let Some(l) = self.protected_labels.iter().find(|l| l.split_once('=').is_none_or(|(k, _)| k.is_empty())) {
+            return Err(ConfigError::Invalid(format!("protected_labels: {l:?} is not key=value")));
         }
         if self.session_ttl_secs > 7 * 86_400 {
             return Err(ConfigError::Invalid("session_ttl_secs must be at most 7 days".into()));

@@ -1,6 +1,7 @@
 //! DataGuardian controller: keeps all state in PostgreSQL, serves the operator API (TLS, session tokens) and
 //! the agent API (mTLS), signs agent certificates with its own CA, and dispatches executions to agents.
 
+pub mod access;
 pub mod app;
 pub mod config;
 pub mod coordination;

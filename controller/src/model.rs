@@ -83,28 +83,6 @@ impl Status {
     }
 }
 
-/// The single admin user.
-#[derive(Clone, Debug, FromQueryResult)]
-pub struct AdminUser {
-    /// Row id.
-    pub id: Uuid,
-    /// User name.
-    pub username: String,
-    /// Argon2 PHC string.
-    pub password_hash: String,
-}
-
-/// A live operator session.
-#[derive(Clone, Debug, FromQueryResult)]
-pub struct Session {
-    /// Row id.
-    pub id: Uuid,
-    /// Owner.
-    pub username: String,
-    /// Expiry.
-    pub expires_at: DateTime<Utc>,
-}
-
 /// An enrolled agent.
 #[derive(Clone, Debug, FromQueryResult)]
 pub struct Agent {
@@ -174,6 +152,8 @@ pub struct Storage {
     pub agent_id: Option<Uuid>,
     /// AES-256-GCM ciphertext of the write-only credentials (JSON), row id as AAD.
     pub credentials_ciphertext: Option<Vec<u8>>,
+    /// Labels as a JSON object.
+    pub labels: serde_json::Value,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -585,4 +565,132 @@ impl DrillRun {
     pub fn evidence(&self) -> DrillEvidence {
         serde_json::from_value(self.evidence.clone()).unwrap_or_default()
     }
+}
+
+/// A user of the operator API.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct User {
+    /// Row id.
+    pub id: Uuid,
+    /// Unique name.
+    pub username: String,
+    /// "password", "oidc" or "service".
+    pub kind: String,
+    /// Argon2 PHC string (password users only).
+    pub password_hash: Option<String>,
+    /// Role names, a JSON array.
+    pub roles: serde_json::Value,
+    /// Set when disabled.
+    pub disabled_at: Option<DateTime<Utc>>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    /// Role names.
+    pub fn role_names(&self) -> Vec<String> {
+        serde_json::from_value(self.roles.clone()).unwrap_or_default()
+    }
+}
+
+/// A role: system (permissions in code) or custom (permissions stored).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct RoleRecord {
+    /// Row id.
+    pub id: Uuid,
+    /// Unique name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// Stored permission names (custom roles), a JSON array.
+    pub permissions: serde_json::Value,
+    /// A system role.
+    pub system: bool,
+}
+
+impl RoleRecord {
+    /// Effective permissions.
+    pub fn effective(&self) -> std::collections::BTreeSet<crate::access::Permission> {
+        let custom: Vec<String> = serde_json::from_value(self.permissions.clone()).unwrap_or_default();
+        crate::access::permissions_of([(self.name.as_str(), custom.as_slice())])
+    }
+}
+
+/// A stored scope rule.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct ScopeRuleRecord {
+    /// Row id.
+    pub id: Uuid,
+    /// User name, when it is a user's rule.
+    pub username: Option<String>,
+    /// Role name, when it is a role's rule.
+    pub role_name: Option<String>,
+    /// "allow" or "deny".
+    pub effect: String,
+    /// "datasource", "storage" or "job".
+    pub resource_kind: String,
+    /// One resource.
+    pub resource_id: Option<Uuid>,
+    /// Label selector (JSON object).
+    pub labels: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+/// A stored API token (never its secret).
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct ApiTokenRecord {
+    /// Row id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// The user it acts as.
+    pub username: String,
+    /// Who created it.
+    pub created_by: String,
+    /// Its role's name.
+    pub role_name: String,
+    /// Its own limits (JSON array of selectors).
+    pub scopes: serde_json::Value,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// Last use.
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Revocation.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// Creation.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An approval of one critical call.
+#[derive(Clone, Debug, FromQueryResult)]
+pub struct ApprovalRecord {
+    /// Row id.
+    pub id: Uuid,
+    /// Action, e.g. "backup.restore".
+    pub action: String,
+    /// Target kind.
+    pub target_kind: String,
+    /// Target id.
+    pub target_id: String,
+    /// Readable summary.
+    pub summary: String,
+    /// The call's parameters.
+    pub parameters: serde_json::Value,
+    /// Requester id.
+    pub requested_by: Uuid,
+    /// Requester name.
+    pub requested_by_name: String,
+    /// When.
+    pub requested_at: DateTime<Utc>,
+    /// Expiry.
+    pub expires_at: DateTime<Utc>,
+    /// "pending", "approved", "rejected" or "used" (expiry is read off `expires_at`).
+    pub state: String,
+    /// Decider.
+    pub decided_by: Option<String>,
+    /// When decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Decider's reason.
+    pub reason: String,
 }

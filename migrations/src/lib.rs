@@ -19,6 +19,7 @@ mod m0012_drills;
 mod m0013_notifications;
 mod m0014_scrub;
 mod m0015_import;
+mod m0016_access;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -42,6 +43,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0013_notifications::Migration),
             Box::new(m0014_scrub::Migration),
             Box::new(m0015_import::Migration),
+            Box::new(m0016_access::Migration),
         ]
     }
 }

@@ -86,7 +86,9 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
         let mut cl = c.storages.clone();
         let t = t.clone();
         Box::pin(async move {
-            cl.create_storage(authed(pb::CreateStorageRequest { name: "s".into(), config }, &t)).await.map(|_| ())
+            cl.create_storage(authed(pb::CreateStorageRequest { name: "s".into(), config, ..Default::default() }, &t))
+                .await
+                .map(|_| ())
         })
     };
     let s3 = |f: &dyn Fn(&mut pb::S3StorageConfig)| {
@@ -125,7 +127,11 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
     let st_test = |config: Option<pb::create_storage_request::Config>| -> Call {
         let mut cl = c.storages.clone();
         let t = t.clone();
-        let target = pb::test_storage_request::Target::Config(pb::CreateStorageRequest { name: "n".into(), config });
+        let target = pb::test_storage_request::Target::Config(pb::CreateStorageRequest {
+            name: "n".into(),
+            config,
+            ..Default::default()
+        });
         Box::pin(async move {
             cl.test_storage(authed(pb::TestStorageRequest { target: Some(target) }, &t)).await.map(|_| ())
         })
@@ -261,13 +267,19 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
                     bucket: "bucket".into(),
                     ..Default::default()
                 })),
+                ..Default::default()
             }),
             Code::InvalidArgument,
             "config",
         ),
         (
             "st update: unknown id",
-            st_update(pb::UpdateStorageRequest { id: unknown.clone(), name: Some("n".into()), config: None }),
+            st_update(pb::UpdateStorageRequest {
+                id: unknown.clone(),
+                name: Some("n".into()),
+                config: None,
+                ..Default::default()
+            }),
             Code::NotFound,
             "storage",
         ),
@@ -280,6 +292,7 @@ async fn bad_input_is_refused_with_the_field_named_and_changes_nothing() -> anyh
                     path: "/a/../b".into(),
                     agent_id: agent.id.clone(),
                 })),
+                ..Default::default()
             }),
             Code::InvalidArgument,
             "local.path",

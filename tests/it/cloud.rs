@@ -26,7 +26,11 @@ fn request_config(cfg: StoreConfig) -> pb::create_storage_request::Config {
 }
 
 async fn storage(c: &mut Clients, cfg: StoreConfig) -> anyhow::Result<pb::Storage> {
-    let req = pb::CreateStorageRequest { name: format!("cloud-{}", suffix()), config: Some(request_config(cfg)) };
+    let req = pb::CreateStorageRequest {
+        name: format!("cloud-{}", suffix()),
+        config: Some(request_config(cfg)),
+        ..Default::default()
+    };
     Ok(c.storages.create_storage(authed(req, &c.token)).await?.into_inner())
 }
 

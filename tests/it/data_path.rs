@@ -114,6 +114,7 @@ async fn dead_storage(c: &mut Clients) -> anyhow::Result<pb::Storage> {
                     allow_http: true,
                     ..Default::default()
                 })),
+                ..Default::default()
             },
             &c.token,
         ))

@@ -1,6 +1,7 @@
 //! End-to-end tests through the public gRPC API against real PostgreSQL, real `pg_dump`/`pg_restore`,
 //! real mTLS agents and real `grpcurl`.
 
+mod access;
 mod alert_rules;
 mod backup_restore;
 mod bad_input;

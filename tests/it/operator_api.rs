@@ -84,6 +84,7 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
         target: Some(pb::test_storage_request::Target::Config(pb::CreateStorageRequest {
             name: "x".into(),
             config: Some(config),
+            ..Default::default()
         })),
     };
     let local = pb::create_storage_request::Config::Local(pb::LocalStorageConfig {

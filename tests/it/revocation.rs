@@ -72,6 +72,7 @@ async fn job_for_any_agent(c: &mut Clients, agent: &str) -> anyhow::Result<(Stri
     let req = pb::CreateStorageRequest {
         name: format!("s3-{}", suffix()),
         config: Some(pb::create_storage_request::Config::S3(s3)),
+        ..Default::default()
     };
     let storage = c.storages.create_storage(authed(req, &c.token)).await?.into_inner();
     let ds = c.datasource(pb::Engine::Postgres, agent, "postgres").await?;

@@ -73,17 +73,27 @@ fn s3(key: &str, ambient: bool) -> Cloud {
 }
 
 async fn create(c: &mut Clients, cfg: &Cloud) -> Result<pb::Storage, Status> {
-    let req = pb::CreateStorageRequest { name: format!("st-{}", suffix()), config: Some(cfg.clone().create()) };
+    let req = pb::CreateStorageRequest {
+        name: format!("st-{}", suffix()),
+        config: Some(cfg.clone().create()),
+        ..Default::default()
+    };
     Ok(c.storages.create_storage(authed(req, &c.token)).await?.into_inner())
 }
 
 async fn update(c: &mut Clients, id: &str, cfg: &Cloud) -> Result<pb::Storage, Status> {
-    let req = pb::UpdateStorageRequest { id: id.into(), name: None, config: Some(cfg.clone().update()) };
+    let req = pb::UpdateStorageRequest {
+        id: id.into(),
+        name: None,
+        config: Some(cfg.clone().update()),
+        ..Default::default()
+    };
     Ok(c.storages.update_storage(authed(req, &c.token)).await?.into_inner())
 }
 
 async fn test_unsaved(c: &mut Clients, cfg: &Cloud) -> Result<pb::TestResult, Status> {
-    let req = pb::CreateStorageRequest { name: String::new(), config: Some(cfg.clone().create()) };
+    let req =
+        pb::CreateStorageRequest { name: String::new(), config: Some(cfg.clone().create()), ..Default::default() };
     let req = pb::TestStorageRequest { target: Some(pb::test_storage_request::Target::Config(req)) };
     Ok(c.storages.test_storage(authed(req, &c.token)).await?.into_inner())
 }

@@ -89,6 +89,7 @@ async fn no_secret_in_trace_logs_or_errors() -> anyhow::Result<()> {
                     secret_access_key: s3_secret.into(),
                     ..Default::default()
                 })),
+                ..Default::default()
             },
             &t,
         ))

@@ -404,6 +404,7 @@ impl Clients {
                         path: storage_dir.to_string_lossy().into_owned(),
                         agent_id: agent.into(),
                     })),
+                    ..Default::default()
                 },
                 &t,
             ))
@@ -458,7 +459,11 @@ impl Clients {
             path: dir.to_string_lossy().into_owned(),
             agent_id: agent.into(),
         });
-        let req = pb::CreateStorageRequest { name: format!("local-{}", suffix()), config: Some(config) };
+        let req = pb::CreateStorageRequest {
+            name: format!("local-{}", suffix()),
+            config: Some(config),
+            ..Default::default()
+        };
         Ok(self.storages.create_storage(authed(req, &self.token)).await?.into_inner())
     }
 

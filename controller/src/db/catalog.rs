@@ -10,7 +10,7 @@ use crate::model::{BackupJob, Datasource, Storage};
 
 const DS_COLS: &str = "id, name, engine, host, port, database_name, username, password_ciphertext, tls_mode, \
                        agent_id, labels, created_at, updated_at";
-const ST_COLS: &str = "id, name, kind, config, agent_id, credentials_ciphertext, created_at, updated_at";
+const ST_COLS: &str = "id, name, kind, config, agent_id, credentials_ciphertext, labels, created_at, updated_at";
 const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, keep_daily, keep_weekly, \
                         keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                         retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at, \
@@ -135,8 +135,8 @@ impl Db {
         fetch_one(
             &self.conn,
             &format!(
-                "INSERT INTO storage (id, name, kind, config, agent_id, credentials_ciphertext) \
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING {ST_COLS}"
+                "INSERT INTO storage (id, name, kind, config, agent_id, credentials_ciphertext, labels) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {ST_COLS}"
             ),
             st_values(s),
         )
@@ -150,7 +150,7 @@ impl Db {
             &self.conn,
             &format!(
                 "UPDATE storage SET name = $2, kind = $3, config = $4, agent_id = $5, credentials_ciphertext = $6, \
-                 updated_at = now() WHERE id = $1 RETURNING {ST_COLS}"
+                 labels = $7, updated_at = now() WHERE id = $1 RETURNING {ST_COLS}"
             ),
             st_values(s),
         )
@@ -296,7 +296,7 @@ impl Db {
     pub async fn job_storages(&self, job_id: Uuid) -> Result<Vec<Storage>, DbErr> {
         fetch_all(
             &self.conn,
-            "SELECT s.id, s.name, s.kind, s.config, s.agent_id, s.credentials_ciphertext, s.created_at, s.updated_at \
+            "SELECT s.id, s.name, s.kind, s.config, s.agent_id, s.credentials_ciphertext, s.labels, s.created_at, s.updated_at \
              FROM backup_job_storage js JOIN storage s ON s.id = js.storage_id WHERE js.job_id = $1 \
              ORDER BY js.position",
             [job_id.into()],
@@ -445,7 +445,7 @@ fn ds_values(d: &Datasource) -> [sea_orm::Value; 11] {
     ]
 }
 
-fn st_values(s: &Storage) -> [sea_orm::Value; 6] {
+fn st_values(s: &Storage) -> [sea_orm::Value; 7] {
     [
         s.id.into(),
         s.name.clone().into(),
@@ -453,6 +453,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 6] {
         s.config.clone().into(),
         s.agent_id.into(),
         s.credentials_ciphertext.clone().into(),
+        s.labels.clone().into(),
     ]
 }
 

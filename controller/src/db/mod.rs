@@ -2,6 +2,7 @@
 //! bound, and state changes are compare-and-set updates whose miss is reported to the caller. Methods are
 //! grouped by topic in the submodules, all on [`Db`].
 
+mod access;
 mod agents;
 mod auth;
 mod catalog;
@@ -26,7 +27,9 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use self::{
+    access::{NewScopeRule, NewToken, UserChange},
     agents::{AgentStanding, IssuedCert},
+    auth::{ADMIN_ROLE_ID, PrincipalRow},
     catalog::Deletion,
     drills::{DrillRecord, GoodBackup, RunningRun},
     executions::{BackupOutcome, ChunkRecord, ChunkReport, CopySummary, DeleteMark, ExecutionFilter, NewExecution},

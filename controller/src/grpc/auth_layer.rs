@@ -1,6 +1,8 @@
 //! A tower layer in front of every operator service: requests to `dataguardian.v1.*` other than the auth and
-//! enrollment services must carry `authorization: Bearer <token>` naming a live session, or they are answered
-//! `UNAUTHENTICATED` without reaching a handler. Health and reflection stay open.
+//! enrollment services must carry `authorization: Bearer <token>` naming a live session or API token, or they
+//! are answered `UNAUTHENTICATED`; the principal must hold the one permission the RPC's table entry names
+//! (`super::operator::permission_of`), or it is answered `PERMISSION_DENIED` — an RPC missing from the tables
+//! is denied to everyone. Neither reaches a handler. Health and reflection stay open.
 
 use std::{
     pin::Pin,
@@ -10,13 +12,15 @@ use std::{
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::operator::{OPEN_SERVICES, permission_of};
 use crate::service::auth::AuthService;
 
-const OPEN_PREFIXES: &[&str] = &["/dataguardian.v1.AuthService/", "/dataguardian.v1.AgentEnrollmentService/"];
-
-/// Whether a request path needs a session.
+/// Whether a request path needs a principal.
 pub fn needs_session(path: &str) -> bool {
-    path.starts_with("/dataguardian.v1.") && !OPEN_PREFIXES.iter().any(|p| path.starts_with(p))
+    match path.strip_prefix("/dataguardian.v1.") {
+        Some(rest) => !OPEN_SERVICES.iter().any(|s| rest.strip_prefix(s).is_some_and(|r| r.starts_with('/'))),
+        None => false,
+    }
 }
 
 /// The bearer token of a request's metadata.
@@ -81,12 +85,17 @@ where
             let Some(token) = bearer(req.headers()).map(str::to_owned) else {
                 return Ok(Status::unauthenticated("missing metadata authorization: Bearer <token>").into_http());
             };
-            match auth.authenticate(&token).await {
-                Ok(session) => {
-                    req.extensions_mut().insert(session);
+            let principal = match auth.authenticate(&token).await {
+                Ok(p) => p,
+                Err(e) => return Ok(Status::from(e).into_http()),
+            };
+            match permission_of(req.uri().path()) {
+                Some(p) if principal.can(p) => {
+                    req.extensions_mut().insert(principal);
                     inner.call(req).await
                 }
-                Err(e) => Ok(Status::from(e).into_http()),
+                Some(p) => Ok(Status::permission_denied(format!("permission {} is required", p.name())).into_http()),
+                None => Ok(Status::permission_denied("no permission is declared for this call").into_http()),
             }
         })
     }

@@ -103,6 +103,7 @@ pub fn storage(s: &model::Storage) -> pb::Storage {
         created_at: Some(ts(s.created_at)),
         has_credentials: s.credentials_ciphertext.is_some(),
         updated_at: Some(ts(s.updated_at)),
+        labels: serde_json::from_value(s.labels.clone()).unwrap_or_default(),
     }
 }
 

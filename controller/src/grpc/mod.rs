@@ -9,7 +9,7 @@ pub mod operator;
 pub mod validate;
 
 use crate::{
-    model::Session,
+    access::Principal,
     service::{
         agents::AgentsService, auth::AuthService, backups::BackupsService, catalog::CatalogService,
         executions::ExecutionsService, health::HealthService,
@@ -21,6 +21,8 @@ use crate::{
 pub struct Ctx {
     /// Authentication.
     pub auth: AuthService,
+    /// Users, roles, scopes, tokens, approvals.
+    pub access: crate::service::access::AccessService,
     /// Agents.
     pub agents: AgentsService,
     /// Catalog.
@@ -45,7 +47,25 @@ pub struct Ctx {
     pub metrics: crate::metrics::Metrics,
 }
 
-/// The authenticated operator of a request (inserted by the auth layer).
+/// The audit name of a request's principal (inserted by the auth layer).
 pub fn actor<T>(req: &tonic::Request<T>) -> String {
-    req.extensions().get::<Session>().map(|s| s.username.clone()).unwrap_or_else(|| "unknown".into())
+    req.extensions().get::<Principal>().map(Principal::actor).unwrap_or_else(|| "unknown".into())
+}
+
+/// The principal of a request that passed the auth layer.
+pub fn principal<T>(req: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    req.extensions().get::<Principal>().cloned().ok_or_else(|| tonic::Status::unauthenticated("no principal"))
+}
+
+/// The approval id a critical call repeats (metadata `dg-approval`).
+pub fn approval_of<T>(req: &tonic::Request<T>) -> Result<Option<uuid::Uuid>, tonic::Status> {
+    match req.metadata().get("dg-approval") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| uuid::Uuid::parse_str(s.trim()).ok())
+            .map(Some)
+            .ok_or_else(|| tonic::Status::invalid_argument("metadata dg-approval: must be an approval id (UUID)")),
+    }
 }

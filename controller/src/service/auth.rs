@@ -1,5 +1,5 @@
-//! Operator authentication: the single admin user (argon2), session tokens (random, stored as sha256,
-//! expiring, revocable).
+//! Operator authentication: users with passwords (argon2), session tokens and API tokens (random, stored as
+//! sha256, expiring, revocable), and the [`Principal`] each request runs as.
 
 use std::{net::IpAddr, time::Duration};
 
@@ -8,10 +8,10 @@ use dg_common::error::FieldError;
 
 use super::login_limit::LoginLimits;
 use crate::{
+    access::{Principal, Rule, RuleSet, Scope, Selector, Via, permissions_of},
     crypto,
-    db::Db,
+    db::{Db, PrincipalRow},
     error::{ControllerError, ControllerResult},
-    model::Session,
 };
 
 /// A freshly issued session token (shown once).
@@ -100,7 +100,7 @@ impl AuthService {
             .create_admin_with_bootstrap(username, &hash, crypto::token_hash(bootstrap_token))
             .await?
             .ok_or_else(|| ControllerError::PermissionDenied("bootstrap_token is wrong or was used".into()))?;
-        self.db.audit(username, "auth.setup", "admin_user", Some(id.to_string()), "ok").await?;
+        self.db.audit(username, "auth.setup", "user", Some(id.to_string()), "ok").await?;
         self.issue(id).await
     }
 
@@ -114,8 +114,8 @@ impl AuthService {
         password: &str,
     ) -> ControllerResult<IssuedSession> {
         let permit = self.limits.admit(username, client).map_err(|r| r.into_error("login"))?;
-        let user = self.db.admin_by_name(username).await?;
-        let phc = user.as_ref().map(|u| u.password_hash.clone());
+        let user = self.db.user_by_name(username).await?.filter(|u| u.disabled_at.is_none());
+        let phc = user.as_ref().and_then(|u| u.password_hash.clone());
         let pw = password.to_owned();
         // Verify even for an unknown user so timing does not reveal which names exist.
         let ok = tokio::task::spawn_blocking(move || {
@@ -145,17 +145,71 @@ impl AuthService {
         }
     }
 
-    /// The live session for a bearer token.
-    pub async fn authenticate(&self, token: &str) -> ControllerResult<Session> {
-        self.db
-            .live_session(crypto::token_hash(token))
-            .await?
-            .ok_or_else(|| ControllerError::Unauthenticated("session token is invalid, expired or revoked".into()))
+    /// The principal of a bearer token: a session token (`dgs_…`) or an API token (`dgt_…`).
+    pub async fn authenticate(&self, token: &str) -> ControllerResult<Principal> {
+        let hash = crypto::token_hash(token);
+        let row = if token.starts_with(API_TOKEN_PREFIX) {
+            self.db.token_principal(hash).await?
+        } else {
+            self.db.session_principal(hash).await?
+        };
+        let row = row.ok_or_else(|| {
+            ControllerError::Unauthenticated("session or API token is invalid, expired or revoked".into())
+        })?;
+        let principal = principal(&row);
+        if let Via::Token { id, .. } = principal.via
+            && row.last_used_at.is_none_or(|t| Utc::now() - t > chrono::Duration::seconds(60))
+            && let Err(e) = self.db.touch_token(id).await
+        {
+            tracing::warn!(error = %e, "could not record an API token's use");
+        }
+        Ok(principal)
     }
 
-    /// Revokes a session.
-    pub async fn logout(&self, session: &Session) -> ControllerResult<()> {
-        self.db.revoke_session(session.id).await?;
+    /// Revokes the caller's session (an API token is revoked through TokenService instead).
+    pub async fn logout(&self, p: &Principal) -> ControllerResult<()> {
+        match p.via {
+            Via::Session { id } => Ok(self.db.revoke_session(id).await?),
+            Via::Token { .. } => Err(ControllerError::FailedPrecondition(
+                "an API token has no session to end; revoke it with TokenService/RevokeToken".into(),
+            )),
+        }
+    }
+
+    /// Changes the caller's own password (the current one must be right) and ends its other sessions.
+    pub async fn change_password(&self, p: &Principal, current: &str, new: &str) -> ControllerResult<()> {
+        validate_password("new_password", new)?;
+        let Via::Session { id: session_id } = p.via else {
+            return Err(ControllerError::PermissionDenied("an API token cannot change a password".into()));
+        };
+        let user = self.db.user_by_id(p.user_id).await?.ok_or_else(|| ControllerError::NotFound("user".into()))?;
+        let Some(phc) = user.password_hash else {
+            return Err(ControllerError::FailedPrecondition("this user signs in without a password".into()));
+        };
+        let permit = self.limits.admit(&user.username, None).map_err(|r| r.into_error("password change"))?;
+        let cur = current.to_owned();
+        let ok = tokio::task::spawn_blocking(move || {
+            let ok = crypto::verify_password(&cur, &phc);
+            drop(permit);
+            ok
+        })
+        .await
+        .unwrap_or(false);
+        if !ok {
+            self.limits.failed(&user.username, None);
+            return Err(ControllerError::PermissionDenied("current_password is wrong".into()));
+        }
+        self.set_password(p.user_id, new, Some(session_id)).await
+    }
+
+    /// Sets a user's password and ends its sessions except `keep`.
+    pub async fn set_password(&self, user_id: uuid::Uuid, new: &str, keep: Option<uuid::Uuid>) -> ControllerResult<()> {
+        validate_password("new_password", new)?;
+        let hash = hash(new).await?;
+        if !self.db.set_password(user_id, &hash).await? {
+            return Err(ControllerError::FailedPrecondition("only password users have a password".into()));
+        }
+        self.db.revoke_user_sessions(user_id, keep).await?;
         Ok(())
     }
 
@@ -204,15 +258,80 @@ async fn hash(password: &str) -> ControllerResult<String> {
         .map_err(Into::into)
 }
 
+/// Prefix of API token secrets.
+pub const API_TOKEN_PREFIX: &str = "dgt_";
+
 fn validate_credentials(username: &str, password: &str) -> Result<(), FieldError> {
+    validate_username("username", username)?;
+    validate_password("password", password)
+}
+
+/// A user or token name: 1-64 characters of `[A-Za-z0-9._-]`.
+pub fn validate_username(field: &'static str, username: &str) -> Result<(), FieldError> {
     if username.is_empty()
         || username.len() > 64
         || !username.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(FieldError::new("username", "must be 1-64 characters of [A-Za-z0-9._-]"));
-    }
-    if password.chars().count() < 12 {
-        return Err(FieldError::new("password", "must be at least 12 characters"));
+        return Err(FieldError::new(field, "must be 1-64 characters of [A-Za-z0-9._-]"));
     }
     Ok(())
+}
+
+/// A password: at least 12 characters (at most 1024, bounding the hash's work).
+pub fn validate_password(field: &'static str, password: &str) -> Result<(), FieldError> {
+    let n = password.chars().count();
+    if !(12..=1024).contains(&n) {
+        return Err(FieldError::new(field, "must be 12-1024 characters"));
+    }
+    Ok(())
+}
+
+/// Hashes a password off the async threads.
+pub async fn hash_password(password: &str) -> ControllerResult<String> {
+    hash(password).await
+}
+
+#[derive(serde::Deserialize)]
+struct RoleJson {
+    name: String,
+    #[serde(default)]
+    permissions: Vec<String>,
+}
+
+/// Builds the principal of an authenticated row: a session holds its user's roles; a token holds the
+/// permissions of its role that its user also holds, and its own limits are a second scope layer.
+fn principal(row: &PrincipalRow) -> Principal {
+    let roles: Vec<RoleJson> = serde_json::from_value(row.roles.clone()).unwrap_or_default();
+    let user_perms = permissions_of(roles.iter().map(|r| (r.name.as_str(), r.permissions.as_slice())));
+    let user_admin = roles.iter().any(|r| r.name == "admin");
+    let rules: Vec<Rule> = serde_json::from_value(row.rules.clone()).unwrap_or_default();
+    let mut scope = Scope(vec![RuleSet(rules)]);
+    let token_role: Option<RoleJson> = row.token_role.clone().and_then(|v| serde_json::from_value(v).ok());
+    match token_role {
+        None => Principal {
+            user_id: row.user_id,
+            username: row.username.clone(),
+            via: Via::Session { id: row.via_id },
+            roles: roles.into_iter().map(|r| r.name).collect(),
+            permissions: user_perms,
+            admin: user_admin,
+            scope,
+            expires_at: row.expires_at,
+        },
+        Some(tr) => {
+            let token_perms = permissions_of([(tr.name.as_str(), tr.permissions.as_slice())]);
+            let limits: Vec<Selector> = serde_json::from_value(row.token_scopes.clone()).unwrap_or_default();
+            scope.0.push(RuleSet(limits.into_iter().map(|selector| Rule { deny: false, selector }).collect()));
+            Principal {
+                user_id: row.user_id,
+                username: row.username.clone(),
+                via: Via::Token { id: row.via_id, name: row.via_name.clone() },
+                admin: user_admin && tr.name == "admin",
+                roles: vec![tr.name],
+                permissions: token_perms.intersection(&user_perms).copied().collect(),
+                scope,
+                expires_at: row.expires_at,
+            }
+        }
+    }
 }

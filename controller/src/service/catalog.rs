@@ -142,6 +142,21 @@ pub struct JobPatch {
     pub verify: Option<VerifySchedule>,
 }
 
+/// A validated storage change.
+#[derive(Debug)]
+pub struct StoragePatch {
+    /// Storage.
+    pub id: Uuid,
+    /// New name.
+    pub name: Option<String>,
+    /// New configuration.
+    pub spec: Option<StorageSpec>,
+    /// Labels to merge (or set, with `replace_labels`).
+    pub labels: BTreeMap<String, String>,
+    /// Replace labels instead of merging.
+    pub replace_labels: bool,
+}
+
 /// Result of a connection or storage test.
 #[derive(Debug, Clone)]
 pub struct TestOutcome {
@@ -354,7 +369,12 @@ impl CatalogService {
     // ---- storages ------------------------------------------------------------------------------------------
 
     /// Creates a storage.
-    pub async fn create_storage(&self, name: String, spec: StorageSpec) -> ControllerResult<Storage> {
+    pub async fn create_storage(
+        &self,
+        name: String,
+        spec: StorageSpec,
+        labels: BTreeMap<String, String>,
+    ) -> ControllerResult<Storage> {
         if let StorageSpec::Local { agent_id, .. } = &spec {
             self.require_agent(*agent_id).await?;
         }
@@ -366,6 +386,7 @@ impl CatalogService {
             config: serde_json::Value::Null,
             agent_id: None,
             credentials_ciphertext: None,
+            labels: serde_json::to_value(&labels).unwrap_or_default(),
             created_at: now,
             updated_at: now,
         };
@@ -373,18 +394,17 @@ impl CatalogService {
         Ok(self.db.insert_storage(&s).await?)
     }
 
-    /// Renames and/or reconfigures a storage (same kind; secrets left empty are kept).
-    pub async fn update_storage(
-        &self,
-        id: Uuid,
-        name: Option<String>,
-        spec: Option<StorageSpec>,
-    ) -> ControllerResult<Storage> {
+    /// Renames, relabels and/or reconfigures a storage (same kind; secrets left empty are kept).
+    pub async fn update_storage(&self, p: StoragePatch) -> ControllerResult<Storage> {
+        let id = p.id;
         let mut s = self.storage(id).await?;
-        if let Some(n) = name {
+        if let Some(n) = p.name {
             s.name = n;
         }
-        if let Some(spec) = spec {
+        if p.replace_labels || !p.labels.is_empty() {
+            s.labels = merge_labels(&s.labels, p.labels, p.replace_labels)?;
+        }
+        if let Some(spec) = p.spec {
             if spec.kind() != s.kind {
                 return Err(dg_common::error::FieldError::new(
                     "config",
@@ -433,6 +453,7 @@ impl CatalogService {
             config: serde_json::Value::Null,
             agent_id: None,
             credentials_ciphertext: None,
+            labels: serde_json::json!({}),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

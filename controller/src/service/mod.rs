@@ -1,6 +1,7 @@
 //! Domain services: the controller's logic between the gRPC edge and persistence. Each takes validated domain
 //! input and returns domain records or a [`crate::error::ControllerError`].
 
+pub mod access;
 pub mod agents;
 pub mod attempts;
 pub mod auth;

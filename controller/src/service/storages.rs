@@ -354,6 +354,7 @@ mod tests {
             config: serde_json::json!({}),
             agent_id: None,
             credentials_ciphertext: None,
+            labels: serde_json::json!({}),
             created_at: chrono::Utc::now(),
             updated_at: chrono::Utc::now(),
         }

@@ -7,7 +7,16 @@ use dg_proto::v1::{self as pb, agent_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::grpc::{actor, convert, validate};
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("AgentService", "CreateJoinToken", Permission::AgentEnroll),
+    ("AgentService", "ListAgents", Permission::AgentRead),
+    ("AgentService", "GetAgent", Permission::AgentRead),
+    ("AgentService", "RevokeAgent", Permission::AgentRevoke),
+];
 
 #[tonic::async_trait]
 impl agent_service_server::AgentService for OperatorSvc {

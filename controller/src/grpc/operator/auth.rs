@@ -1,10 +1,10 @@
-//! AuthService: setup, login, logout, me.
+//! AuthService: setup, login, logout, me, change password.
 
 use dg_proto::v1::{self as pb, auth_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
-use crate::grpc::convert;
+use crate::{access::Via, grpc::convert};
 
 #[tonic::async_trait]
 impl auth_service_server::AuthService for OperatorSvc {
@@ -22,14 +22,35 @@ impl auth_service_server::AuthService for OperatorSvc {
     }
 
     async fn logout(&self, req: Request<pb::LogoutRequest>) -> Result<Response<pb::LogoutResponse>, Status> {
-        let session = self.session_of(&req).await?;
-        let res = self.ctx.auth.logout(&session).await;
-        self.audited_on(&session.username, "auth.logout", "session", session.id, res).await?;
+        let p = self.session_of(&req).await?;
+        let res = self.ctx.auth.logout(&p).await;
+        self.audited(&p.actor(), "auth.logout", "session", |_| String::new(), res).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
 
     async fn me(&self, req: Request<pb::MeRequest>) -> Result<Response<pb::MeResponse>, Status> {
-        let s = self.session_of(&req).await?;
-        Ok(Response::new(pb::MeResponse { username: s.username, expires_at: Some(convert::ts(s.expires_at)) }))
+        let p = self.session_of(&req).await?;
+        Ok(Response::new(pb::MeResponse {
+            user_id: p.user_id.to_string(),
+            expires_at: Some(convert::ts(p.expires_at)),
+            roles: p.roles.clone(),
+            permissions: p.permissions.iter().map(|x| x.name().to_owned()).collect(),
+            via: match &p.via {
+                Via::Session { .. } => "session".into(),
+                Via::Token { name, .. } => format!("token:{name}"),
+            },
+            username: p.username,
+        }))
+    }
+
+    async fn change_password(
+        &self,
+        req: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let p = self.session_of(&req).await?;
+        let r = req.into_inner();
+        let res = self.ctx.auth.change_password(&p, &r.current_password, &r.new_password).await;
+        self.audited_on(&p.actor(), "auth.change_password", "user", p.user_id, res).await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
     }
 }

@@ -8,12 +8,26 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     grpc::{actor, convert, validate},
     service::{executions::RestoreRequest, import::ImportRequest, scrub},
 };
 
 type DownloadStream = Pin<Box<dyn Stream<Item = Result<pb::DownloadBackupResponse, Status>> + Send>>;
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("BackupService", "ListBackups", Permission::BackupRead),
+    ("BackupService", "GetBackup", Permission::BackupRead),
+    ("BackupService", "RestoreBackup", Permission::BackupRestore),
+    ("BackupService", "VerifyBackup", Permission::BackupVerify),
+    ("BackupService", "DownloadBackup", Permission::BackupDownload),
+    ("BackupService", "DeleteBackup", Permission::BackupDelete),
+    ("BackupService", "PinBackup", Permission::BackupPin),
+    ("BackupService", "UnpinBackup", Permission::BackupPin),
+    ("BackupService", "ImportCatalog", Permission::BackupImport),
+];
 
 #[tonic::async_trait]
 impl backup_service_server::BackupService for OperatorSvc {

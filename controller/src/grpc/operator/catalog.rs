@@ -4,6 +4,7 @@ use dg_proto::v1::{self as pb, backup_job_service_server, datasource_service_ser
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     grpc::{
         actor, convert,
@@ -11,6 +12,31 @@ use crate::{
     },
     service::catalog::{NewDatasource, NewJob},
 };
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("DatasourceService", "CreateDatasource", Permission::DatasourceWrite),
+    ("DatasourceService", "GetDatasource", Permission::DatasourceRead),
+    ("DatasourceService", "ListDatasources", Permission::DatasourceRead),
+    ("DatasourceService", "UpdateDatasource", Permission::DatasourceWrite),
+    ("DatasourceService", "DeleteDatasource", Permission::DatasourceDelete),
+    ("DatasourceService", "TestDatasource", Permission::DatasourceTest),
+    ("StorageService", "CreateStorage", Permission::StorageWrite),
+    ("StorageService", "GetStorage", Permission::StorageRead),
+    ("StorageService", "ListStorages", Permission::StorageRead),
+    ("StorageService", "UpdateStorage", Permission::StorageWrite),
+    ("StorageService", "DeleteStorage", Permission::StorageDelete),
+    ("StorageService", "TestStorage", Permission::StorageTest),
+    ("BackupJobService", "CreateBackupJob", Permission::JobWrite),
+    ("BackupJobService", "GetBackupJob", Permission::JobRead),
+    ("BackupJobService", "ListBackupJobs", Permission::JobRead),
+    ("BackupJobService", "RunNow", Permission::JobRun),
+    ("BackupJobService", "UpdateBackupJob", Permission::JobWrite),
+    ("BackupJobService", "DeleteBackupJob", Permission::JobDelete),
+    ("BackupJobService", "EnableBackupJob", Permission::JobToggle),
+    ("BackupJobService", "DisableBackupJob", Permission::JobToggle),
+    ("BackupJobService", "PreviewRetention", Permission::JobRead),
+];
 
 #[tonic::async_trait]
 impl datasource_service_server::DatasourceService for OperatorSvc {
@@ -80,8 +106,8 @@ impl datasource_service_server::DatasourceService for OperatorSvc {
 impl storage_service_server::StorageService for OperatorSvc {
     async fn create_storage(&self, req: Request<pb::CreateStorageRequest>) -> Result<Response<pb::Storage>, Status> {
         let who = actor(&req);
-        let (name, spec) = validate::new_storage(req.into_inner())?;
-        let res = self.ctx.catalog.create_storage(name, spec).await;
+        let (name, spec, labels) = validate::new_storage(req.into_inner())?;
+        let res = self.ctx.catalog.create_storage(name, spec, labels).await;
         let s = self.audited(&who, "storage.create", "storage", |s| s.id.to_string(), res).await?;
         Ok(Response::new(convert::storage(&s)))
     }
@@ -106,8 +132,9 @@ impl storage_service_server::StorageService for OperatorSvc {
 
     async fn update_storage(&self, req: Request<pb::UpdateStorageRequest>) -> Result<Response<pb::Storage>, Status> {
         let who = actor(&req);
-        let (id, name, spec) = validate::storage_patch(req.into_inner())?;
-        let res = self.ctx.catalog.update_storage(id, name, spec).await;
+        let patch = validate::storage_patch(req.into_inner())?;
+        let id = patch.id;
+        let res = self.ctx.catalog.update_storage(patch).await;
         let s = self.audited_on(&who, "storage.update", "storage", id, res).await?;
         Ok(Response::new(convert::storage(&s)))
     }

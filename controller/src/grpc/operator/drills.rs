@@ -4,10 +4,24 @@ use dg_proto::v1::{self as pb, restore_drill_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     grpc::{actor, convert, validate},
     service::drills::NewDrill,
 };
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("RestoreDrillService", "CreateRestoreDrill", Permission::DrillWrite),
+    ("RestoreDrillService", "GetRestoreDrill", Permission::DrillRead),
+    ("RestoreDrillService", "ListRestoreDrills", Permission::DrillRead),
+    ("RestoreDrillService", "UpdateRestoreDrill", Permission::DrillWrite),
+    ("RestoreDrillService", "DeleteRestoreDrill", Permission::DrillWrite),
+    ("RestoreDrillService", "RunRestoreDrill", Permission::DrillRun),
+    ("RestoreDrillService", "ListDrillRuns", Permission::DrillRead),
+    ("RestoreDrillService", "GetDrillRun", Permission::DrillRead),
+    ("RestoreDrillService", "ExportDrillEvidence", Permission::DrillRead),
+];
 
 #[tonic::async_trait]
 impl restore_drill_service_server::RestoreDrillService for OperatorSvc {

@@ -9,6 +9,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     db::ExecutionFilter,
     grpc::{actor, convert, validate},
@@ -16,6 +17,16 @@ use crate::{
 };
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ExecutionEvent, Status>> + Send>>;
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("ExecutionService", "GetExecution", Permission::ExecutionRead),
+    ("ExecutionService", "ListExecutions", Permission::ExecutionRead),
+    ("ExecutionService", "ListExecutionLogs", Permission::ExecutionRead),
+    ("ExecutionService", "WatchExecution", Permission::ExecutionRead),
+    ("ExecutionService", "CancelExecution", Permission::ExecutionCancel),
+    ("ExecutionService", "DeleteExecution", Permission::ExecutionDelete),
+];
 
 #[tonic::async_trait]
 impl execution_service_server::ExecutionService for OperatorSvc {

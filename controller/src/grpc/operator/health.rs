@@ -4,6 +4,7 @@ use dg_proto::v1::{self as pb, audit_service_server, health_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     db::AuditFilter,
     grpc::{convert, validate},
@@ -39,6 +40,14 @@ impl OperatorSvc {
         })
     }
 }
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("HealthService", "GetDatasourceHealth", Permission::HealthRead),
+    ("HealthService", "GetStorageHealth", Permission::HealthRead),
+    ("HealthService", "GetSystemHealth", Permission::HealthRead),
+    ("AuditService", "ListAuditEvents", Permission::AuditRead),
+];
 
 #[tonic::async_trait]
 impl health_service_server::HealthService for OperatorSvc {

@@ -5,11 +5,27 @@ use dg_proto::v1::{self as pb, notification_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
+use crate::access::Permission;
 use crate::{
     db::{ChannelRow, DeliveryRow, InboxRow},
     grpc::{actor, convert::ts, validate},
     service::notify::channels::{EmailSettings, NewChannel},
 };
+
+/// The permission each RPC of this file's services checks (see `super::permission_of`).
+pub(super) const PERMISSIONS: super::Table = &[
+    ("NotificationService", "CreateChannel", Permission::NotificationWrite),
+    ("NotificationService", "GetChannel", Permission::NotificationRead),
+    ("NotificationService", "ListChannels", Permission::NotificationRead),
+    ("NotificationService", "UpdateChannel", Permission::NotificationWrite),
+    ("NotificationService", "DeleteChannel", Permission::NotificationWrite),
+    ("NotificationService", "TestChannel", Permission::NotificationWrite),
+    ("NotificationService", "ListDeliveries", Permission::NotificationRead),
+    ("NotificationService", "ListInbox", Permission::NotificationInbox),
+    ("NotificationService", "MarkInboxRead", Permission::NotificationInbox),
+    ("NotificationService", "MarkAllInboxRead", Permission::NotificationInbox),
+    ("NotificationService", "DeleteInboxItem", Permission::NotificationInbox),
+];
 
 #[tonic::async_trait]
 impl notification_service_server::NotificationService for OperatorSvc {

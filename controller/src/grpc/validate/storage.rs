@@ -5,8 +5,10 @@ use dg_common::{error::FieldError, store::valid_prefix};
 use dg_proto::v1 as pb;
 use uuid::Uuid;
 
-use super::{V, id, local_path, name};
-use crate::service::storages::StorageSpec;
+use std::collections::BTreeMap;
+
+use super::{V, id, labels, local_path, name};
+use crate::service::{catalog::StoragePatch, storages::StorageSpec};
 
 pub(super) fn bucket(field: &'static str, s: &str) -> V<String> {
     if s.len() < 3
@@ -204,20 +206,23 @@ pub fn storage_spec(c: StorageConfigIn) -> V<StorageSpec> {
     })
 }
 
-/// Validates a storage creation request.
-pub fn new_storage(r: pb::CreateStorageRequest) -> V<(String, StorageSpec)> {
+/// Validates a storage creation request: name, configuration, labels.
+pub fn new_storage(r: pb::CreateStorageRequest) -> V<(String, StorageSpec, BTreeMap<String, String>)> {
     let n = name("name", &r.name)?;
+    let l = labels(&r.labels)?;
     let c = r.config.ok_or_else(|| FieldError::new("config", "one of local, s3, gcs, azure is required"))?;
-    Ok((n, storage_spec(c.into())?))
+    Ok((n, storage_spec(c.into())?, l))
 }
 
 /// Validates a storage change.
-pub fn storage_patch(r: pb::UpdateStorageRequest) -> V<(Uuid, Option<String>, Option<StorageSpec>)> {
-    Ok((
-        id("id", &r.id)?,
-        r.name.as_deref().map(|n| name("name", n)).transpose()?,
-        r.config.map(|c| storage_spec(c.into())).transpose()?,
-    ))
+pub fn storage_patch(r: pb::UpdateStorageRequest) -> V<StoragePatch> {
+    Ok(StoragePatch {
+        id: id("id", &r.id)?,
+        name: r.name.as_deref().map(|n| name("name", n)).transpose()?,
+        labels: labels(&r.labels)?,
+        replace_labels: r.replace_labels,
+        spec: r.config.map(|c| storage_spec(c.into())).transpose()?,
+    })
 }
 
 /// What a TestStorage request names.

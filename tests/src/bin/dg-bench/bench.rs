@@ -206,6 +206,7 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
                     path: storage_dir.to_string_lossy().into_owned(),
                     agent_id: agent_id.clone(),
                 })),
+                ..Default::default()
             },
             &clients.token,
         ))
