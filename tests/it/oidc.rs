@@ -89,18 +89,19 @@ async fn oidc_good_tokens_of_every_algorithm_map_roles() -> anyhow::Result<()> {
     let bob = verifier.verify_id_token(&id_token_with_nonce(&provider, "dg-cli", "bob", "n-b").await?, "n-b").await?;
     assert_eq!((bob.username.as_str(), bob.roles.as_slice()), ("bob", ["operator".to_owned()].as_slice()));
     let dave = verifier.verify_id_token(&id_token_with_nonce(&provider, "dg-cli", "dave", "n-d").await?, "n-d").await?;
-    assert_eq!((dave.username.as_str(), dave.roles.as_slice()), ("dave@example.test", ["viewer".to_owned()].as_slice()));
+    assert_eq!(
+        (dave.username.as_str(), dave.roles.as_slice()),
+        ("dave@example.test", ["viewer".to_owned()].as_slice())
+    );
 
     // No mapped group: refused without a default role, the default role with one.
     let carol = id_token_with_nonce(&provider, "dg-cli", "carol", "n-c").await?;
     let e = verifier.verify_id_token(&carol, "n-c").await.expect_err("carol has no role");
     assert!(matches!(e, ControllerError::PermissionDenied(_)), "{e:?}");
     assert!(e.to_string().contains("no DataGuardian role"), "{e}");
-    let with_default = OidcVerifier::discover(&OidcConfig {
-        default_role: Some("viewer".into()),
-        ..config(&provider, "dg-cli")
-    })
-    .await?;
+    let with_default =
+        OidcVerifier::discover(&OidcConfig { default_role: Some("viewer".into()), ..config(&provider, "dg-cli") })
+            .await?;
     assert_eq!(with_default.verify_id_token(&carol, "n-c").await?.roles, ["viewer"]);
 
     // Every asymmetric algorithm the provider signs with.
@@ -198,8 +199,8 @@ async fn oidc_bad_tokens_and_a_wrong_issuer_are_refused() -> anyhow::Result<()> 
 async fn oidc_key_rotation_is_picked_up_after_an_unknown_kid() -> anyhow::Result<()> {
     dg_tests::init_logging();
     let mut provider = OidcProvider::start().await?;
-    let verifier = OidcVerifier::discover(&OidcConfig { jwks_min_refetch_secs: 2, ..config(&provider, "dg-cli") })
-        .await?;
+    let verifier =
+        OidcVerifier::discover(&OidcConfig { jwks_min_refetch_secs: 2, ..config(&provider, "dg-cli") }).await?;
     let before = id_token_with_nonce(&provider, "dg-cli", "alice", "n-1").await?;
     verifier.verify_id_token(&before, "n-1").await?;
     assert_eq!(verifier.jwks_fetches(), 1);

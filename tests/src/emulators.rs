@@ -119,7 +119,11 @@ impl ServerProcess {
     }
 
     /// Waits until a line of the log yields a value (e.g. the port the server reports it bound).
-    pub(crate) async fn wait_for_log<T>(&mut self, deadline: Instant, find: impl Fn(&str) -> Option<T>) -> anyhow::Result<T> {
+    pub(crate) async fn wait_for_log<T>(
+        &mut self,
+        deadline: Instant,
+        find: impl Fn(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
         loop {
             if let Some(v) = std::fs::read_to_string(&self.log).unwrap_or_default().lines().find_map(&find) {
                 return Ok(v);

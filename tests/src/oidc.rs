@@ -315,13 +315,16 @@ pub async fn id_token_with_nonce(
         .append_pair("code_challenge", &challenge)
         .append_pair("code_challenge_method", "S256");
     let code = authorize(&url, account, &state).await?;
-    let tokens = token_request(provider, &[
-        ("grant_type", "authorization_code"),
-        ("code", &code),
-        ("redirect_uri", REDIRECT_URI),
-        ("client_id", client_id),
-        ("code_verifier", &verifier),
-    ])
+    let tokens = token_request(
+        provider,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT_URI),
+            ("client_id", client_id),
+            ("code_verifier", &verifier),
+        ],
+    )
     .await?;
     id_token_of(&tokens)
 }

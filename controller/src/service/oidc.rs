@@ -216,7 +216,13 @@ impl OidcVerifier {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(id_token, &key.key, &validation)
             .map_err(|e| refused(jwt_error_text(e.kind())))?
             .claims;
-        claims::check_claims(&claims, jsonwebtoken::get_current_timestamp(), inner.leeway_secs, &inner.client_id, nonce)?;
+        claims::check_claims(
+            &claims,
+            jsonwebtoken::get_current_timestamp(),
+            inner.leeway_secs,
+            &inner.client_id,
+            nonce,
+        )?;
         let subject = match claims.get("sub") {
             Some(Value::String(s)) if !s.is_empty() => s.clone(),
             _ => return Err(refused("claim sub is not a non-empty string")),
@@ -310,9 +316,8 @@ fn http_client(cfg: &OidcConfig) -> ControllerResult<reqwest::Client> {
         .timeout(cfg.http_timeout())
         .user_agent("DataGuardian-Controller/1");
     if let Some(path) = &cfg.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            ControllerError::FailedPrecondition(format!("oidc.ca_file {}: {e}", path.display()))
-        })?;
+        let pem = std::fs::read(path)
+            .map_err(|e| ControllerError::FailedPrecondition(format!("oidc.ca_file {}: {e}", path.display())))?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             ControllerError::FailedPrecondition(format!("oidc.ca_file {}: not a PEM bundle: {e}", path.display()))
         })?;

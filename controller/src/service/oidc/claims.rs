@@ -158,9 +158,14 @@ mod tests {
         for (name, _) in ACCEPTED_ALGORITHMS {
             assert!(accepted_algorithm(name).is_ok(), "{name}");
         }
-        for (alg, why) in [("none", "unsigned"), ("NONE", "unsigned"), ("HS256", "HMAC"), ("hs512", "HMAC"),
-            ("Ed25519", "not accepted"), ("", "not accepted")]
-        {
+        for (alg, why) in [
+            ("none", "unsigned"),
+            ("NONE", "unsigned"),
+            ("HS256", "HMAC"),
+            ("hs512", "HMAC"),
+            ("Ed25519", "not accepted"),
+            ("", "not accepted"),
+        ] {
             let e = accepted_algorithm(alg).expect_err(alg).to_string();
             assert!(e.contains(why), "{alg}: {e}");
         }
@@ -195,7 +200,10 @@ mod tests {
         let c = obj(json!({"preferred_username": "alice", "email": "a@x", "upn": "A"}));
         assert_eq!(username(&c, "preferred_username", "s"), "alice");
         assert_eq!(username(&c, "upn", "s"), "A");
-        assert_eq!(username(&obj(json!({"preferred_username": " ", "email": "a@x"})), "preferred_username", "s"), "a@x");
+        assert_eq!(
+            username(&obj(json!({"preferred_username": " ", "email": "a@x"})), "preferred_username", "s"),
+            "a@x"
+        );
         assert_eq!(username(&obj(json!({"preferred_username": 3})), "preferred_username", "s"), "s");
         assert_eq!(email(&obj(json!({"email": "a@x"}))).as_deref(), Some("a@x"));
         assert_eq!(email(&obj(json!({}))), None);
@@ -218,9 +226,10 @@ mod tests {
             r(json!({"realm_access": {"roles": ["dg-admins"]}}), "realm_access.roles", None).expect("nested"),
             ["admin"]
         );
-        assert_eq!(r(json!({"https://x.example/groups": ["ops"]}), "https://x.example/groups", None).expect("dotted"), [
-            "operator"
-        ]);
+        assert_eq!(
+            r(json!({"https://x.example/groups": ["ops"]}), "https://x.example/groups", None).expect("dotted"),
+            ["operator"]
+        );
         assert_eq!(r(json!({"groups": ["staff"]}), "groups", Some("viewer")).expect("default"), ["viewer"]);
         assert_eq!(r(json!({}), "groups", Some("viewer")).expect("default"), ["viewer"]);
         let e = r(json!({"groups": ["staff"]}), "groups", None).expect_err("no role");

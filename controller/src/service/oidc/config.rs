@@ -219,9 +219,15 @@ mod tests {
 
     #[test]
     fn https_anywhere_and_http_only_on_loopback() {
-        for ok in ["https://idp.example.com", "https://idp.example.com/realms/dg", "http://127.0.0.1:8080",
-            "http://127.8.9.1", "http://[::1]:9000", "http://localhost:3000", "http://LOCALHOST"]
-        {
+        for ok in [
+            "https://idp.example.com",
+            "https://idp.example.com/realms/dg",
+            "http://127.0.0.1:8080",
+            "http://127.8.9.1",
+            "http://[::1]:9000",
+            "http://localhost:3000",
+            "http://LOCALHOST",
+        ] {
             assert!(cfg(ok).validate().is_ok(), "{ok} must be accepted");
         }
         for (bad, why) in [
