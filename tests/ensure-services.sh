@@ -10,7 +10,7 @@
 # tools into a virtual environment and Azurite into an npm prefix, both under the cache directory):
 #   demo:  PostgreSQL server and client tools, Redis, jq, python3 (+ venv), grpcurl
 #   tests: the same plus MariaDB server and client, zstd, Node.js + npm, grpcio-tools, moto (S3), aiosmtpd (SMTP sink),
-#          fake-gcs-server (GCS), Azurite (Azure)
+#          fake-gcs-server (GCS), Azurite (Azure), oidc-provider (OpenID provider)
 #
 # Services are started the Debian way: `systemctl` when systemd runs, `service NAME start` (the init
 # scripts: MariaDB as the mysql user, pid files) when it does not. A start that fails ends the script
@@ -351,6 +351,19 @@ if [[ "$MODE" == tests && ! -x "$NODE_PREFIX/node_modules/.bin/azurite-blob" ]];
 		>"$CACHE/npm.log" 2>&1 || {
 		tail -n 30 "$CACHE/npm.log" >&2
 		die "npm install azurite failed (full log: $CACHE/npm.log)"
+	}
+fi
+
+# --- 6a. oidc-provider in the same npm prefix (tests) ------------------------------------------------
+# The OpenID provider the OIDC tests run (tests/oidc_provider.mjs finds it next to node_modules/.bin).
+readonly OIDC_PROVIDER_VERSION=9.13.3
+if [[ "$MODE" == tests && "$(cd "$NODE_PREFIX/node_modules/oidc-provider" 2>/dev/null && node -p 'require("./package.json").version' 2>/dev/null)" != "$OIDC_PROVIDER_VERSION" ]]; then
+	log "npm install (into $NODE_PREFIX) oidc-provider@$OIDC_PROVIDER_VERSION"
+	mkdir -p "$NODE_PREFIX"
+	npm install --prefix "$NODE_PREFIX" --no-audit --no-fund --loglevel=error --save-exact "oidc-provider@$OIDC_PROVIDER_VERSION" \
+		>"$CACHE/npm.log" 2>&1 || {
+		tail -n 30 "$CACHE/npm.log" >&2
+		die "npm install oidc-provider failed (full log: $CACHE/npm.log)"
 	}
 fi
 

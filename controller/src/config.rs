@@ -135,6 +135,9 @@ pub struct Config {
     /// their hosts' own cloud credentials (environment, web or workload identity, instance metadata) for it.
     /// Off: such storages are refused, and keyless storages are accessed anonymously.
     pub allow_ambient_credentials: bool,
+    /// OpenID Connect sign-in (`[oidc]`); none: passwords only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oidc: Option<crate::service::oidc::OidcConfig>,
 }
 
 impl Default for Config {
@@ -183,6 +186,7 @@ impl Default for Config {
             admin_password: None,
             bootstrap_token_file: None,
             allow_ambient_credentials: false,
+            oidc: None,
         }
     }
 }
@@ -258,6 +262,9 @@ impl Config {
         }
         if self.log_format != "text" && self.log_format != "json" {
             return Err(ConfigError::Invalid("log_format must be \"text\" or \"json\"".into()));
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()?;
         }
         Ok(())
     }

@@ -18,6 +18,7 @@ mod grpcurl;
 mod lifecycle;
 mod metrics;
 mod notifications;
+mod oidc;
 mod operator_api;
 mod protocol;
 mod python_client;

@@ -49,7 +49,7 @@ const S3_DUMMY_SECRET: &str = "dg-test-secret";
 // --- processes ---------------------------------------------------------------------------------------------
 
 /// A child server process with its log file and temporary directory.
-struct ServerProcess {
+pub(crate) struct ServerProcess {
     name: &'static str,
     child: Child,
     log: PathBuf,
@@ -72,7 +72,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl ServerProcess {
     /// Starts `program args…` in `dir` (also its working directory), stdout and stderr to `dir/<name>.log`.
-    fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         program: &std::ffi::OsStr,
         args: &[String],
@@ -119,7 +119,11 @@ impl ServerProcess {
     }
 
     /// Waits until a line of the log yields a value (e.g. the port the server reports it bound).
-    async fn wait_for_log<T>(&mut self, deadline: Instant, find: impl Fn(&str) -> Option<T>) -> anyhow::Result<T> {
+    pub(crate) async fn wait_for_log<T>(
+        &mut self,
+        deadline: Instant,
+        find: impl Fn(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
         loop {
             if let Some(v) = std::fs::read_to_string(&self.log).unwrap_or_default().lines().find_map(&find) {
                 return Ok(v);

@@ -11,6 +11,7 @@ pub mod emulators;
 pub mod fake_agent;
 pub mod fake_db;
 pub mod faults;
+pub mod oidc;
 pub mod pg;
 
 use std::path::PathBuf;

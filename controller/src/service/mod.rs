@@ -18,6 +18,7 @@ pub mod import;
 pub mod import_check;
 pub mod login_limit;
 pub mod notify;
+pub mod oidc;
 pub mod relay;
 pub mod retention;
 pub mod retention_policy;

@@ -1,0 +1,234 @@
+//! The controller's OIDC ID-token verifier against a real OpenID provider (npm `oidc-provider` on loopback,
+//! see `dg_tests::oidc`): good tokens of every signing algorithm with roles mapped from `groups`; refusals of a
+//! wrong audience, an expired token, a wrong or missing nonce, an unknown key, a forged signature, `alg: none`,
+//! HMAC and an issuer mismatch, none of which quotes the token; and a key rotation picked up after an unknown
+//! `kid`, with refetches rate-limited.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use dg_controller::{
+    error::ControllerError,
+    service::oidc::{OidcConfig, OidcVerifier},
+};
+use dg_tests::oidc::{OidcProvider, device_flow_id_token, id_token_with_nonce};
+use serde_json::{Value, json};
+
+fn config(provider: &OidcProvider, client_id: &str) -> OidcConfig {
+    let mut c = OidcConfig::new(provider.issuer_url(), client_id);
+    c.role_map = [("dg-admins", "admin"), ("dg-operators", "operator"), ("dg-viewers", "viewer")]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        .into();
+    c
+}
+
+/// Splits a JWT into its decoded header and claims.
+fn parts(token: &str) -> (Value, Value) {
+    let mut it = token.split('.');
+    let mut next = || -> Value {
+        let raw = URL_SAFE_NO_PAD.decode(it.next().expect("a JWT part")).expect("base64url");
+        serde_json::from_slice(&raw).expect("json")
+    };
+    (next(), next())
+}
+
+fn b64_json(v: &Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"))
+}
+
+/// Asserts a refusal: `Unauthenticated`, with `why` in the message and no trace of the token.
+#[track_caller]
+fn assert_refused(r: Result<impl std::fmt::Debug, ControllerError>, token: &str, why: &str) {
+    let e = r.expect_err(why);
+    let text = e.to_string();
+    assert!(matches!(e, ControllerError::Unauthenticated(_)), "{why}: {e:?}");
+    assert!(text.contains(why), "expected \"{why}\" in: {text}");
+    let sig = token.rsplit('.').next().unwrap_or_default();
+    assert!(!text.contains(token) && (sig.len() < 8 || !text.contains(sig)), "the error quotes the token: {text}");
+}
+
+/// A token signed by a P-256 key the provider never published, with every claim right.
+fn token_signed_by_a_stranger(provider: &OidcProvider, kid: &str, nonce: &str) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let enc = jsonwebtoken::EncodingKey::from_ec_der(&key.serialize_der());
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some(kid.to_owned());
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": provider.issuer(), "aud": "dg-cli", "sub": "alice", "iat": now, "exp": now + 300,
+        "nonce": nonce, "preferred_username": "alice", "groups": ["dg-admins"],
+    });
+    jsonwebtoken::encode(&header, &claims, &enc).expect("sign")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_good_tokens_of_every_algorithm_map_roles() -> anyhow::Result<()> {
+    dg_tests::init_logging();
+    let provider = OidcProvider::start().await?;
+    let verifier = OidcVerifier::discover(&config(&provider, "dg-cli")).await?;
+
+    let info = verifier.client_info();
+    assert_eq!((info.issuer.as_str(), info.client_id.as_str()), (provider.issuer(), "dg-cli"));
+    for (endpoint, path) in [
+        (&info.device_authorization_endpoint, "/device/auth"),
+        (&info.authorization_endpoint, "/auth"),
+        (&info.token_endpoint, "/token"),
+    ] {
+        assert_eq!(endpoint.as_ref().map(|u| u.path()), Some(path));
+    }
+
+    let token = id_token_with_nonce(&provider, "dg-cli", "alice", "nonce-a").await?;
+    assert_eq!(parts(&token).0["alg"], "RS256");
+    let alice = verifier.verify_id_token(&token, "nonce-a").await?;
+    assert_eq!(alice.issuer, provider.issuer());
+    assert_eq!((alice.subject.as_str(), alice.username.as_str()), ("alice", "alice"));
+    assert_eq!(alice.email.as_deref(), Some("alice@example.test"));
+    assert_eq!(alice.roles, ["admin"], "dg-admins maps to admin; staff maps to nothing");
+
+    // `groups` as a single string; a user without preferred_username is named by e-mail.
+    let bob = verifier.verify_id_token(&id_token_with_nonce(&provider, "dg-cli", "bob", "n-b").await?, "n-b").await?;
+    assert_eq!((bob.username.as_str(), bob.roles.as_slice()), ("bob", ["operator".to_owned()].as_slice()));
+    let dave = verifier.verify_id_token(&id_token_with_nonce(&provider, "dg-cli", "dave", "n-d").await?, "n-d").await?;
+    assert_eq!(
+        (dave.username.as_str(), dave.roles.as_slice()),
+        ("dave@example.test", ["viewer".to_owned()].as_slice())
+    );
+
+    // No mapped group: refused without a default role, the default role with one.
+    let carol = id_token_with_nonce(&provider, "dg-cli", "carol", "n-c").await?;
+    let e = verifier.verify_id_token(&carol, "n-c").await.expect_err("carol has no role");
+    assert!(matches!(e, ControllerError::PermissionDenied(_)), "{e:?}");
+    assert!(e.to_string().contains("no DataGuardian role"), "{e}");
+    let with_default =
+        OidcVerifier::discover(&OidcConfig { default_role: Some("viewer".into()), ..config(&provider, "dg-cli") })
+            .await?;
+    assert_eq!(with_default.verify_id_token(&carol, "n-c").await?.roles, ["viewer"]);
+
+    // Every asymmetric algorithm the provider signs with.
+    for (client, alg) in [("dg-cli-ps256", "PS256"), ("dg-cli-es256", "ES256"), ("dg-cli-eddsa", "EdDSA")] {
+        let v = OidcVerifier::discover(&config(&provider, client)).await?;
+        let token = id_token_with_nonce(&provider, client, "alice", "n-alg").await?;
+        assert_eq!(parts(&token).0["alg"], alg);
+        let id = v.verify_id_token(&token, "n-alg").await?;
+        assert_eq!((id.subject.as_str(), id.roles.as_slice()), ("alice", ["admin".to_owned()].as_slice()), "{alg}");
+    }
+
+    // The device flow works end to end, but this provider puts no nonce into its ID token (even when one is
+    // sent with the device authorization), so the verifier, which requires one, refuses it.
+    let device_token = device_flow_id_token(&provider, "dg-cli", "alice", Some("n-dev")).await?;
+    let (_, claims) = parts(&device_token);
+    assert_eq!((claims["sub"].as_str(), claims["aud"].as_str()), (Some("alice"), Some("dg-cli")));
+    assert!(claims.get("nonce").is_none(), "oidc-provider does not echo a device-flow nonce: {claims}");
+    assert_refused(verifier.verify_id_token(&device_token, "n-dev").await, &device_token, "nonce is missing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_bad_tokens_and_a_wrong_issuer_are_refused() -> anyhow::Result<()> {
+    dg_tests::init_logging();
+    let provider = OidcProvider::start().await?;
+    let verifier = OidcVerifier::discover(&config(&provider, "dg-cli")).await?;
+    let good = id_token_with_nonce(&provider, "dg-cli", "alice", "n-1").await?;
+    verifier.verify_id_token(&good, "n-1").await?;
+
+    // Nonce: another sign-in's, or none given.
+    assert_refused(verifier.verify_id_token(&good, "n-2").await, &good, "nonce does not match");
+    let e = verifier.verify_id_token(&good, "").await.expect_err("empty nonce");
+    assert!(matches!(e, ControllerError::Invalid(_)) && e.to_string().contains("nonce"), "{e:?}");
+
+    // Audience: a token the same provider issued to another application.
+    let other = id_token_with_nonce(&provider, "other-app", "alice", "n-1").await?;
+    assert_refused(verifier.verify_id_token(&other, "n-1").await, &other, "aud");
+
+    // Expiry: the short-lived client's token lives 2 s; no leeway here.
+    let short = OidcVerifier::discover(&OidcConfig { leeway_secs: 0, ..config(&provider, "dg-cli-short") }).await?;
+    let expiring = id_token_with_nonce(&provider, "dg-cli-short", "alice", "n-1").await?;
+    short.verify_id_token(&expiring, "n-1").await?;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_refused(short.verify_id_token(&expiring, "n-1").await, &expiring, "expired");
+
+    // A key the provider never published, under a made-up kid and under the real one.
+    let stranger = token_signed_by_a_stranger(&provider, "rogue-key", "n-1");
+    assert_refused(verifier.verify_id_token(&stranger, "n-1").await, &stranger, "unknown kid");
+    let (good_header, good_claims) = parts(&good);
+    let real_kid = good_header["kid"].as_str().expect("kid").to_owned();
+    let ec_kid = {
+        let jwks: Value = reqwest::get(format!("{}/jwks", provider.issuer())).await?.json().await?;
+        let keys = jwks["keys"].as_array().expect("keys").clone();
+        keys.iter().find(|k| k["kty"] == "EC").and_then(|k| k["kid"].as_str()).expect("an EC key").to_owned()
+    };
+    let forged = token_signed_by_a_stranger(&provider, &ec_kid, "n-1");
+    assert_refused(verifier.verify_id_token(&forged, "n-1").await, &forged, "signature does not verify");
+
+    // A genuine token whose claims were changed after signing.
+    let mut raised = good_claims.clone();
+    raised["groups"] = json!(["dg-admins", "dg-operators"]);
+    raised["sub"] = json!("mallory");
+    let mut segs = good.split('.');
+    let (h, _, s) = (segs.next().expect("h"), segs.next(), segs.next().expect("s"));
+    let tampered = format!("{h}.{}.{s}", b64_json(&raised));
+    assert_refused(verifier.verify_id_token(&tampered, "n-1").await, &tampered, "signature does not verify");
+
+    // Unsigned (`alg: none`) and HMAC tokens with the real key id and genuine claims.
+    let unsigned = format!("{}.{}.", b64_json(&json!({"alg": "none", "kid": real_kid})), b64_json(&good_claims));
+    assert_refused(verifier.verify_id_token(&unsigned, "n-1").await, &unsigned, "unsigned");
+    let hmac = {
+        let key = jsonwebtoken::EncodingKey::from_secret(b"a guessed secret, e.g. the public key")?;
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(real_kid.clone());
+        jsonwebtoken::encode(&header, &good_claims, &key)?
+    };
+    assert_refused(verifier.verify_id_token(&hmac, "n-1").await, &hmac, "HMAC");
+    assert_refused(verifier.verify_id_token("not.a-jwt", "n-1").await, "not.a-jwt", "well-formed");
+
+    // Issuer mismatch: the same provider reached as `localhost` states `127.0.0.1` as its issuer.
+    let mut as_localhost = provider.issuer_url();
+    as_localhost.set_host(Some("localhost"))?;
+    let e = OidcVerifier::discover(&OidcConfig::new(as_localhost, "dg-cli")).await.err().expect("issuer mismatch");
+    assert!(matches!(e, ControllerError::FailedPrecondition(_)), "{e:?}");
+    assert!(e.to_string().contains("names its issuer") && e.to_string().contains(provider.issuer()), "{e}");
+
+    // Plain HTTP to a non-loopback issuer is refused before any request.
+    let remote = OidcConfig::new(url::Url::parse("http://idp.example.com")?, "dg-cli");
+    let e = OidcVerifier::discover(&remote).await.err().expect("http off loopback");
+    assert!(e.to_string().contains("oidc.issuer") && e.to_string().contains("loopback"), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_key_rotation_is_picked_up_after_an_unknown_kid() -> anyhow::Result<()> {
+    dg_tests::init_logging();
+    let mut provider = OidcProvider::start().await?;
+    let verifier =
+        OidcVerifier::discover(&OidcConfig { jwks_min_refetch_secs: 2, ..config(&provider, "dg-cli") }).await?;
+    let before = id_token_with_nonce(&provider, "dg-cli", "alice", "n-1").await?;
+    verifier.verify_id_token(&before, "n-1").await?;
+    assert_eq!(verifier.jwks_fetches(), 1);
+
+    // The provider rotates its keys (same issuer, same port, new key ids).
+    provider.restart().await?;
+    let after = id_token_with_nonce(&provider, "dg-cli", "alice", "n-2").await?;
+    assert_ne!(parts(&before).0["kid"], parts(&after).0["kid"]);
+    // The first fetch is less than the minimum interval old: wait it out, then the unknown kid refetches.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let id = verifier.verify_id_token(&after, "n-2").await?;
+    assert_eq!((id.subject.as_str(), id.roles.as_slice()), ("alice", ["admin".to_owned()].as_slice()));
+    assert_eq!(verifier.jwks_fetches(), 2, "one refetch for the new kid");
+
+    // The retired key no longer verifies, and a flood of unknown kids within the interval fetches nothing.
+    assert_refused(verifier.verify_id_token(&before, "n-1").await, &before, "unknown kid");
+    for i in 0..20 {
+        let t = token_signed_by_a_stranger(&provider, &format!("made-up-{i}"), "n-2");
+        assert_refused(verifier.verify_id_token(&t, "n-2").await, &t, "unknown kid");
+    }
+    assert_eq!(verifier.jwks_fetches(), 2, "unknown kids within the interval must not reach the provider");
+    // Once the interval has passed, one more unknown kid may look again (and is still refused).
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let t = token_signed_by_a_stranger(&provider, "made-up-late", "n-2");
+    assert_refused(verifier.verify_id_token(&t, "n-2").await, &t, "unknown kid");
+    assert_eq!(verifier.jwks_fetches(), 3);
+    // The periodic refresh path fetches unconditionally and keeps the current keys.
+    verifier.refresh_keys().await?;
+    verifier.verify_id_token(&after, "n-2").await?;
+    Ok(())
+}
