@@ -11,7 +11,7 @@
 #      installed and up, with the tests' own role and user (generated passwords in $DG_CACHE_DIR)
 #   2. cargo fmt --all -- --check
 #   3. cargo clippy --workspace --all-targets -- -D warnings
-#   4. cargo build -p dg-controller -p dg-agent   (the fault trials run these binaries as processes)
+#   4. cargo build -p dg-controller -p dg-agent -p dgctl   (fault trials and the dgctl test run these as processes)
 #   5. cargo nextest run --workspace --no-fail-fast [ARGS…]
 #      (falls back to `cargo test --workspace --no-fail-fast [ARGS…]` when cargo-nextest is not
 #      installed, as on a fresh machine: building it from source takes minutes. The suite passes
@@ -87,7 +87,7 @@ else
 fi
 
 # The fault trials run the real controller and agent binaries in processes of their own.
-step build cargo build -p dg-controller -p dg-agent
+step build cargo build -p dg-controller -p dg-agent -p dgctl
 
 if [[ "${DG_TEST_RUNNER:-nextest}" == nextest ]] && cargo nextest --version >/dev/null 2>&1; then
 	step tests cargo nextest run --workspace --no-fail-fast "$@"

@@ -10,6 +10,7 @@ mod catalog_import;
 mod cleartext;
 mod cloud;
 mod data_path;
+mod dgctl;
 mod drills;
 mod emulators;
 mod failures;
