@@ -216,7 +216,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
         }
         Cmd::Get { storage } => output::one(app.format, &view::Storage::from(resolve::storage(&s, &storage).await?)),
         Cmd::Create { name, kind } => {
-            let req = pb::CreateStorageRequest { name, config: Some(config(&s, kind).await?) };
+            let req = pb::CreateStorageRequest { name, config: Some(config(&s, kind).await?), ..Default::default() };
             output::one(app.format, &view::Storage::from(c.create_storage(s.req(req)).await?.into_inner()))
         }
         Cmd::Update { storage, name, kind } => {
@@ -225,7 +225,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 Some(k) => Some(update_config(config(&s, k).await?)),
                 None => None,
             };
-            let req = pb::UpdateStorageRequest { id: st.id, name, config };
+            let req = pb::UpdateStorageRequest { id: st.id, name, config, ..Default::default() };
             output::one(app.format, &view::Storage::from(c.update_storage(s.req(req)).await?.into_inner()))
         }
         Cmd::Delete { storage, force, yes } => {
