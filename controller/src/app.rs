@@ -148,7 +148,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     db.migrate().await.context("apply migrations")?;
     let pki = Arc::new(Pki::load_or_create(&db, &key).await.map_err(|e| anyhow::anyhow!("load CA: {e}"))?);
 
-    let auth = AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs));
+    let auth =
+        AuthService::new(db.clone(), Duration::from_secs(config.session_ttl_secs)).with_oidc(config.oidc.clone());
     match &config.admin_password {
         Some(pw) => auth
             .bootstrap(&config.admin_username, pw.expose_secret())
@@ -277,7 +278,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         .http2_keepalive_timeout(secs(config.api_http2_keepalive_secs))
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         .concurrency_limit_per_connection(config.concurrency_per_connection)
-        .layer(AuthLayer::new(auth))
+        .layer(AuthLayer::new(auth.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -357,6 +358,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
     let relay = RelayTask::new(redis_conn.clone(), coord.replica().to_owned(), sessions, waker_for_relay);
     tracker.spawn(relay.run(cancel.clone()));
+    if let Some(oidc) = auth.oidc_shared() {
+        tracker.spawn(crate::service::auth::oidc_keys_task(oidc, cancel.clone()));
+    }
     let metrics_addr = match config.metrics_listen {
         Some(addr) => {
             let l = TcpListener::bind(addr).await.with_context(|| format!("bind metrics {addr}"))?;

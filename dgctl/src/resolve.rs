@@ -55,6 +55,7 @@ pub fn pick<'a, T>(
 macro_rules! list_all {
     ($fn_name:ident, $client:ident, $req:ident, $method:ident, $field:ident, $item:ty) => {
         /// Every item, all pages.
+        #[allow(clippy::needless_update)] // some list requests have filters, some do not
         pub async fn $fn_name(s: &Session) -> CliResult<Vec<$item>> {
             let mut c = $client::new(s.channel.clone());
             let (mut out, mut token) = (Vec::new(), String::new());

@@ -232,3 +232,97 @@ async fn oidc_key_rotation_is_picked_up_after_an_unknown_kid() -> anyhow::Result
     verifier.verify_id_token(&after, "n-2").await?;
     Ok(())
 }
+
+/// A replica of `cluster` that signs users in through `provider` (client `dg-cli`).
+async fn oidc_replica(
+    cluster: &dg_tests::cluster::Cluster,
+    provider: &OidcProvider,
+) -> anyhow::Result<dg_controller::app::RunningController> {
+    let mut cfg = cluster.config.clone();
+    cfg.api_listen = "127.0.0.1:0".parse()?;
+    cfg.agent_listen = "127.0.0.1:0".parse()?;
+    cfg.oidc = Some(config(provider, "dg-cli"));
+    dg_controller::app::start(cfg).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oidc_sign_in_through_the_api_maps_roles_and_refuses_bad_tokens() -> anyhow::Result<()> {
+    use dg_proto::v1::{self as pb, auth_service_client::AuthServiceClient, user_service_client::UserServiceClient};
+    use dg_tests::cluster::{Cluster, authed};
+    use tonic::{
+        Code,
+        transport::{Certificate, Channel, ClientTlsConfig},
+    };
+
+    let provider = OidcProvider::start().await?;
+    let mut cluster = Cluster::start().await?;
+    // Without an [oidc] section the RPCs say so.
+    let mut plain = AuthServiceClient::new(cluster.channel().await?);
+    let e = plain.get_oidc_config(pb::GetOidcConfigRequest {}).await.unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+
+    let replica = oidc_replica(&cluster, &provider).await?;
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&cluster.ca_pem)).domain_name("127.0.0.1");
+    let ch = Channel::from_shared(format!("https://127.0.0.1:{}", replica.api_addr.port()))?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut auth = AuthServiceClient::new(ch.clone());
+    let info = auth.get_oidc_config(pb::GetOidcConfigRequest {}).await?.into_inner();
+    assert_eq!((info.issuer.as_str(), info.client_id.as_str()), (provider.issuer(), "dg-cli"));
+    assert!(info.authorization_endpoint.starts_with(provider.issuer()) && !info.token_endpoint.is_empty());
+
+    // bob is in dg-operators: he signs in as an operator, created at first sign-in.
+    let token = id_token_with_nonce(&provider, "dg-cli", "bob", "nonce-bob-1").await?;
+    let session = auth
+        .login_oidc(pb::LoginOidcRequest { id_token: token.clone(), nonce: "nonce-bob-1".into() })
+        .await?
+        .into_inner()
+        .token;
+    let me = auth.me(authed(pb::MeRequest {}, &session)).await?.into_inner();
+    assert_eq!((me.username.as_str(), me.roles.clone()), ("bob", vec!["operator".to_owned()]));
+    assert!(me.permissions.contains(&"backup.restore".to_owned()));
+    let admin = cluster.login().await?;
+    let mut users = UserServiceClient::new(ch.clone());
+    let bob = users.get_user(authed(pb::GetUserRequest { id: "bob".into() }, &admin)).await?.into_inner();
+    assert_eq!(bob.kind, pb::UserKind::Oidc as i32);
+    // alice maps to admin.
+    let t = id_token_with_nonce(&provider, "dg-cli", "alice", "nonce-alice").await?;
+    let s =
+        auth.login_oidc(pb::LoginOidcRequest { id_token: t, nonce: "nonce-alice".into() }).await?.into_inner().token;
+    assert_eq!(auth.me(authed(pb::MeRequest {}, &s)).await?.into_inner().roles, vec!["admin".to_owned()]);
+
+    // Refused: the wrong nonce, another client's token (audience), a token signed by an unknown key; carol's
+    // groups map to no role.
+    let e =
+        auth.login_oidc(pb::LoginOidcRequest { id_token: token.clone(), nonce: "another".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    assert!(!e.message().contains(&token));
+    let other = id_token_with_nonce(&provider, "other-app", "bob", "n-2").await?;
+    let e = auth.login_oidc(pb::LoginOidcRequest { id_token: other, nonce: "n-2".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    let forged = token_signed_by_a_stranger(&provider, "stranger-kid", "n-3");
+    let e = auth.login_oidc(pb::LoginOidcRequest { id_token: forged, nonce: "n-3".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{}", e.message());
+    let carol = id_token_with_nonce(&provider, "dg-cli", "carol", "n-4").await?;
+    let e = auth.login_oidc(pb::LoginOidcRequest { id_token: carol, nonce: "n-4".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
+    let e = auth.login_oidc(pb::LoginOidcRequest { id_token: String::new(), nonce: "n".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument);
+
+    // A disabled OIDC user cannot sign in, however valid the token.
+    users
+        .update_user(authed(
+            pb::UpdateUserRequest { id: "bob".into(), disabled: Some(true), ..Default::default() },
+            &admin,
+        ))
+        .await?;
+    let t = id_token_with_nonce(&provider, "dg-cli", "bob", "nonce-bob-2").await?;
+    let e = auth.login_oidc(pb::LoginOidcRequest { id_token: t, nonce: "nonce-bob-2".into() }).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert_eq!(auth.me(authed(pb::MeRequest {}, &session)).await.unwrap_err().code(), Code::Unauthenticated);
+
+    replica.shutdown().await;
+    cluster.stop().await;
+    Ok(())
+}

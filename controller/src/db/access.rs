@@ -438,3 +438,66 @@ async fn enabled_admins(txn: &sea_orm::DatabaseTransaction) -> Result<i64, DbErr
     .await?
     .map_or(0, |r| r.n))
 }
+
+/// The user an OIDC sign-in maps to.
+#[derive(Clone, Debug)]
+pub enum OidcUser {
+    /// This user (created now or before), with its roles set; `disabled` when it may not sign in.
+    Known {
+        /// User id.
+        id: Uuid,
+        /// Disabled by an admin.
+        disabled: bool,
+    },
+    /// The user name is held by another user.
+    NameTaken,
+}
+
+impl Db {
+    /// Finds or creates the user of an OIDC identity (issuer, subject) and sets its roles to `role_ids`.
+    pub async fn upsert_oidc_user(
+        &self,
+        issuer: &str,
+        subject: &str,
+        username: &str,
+        role_ids: &[Uuid],
+    ) -> Result<OidcUser, DbErr> {
+        #[derive(FromQueryResult)]
+        struct Row {
+            id: Uuid,
+            disabled: bool,
+        }
+        let txn = self.conn.begin().await?;
+        let found = fetch_one::<Row>(
+            &txn,
+            "SELECT id, disabled_at IS NOT NULL AS disabled FROM app_user \
+             WHERE oidc_issuer = $1 AND oidc_subject = $2 FOR UPDATE",
+            [issuer.into(), subject.into()],
+        )
+        .await?;
+        let (id, disabled) = match found {
+            Some(r) => (r.id, r.disabled),
+            None => {
+                let id = Uuid::now_v7();
+                let n = execute(
+                    &txn,
+                    "INSERT INTO app_user (id, username, kind, oidc_issuer, oidc_subject) \
+                     VALUES ($1, $2, 'oidc', $3, $4) ON CONFLICT DO NOTHING",
+                    [id.into(), username.into(), issuer.into(), subject.into()],
+                )
+                .await?;
+                if n != 1 {
+                    txn.rollback().await?;
+                    return Ok(OidcUser::NameTaken);
+                }
+                (id, false)
+            }
+        };
+        execute(&txn, "DELETE FROM user_role WHERE user_id = $1", [id.into()]).await?;
+        for r in role_ids {
+            execute(&txn, "INSERT INTO user_role (user_id, role_id) VALUES ($1, $2)", [id.into(), (*r).into()]).await?;
+        }
+        txn.commit().await?;
+        Ok(OidcUser::Known { id, disabled })
+    }
+}

@@ -27,7 +27,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use self::{
-    access::{NewScopeRule, NewToken, UserChange},
+    access::{NewScopeRule, NewToken, OidcUser, UserChange},
     agents::{AgentStanding, IssuedCert},
     auth::{ADMIN_ROLE_ID, PrincipalRow},
     catalog::Deletion,

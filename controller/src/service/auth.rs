@@ -12,6 +12,7 @@ use crate::{
     crypto,
     db::{Db, PrincipalRow},
     error::{ControllerError, ControllerResult},
+    service::oidc::{OidcClientInfo, OidcConfig, OidcVerifier},
 };
 
 /// A freshly issued session token (shown once).
@@ -29,6 +30,27 @@ pub struct AuthService {
     db: Db,
     session_ttl: Duration,
     limits: LoginLimits,
+    oidc: Option<std::sync::Arc<Oidc>>,
+}
+
+/// The configured OpenID provider: discovered at first need (and retried on each sign-in until it answers),
+/// so a provider that is down when the controller starts does not stop the controller.
+pub struct Oidc {
+    config: OidcConfig,
+    verifier: tokio::sync::OnceCell<OidcVerifier>,
+}
+
+impl std::fmt::Debug for Oidc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Oidc").field("issuer", &self.config.issuer.as_str()).finish()
+    }
+}
+
+impl Oidc {
+    /// The verifier, discovering the provider when not done yet.
+    pub async fn verifier(&self) -> ControllerResult<&OidcVerifier> {
+        self.verifier.get_or_try_init(|| OidcVerifier::discover(&self.config)).await
+    }
 }
 
 const BAD_CREDENTIALS: &str = "invalid user name or password";
@@ -36,7 +58,83 @@ const BAD_CREDENTIALS: &str = "invalid user name or password";
 impl AuthService {
     /// New service.
     pub fn new(db: Db, session_ttl: Duration) -> Self {
-        Self { db, session_ttl, limits: LoginLimits::default() }
+        Self { db, session_ttl, limits: LoginLimits::default(), oidc: None }
+    }
+
+    /// Enables OIDC sign-in with this provider.
+    pub fn with_oidc(mut self, config: Option<OidcConfig>) -> Self {
+        self.oidc = config.map(|config| std::sync::Arc::new(Oidc { config, verifier: tokio::sync::OnceCell::new() }));
+        self
+    }
+
+    /// The configured provider, if any.
+    pub fn oidc(&self) -> Option<&Oidc> {
+        self.oidc.as_deref()
+    }
+
+    /// The configured provider, shared with a background task.
+    pub fn oidc_shared(&self) -> Option<std::sync::Arc<Oidc>> {
+        self.oidc.clone()
+    }
+
+    /// The provider's sign-in settings.
+    pub async fn oidc_client_info(&self) -> ControllerResult<OidcClientInfo> {
+        let o = self.oidc().ok_or_else(not_configured)?;
+        Ok(o.verifier().await?.client_info().clone())
+    }
+
+    /// Exchanges a verified OIDC ID token for a session: the user of (issuer, subject) is created at first
+    /// sign-in, its roles are set from the mapped claim every time, and a disabled user is refused. Attempts
+    /// count against the same per-user login budget as passwords.
+    pub async fn login_oidc(
+        &self,
+        client: Option<IpAddr>,
+        id_token: &str,
+        nonce: &str,
+    ) -> ControllerResult<IssuedSession> {
+        let o = self.oidc().ok_or_else(not_configured)?;
+        if id_token.is_empty() {
+            return Err(FieldError::new("id_token", "is required").into());
+        }
+        let verifier = o.verifier().await?;
+        let identity = match verifier.verify_id_token(id_token, nonce).await {
+            Ok(i) => i,
+            Err(e) => {
+                self.db.audit("anonymous", "auth.login_oidc", "session", None, "error: Unauthenticated").await?;
+                return Err(e);
+            }
+        };
+        let _permit = self.limits.admit(&identity.username, client).map_err(|r| r.into_error("login"))?;
+        let mut role_ids = Vec::new();
+        for r in &identity.roles {
+            match self.db.role(r).await? {
+                Some(role) => role_ids.push(role.id),
+                None => tracing::warn!(role = %r, "an OIDC role mapping names a role that does not exist"),
+            }
+        }
+        if role_ids.is_empty() {
+            return Err(ControllerError::PermissionDenied("no DataGuardian role is mapped to this identity".into()));
+        }
+        validate_username("username", &identity.username).map_err(|_| {
+            ControllerError::FailedPrecondition(
+                "the identity's user name is not 1-64 characters of [A-Za-z0-9._-]; set oidc.username_claim".into(),
+            )
+        })?;
+        match self.db.upsert_oidc_user(&identity.issuer, &identity.subject, &identity.username, &role_ids).await? {
+            crate::db::OidcUser::NameTaken => Err(ControllerError::FailedPrecondition(format!(
+                "the user name {} belongs to another user",
+                identity.username
+            ))),
+            crate::db::OidcUser::Known { disabled: true, .. } => {
+                self.limits.failed(&identity.username, client);
+                Err(ControllerError::Unauthenticated("this user is disabled".into()))
+            }
+            crate::db::OidcUser::Known { id, .. } => {
+                self.limits.succeeded(&identity.username, client);
+                self.db.audit(&identity.username, "auth.login_oidc", "session", None, "ok").await?;
+                self.issue(id).await
+            }
+        }
     }
 
     /// Creates the configured admin when none exists (start-up bootstrap).
@@ -219,6 +317,27 @@ impl AuthService {
         self.db.create_session(user_id, crypto::token_hash(&token), expires_at).await?;
         Ok(IssuedSession { token, expires_at })
     }
+}
+
+/// Discovers the provider (retrying every 30 s while it does not answer), then keeps its signing keys fresh.
+pub async fn oidc_keys_task(oidc: std::sync::Arc<Oidc>, cancel: tokio_util::sync::CancellationToken) {
+    let verifier = loop {
+        match oidc.verifier().await {
+            Ok(v) => break v.clone(),
+            Err(e) => {
+                tracing::warn!(error = %e, issuer = %oidc.config.issuer, "OIDC provider discovery failed; retrying")
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(30)) => {}
+        }
+    };
+    crate::service::oidc::OidcJwksRefreshTask::new(verifier).run(cancel).await;
+}
+
+fn not_configured() -> ControllerError {
+    ControllerError::FailedPrecondition("OIDC sign-in is not configured on this controller".into())
 }
 
 /// Gives the operator the bootstrap token: a 0600 file, or one log line.

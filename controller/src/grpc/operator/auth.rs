@@ -53,4 +53,26 @@ impl auth_service_server::AuthService for OperatorSvc {
         self.audited_on(&p.actor(), "auth.change_password", "user", p.user_id, res).await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))
     }
+
+    async fn get_oidc_config(
+        &self,
+        _req: Request<pb::GetOidcConfigRequest>,
+    ) -> Result<Response<pb::OidcConfig>, Status> {
+        let i = self.ctx.auth.oidc_client_info().await?;
+        let url = |u: &Option<url::Url>| u.as_ref().map(|u| u.to_string()).unwrap_or_default();
+        Ok(Response::new(pb::OidcConfig {
+            issuer: i.issuer.clone(),
+            client_id: i.client_id.clone(),
+            authorization_endpoint: url(&i.authorization_endpoint),
+            token_endpoint: url(&i.token_endpoint),
+            device_authorization_endpoint: url(&i.device_authorization_endpoint),
+        }))
+    }
+
+    async fn login_oidc(&self, req: Request<pb::LoginOidcRequest>) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
+        let r = req.into_inner();
+        let s = self.ctx.auth.login_oidc(client, &r.id_token, &r.nonce).await?;
+        Ok(Response::new(pb::LoginResponse { token: s.token, expires_at: Some(convert::ts(s.expires_at)) }))
+    }
 }

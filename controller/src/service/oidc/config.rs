@@ -269,8 +269,8 @@ mod tests {
         assert_eq!(two.allowed_audiences(), ["a", "b"]);
     }
 
-    fn load(toml: &str) -> Result<Config, figment::Error> {
-        Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)).extract()
+    fn load(toml: &str) -> Result<Config, Box<figment::Error>> {
+        Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(toml)).extract().map_err(Box::new)
     }
 
     #[test]
