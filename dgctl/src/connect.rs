@@ -142,24 +142,32 @@ pub async fn channel(endpoint: &str, ca_pem: &str) -> CliResult<Channel> {
         .await?)
 }
 
-/// An authenticated connection: the channel and the bearer token sent with every call.
+/// An authenticated connection: the channel, the bearer token sent with every call, and the approval id
+/// (`--approval`) sent as `dg-approval` metadata so a gated critical call can be repeated once approved.
 #[derive(Clone, Debug)]
 pub struct Session {
     /// The channel (clone it into any generated client).
     pub channel: Channel,
     token: String,
+    approval: Option<String>,
 }
 
 impl Session {
     /// Connects with a context's stored CA and token.
     pub async fn open(ctx: &Context) -> CliResult<Self> {
         let token = ctx.token.clone().ok_or_else(|| CliError::Denied("logged out: run dgctl login".into()))?;
-        Ok(Self { channel: channel(&ctx.endpoint, &ctx.ca_pem).await?, token })
+        Ok(Self { channel: channel(&ctx.endpoint, &ctx.ca_pem).await?, token, approval: None })
     }
 
     /// A session over an open channel.
     pub fn new(channel: Channel, token: String) -> Self {
-        Self { channel, token }
+        Self { channel, token, approval: None }
+    }
+
+    /// Sends `dg-approval: <id>` with every call.
+    pub fn with_approval(mut self, approval: Option<String>) -> Self {
+        self.approval = approval;
+        self
     }
 
     /// `msg` with `authorization: Bearer <token>`.
@@ -167,6 +175,9 @@ impl Session {
         let mut r = Request::new(msg);
         if let Ok(v) = MetadataValue::try_from(format!("Bearer {}", self.token)) {
             r.metadata_mut().insert("authorization", v);
+        }
+        if let Some(v) = self.approval.as_deref().and_then(|a| MetadataValue::try_from(a).ok()) {
+            r.metadata_mut().insert("dg-approval", v);
         }
         r
     }

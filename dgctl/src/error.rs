@@ -1,6 +1,7 @@
 //! dgctl's one error type and its exit codes (the scripting contract documented in the README):
 //! 0 ok, 1 anything else, 2 usage, 3 not found, 4 permission denied or unauthenticated, 5 an execution that
-//! failed or was cancelled. gRPC statuses are mapped here once, nowhere else.
+//! failed or was cancelled, 6 approval required (the message names the pending approval; repeat the command
+//! with `--approval ID` once another user approved it). gRPC statuses are mapped here once, nowhere else.
 
 use tonic::Code;
 
@@ -44,6 +45,7 @@ impl CliError {
             CliError::NotFound(_) => 3,
             CliError::Denied(_) => 4,
             CliError::ExecutionFailed(_) => 5,
+            CliError::Grpc(s) if approval_required(s).is_some() => 6,
             CliError::Grpc(s) => match s.code() {
                 Code::NotFound => 3,
                 Code::Unauthenticated | Code::PermissionDenied => 4,
@@ -59,8 +61,25 @@ impl CliError {
     }
 }
 
+/// The approval id of a FAILED_PRECONDITION that says a critical call waits for an approval.
+pub fn approval_required(s: &tonic::Status) -> Option<String> {
+    if s.code() != Code::FailedPrecondition {
+        return None;
+    }
+    let rest = s.message().strip_prefix("approval required: approval ")?;
+    let id: String = rest.chars().take_while(|c| c.is_ascii_hexdigit() || *c == '-').collect();
+    (!id.is_empty()).then_some(id)
+}
+
 /// `NOT_FOUND: no datasource "x"` plus a hint for the statuses an operator can act on.
 fn describe_status(s: &tonic::Status) -> String {
+    if let Some(id) = approval_required(s) {
+        return format!(
+            "approval required: approval {id} is pending.\n\
+             Ask another user with approval.decide to run `dgctl approvals approve {id}`, then repeat this \
+             command with `--approval {id}`."
+        );
+    }
     let code = format!("{:?}", s.code());
     let code = code_name(&code);
     let hint = match s.code() {
@@ -101,6 +120,14 @@ mod tests {
             assert_eq!(CliError::Grpc(tonic::Status::new(code, "x")).exit_code(), exit, "{code:?}");
         }
         assert_eq!(CliError::Usage("u".into()).exit_code(), 2);
+        let gated = tonic::Status::failed_precondition(
+            "approval required: approval 0b7c3f52-1c1e-4d7e-9d0e-1f2a3b4c5d6e is pending; once another user \
+             with approval.decide approves it, repeat the same call with the metadata `dg-approval: …`",
+        );
+        assert_eq!(approval_required(&gated).as_deref(), Some("0b7c3f52-1c1e-4d7e-9d0e-1f2a3b4c5d6e"));
+        let e = CliError::Grpc(gated);
+        assert_eq!(e.exit_code(), 6);
+        assert!(e.to_string().contains("--approval 0b7c3f52-1c1e-4d7e-9d0e-1f2a3b4c5d6e"), "{e}");
         assert_eq!(CliError::ExecutionFailed("f".into()).exit_code(), 5);
     }
 

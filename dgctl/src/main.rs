@@ -2,8 +2,9 @@
 //! without the controller's server dependencies (database, object stores, telemetry).
 //!
 //! Each top-level command is one module under `cmd/` with its own clap `Subcommand` enum and `run`; adding a
-//! command group (`users`, `roles`, `tokens`, `approvals`) is one new module and one variant of [`Command`].
+//! command group is one new module and one variant of [`Command`].
 
+mod access_view;
 mod cmd;
 mod config;
 mod connect;
@@ -33,6 +34,10 @@ struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
+    /// Repeat a critical call that answered "approval required" (exit 6) with this approved approval id
+    /// (sent as the `dg-approval` metadata).
+    #[arg(long, global = true, value_name = "ID")]
+    approval: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -78,6 +83,27 @@ enum Command {
     Notifications(cmd::notifications::Cmd),
     /// The audit trail.
     Audit(cmd::audit::Args),
+    /// Create, update and (with --prune, destructively) delete resources so they match a YAML file.
+    Apply(cmd::apply::ApplyArgs),
+    /// Show what `apply` would change, per field; prints nothing and exits 0 when nothing differs.
+    Diff(cmd::apply::DiffArgs),
+    /// Users: create, disable, delete, reset passwords, set roles.
+    #[command(subcommand)]
+    Users(cmd::users::Cmd),
+    /// Roles and the permission catalogue.
+    #[command(subcommand)]
+    Roles(cmd::roles::Cmd),
+    /// Scope rules: which resources a user or a role's holders see.
+    #[command(subcommand)]
+    Scopes(cmd::scopes::Cmd),
+    /// API tokens (the secret is printed once, at creation).
+    #[command(subcommand)]
+    Tokens(cmd::tokens::Cmd),
+    /// Approvals of critical calls (exit code 6 names a pending one).
+    #[command(subcommand)]
+    Approvals(cmd::approvals::Cmd),
+    /// Change one's own password (prompted).
+    Passwd(cmd::auth::PasswdArgs),
     /// Print a shell completion script.
     Completion {
         /// Shell.
@@ -93,6 +119,8 @@ pub struct App {
     pub context: Option<String>,
     /// `-o`.
     pub format: Format,
+    /// `--approval`.
+    pub approval: Option<String>,
 }
 
 impl App {
@@ -105,13 +133,17 @@ impl App {
     pub async fn session(&self) -> CliResult<Session> {
         let cfg = self.load()?;
         let (_, ctx) = cfg.context(self.context.as_deref())?;
-        Session::open(ctx).await
+        Ok(Session::open(ctx).await?.with_approval(self.approval.clone()))
     }
 }
 
 async fn run(cli: Cli) -> CliResult<()> {
-    let app =
-        App { config_path: config::config_path(cli.config.as_deref())?, context: cli.context, format: cli.output };
+    let app = App {
+        config_path: config::config_path(cli.config.as_deref())?,
+        context: cli.context,
+        format: cli.output,
+        approval: cli.approval,
+    };
     match cli.command {
         Command::Login(a) => cmd::auth::login(&app, a).await,
         Command::Logout => cmd::auth::logout(&app).await,
@@ -128,6 +160,14 @@ async fn run(cli: Cli) -> CliResult<()> {
         Command::Drills(c) => cmd::drills::run(&app, c).await,
         Command::Notifications(c) => cmd::notifications::run(&app, c).await,
         Command::Audit(a) => cmd::audit::run(&app, a).await,
+        Command::Users(c) => cmd::users::run(&app, c).await,
+        Command::Roles(c) => cmd::roles::run(&app, c).await,
+        Command::Scopes(c) => cmd::scopes::run(&app, c).await,
+        Command::Tokens(c) => cmd::tokens::run(&app, c).await,
+        Command::Approvals(c) => cmd::approvals::run(&app, c).await,
+        Command::Passwd(a) => cmd::auth::passwd(&app, a).await,
+        Command::Apply(a) => cmd::apply::apply(&app, a).await,
+        Command::Diff(a) => cmd::apply::diff(&app, a).await,
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "dgctl", &mut std::io::stdout());
             Ok(())

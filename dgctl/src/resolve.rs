@@ -60,10 +60,7 @@ macro_rules! list_all {
             let mut c = $client::new(s.channel.clone());
             let (mut out, mut token) = (Vec::new(), String::new());
             loop {
-                let r = c
-                    .$method(s.req(pb::$req { page_size: PAGE, page_token: token.clone(), ..Default::default() }))
-                    .await?
-                    .into_inner();
+                let r = c.$method(s.req(pb::$req { page_size: PAGE, page_token: token.clone() })).await?.into_inner();
                 out.extend(r.$field);
                 if r.next_page_token.is_empty() {
                     return Ok(out);

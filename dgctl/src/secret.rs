@@ -98,6 +98,16 @@ pub enum SecretRef {
 }
 
 impl SecretRef {
+    /// Refuses an inline secret without reading anything; `field` names it in the error (never the value).
+    pub fn check(&self, field: &str) -> CliResult<()> {
+        match self {
+            SecretRef::Inline(_) => Err(CliError::local(format!(
+                "{field}: inline secrets are refused; write {{env: VAR}} or {{file: PATH}} instead"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// The secret's value; `field` names it in errors (never the value).
     pub fn read(&self, field: &str) -> CliResult<String> {
         match self {
@@ -111,4 +121,22 @@ impl SecretRef {
             ))),
         }
     }
+}
+
+/// A password from `args`, else a prompt (asked twice) on the terminal; without either it is a usage error.
+pub fn password_or_prompt(args: &PasswordArgs, prompt: &str) -> CliResult<String> {
+    if let Some(p) = args.read()? {
+        return Ok(p);
+    }
+    use std::io::IsTerminal as _;
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Usage(format!(
+            "{prompt}: use --password-env, --password-file, --password-stdin or a terminal"
+        )));
+    }
+    dialoguer::Password::new()
+        .with_prompt(prompt)
+        .with_confirmation("Repeat it", "the two entries differ")
+        .interact()
+        .map_err(|e| CliError::local(format!("password: {e}")))
 }

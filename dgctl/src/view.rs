@@ -136,6 +136,7 @@ pub struct Storage {
     pub kind: String,
     pub config: BTreeMap<String, serde_json::Value>,
     pub has_credentials: bool,
+    pub labels: BTreeMap<String, String>,
     pub created_at: Option<String>,
     pub updated_at: Option<String>,
 }
@@ -185,6 +186,7 @@ impl From<pb::Storage> for Storage {
             name: s.name,
             config,
             has_credentials: s.has_credentials,
+            labels: s.labels.into_iter().collect(),
         }
     }
 }

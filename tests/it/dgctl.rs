@@ -9,7 +9,7 @@ use dg_tests::{cluster::Cluster, pg::TestDb, pg_server, suffix};
 use sqlx::Executor as _;
 
 /// The `dgctl` of this build: `DGCTL_BIN`, else next to the test executable (or its parent, for `deps/`).
-fn dgctl_bin() -> anyhow::Result<PathBuf> {
+pub(crate) fn dgctl_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("DGCTL_BIN") {
         return Ok(p.into());
     }
@@ -21,20 +21,20 @@ fn dgctl_bin() -> anyhow::Result<PathBuf> {
         .ok_or_else(|| anyhow::anyhow!("no dgctl binary near {}: cargo build -p dgctl", exe.display()))
 }
 
-struct Ctl {
-    bin: PathBuf,
-    config: PathBuf,
-    envs: Vec<(String, String)>,
+pub(crate) struct Ctl {
+    pub(crate) bin: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) envs: Vec<(String, String)>,
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Out {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Ctl {
-    async fn run(&self, args: &[&str]) -> anyhow::Result<Out> {
+    pub(crate) async fn run(&self, args: &[&str]) -> anyhow::Result<Out> {
         let out = tokio::process::Command::new(&self.bin)
             .args(args)
             .env("DGCTL_CONFIG", &self.config)
@@ -50,14 +50,14 @@ impl Ctl {
     }
 
     /// Runs and requires exit 0.
-    async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
+    pub(crate) async fn ok(&self, args: &[&str]) -> anyhow::Result<String> {
         let o = self.run(args).await?;
         anyhow::ensure!(o.code == 0, "dgctl {args:?} exited {}: {}{}", o.code, o.stderr, o.stdout);
         Ok(o.stdout)
     }
 
     /// Runs with `-o json` and parses stdout.
-    async fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    pub(crate) async fn json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
         let mut all = args.to_vec();
         all.extend(["-o", "json"]);
         let text = self.ok(&all).await?;

@@ -11,6 +11,8 @@ mod cleartext;
 mod cloud;
 mod data_path;
 mod dgctl;
+mod dgctl_access;
+mod dgctl_apply;
 mod drills;
 mod emulators;
 mod failures;

@@ -166,3 +166,36 @@ pub async fn whoami(app: &App) -> CliResult<()> {
     };
     output::one(app.format, &v)
 }
+
+/// `dgctl passwd`.
+#[derive(Debug, clap::Args)]
+pub struct PasswdArgs {
+    /// Read the current password from this environment variable (default: a prompt).
+    #[arg(long, value_name = "VAR")]
+    current_password_env: Option<String>,
+    /// The new password: --password-env/--password-file/--password-stdin (default: a prompt, asked twice).
+    #[command(flatten)]
+    new_password: crate::secret::PasswordArgs,
+}
+
+/// AuthService/ChangePassword: one's own password; the controller ends the user's other sessions.
+pub async fn passwd(app: &App, a: PasswdArgs) -> CliResult<()> {
+    let current_password = match &a.current_password_env {
+        Some(var) => crate::secret::SecretRef::Env { env: var.clone() }.read("--current-password-env")?,
+        None => {
+            if !std::io::stdin().is_terminal() {
+                return Err(CliError::Usage("no current password: use --current-password-env or a terminal".into()));
+            }
+            dialoguer::Password::new()
+                .with_prompt("Current password")
+                .interact()
+                .map_err(|e| CliError::local(format!("password: {e}")))?
+        }
+    };
+    let new_password = crate::secret::password_or_prompt(&a.new_password, "New password")?;
+    let s = app.session().await?;
+    AuthServiceClient::new(s.channel.clone())
+        .change_password(s.req(pb::ChangePasswordRequest { current_password, new_password }))
+        .await?;
+    output::done(app.format, "password changed", &serde_json::json!({"changed": true}))
+}

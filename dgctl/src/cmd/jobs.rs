@@ -170,6 +170,9 @@ pub enum Cmd {
         compression_level: Option<i32>,
         #[command(flatten)]
         retention: RetentionArgs,
+        /// Label KEY=VALUE to set (repeatable; merged).
+        #[arg(long = "label", value_parser = super::datasources::label)]
+        labels: Vec<(String, String)>,
     },
     /// Delete a job (its backups stay).
     Delete {
@@ -277,7 +280,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             };
             output::one(app.format, &view::Job::from(c.create_backup_job(s.req(req)).await?.into_inner()))
         }
-        Cmd::Update { job, name, cron, time_zone, storages, strategy, compression_level, retention } => {
+        Cmd::Update { job, name, cron, time_zone, storages, strategy, compression_level, retention, labels } => {
             let j = resolve::job(&s, &job).await?;
             let storages = if storages.is_empty() {
                 None
@@ -293,6 +296,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 storage_strategy: strategy.map(|x| pb::StorageStrategy::from(x) as i32),
                 storages,
                 compression_level,
+                labels: labels.into_iter().collect(),
                 ..Default::default()
             };
             output::one(app.format, &view::Job::from(c.update_backup_job(s.req(req)).await?.into_inner()))

@@ -1,6 +1,8 @@
 //! One module per command group. Each has a clap `Cmd` (or `Args`) and a `run`.
 
 pub mod agents;
+pub mod apply;
+pub mod approvals;
 pub mod audit;
 pub mod auth;
 pub mod backups;
@@ -10,7 +12,11 @@ pub mod drills;
 pub mod executions;
 pub mod jobs;
 pub mod notifications;
+pub mod roles;
+pub mod scopes;
 pub mod storages;
+pub mod tokens;
+pub mod users;
 
 use std::io::IsTerminal as _;
 

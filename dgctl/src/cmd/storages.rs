@@ -25,6 +25,9 @@ pub enum Cmd {
     Create {
         /// Unique name.
         name: String,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_parser = super::datasources::label)]
+        labels: Vec<(String, String)>,
         #[command(subcommand)]
         kind: Kind,
     },
@@ -35,6 +38,9 @@ pub enum Cmd {
         /// New name.
         #[arg(long)]
         name: Option<String>,
+        /// Label KEY=VALUE to set (repeatable; merged).
+        #[arg(long = "label", value_parser = super::datasources::label)]
+        labels: Vec<(String, String)>,
         #[command(subcommand)]
         kind: Option<Kind>,
     },
@@ -215,17 +221,27 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             output::list(app.format, &all)
         }
         Cmd::Get { storage } => output::one(app.format, &view::Storage::from(resolve::storage(&s, &storage).await?)),
-        Cmd::Create { name, kind } => {
-            let req = pb::CreateStorageRequest { name, config: Some(config(&s, kind).await?), ..Default::default() };
+        Cmd::Create { name, labels, kind } => {
+            let req = pb::CreateStorageRequest {
+                name,
+                config: Some(config(&s, kind).await?),
+                labels: labels.into_iter().collect(),
+            };
             output::one(app.format, &view::Storage::from(c.create_storage(s.req(req)).await?.into_inner()))
         }
-        Cmd::Update { storage, name, kind } => {
+        Cmd::Update { storage, name, labels, kind } => {
             let st = resolve::storage(&s, &storage).await?;
             let config = match kind {
                 Some(k) => Some(update_config(config(&s, k).await?)),
                 None => None,
             };
-            let req = pb::UpdateStorageRequest { id: st.id, name, config, ..Default::default() };
+            let req = pb::UpdateStorageRequest {
+                id: st.id,
+                name,
+                config,
+                labels: labels.into_iter().collect(),
+                replace_labels: false,
+            };
             output::one(app.format, &view::Storage::from(c.update_storage(s.req(req)).await?.into_inner()))
         }
         Cmd::Delete { storage, force, yes } => {
