@@ -106,7 +106,12 @@ async fn datasource(
     Ok(c.datasources.create_datasource(authed(req, token)).await?.into_inner())
 }
 
-async fn storage(c: &mut Clients, agent: &str, dir: &std::path::Path, l: &[(&str, &str)]) -> anyhow::Result<pb::Storage> {
+async fn storage(
+    c: &mut Clients,
+    agent: &str,
+    dir: &std::path::Path,
+    l: &[(&str, &str)],
+) -> anyhow::Result<pb::Storage> {
     let config = pb::create_storage_request::Config::Local(pb::LocalStorageConfig {
         path: dir.to_string_lossy().into_owned(),
         agent_id: agent.into(),
@@ -179,7 +184,10 @@ async fn teams_see_and_act_on_their_own_resources_only() -> anyhow::Result<()> {
     let job_b = job(&mut c, &admin, &ds_b.id, &st_b.id).await?;
     let bk_a = c.run_job(&job_a.id).await?;
     let bk_b = c.run_job(&job_b.id).await?;
-    assert_eq!((bk_a.status, bk_b.status), (pb::ExecutionStatus::Completed as i32, pb::ExecutionStatus::Completed as i32));
+    assert_eq!(
+        (bk_a.status, bk_b.status),
+        (pb::ExecutionStatus::Completed as i32, pb::ExecutionStatus::Completed as i32)
+    );
 
     role(&ch, &admin, "team-a", &["datasource.write", "job.write", "storage.read"]).await?;
     rule(&ch, &admin, ("", "team-a"), pb::ScopeEffect::Allow, "datasource", &[("team", "a")]).await?;
@@ -205,7 +213,10 @@ async fn teams_see_and_act_on_their_own_resources_only() -> anyhow::Result<()> {
     loop {
         let r = c
             .datasources
-            .list_datasources(authed(pb::ListDatasourcesRequest { page_size: 1, page_token: token, ..Default::default() }, &alice))
+            .list_datasources(authed(
+                pb::ListDatasourcesRequest { page_size: 1, page_token: token, ..Default::default() },
+                &alice,
+            ))
             .await?
             .into_inner();
         seen.extend(r.datasources.into_iter().map(|d| d.id));
@@ -267,11 +278,8 @@ async fn teams_see_and_act_on_their_own_resources_only() -> anyhow::Result<()> {
     assert_hidden(job(&mut c, &alice, &mine.id, &st_b.id).await, "storage", &st_b.id);
     job(&mut c, &alice, &mine.id, &st_a.id).await?;
     // Relabelling its datasource over to team B would give it away: refused.
-    let give_away = pb::UpdateDatasourceRequest {
-        id: mine.id.clone(),
-        labels: labels(&[("team", "b")]),
-        ..Default::default()
-    };
+    let give_away =
+        pb::UpdateDatasourceRequest { id: mine.id.clone(), labels: labels(&[("team", "b")]), ..Default::default() };
     let e = c.datasources.update_datasource(authed(give_away, &alice)).await.unwrap_err();
     assert_eq!(e.code(), Code::PermissionDenied, "{}", e.message());
 

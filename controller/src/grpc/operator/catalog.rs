@@ -187,7 +187,11 @@ impl storage_service_server::StorageService for OperatorSvc {
             action: "storage.delete",
             target_kind: "storage",
             target_id: id.to_string(),
-            summary: format!("delete storage {} ({id}){}", s.name, if r.force { ", dropping it from jobs" } else { "" }),
+            summary: format!(
+                "delete storage {} ({id}){}",
+                s.name,
+                if r.force { ", dropping it from jobs" } else { "" }
+            ),
             parameters: serde_json::json!({"storage_id": id, "force": r.force}),
         };
         self.gated(&p, approval, c).await?;

@@ -24,13 +24,7 @@ fn component(c: &Component) -> pb::ComponentHealth {
 }
 
 impl OperatorSvc {
-    async fn target_health(
-        &self,
-        p: &Principal,
-        kind: &str,
-        id: &str,
-        size: i32,
-    ) -> Result<pb::TargetHealth, Status> {
+    async fn target_health(&self, p: &Principal, kind: &str, id: &str, size: i32) -> Result<pb::TargetHealth, Status> {
         let uuid = validate::id("id", id)?;
         let limit = history_size(size)?;
         match kind {

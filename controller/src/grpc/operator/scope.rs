@@ -294,7 +294,11 @@ impl OperatorSvc {
     }
 
     /// The visible drills of a page.
-    pub(super) async fn visible_drills(&self, p: &Principal, list: Vec<RestoreDrill>) -> Result<Vec<RestoreDrill>, Status> {
+    pub(super) async fn visible_drills(
+        &self,
+        p: &Principal,
+        list: Vec<RestoreDrill>,
+    ) -> Result<Vec<RestoreDrill>, Status> {
         if p.scope.is_unlimited() {
             return Ok(list);
         }
