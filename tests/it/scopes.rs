@@ -116,12 +116,7 @@ async fn storage(
         path: dir.to_string_lossy().into_owned(),
         agent_id: agent.into(),
     });
-    let req = pb::CreateStorageRequest {
-        name: format!("local-{}", suffix()),
-        config: Some(config),
-        labels: labels(l),
-        ..Default::default()
-    };
+    let req = pb::CreateStorageRequest { name: format!("local-{}", suffix()), config: Some(config), labels: labels(l) };
     Ok(c.storages.create_storage(authed(req, &c.token)).await?.into_inner())
 }
 
@@ -213,10 +208,7 @@ async fn teams_see_and_act_on_their_own_resources_only() -> anyhow::Result<()> {
     loop {
         let r = c
             .datasources
-            .list_datasources(authed(
-                pb::ListDatasourcesRequest { page_size: 1, page_token: token, ..Default::default() },
-                &alice,
-            ))
+            .list_datasources(authed(pb::ListDatasourcesRequest { page_size: 1, page_token: token }, &alice))
             .await?
             .into_inner();
         seen.extend(r.datasources.into_iter().map(|d| d.id));
