@@ -222,6 +222,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             db.clone(),
             auth.clone(),
             Duration::from_secs(config.approval_ttl_secs),
+            &config.protected_labels,
         ),
         auth: auth.clone(),
         agents: AgentsService::new(

@@ -30,6 +30,7 @@ mod restore_trust;
 mod retarget;
 mod retention_gfs;
 mod revocation;
+mod scopes;
 mod scrub;
 mod security;
 mod sessions;

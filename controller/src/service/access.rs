@@ -66,15 +66,27 @@ pub struct AccessService {
     db: Db,
     auth: AuthService,
     approval_ttl: Duration,
+    /// `key=value` pairs marking a datasource protected (any one suffices).
+    protected_labels: std::sync::Arc<[(String, String)]>,
 }
 
 const MAX_TOKEN_TTL: Duration = Duration::from_secs(366 * 86_400);
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(30 * 86_400);
 
 impl AccessService {
-    /// New service.
-    pub fn new(db: Db, auth: AuthService, approval_ttl: Duration) -> Self {
-        Self { db, auth, approval_ttl }
+    /// New service; `protected_labels` are `key=value` strings (checked by the configuration).
+    pub fn new(db: Db, auth: AuthService, approval_ttl: Duration, protected_labels: &[String]) -> Self {
+        let protected_labels = protected_labels
+            .iter()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect();
+        Self { db, auth, approval_ttl, protected_labels }
+    }
+
+    /// Whether a datasource with these labels is protected: restoring into it is a critical call.
+    pub fn is_protected(&self, labels: &serde_json::Value) -> bool {
+        self.protected_labels.iter().any(|(k, v)| labels.get(k).and_then(|x| x.as_str()) == Some(v.as_str()))
     }
 
     /// A user by id or name.

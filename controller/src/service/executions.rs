@@ -340,7 +340,8 @@ impl ExecutionsService {
         Ok(BackupDetail { execution, storage_ids, chunks, copies, table_counts })
     }
 
-    async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
+    /// A completed backup (NOT_FOUND as `backup <id>` for anything else).
+    pub async fn backup_execution(&self, id: Uuid) -> ControllerResult<Execution> {
         match self.db.execution(id).await? {
             Some(e) if e.operation == Operation::Backup && e.status == Status::Completed => Ok(e),
             _ => Err(ControllerError::NotFound(format!("backup {id}"))),

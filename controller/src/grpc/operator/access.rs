@@ -156,15 +156,7 @@ impl OperatorSvc {
     ) -> Result<(), Status> {
         let p = principal(req)?;
         let c = Critical { action, target_kind, target_id: target_id.to_owned(), summary, parameters };
-        let res = self.ctx.access.gate(&p, approval_of(req)?, c).await;
-        if let Err(e) = &res {
-            let outcome = format!("error: {:?}", dg_common::error::ServiceError::error_code(e));
-            let target = (!target_id.is_empty()).then(|| target_id.to_owned());
-            if let Err(e) = self.ctx.db.audit(&p.actor(), action, target_kind, target, &outcome).await {
-                tracing::warn!(error = %e, action, "audit write failed");
-            }
-        }
-        res.map_err(Status::from)
+        self.gated(&p, approval_of(req)?, c).await
     }
 }
 

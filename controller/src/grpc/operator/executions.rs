@@ -12,7 +12,7 @@ use super::OperatorSvc;
 use crate::access::Permission;
 use crate::{
     db::ExecutionFilter,
-    grpc::{actor, convert, validate},
+    grpc::{convert, principal, validate},
     service::executions::WatchEvent,
 };
 
@@ -31,14 +31,16 @@ pub(super) const PERMISSIONS: super::Table = &[
 #[tonic::async_trait]
 impl execution_service_server::ExecutionService for OperatorSvc {
     async fn get_execution(&self, req: Request<pb::GetExecutionRequest>) -> Result<Response<pb::Execution>, Status> {
+        let p = principal(&req)?;
         let id = validate::id("id", &req.into_inner().id)?;
-        Ok(Response::new(convert::execution(&self.ctx.executions.get(id).await?)))
+        Ok(Response::new(convert::execution(&self.visible_execution(&p, id).await?)))
     }
 
     async fn list_executions(
         &self,
         req: Request<pb::ListExecutionsRequest>,
     ) -> Result<Response<pb::ListExecutionsResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
         let page = validate::page(r.page_size, &r.page_token, 50, 500)?;
         let filter = ExecutionFilter {
@@ -50,8 +52,11 @@ impl execution_service_server::ExecutionService for OperatorSvc {
             created_before: validate::time("created_before", r.created_before)?,
         };
         let list = self.ctx.executions.list(&filter, page).await?;
+        // The token follows the unfiltered page, so paging goes on past a page the scope emptied.
+        let next_page_token = page.next_token(list.len());
+        let list = self.visible_executions(&p, list, |e| e).await?;
         Ok(Response::new(pb::ListExecutionsResponse {
-            next_page_token: page.next_token(list.len()),
+            next_page_token,
             executions: list.iter().map(convert::execution).collect(),
         }))
     }
@@ -60,8 +65,10 @@ impl execution_service_server::ExecutionService for OperatorSvc {
         &self,
         req: Request<pb::ListExecutionLogsRequest>,
     ) -> Result<Response<pb::ListExecutionLogsResponse>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
         let id = validate::id("execution_id", &r.execution_id)?;
+        self.check_execution(&p, id).await?;
         let limit = match r.page_size {
             0 => 200,
             n if n < 0 => return Err(FieldError::new("page_size", "must not be negative").into()),
@@ -92,8 +99,9 @@ impl execution_service_server::ExecutionService for OperatorSvc {
         &self,
         req: Request<pb::WatchExecutionRequest>,
     ) -> Result<Response<Self::WatchExecutionStream>, Status> {
+        let p = principal(&req)?;
         let id = validate::id("id", &req.into_inner().id)?;
-        self.ctx.executions.get(id).await?;
+        self.visible_execution(&p, id).await?;
         let events = ReceiverStream::new(self.ctx.executions.watch(id)).map(|ev| {
             let event = match ev? {
                 WatchEvent::Execution(e) => pb::execution_event::Event::Execution(convert::execution(&e)),
@@ -114,10 +122,11 @@ impl execution_service_server::ExecutionService for OperatorSvc {
         &self,
         req: Request<pb::CancelExecutionRequest>,
     ) -> Result<Response<pb::Execution>, Status> {
-        let who = actor(&req);
+        let p = principal(&req)?;
         let id = validate::id("id", &req.into_inner().id)?;
+        self.check_execution(&p, id).await?;
         let res = self.ctx.executions.cancel(id).await;
-        let e = self.audited_on(&who, "execution.cancel", "execution", id, res).await?;
+        let e = self.audited_on(&p.actor(), "execution.cancel", "execution", id, res).await?;
         Ok(Response::new(convert::execution(&e)))
     }
 
@@ -125,10 +134,11 @@ impl execution_service_server::ExecutionService for OperatorSvc {
         &self,
         req: Request<pb::DeleteExecutionRequest>,
     ) -> Result<Response<pb::DeleteExecutionResponse>, Status> {
-        let who = actor(&req);
+        let p = principal(&req)?;
         let id = validate::id("id", &req.into_inner().id)?;
+        self.check_execution(&p, id).await?;
         let res = self.ctx.executions.delete(id).await;
-        self.audited_on(&who, "execution.delete", "execution", id, res).await?;
+        self.audited_on(&p.actor(), "execution.delete", "execution", id, res).await?;
         Ok(Response::new(pb::DeleteExecutionResponse {}))
     }
 }

@@ -4,10 +4,10 @@ use dg_proto::v1::{self as pb, audit_service_server, health_service_server};
 use tonic::{Request, Response, Status};
 
 use super::OperatorSvc;
-use crate::access::Permission;
+use crate::access::{Permission, Principal};
 use crate::{
     db::AuditFilter,
-    grpc::{convert, validate},
+    grpc::{convert, principal, validate},
     service::health::Component,
 };
 
@@ -24,12 +24,12 @@ fn component(c: &Component) -> pb::ComponentHealth {
 }
 
 impl OperatorSvc {
-    async fn target_health(&self, kind: &str, id: &str, size: i32) -> Result<pb::TargetHealth, Status> {
+    async fn target_health(&self, p: &Principal, kind: &str, id: &str, size: i32) -> Result<pb::TargetHealth, Status> {
         let uuid = validate::id("id", id)?;
         let limit = history_size(size)?;
         match kind {
-            "datasource" => self.ctx.catalog.datasource(uuid).await.map(|_| ())?,
-            _ => self.ctx.catalog.storage(uuid).await.map(|_| ())?,
+            "datasource" => self.visible_datasource(p, uuid).await.map(|_| ())?,
+            _ => self.visible_storage(p, uuid).await.map(|_| ())?,
         }
         let (history, last_error) = self.ctx.health.target(kind, uuid, limit).await?;
         Ok(pb::TargetHealth {
@@ -55,16 +55,18 @@ impl health_service_server::HealthService for OperatorSvc {
         &self,
         req: Request<pb::GetDatasourceHealthRequest>,
     ) -> Result<Response<pb::TargetHealth>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.target_health("datasource", &r.id, r.history_size).await?))
+        Ok(Response::new(self.target_health(&p, "datasource", &r.id, r.history_size).await?))
     }
 
     async fn get_storage_health(
         &self,
         req: Request<pb::GetStorageHealthRequest>,
     ) -> Result<Response<pb::TargetHealth>, Status> {
+        let p = principal(&req)?;
         let r = req.into_inner();
-        Ok(Response::new(self.target_health("storage", &r.id, r.history_size).await?))
+        Ok(Response::new(self.target_health(&p, "storage", &r.id, r.history_size).await?))
     }
 
     async fn get_system_health(

@@ -10,6 +10,7 @@ mod drills;
 mod executions;
 mod health;
 mod notifications;
+mod scope;
 
 use dg_common::error::ServiceError;
 use tonic::{Request, Status};
@@ -18,6 +19,7 @@ use super::{Ctx, auth_layer::bearer};
 use crate::{
     access::{Permission, Principal},
     error::ControllerResult,
+    service::access::Critical,
 };
 
 /// A permission table: (service name in `dataguardian.v1`, method, permission).
@@ -93,6 +95,21 @@ impl OperatorSvc {
             tracing::warn!(error = %e, action, "audit write failed");
         }
         r.map_err(Status::from)
+    }
+
+    /// Gates a critical call (see [`crate::service::access::AccessService::gate`]) after validation and scope
+    /// checks and before the change; a refusal is audited like any other outcome.
+    async fn gated(&self, p: &Principal, approval: Option<uuid::Uuid>, c: Critical) -> Result<(), Status> {
+        let (action, target_kind) = (c.action, c.target_kind);
+        let target = (!c.target_id.is_empty()).then(|| c.target_id.clone());
+        let res = self.ctx.access.gate(p, approval, c).await;
+        if let Err(e) = &res {
+            let outcome = format!("error: {:?}", e.error_code());
+            if let Err(e) = self.ctx.db.audit(&p.actor(), action, target_kind, target, &outcome).await {
+                tracing::warn!(error = %e, action, "audit write failed");
+            }
+        }
+        res.map_err(Status::from)
     }
 
     /// Authenticates a request of an open service itself (Logout, Me, ChangePassword).
