@@ -9,6 +9,7 @@ mod cmd;
 mod config;
 mod connect;
 mod error;
+mod oidc;
 mod output;
 mod progress;
 mod resolve;

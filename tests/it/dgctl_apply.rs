@@ -143,6 +143,19 @@ async fn dgctl_apply_diff_and_prune() -> anyhow::Result<()> {
     assert!(o.stderr.contains("inline") && !o.stderr.contains("hunter2"), "{}", o.stderr);
     assert_eq!(ctl.json(&["jobs", "get", &n.job]).await?["cron"], "0 4 * * *", "nothing applied");
 
+    // A changed destination needs its secret again: apply names the resource and says how, --update-secrets
+    // sends the file's secrets; changing it back needs them again too.
+    write("0 4 * * *", true, "{env: PGPW}")?;
+    std::fs::write(&path, std::fs::read_to_string(&path)?.replace("tls_mode: disable", "tls_mode: prefer"))?;
+    let o = ctl.run(&["apply", "-f", &path_s]).await?;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains(&format!("datasource \"{}\"", n.datasource)), "{}", o.stderr);
+    assert!(o.stderr.contains("--update-secrets"), "{}", o.stderr);
+    assert!(ctl.ok(&["apply", "-f", &path_s, "--update-secrets"]).await?.contains("1 changed"));
+    assert_eq!(ctl.json(&["datasources", "get", &n.datasource]).await?["tls_mode"], "prefer");
+    write("0 4 * * *", true, "{env: PGPW}")?;
+    ctl.ok(&["apply", "-f", &path_s, "--update-secrets"]).await?;
+
     // Prune: the dropped channel is deleted, only with --yes without a terminal.
     write("0 4 * * *", false, "{env: PGPW}")?;
     let d = ctl.ok(&["diff", "-f", &path_s, "--prune"]).await?;

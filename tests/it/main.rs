@@ -25,6 +25,7 @@ mod oidc;
 mod operator_api;
 mod protocol;
 mod python_client;
+mod readme;
 mod redis_tls;
 mod restore_trust;
 mod retarget;

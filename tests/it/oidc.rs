@@ -326,3 +326,128 @@ async fn oidc_sign_in_through_the_api_maps_roles_and_refuses_bad_tokens() -> any
     cluster.stop().await;
     Ok(())
 }
+
+/// `dgctl login --oidc` running as a process: it prints the authorization URL and waits on a loopback port;
+/// the user's browser part is played against that URL and follows the provider's redirect back to dgctl.
+struct OidcLogin {
+    child: tokio::process::Child,
+    url: url::Url,
+    stderr: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStderr>>,
+}
+
+impl OidcLogin {
+    async fn start(config: &std::path::Path, args: &[&str]) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = tokio::process::Command::new(super::dgctl::dgctl_bin()?)
+            .args(["login", "--oidc", "--no-browser"])
+            .args(args)
+            .env("DGCTL_CONFIG", config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut stderr = tokio::io::BufReader::new(child.stderr.take().context("stderr")?).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = stderr.next_line().await? {
+                if let Some(u) = line.trim().strip_prefix("http") {
+                    return Ok(url::Url::parse(&format!("http{u}"))?);
+                }
+            }
+            anyhow::bail!("dgctl ended without printing a sign-in URL")
+        })
+        .await
+        .context("no sign-in URL from dgctl within 30 s")??;
+        Ok(Self { child, url, stderr })
+    }
+
+    /// Waits for dgctl to end: (exit code, stdout, the rest of stderr).
+    async fn finish(mut self) -> anyhow::Result<(i32, String, String)> {
+        use tokio::io::AsyncReadExt as _;
+        let mut out = String::new();
+        if let Some(mut s) = self.child.stdout.take() {
+            s.read_to_string(&mut out).await?;
+        }
+        let mut err = String::new();
+        while let Some(line) = self.stderr.next_line().await? {
+            err.push_str(&line);
+            err.push('\n');
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??;
+        Ok((status.code().unwrap_or(-1), out, err))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dgctl_login_oidc_signs_in_through_a_browser() -> anyhow::Result<()> {
+    use dg_tests::{cluster::Cluster, oidc::browser_sign_in};
+
+    let provider = OidcProvider::start().await?;
+    let mut cluster = Cluster::start().await?;
+    let replica = oidc_replica(&cluster, &provider).await?;
+    let endpoint = format!("https://127.0.0.1:{}", replica.api_addr.port());
+    let fp = cluster.ca_fingerprint();
+    let config = cluster.dir.path().join("dgctl-oidc").join("dgctl.toml");
+    let login = |ctx: &'static str| {
+        let (endpoint, fp, config) = (endpoint.clone(), fp.clone(), config.clone());
+        async move {
+            OidcLogin::start(
+                &config,
+                &["--endpoint", &endpoint, "--ca-fingerprint", &fp, "--context", ctx, "-o", "json"],
+            )
+            .await
+        }
+    };
+
+    // bob signs in through the browser; the request carries PKCE, a state and a nonce, and dgctl's own
+    // loopback redirect URI.
+    let l = login("sso").await?;
+    let q: std::collections::HashMap<String, String> = l.url.query_pairs().into_owned().collect();
+    assert_eq!((q["client_id"].as_str(), q["code_challenge_method"].as_str()), ("dg-cli", "S256"));
+    assert!(q["redirect_uri"].starts_with("http://127.0.0.1:") && q["redirect_uri"].ends_with("/callback"), "{q:?}");
+    assert!(!q["state"].is_empty() && !q["nonce"].is_empty() && !q["code_challenge"].is_empty());
+    assert!(l.url.as_str().starts_with(provider.issuer()));
+    browser_sign_in(&l.url, "bob").await?;
+    let (code, out, err) = l.finish().await?;
+    assert_eq!(code, 0, "{err}{out}");
+    let v: Value = serde_json::from_str(&out)?;
+    assert_eq!((v["username"].as_str(), v["context"].as_str()), (Some("bob"), Some("sso")), "{v}");
+    // The stored session works: bob is an operator (he may list datasources, not create roles).
+    let ctl = super::dgctl::Ctl { bin: super::dgctl::dgctl_bin()?, config: config.clone(), envs: vec![] };
+    let me = ctl.json(&["--context", "sso", "whoami"]).await?;
+    assert_eq!(me["username"], "bob");
+    ctl.ok(&["--context", "sso", "datasources", "list"]).await?;
+    let o = ctl.run(&["--context", "sso", "roles", "create", "sso-made", "--permission", "user.read"]).await?;
+    assert_eq!(o.code, 4, "an operator may not create roles: {}", o.stderr);
+    let stored = std::fs::read_to_string(&config)?;
+    assert!(!stored.contains("id_token") && !stored.contains(&q["nonce"]), "only the session is stored");
+
+    // A redirect with another state (a forged or stale callback) is refused and nothing is stored.
+    let l = login("forged").await?;
+    let q: std::collections::HashMap<String, String> = l.url.query_pairs().into_owned().collect();
+    let mut forged = url::Url::parse(&q["redirect_uri"])?;
+    forged.query_pairs_mut().append_pair("code", "made-up").append_pair("state", "not-the-state");
+    reqwest::get(forged).await?;
+    let (code, _, err) = l.finish().await?;
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("state"), "{err}");
+
+    // carol's groups map to no role: the controller refuses the session (exit 4).
+    let l = login("carol").await?;
+    browser_sign_in(&l.url, "carol").await?;
+    let (code, _, err) = l.finish().await?;
+    assert_eq!(code, 4, "{err}");
+    let stored = std::fs::read_to_string(&config)?;
+    assert!(!stored.contains("[contexts.forged]") && !stored.contains("[contexts.carol]"), "{stored}");
+
+    // Nobody comes back: dgctl gives up after --oidc-timeout.
+    let l = OidcLogin::start(&config, &["--context", "sso", "--oidc-timeout", "1s"]).await?;
+    let (code, _, err) = l.finish().await?;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("no sign-in within 1s"), "{err}");
+
+    replica.shutdown().await;
+    cluster.stop().await;
+    Ok(())
+}

@@ -28,9 +28,15 @@ use crate::emulators::ServerProcess;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on each HTTP request to the provider.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-/// The redirect URI every test client is registered with (nothing listens there: the code is read from the
-/// redirect itself).
+/// The redirect URI every test client is registered with. The clients are native applications, so the provider
+/// also accepts it with any port (RFC 8252 §7.3), which is how `dgctl login --oidc` listens; for the harness's
+/// own flows nothing listens there: the code is read from the redirect itself.
 pub const REDIRECT_URI: &str = "http://127.0.0.1/callback";
+
+/// Whether `url` is the registered redirect URI, on any port.
+fn is_callback(url: &Url) -> bool {
+    url.scheme() == "http" && url.host_str() == Some("127.0.0.1") && url.path() == "/callback"
+}
 /// Scopes the test flows ask for; `profile` carries `preferred_username` and `groups`.
 pub const SCOPE: &str = "openid profile email";
 
@@ -177,7 +183,7 @@ async fn play_user(start: Url, account: &str, user_code: Option<&str>) -> anyhow
         if status.is_redirection() {
             let location = resp.headers().get("location").context("redirect without location")?.to_str()?;
             let to = url.join(location)?;
-            if to.as_str().starts_with(REDIRECT_URI) {
+            if is_callback(&to) {
                 return Ok(Some(to));
             }
             next = http.get(to).build()?;
@@ -211,6 +217,18 @@ pub async fn approve_device(verification_uri: &Url, user_code: &str, account: &s
         None => Ok(()),
         Some(u) => bail!("the device flow redirected to {u}"),
     }
+}
+
+/// A browser signing in as `account` for a client that listens for the redirect itself (`dgctl login --oidc`):
+/// plays the provider's forms from `authorization_url`, then follows the final redirect to the client's
+/// loopback listener and requires its answer to be a success. Returns that redirect.
+pub async fn browser_sign_in(authorization_url: &Url, account: &str) -> anyhow::Result<Url> {
+    let redirect = play_user(authorization_url.clone(), account, None)
+        .await?
+        .context("the authorization request ended without a redirect")?;
+    let r = client(false)?.get(redirect.clone()).send().await.context("the client's redirect listener")?;
+    ensure!(r.status().is_success(), "the client's redirect listener answered HTTP {}", r.status());
+    Ok(redirect)
 }
 
 /// The user's part of an authorization-code request: opens `authorization_url`, logs in as `account`,

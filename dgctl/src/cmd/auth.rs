@@ -33,8 +33,25 @@ pub struct LoginArgs {
     #[arg(long, conflicts_with = "token")]
     password_stdin: bool,
     /// Use this API token as the bearer token instead of logging in with a password.
-    #[arg(long, env = "DGCTL_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "DGCTL_TOKEN", hide_env_values = true, conflicts_with = "oidc")]
     token: Option<String>,
+    /// Sign in through the controller's OpenID provider in a browser (authorization code with PKCE; the
+    /// provider redirects to a loopback port dgctl listens on).
+    #[arg(long, conflicts_with_all = ["password_stdin", "user"])]
+    oidc: bool,
+    /// Loopback port for the provider's redirect (default: any free one; set it when the provider's client
+    /// registration names a fixed port).
+    #[arg(long, value_name = "PORT", default_value_t = 0, requires = "oidc")]
+    oidc_port: u16,
+    /// Scopes to ask the provider for.
+    #[arg(long, value_name = "SCOPES", default_value = "openid profile email", requires = "oidc")]
+    oidc_scope: String,
+    /// How long to wait for the browser sign-in.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration, requires = "oidc")]
+    oidc_timeout: std::time::Duration,
+    /// Print the sign-in URL without trying to open a browser.
+    #[arg(long, requires = "oidc")]
+    no_browser: bool,
 }
 
 #[derive(Serialize)]
@@ -76,6 +93,22 @@ pub async fn login(app: &App, a: LoginArgs) -> CliResult<()> {
     let channel = connect::channel(&endpoint, &ca_pem).await?;
     let mut auth = AuthServiceClient::new(channel.clone());
     let (token, kind, username, expires_at) = match a.token {
+        None if a.oidc => {
+            let oidc = auth.get_oidc_config(pb::GetOidcConfigRequest {}).await?.into_inner();
+            let opts = crate::oidc::BrowserOptions {
+                port: a.oidc_port,
+                scope: a.oidc_scope.clone(),
+                timeout: a.oidc_timeout,
+                open_browser: !a.no_browser && std::io::stderr().is_terminal(),
+            };
+            let signed = crate::oidc::sign_in(&oidc, &opts).await?;
+            let r = auth
+                .login_oidc(pb::LoginOidcRequest { id_token: signed.id_token, nonce: signed.nonce })
+                .await?
+                .into_inner();
+            let me = auth.me(Session::new(channel, r.token.clone()).req(pb::MeRequest {})).await?.into_inner();
+            (r.token, "session", me.username, ts(r.expires_at.as_ref()))
+        }
         Some(token) => {
             let me = auth.me(Session::new(channel, token.clone()).req(pb::MeRequest {})).await?.into_inner();
             (token, "api", me.username, ts(me.expires_at.as_ref()))

@@ -305,7 +305,9 @@ pub async fn apply(app: &App, a: ApplyArgs) -> CliResult<()> {
             ctx = Ctx::load(&s).await?;
             reloaded = true;
         }
-        execute(&s, &file, &ctx, act, a.update_secrets).await?;
+        execute(&s, &file, &ctx, act, a.update_secrets)
+            .await
+            .map_err(|e| with_secret_hint(e, act, a.update_secrets))?;
         if table {
             println!("{}", act.text().replacen("create", "created", 1).replacen("update", "updated", 1));
         }
@@ -321,6 +323,29 @@ pub async fn apply(app: &App, a: ApplyArgs) -> CliResult<()> {
         Ok(())
     } else {
         print_structured(app.format, &Report { actions: &actions, changed: actions.len(), dry_run: false })
+    }
+}
+
+/// An update the controller refused because a changed destination needs its secret again: names the resource
+/// and says how to send the file's secrets.
+fn with_secret_hint(e: CliError, act: &Action, secrets_sent: bool) -> CliError {
+    match e {
+        CliError::Grpc(s)
+            if !secrets_sent
+                && s.code() == tonic::Code::InvalidArgument
+                && s.message().contains("must be given again") =>
+        {
+            CliError::Grpc(tonic::Status::new(
+                s.code(),
+                format!(
+                    "{} \"{}\": {} (apply again with --update-secrets to send the file's secrets)",
+                    act.kind.word(),
+                    act.name,
+                    s.message()
+                ),
+            ))
+        }
+        e => e,
     }
 }
 
