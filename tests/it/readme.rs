@@ -102,16 +102,20 @@ fn parse(cmd: &str) -> anyhow::Result<Command> {
 
 /// What the test puts in place of the reader's environment, and answers to prompts: (README text, test
 /// text). Every entry must be used.
-fn replacements(
-    endpoint: &str,
-    fingerprint: &str,
-    agent: &str,
-    db: &str,
-    user: &str,
-    backups: &Path,
-    restored: &str,
-    work: &Path,
-) -> Vec<(String, String)> {
+/// The reader's environment as this test has it.
+struct Site<'a> {
+    endpoint: &'a str,
+    fingerprint: &'a str,
+    agent: &'a str,
+    db: &'a str,
+    user: &'a str,
+    backups: &'a Path,
+    restored: &'a str,
+    work: &'a Path,
+}
+
+fn replacements(site: &Site<'_>) -> Vec<(String, String)> {
+    let Site { endpoint, fingerprint, agent, db, user, backups, restored, work } = site;
     let backups = backups.display();
     [
         (
@@ -188,16 +192,18 @@ async fn readme_dgctl_commands_run_as_written() -> anyhow::Result<()> {
     std::fs::create_dir_all(&work)?;
     std::fs::write(work.join("pw.txt"), "alice-reset-password-1\n")?;
     let server = pg_server();
-    let mut subst = replacements(
-        &cluster.api_endpoint(),
-        &cluster.ca_fingerprint(),
-        &agent.id,
-        &source.name,
-        &server.user,
-        &backups,
-        &restored.name,
-        &work,
-    );
+    let endpoint = cluster.api_endpoint();
+    let fingerprint = cluster.ca_fingerprint();
+    let mut subst = replacements(&Site {
+        endpoint: &endpoint,
+        fingerprint: &fingerprint,
+        agent: &agent.id,
+        db: &source.name,
+        user: &server.user,
+        backups: &backups,
+        restored: &restored.name,
+        work: &work,
+    });
     let mut used = vec![false; subst.len()];
     let env: HashMap<&str, String> = [
         ("DGCTL_CONFIG", work.join("dgctl.toml").display().to_string()),
