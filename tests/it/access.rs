@@ -16,7 +16,7 @@ use dg_proto::v1::{
     role_service_client::RoleServiceClient, token_service_client::TokenServiceClient,
     user_service_client::UserServiceClient,
 };
-use dg_tests::cluster::{Cluster, authed};
+use dg_tests::cluster::{Cluster, authed, create_user, login_as};
 use prost::Message;
 use tonic::{
     Code, Status,
@@ -24,7 +24,7 @@ use tonic::{
     transport::Channel,
 };
 
-const PW: &str = "a-long-enough-password";
+const PW: &str = dg_tests::cluster::USER_PASSWORD;
 
 /// Passes message bytes through unchanged.
 #[derive(Clone, Copy, Default)]
@@ -103,29 +103,6 @@ async fn raw_call(ch: &Channel, token: &str, path: &str, streaming: bool) -> Cod
     }
 }
 
-async fn login(ch: &Channel, user: &str, pw: &str) -> Result<String, Status> {
-    Ok(AuthServiceClient::new(ch.clone())
-        .login(pb::LoginRequest { username: user.into(), password: pw.into() })
-        .await?
-        .into_inner()
-        .token)
-}
-
-async fn create_user(ch: &Channel, admin: &str, name: &str, roles: &[&str]) -> anyhow::Result<pb::User> {
-    Ok(UserServiceClient::new(ch.clone())
-        .create_user(authed(
-            pb::CreateUserRequest {
-                username: name.into(),
-                password: PW.into(),
-                kind: pb::UserKind::Password as i32,
-                roles: roles.iter().map(|r| r.to_string()).collect(),
-            },
-            admin,
-        ))
-        .await?
-        .into_inner())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_system_role_reaches_exactly_the_rpcs_its_permissions_name() -> anyhow::Result<()> {
     let mut cluster = Cluster::start().await?;
@@ -136,7 +113,7 @@ async fn each_system_role_reaches_exactly_the_rpcs_its_permissions_name() -> any
     for role in SystemRole::ALL {
         let name = format!("u-{}", role.name());
         create_user(&ch, &admin, &name, &[role.name()]).await?;
-        let token = login(&ch, &name, PW).await?;
+        let token = login_as(&ch, &name, PW).await?;
         let held = role.permissions();
         for (path, streaming) in &rpcs {
             let needed = permission_of(path).unwrap_or_else(|| panic!("{path} declares no permission"));
@@ -155,8 +132,8 @@ async fn each_system_role_reaches_exactly_the_rpcs_its_permissions_name() -> any
     }
     // What the roles mean, independent of the table: a viewer cannot restore or download, an operator can
     // but cannot manage users, only an admin decides approvals.
-    let viewer = login(&ch, "u-viewer", PW).await?;
-    let operator = login(&ch, "u-operator", PW).await?;
+    let viewer = login_as(&ch, "u-viewer", PW).await?;
+    let operator = login_as(&ch, "u-operator", PW).await?;
     for path in ["/dataguardian.v1.BackupService/RestoreBackup", "/dataguardian.v1.BackupService/DownloadBackup"] {
         assert_eq!(raw_call(&ch, &viewer, path, path.ends_with("Download")).await, Code::PermissionDenied);
         assert_ne!(raw_call(&ch, &operator, path, path.ends_with("Download")).await, Code::PermissionDenied);
@@ -202,7 +179,7 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
 
     // An operator: Me names it, its roles and permissions.
     create_user(&ch, &admin, "olga", &["operator"]).await?;
-    let olga = login(&ch, "olga", PW).await?;
+    let olga = login_as(&ch, "olga", PW).await?;
     let me = auth.me(authed(pb::MeRequest {}, &olga)).await?.into_inner();
     assert_eq!(
         (me.username.as_str(), me.roles.clone(), me.via.as_str()),
@@ -302,7 +279,7 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
         .await;
 
     // Passwords: the current one is required; a change ends the user's other sessions but not this one.
-    let other = login(&ch, "olga", PW).await?;
+    let other = login_as(&ch, "olga", PW).await?;
     let wrong = auth
         .change_password(authed(
             pb::ChangePasswordRequest {
@@ -321,7 +298,7 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
     .await?;
     assert!(auth.me(authed(pb::MeRequest {}, &olga)).await.is_ok());
     assert_eq!(auth.me(authed(pb::MeRequest {}, &other)).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(login(&ch, "olga", PW).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(login_as(&ch, "olga", PW).await.unwrap_err().code(), Code::Unauthenticated);
     // An admin resets it; every session of olga ends.
     users
         .reset_password(authed(
@@ -330,11 +307,11 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
         ))
         .await?;
     assert_eq!(auth.me(authed(pb::MeRequest {}, &olga)).await.unwrap_err().code(), Code::Unauthenticated);
-    login(&ch, "olga", "reset-by-the-admin").await?;
+    login_as(&ch, "olga", "reset-by-the-admin").await?;
 
     // Disabling ends sessions and stops tokens; enabling lets the user log in again (tokens work again).
     create_user(&ch, &admin, "dora", &["operator"]).await?;
-    let dora = login(&ch, "dora", PW).await?;
+    let dora = login_as(&ch, "dora", PW).await?;
     let dora_token = tokens
         .create_token(authed(
             pb::CreateTokenRequest { name: "t".into(), role: "viewer".into(), ..Default::default() },
@@ -351,14 +328,14 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
         .await?;
     assert_eq!(auth.me(authed(pb::MeRequest {}, &dora)).await.unwrap_err().code(), Code::Unauthenticated);
     assert_eq!(auth.me(authed(pb::MeRequest {}, &dora_token)).await.unwrap_err().code(), Code::Unauthenticated);
-    assert_eq!(login(&ch, "dora", PW).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(login_as(&ch, "dora", PW).await.unwrap_err().code(), Code::Unauthenticated);
     users
         .update_user(authed(
             pb::UpdateUserRequest { id: "dora".into(), disabled: Some(false), ..Default::default() },
             &admin,
         ))
         .await?;
-    login(&ch, "dora", PW).await?;
+    login_as(&ch, "dora", PW).await?;
     assert!(auth.me(authed(pb::MeRequest {}, &dora_token)).await.is_ok());
     let listed = users.get_user(authed(pb::GetUserRequest { id: "dora".into() }, &admin)).await?.into_inner();
     assert!(listed.disabled_at.is_none() && listed.roles == vec!["operator".to_owned()]);
@@ -369,7 +346,7 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
         users.delete_user(authed(pb::DeleteUserRequest { id: me_admin.user_id.clone() }, &admin)).await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition);
     create_user(&ch, &admin, "second-admin", &["admin"]).await?;
-    let second = login(&ch, "second-admin", PW).await?;
+    let second = login_as(&ch, "second-admin", PW).await?;
     let e = users
         .update_user(authed(
             pb::UpdateUserRequest { id: "admin".into(), roles: vec!["viewer".into()], ..Default::default() },
@@ -409,7 +386,7 @@ async fn users_passwords_tokens_and_custom_roles_behave() -> anyhow::Result<()> 
         .into_inner();
     assert_eq!(auditor.permissions, vec!["audit.read", "backup.read"]);
     create_user(&ch, &second, "aud", &["auditor"]).await?;
-    let aud = login(&ch, "aud", PW).await?;
+    let aud = login_as(&ch, "aud", PW).await?;
     assert_ne!(
         raw_call(&ch, &aud, "/dataguardian.v1.AuditService/ListAuditEvents", false).await,
         Code::PermissionDenied

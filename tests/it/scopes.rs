@@ -8,17 +8,17 @@ use std::collections::HashMap;
 
 use dg_proto::v1::{
     self as pb, approval_service_client::ApprovalServiceClient, role_service_client::RoleServiceClient,
-    token_service_client::TokenServiceClient, user_service_client::UserServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use dg_tests::{
-    cluster::{Clients, Cluster, authed},
+    cluster::{Clients, Cluster, authed, create_user, login_as, pending_approval},
     pg::TestDb,
     pg_server, suffix,
 };
 use sqlx::Executor;
 use tonic::{Code, Request, Status, transport::Channel};
 
-const PW: &str = "a-long-enough-password";
+const PW: &str = dg_tests::cluster::USER_PASSWORD;
 const SEED: &str = "CREATE TABLE t (id int PRIMARY KEY, v text);
 INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 2000) g;";
 
@@ -26,23 +26,10 @@ fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// A user with `roles`, logged in: its session token.
 async fn user(ch: &Channel, admin: &str, name: &str, roles: &[&str]) -> anyhow::Result<String> {
-    UserServiceClient::new(ch.clone())
-        .create_user(authed(
-            pb::CreateUserRequest {
-                username: name.into(),
-                password: PW.into(),
-                kind: pb::UserKind::Password as i32,
-                roles: roles.iter().map(|r| r.to_string()).collect(),
-            },
-            admin,
-        ))
-        .await?;
-    Ok(dg_proto::v1::auth_service_client::AuthServiceClient::new(ch.clone())
-        .login(pb::LoginRequest { username: name.into(), password: PW.into() })
-        .await?
-        .into_inner()
-        .token)
+    create_user(ch, admin, name, roles).await?;
+    Ok(login_as(ch, name, PW).await?)
 }
 
 async fn role(ch: &Channel, admin: &str, name: &str, permissions: &[&str]) -> anyhow::Result<()> {
@@ -146,14 +133,6 @@ fn with_approval<T>(msg: T, token: &str, approval: &str) -> anyhow::Result<Reque
     let mut r = authed(msg, token);
     r.metadata_mut().insert("dg-approval", approval.parse()?);
     Ok(r)
-}
-
-/// The pending approval a FAILED_PRECONDITION names.
-fn pending_approval(e: &Status) -> String {
-    assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
-    assert!(e.message().contains("pending"), "{}", e.message());
-    let rest = e.message().split("approval ").nth(2).unwrap_or_default();
-    rest.split_whitespace().next().unwrap_or_default().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,7 +317,7 @@ async fn protected_restores_and_job_deletes_wait_for_an_approval_of_exactly_that
 
     // Without an approval: refused naming a new pending one.
     let e = c.backups.restore_backup(authed(restore(&prod, &target.name), &oscar)).await.unwrap_err();
-    let first = pending_approval(&e);
+    let first = pending_approval(&e)?;
     let a = approvals.get_approval(authed(pb::GetApprovalRequest { id: first.clone() }, &admin)).await?.into_inner();
     assert_eq!(a.id, first);
     // The requester cannot approve (no approval.decide; and never its own).
@@ -362,7 +341,7 @@ async fn protected_restores_and_job_deletes_wait_for_an_approval_of_exactly_that
 
     // An approval of one target does not authorize another, nor other flags on the same target.
     let e = c.backups.restore_backup(authed(restore(&prod, "dgt_appr_x"), &oscar)).await.unwrap_err();
-    let second = pending_approval(&e);
+    let second = pending_approval(&e)?;
     approvals.approve_approval(authed(decide(&second), &admin)).await?;
     let elsewhere =
         c.backups.restore_backup(with_approval(restore(&prod2, &other.name), &oscar, &second)?).await.unwrap_err();
@@ -373,7 +352,7 @@ async fn protected_restores_and_job_deletes_wait_for_an_approval_of_exactly_that
 
     // A rejected approval cannot be used.
     let e = c.backups.restore_backup(authed(restore(&prod2, &other.name), &oscar)).await.unwrap_err();
-    let third = pending_approval(&e);
+    let third = pending_approval(&e)?;
     approvals.reject_approval(authed(decide(&third), &admin)).await?;
     let rejected =
         c.backups.restore_backup(with_approval(restore(&prod2, &other.name), &oscar, &third)?).await.unwrap_err();
@@ -390,7 +369,7 @@ async fn protected_restores_and_job_deletes_wait_for_an_approval_of_exactly_that
     let dora = user(&ch, &admin, "dora", &["operator", "job-deleter"]).await?;
     let del = || pb::DeleteBackupJobRequest { id: job_src.id.clone() };
     let e = c.jobs.delete_backup_job(authed(del(), &dora)).await.unwrap_err();
-    let fourth = pending_approval(&e);
+    let fourth = pending_approval(&e)?;
     assert!(c.jobs.get_backup_job(authed(pb::GetBackupJobRequest { id: job_src.id.clone() }, &admin)).await.is_ok());
     approvals.approve_approval(authed(decide(&fourth), &admin)).await?;
     c.jobs.delete_backup_job(with_approval(del(), &dora, &fourth)?).await?;

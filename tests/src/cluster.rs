@@ -10,7 +10,7 @@ use dg_proto::v1::{
     backup_job_service_client::BackupJobServiceClient, backup_service_client::BackupServiceClient,
     datasource_service_client::DatasourceServiceClient, execution_service_client::ExecutionServiceClient,
     notification_service_client::NotificationServiceClient, restore_drill_service_client::RestoreDrillServiceClient,
-    storage_service_client::StorageServiceClient,
+    storage_service_client::StorageServiceClient, user_service_client::UserServiceClient,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -123,6 +123,45 @@ pub fn authed<T>(msg: T, token: &str) -> Request<T> {
         r.metadata_mut().insert("authorization", v);
     }
     r
+}
+
+/// Password of the users tests create with [`create_user`].
+pub const USER_PASSWORD: &str = "a-long-enough-password";
+
+/// Creates a password user with `roles` (as the admin whose session is `admin`); its password is
+/// [`USER_PASSWORD`].
+pub async fn create_user(ch: &Channel, admin: &str, name: &str, roles: &[&str]) -> anyhow::Result<pb::User> {
+    Ok(UserServiceClient::new(ch.clone())
+        .create_user(authed(
+            pb::CreateUserRequest {
+                username: name.into(),
+                password: USER_PASSWORD.into(),
+                kind: pb::UserKind::Password as i32,
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+            },
+            admin,
+        ))
+        .await?
+        .into_inner())
+}
+
+/// Logs `user` in with `password`: the session token.
+pub async fn login_as(ch: &Channel, user: &str, password: &str) -> Result<String, tonic::Status> {
+    Ok(AuthServiceClient::new(ch.clone())
+        .login(pb::LoginRequest { username: user.into(), password: password.into() })
+        .await?
+        .into_inner()
+        .token)
+}
+
+/// The id of the pending approval a critical call's FAILED_PRECONDITION names.
+pub fn pending_approval(e: &tonic::Status) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        e.code() == tonic::Code::FailedPrecondition && e.message().contains("pending"),
+        "not an approval request: {e:?}"
+    );
+    let rest = e.message().split("approval ").nth(2).unwrap_or_default();
+    Ok(rest.split_whitespace().next().unwrap_or_default().to_owned())
 }
 
 impl Cluster {

@@ -351,6 +351,11 @@ impl S3Server {
         &self.access_key_id
     }
 
+    /// The secret access key moto accepts.
+    pub fn secret_access_key(&self) -> &str {
+        &self.secret_access_key
+    }
+
     /// A store configuration for `bucket` (path-style, plain HTTP, the current keys).
     pub fn config(&self, bucket: &str, prefix: &str) -> StoreConfig {
         self.config_with_keys(bucket, prefix, &self.access_key_id, &self.secret_access_key)
