@@ -692,3 +692,38 @@ async fn readme_grpcurl_commands_run_as_written() -> anyhow::Result<()> {
     cluster.stop().await;
     Ok(())
 }
+
+/// The `dg-agent` binary next to the test executable (built by tests/run.sh).
+fn agent_bin() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("no parent of the test executable")?;
+    [dir.join("dg-agent"), dir.parent().map(|p| p.join("dg-agent")).unwrap_or_default()]
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("no dg-agent binary near the test executable: cargo build -p dg-agent")
+}
+
+#[tokio::test]
+async fn readme_agent_keygen_runs_as_written() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))?;
+    let all: Vec<String> = blocks(&readme, "sh")?.iter().flat_map(|b| shell_commands(b)).collect();
+    let line = all.iter().find(|c| c.starts_with("dg-agent keygen")).context("README has no dg-agent keygen")?;
+    let state = tempfile::tempdir()?;
+    let line = line.replace("/var/lib/dataguardian-agent", &state.path().display().to_string());
+    ensure!(line.contains(&state.path().display().to_string()), "the README's state directory changed: {line}");
+    let words = shell_words::split(&line)?;
+    let out = tokio::process::Command::new(agent_bin()?).args(&words[1..]).output().await?;
+    ensure!(out.status.success(), "{line}: {}", String::from_utf8_lossy(&out.stderr));
+    // As the README's comment says: keys/prod-2026.key, mode 0600.
+    let key = state.path().join("keys").join("prod-2026.key");
+    let mode = std::fs::metadata(&key)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "prod-2026");
+    // A second keygen with the same id does not overwrite the key.
+    let before = std::fs::read(&key)?;
+    let again = tokio::process::Command::new(agent_bin()?).args(&words[1..]).output().await?;
+    assert!(!again.status.success(), "an existing key is never replaced");
+    assert_eq!(std::fs::read(&key)?, before);
+    Ok(())
+}
