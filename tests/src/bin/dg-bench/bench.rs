@@ -79,8 +79,8 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
         );
     }
     println!(
-        "dg-bench: scale {}, engines {:?}, {} run(s), work dir {}",
-        args.scale,
+        "dg-bench: data sets {:?}, engines {:?}, {} run(s), work dir {}",
+        args.datasets,
         args.engines,
         args.runs,
         run_dir.display()
@@ -102,33 +102,35 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
     }
     println!("  {}", first_line_of("zstd", &["--version"]));
 
-    // 1. Sources.
+    // 1. Sources: every data set in every engine.
     let mut reports = Vec::new();
-    for &kind in &args.engines {
-        let source = prepare_source(kind, args, created).await?;
-        println!(
-            "[{}] source {}: {} on disk, {} pgbench_accounts rows{}",
-            kind.short(),
-            source.name,
-            mib(source.bytes),
-            source.accounts,
-            source.generated.map(|s| format!(", generated in {s:.1} s")).unwrap_or_default()
-        );
-        reports.push(EngineReport {
-            kind,
-            source,
-            dump_file: Samples::default(),
-            dump_alone: Samples::default(),
-            pipeline: Samples::default(),
-            dg_backup: DgSamples::default(),
-            plain_restore: Samples::default(),
-            dg_restore: DgSamples::default(),
-            dg_verify: DgSamples::default(),
-            dg_drill: DgSamples::default(),
-            drill_rto: Vec::new(),
-            notes: Vec::new(),
-            error: None,
-        });
+    for &dataset in &args.datasets {
+        for &kind in &args.engines {
+            let source = prepare_source(kind, dataset, args, created).await?;
+            println!(
+                "[{} {dataset}] source {}: {} on disk, {} rows{}",
+                kind.short(),
+                source.name,
+                mib(source.bytes),
+                source.rows,
+                source.generated.map(|s| format!(", generated in {s:.1} s")).unwrap_or_default()
+            );
+            reports.push(EngineReport {
+                kind,
+                source,
+                dump_file: Samples::default(),
+                dump_alone: Samples::default(),
+                pipeline: Samples::default(),
+                dg_backup: DgSamples::default(),
+                plain_restore: Samples::default(),
+                dg_restore: DgSamples::default(),
+                dg_verify: DgSamples::default(),
+                dg_drill: DgSamples::default(),
+                drill_rto: Vec::new(),
+                notes: Vec::new(),
+                error: None,
+            });
+        }
     }
 
     // 2. Controller in-process, agent as its own process.
@@ -216,9 +218,9 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
     // 3. Per engine.
     let mut ctx = Ctx { clients: &mut clients, agent_id, storage_id: storage.id, dir: run_dir.clone(), rss: &rss };
     for r in &mut reports {
-        println!("\n[{}] benchmarking {}", r.kind.short(), r.source.name);
+        println!("\n[{}] benchmarking {}", r.label(), r.source.name);
         if let Err(e) = bench_engine(r, &mut ctx, created, args.runs).await {
-            eprintln!("[{}] error: {e:#}", r.kind.short());
+            eprintln!("[{}] error: {e:#}", r.label());
             r.error = Some(format!("{e:#}"));
         }
     }
@@ -237,6 +239,7 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
 async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Created, runs: u32) -> anyhow::Result<()> {
     let kind = r.kind;
     let k = kind.short();
+    let label = r.label();
     let db = r.source.name.clone();
     let sfx = suffix();
     let dump_path = ctx.dir.join(format!("{k}.dump"));
@@ -266,9 +269,9 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         ctx.clients.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?;
     let test = test.into_inner();
     if test.ok {
-        println!("[{k}] datasource test through the agent: ok ({})", test.server_version);
+        println!("[{label}] datasource test through the agent: ok ({})", test.server_version);
     } else {
-        println!("[{k}] datasource test through the agent FAILED: {} (trying a backup anyway)", test.error);
+        println!("[{label}] datasource test through the agent FAILED: {} (trying a backup anyway)", test.error);
         r.notes.push(format!("TestDatasource failed: {}", test.error));
     }
     let job = ctx
@@ -298,7 +301,7 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
     let drill = ctx.clients.drills.create_restore_drill(authed(drill, &t)).await?.into_inner();
 
     for round in 1..=runs {
-        let tag = if runs > 1 { format!("[{k} {round}/{runs}]") } else { format!("[{k}]") };
+        let tag = if runs > 1 { format!("[{label} {round}/{runs}]") } else { format!("[{label}]") };
 
         // Reference: the dump into a file (also the plain restore's input).
         let mut c = kind.dump_cmd(&db);
@@ -335,9 +338,9 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         ctx.rss.begin();
         let secs = timed(c, kind.restore_tool()).await?;
         r.plain_restore.push(secs, None, ctx.rss.end());
-        let n = kind.accounts(&plain_db).await?;
-        println!("{tag} (d) {} into a fresh database: {secs:.2} s ({n} accounts restored)", kind.restore_tool());
-        anyhow::ensure!(n == r.source.accounts, "plain restore has {n} accounts, the source {}", r.source.accounts);
+        let n = kind.rows(&plain_db).await?;
+        println!("{tag} (d) {} into a fresh database: {secs:.2} s ({n} rows restored)", kind.restore_tool());
+        anyhow::ensure!(n == r.source.rows, "plain restore has {n} rows, the source {}", r.source.rows);
         created.drop_db_now(kind, &plain_db).await;
 
         // (e) DataGuardian restore into a fresh database, (f) a verify of the same backup.

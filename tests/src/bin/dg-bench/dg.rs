@@ -113,18 +113,18 @@ pub(crate) async fn dg_restore(
     let wall = start.elapsed().as_secs_f64();
     let rss = ctx.rss.end();
     if done.status == pb::ExecutionStatus::Completed as i32 {
-        let n = kind.accounts(target).await?;
+        let n = kind.rows(target).await?;
         let exec = span(&done);
         println!(
-            "{tag} (e) DataGuardian restore: {wall:.2} s (execution {}), agent VmRSS peak {} ({n} accounts restored)",
+            "{tag} (e) DataGuardian restore: {wall:.2} s (execution {}), agent VmRSS peak {} ({n} rows restored)",
             exec.map(|s| format!("{s:.2} s")).unwrap_or_else(|| "?".into()),
             mib(rss)
         );
-        if n == r.source.accounts {
+        if n == r.source.rows {
             r.dg_restore.wall.push(wall, None, rss);
             r.dg_restore.exec.extend(exec);
         } else {
-            let msg = format!("restored {n} accounts, the source has {}", r.source.accounts);
+            let msg = format!("restored {n} rows, the source has {}", r.source.rows);
             r.dg_restore.problem = Some(Problem::Failed(msg));
         }
     } else {

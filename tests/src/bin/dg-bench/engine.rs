@@ -16,8 +16,9 @@ pub(crate) const PG_USER: &str = "postgres";
 const MY_PORT: u16 = 3306;
 const MY_USER: &str = "root";
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, clap::ValueEnum)]
 pub(crate) enum Kind {
+    #[value(alias = "pg", alias = "postgresql")]
     Postgres,
     Mariadb,
 }
@@ -35,10 +36,6 @@ impl Kind {
             Kind::Postgres => "pg",
             Kind::Mariadb => "my",
         }
-    }
-
-    pub(crate) fn source_db(self, scale: u32) -> String {
-        format!("dgbench_{}_s{scale}", self.short())
     }
 
     pub(crate) fn tools(self) -> &'static [&'static str] {
@@ -168,26 +165,58 @@ impl Kind {
         Ok(())
     }
 
-    /// Rows of `pgbench_accounts` in `db`.
-    pub(crate) async fn accounts(self, db: &str) -> anyhow::Result<i64> {
+    /// The base tables of `db`.
+    pub(crate) async fn tables(self, db: &str) -> anyhow::Result<Vec<String>> {
         Ok(match self {
             Kind::Postgres => {
                 let mut c = PgConnection::connect(&pg_url(db)).await?;
-                let n = sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pgbench_accounts").fetch_one(&mut c).await?;
+                let t = sqlx::query_scalar::<_, String>(
+                    "SELECT table_name::text FROM information_schema.tables \
+                     WHERE table_schema = 'public' AND table_type = 'BASE TABLE' ORDER BY 1",
+                )
+                .fetch_all(&mut c)
+                .await?;
                 c.close().await?;
-                n
+                t
             }
             Kind::Mariadb => {
                 let mut c = MySqlConnection::connect(&my_url()).await?;
-                let n = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
-                    "SELECT COUNT(*) FROM `{db}`.pgbench_accounts"
-                )))
-                .fetch_one(&mut c)
+                let t = sqlx::query_scalar::<_, String>(
+                    "SELECT CAST(table_name AS CHAR) FROM information_schema.tables \
+                     WHERE table_schema = ? AND table_type = 'BASE TABLE' ORDER BY 1",
+                )
+                .bind(db)
+                .fetch_all(&mut c)
                 .await?;
                 c.close().await?;
-                n
+                t
             }
         })
+    }
+
+    /// Rows of every base table of `db`, summed (exact counts).
+    pub(crate) async fn rows(self, db: &str) -> anyhow::Result<i64> {
+        let tables = self.tables(db).await?;
+        let mut n = 0;
+        match self {
+            Kind::Postgres => {
+                let mut c = PgConnection::connect(&pg_url(db)).await?;
+                for t in &tables {
+                    let q = format!("SELECT count(*) FROM \"{t}\"");
+                    n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q)).fetch_one(&mut c).await?;
+                }
+                c.close().await?;
+            }
+            Kind::Mariadb => {
+                let mut c = MySqlConnection::connect(&my_url()).await?;
+                for t in &tables {
+                    let q = format!("SELECT COUNT(*) FROM `{db}`.`{t}`");
+                    n += sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(q)).fetch_one(&mut c).await?;
+                }
+                c.close().await?;
+            }
+        }
+        Ok(n)
     }
 }
 

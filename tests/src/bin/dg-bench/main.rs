@@ -20,6 +20,7 @@
 mod args;
 mod bench;
 mod created;
+mod dataset;
 mod dg;
 mod engine;
 mod plain;
@@ -32,24 +33,14 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 
-use crate::{
-    args::{Args, USAGE, parse_args},
-    bench::bench,
-    created::Created,
-};
+use crate::{args::Args, bench::bench, created::Created};
 
 /// zstd level of both the pipeline and the DataGuardian job.
 const ZSTD_LEVEL: i32 = 3;
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Some(a)) => a,
-        Ok(None) => return ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("dg-bench: {e:#}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    use clap::Parser as _;
+    let args = Args::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

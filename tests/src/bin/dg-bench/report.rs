@@ -116,18 +116,18 @@ pub(crate) fn print_report(
     let runs = if args.runs > 1 { format!(", {} runs each, medians", args.runs) } else { String::new() };
     let _ = writeln!(
         out,
-        "\n=============================== dg-bench results (scale {}{runs}) ===============================",
-        args.scale
+        "\n=============================== dg-bench results ({}{runs}) ===============================",
+        args.datasets.iter().map(|d| d.describe(args)).collect::<Vec<_>>().join("; ")
     );
     for r in reports {
         let k = r.kind;
         let _ = writeln!(
             out,
-            "\n{} — source {}: {} on disk, {} pgbench_accounts rows",
-            k.label(),
+            "\n{} — source {}: {} on disk, {} rows",
+            r.title(),
             r.source.name,
             mib(r.source.bytes),
-            r.source.accounts
+            r.source.rows
         );
         let mut t = Table { out: &mut out, runs: args.runs };
         t.header();
@@ -169,8 +169,8 @@ pub(crate) fn print_report(
         ];
         for (what, short, n, d, t) in checks {
             match ratio_line(&mut out, what, n, d, Some(t)) {
-                Some(pass) => verdicts.push((format!("{} {short}", k.label()), pass)),
-                None => missing.push(format!("{} {short}", k.label())),
+                Some(pass) => verdicts.push((format!("{} {short}", r.title()), pass)),
+                None => missing.push(format!("{} {short}", r.title())),
             }
         }
         let exec_b = if r.dg_backup.problem.is_none() { median(&r.dg_backup.exec) } else { None };
@@ -221,12 +221,10 @@ pub(crate) fn print_report(
     let _ = writeln!(out, "  VmRSS idle after start                    {}", mib(mem.idle));
     for r in reports {
         if r.dg_backup.problem.is_none() && !r.dg_backup.wall.secs.is_empty() {
-            let _ =
-                writeln!(out, "  VmRSS peak during the {:<10} backups  {}", r.kind.label(), mib(r.dg_backup.wall.rss));
+            let _ = writeln!(out, "  VmRSS peak during the {:<20} backups  {}", r.title(), mib(r.dg_backup.wall.rss));
         }
         if r.dg_restore.problem.is_none() && !r.dg_restore.wall.secs.is_empty() {
-            let _ =
-                writeln!(out, "  VmRSS peak during the {:<10} restores {}", r.kind.label(), mib(r.dg_restore.wall.rss));
+            let _ = writeln!(out, "  VmRSS peak during the {:<20} restores {}", r.title(), mib(r.dg_restore.wall.rss));
         }
     }
     let _ = writeln!(out, "  highest 100 ms VmRSS sample of the run    {}", mib(mem.sampled));

@@ -91,3 +91,15 @@ pub(crate) struct EngineReport {
     pub(crate) notes: Vec<String>,
     pub(crate) error: Option<String>,
 }
+
+impl EngineReport {
+    /// "pg hard": the engine and the data set, as log lines are tagged.
+    pub(crate) fn label(&self) -> String {
+        format!("{} {}", self.kind.short(), self.source.dataset)
+    }
+
+    /// "PostgreSQL, hard": as the report names it.
+    pub(crate) fn title(&self) -> String {
+        format!("{}, {}", self.kind.label(), self.source.dataset)
+    }
+}

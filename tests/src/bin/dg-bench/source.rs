@@ -1,5 +1,5 @@
-//! Source databases: reusing (`--keep-data`) or generating the pgbench-shaped database of each engine —
-//! `pgbench -i` for PostgreSQL, the SEQUENCE engine for MariaDB — and measuring its size and row count.
+//! Source databases: reusing (`--keep-data`) or generating each data set in each engine (pgbench: `pgbench -i`
+//! for PostgreSQL, the SEQUENCE engine for MariaDB; the others: see `dataset`), and measuring its size and rows.
 
 use std::{process::Stdio, time::Instant};
 
@@ -9,21 +9,29 @@ use sqlx::{Connection as _, Executor as _, MySqlConnection, PgConnection};
 use crate::{
     args::Args,
     created::Created,
+    dataset::Dataset,
     engine::{HOST, Kind, PG_USER, my_url, pg_url},
     plain::{timed, tool},
 };
 
 pub(crate) struct Source {
+    pub(crate) dataset: Dataset,
     pub(crate) name: String,
     pub(crate) bytes: u64,
-    pub(crate) accounts: i64,
+    /// Rows over all its tables (what every restore must hold too).
+    pub(crate) rows: i64,
     /// Seconds spent generating it; `None` when an existing one was reused.
     pub(crate) generated: Option<f64>,
 }
 
-pub(crate) async fn prepare_source(kind: Kind, args: &Args, created: &mut Created) -> anyhow::Result<Source> {
-    let name = kind.source_db(args.scale);
-    let want = i64::from(args.scale) * 100_000;
+pub(crate) async fn prepare_source(
+    kind: Kind,
+    dataset: Dataset,
+    args: &Args,
+    created: &mut Created,
+) -> anyhow::Result<Source> {
+    let name = dataset.source_db(kind, args);
+    let want = dataset.expected_rows(args);
     let exists = match kind {
         Kind::Postgres => {
             let mut c = PgConnection::connect(&pg_url("postgres")).await.context("connect to PostgreSQL")?;
@@ -45,7 +53,7 @@ pub(crate) async fn prepare_source(kind: Kind, args: &Args, created: &mut Create
             n > 0
         }
     };
-    let reusable = exists && args.keep_data && kind.accounts(&name).await.is_ok_and(|n| n == want);
+    let reusable = exists && args.keep_data && kind.rows(&name).await.is_ok_and(|n| n == want);
     let generated = if reusable {
         println!("[{}] reusing {name} (--keep-data)", kind.short());
         None
@@ -58,16 +66,17 @@ pub(crate) async fn prepare_source(kind: Kind, args: &Args, created: &mut Create
         if !args.keep_data {
             created.track_db(kind, &name);
         }
-        println!("[{}] generating {name} at scale {} ...", kind.short(), args.scale);
+        println!("[{}] generating {name}: {} ...", kind.short(), dataset.describe(args));
         let start = Instant::now();
-        match kind {
-            Kind::Postgres => {
+        match (dataset, kind) {
+            (Dataset::Pgbench, Kind::Postgres) => {
                 let mut c = tool("pgbench");
                 c.args(["-i", "-q", "-s", &args.scale.to_string(), "-h", HOST, "-p", "5432", "-U", PG_USER, &name])
                     .stdout(Stdio::null());
                 timed(c, "pgbench -i").await?;
             }
-            Kind::Mariadb => generate_mariadb(&name, args.scale).await?,
+            (Dataset::Pgbench, Kind::Mariadb) => generate_mariadb(&name, args.scale).await?,
+            (d, k) => d.generate(k, &name, args).await?,
         }
         Some(start.elapsed().as_secs_f64())
     };
@@ -83,11 +92,9 @@ pub(crate) async fn prepare_source(kind: Kind, args: &Args, created: &mut Create
         }
         Kind::Mariadb => {
             let mut c = MySqlConnection::connect(&my_url()).await?;
-            c.execute(sqlx::AssertSqlSafe(format!(
-                "ANALYZE TABLE `{name}`.pgbench_accounts, `{name}`.pgbench_branches, `{name}`.pgbench_tellers, \
-                 `{name}`.pgbench_history"
-            )))
-            .await?;
+            for t in kind.tables(&name).await? {
+                c.execute(sqlx::AssertSqlSafe(format!("ANALYZE TABLE `{name}`.`{t}`"))).await?;
+            }
             let b = sqlx::query_scalar::<_, u64>(
                 "SELECT CAST(COALESCE(SUM(data_length + index_length), 0) AS UNSIGNED) \
                  FROM information_schema.tables WHERE table_schema = ?",
@@ -99,8 +106,9 @@ pub(crate) async fn prepare_source(kind: Kind, args: &Args, created: &mut Create
             b
         }
     };
-    let accounts = kind.accounts(&name).await?;
-    Ok(Source { name, bytes, accounts, generated })
+    let rows = kind.rows(&name).await?;
+    anyhow::ensure!(rows == want || dataset == Dataset::Pgbench, "{name} holds {rows} rows, {want} were generated");
+    Ok(Source { dataset, name, bytes, rows, generated })
 }
 
 /// pgbench's four tables and row counts, generated with MariaDB's SEQUENCE engine (`seq_A_to_B` tables).
