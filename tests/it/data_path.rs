@@ -244,20 +244,48 @@ async fn strategies_and_damaged_chunks() -> anyhow::Result<()> {
     assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{rlogs}", r.error);
     assert_eq!(dst.table_fingerprint("t").await?, want);
 
-    // Chunk 0 corrupted in B too: refused before the target is touched, naming the chunk.
+    // The good restore into a new database read every chunk once, verifying it on the way in.
+    assert!(rlogs.contains("single pass") && !rlogs.contains("before touching"), "{rlogs}");
+
+    // Chunk 0 corrupted in B too. Into a new database: the single pass stops at that chunk, naming it, and
+    // the database it created is dropped.
     let mut bytes = std::fs::read(b.join(&keys[0]))?;
     bytes[10] ^= 0xff;
     std::fs::write(b.join(&keys[0]), &bytes)?;
     let never = TestDb::reserve("strat_never");
     let r = c.restore_into(&ex.id, &never.name).await?;
+    let nlogs = c.logs(&r.id).await?;
     assert_eq!(r.status, pb::ExecutionStatus::Failed as i32);
     assert!(r.error.contains("chunk 0") && r.error.contains(&keys[0]), "{}", r.error);
+    assert!(
+        nlogs.contains("single pass") && nlogs.contains(&format!("new database {} dropped", never.name)),
+        "{nlogs}"
+    );
     let mut admin = src.connect().await?;
     let exists: (i64,) = sqlx::query_as("SELECT count(*) FROM pg_database WHERE datname = $1")
         .bind(&never.name)
         .fetch_one(&mut admin)
         .await?;
-    assert_eq!(exists.0, 0, "the target database was never created");
+    assert_eq!(exists.0, 0, "the new database was dropped");
+    // Into an existing database with drop_existing: every chunk is verified before it is touched, so the
+    // refusal leaves it exactly as it was.
+    let existing = TestDb::create("strat_existing").await?;
+    existing.connect().await?.execute("CREATE TABLE keep (v text); INSERT INTO keep VALUES ('mine')").await?;
+    let r = c
+        .restore_with(pb::RestoreBackupRequest {
+            backup_id: ex.id.clone(),
+            target_database: existing.name.clone(),
+            drop_existing: true,
+            confirm_target_database: existing.name.clone(),
+            ..Default::default()
+        })
+        .await?;
+    let elogs = c.logs(&r.id).await?;
+    assert_eq!(r.status, pb::ExecutionStatus::Failed as i32, "{elogs}");
+    assert!(r.error.contains("chunk 0"), "{}", r.error);
+    assert!(!elogs.contains("single pass") && !elogs.contains("dropped"), "{elogs}");
+    let kept: (String,) = sqlx::query_as("SELECT v FROM keep").fetch_one(&mut existing.connect().await?).await?;
+    assert_eq!(kept.0, "mine", "the existing database was not touched");
 
     // A deleted chunk: same refusal, naming it.
     std::fs::remove_file(a.join(&keys[1]))?;

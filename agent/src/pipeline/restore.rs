@@ -82,12 +82,24 @@ pub async fn run(
             None => result = Err(PipelineError::Cancelled),
         }
     }
-    // Only a database this attempt created is dropped.
+    // Only a database this attempt created is dropped: a scratch one always, a new target when the restore
+    // failed (a half-restored database is worse than none; the existing ones are never dropped here).
+    let t = &plan.target;
     if plan.target_plan.is_scratch() && created {
-        let t = &plan.target;
         match engine::drop_database(t, &t.database).await {
             Ok(()) => rep.log(LogLevel::Info, format!("verification database {} dropped", t.database)).await,
             Err(e) => rep.log(LogLevel::Warn, format!("verification database {} not dropped: {e}", t.database)).await,
+        }
+    } else if created && result.is_err() {
+        match engine::drop_database(t, &t.database).await {
+            Ok(()) => rep.log(LogLevel::Warn, format!("the restore failed: new database {} dropped", t.database)).await,
+            Err(e) => {
+                rep.log(
+                    LogLevel::Warn,
+                    format!("the restore failed and new database {} was not dropped: {e}", t.database),
+                )
+                .await
+            }
         }
     }
     result
@@ -212,31 +224,14 @@ async fn run_inner(
         None
     };
     let all: Vec<usize> = (0..stores.len()).collect();
-    let mut whole = Sha256::new();
-    let mut total = 0u64;
-    let mut sources = Vec::with_capacity(plan.chunks.len());
-    for c in &plan.chunks {
-        let (src, data) = fetch_any(&stores, &all, c).await?;
-        whole.update(&data);
-        total += data.len() as u64;
-        sources.push(src);
-    }
-    if !hex::encode(whole.finalize()).eq_ignore_ascii_case(&plan.sha256) {
-        return Err(PipelineError::Integrity("the chunks do not add up to the backup's sha256".into()));
-    }
-    let line = format!("verified {} chunks ({total} bytes) against their sha256", plan.chunks.len());
-    rep.log(LogLevel::Info, line).await;
-
-    // 2. Prepare the target.
     let target_plan = plan.target_plan;
-    // MariaDB/MySQL: dropping the existing objects is dropping and recreating the database; PostgreSQL
-    // leaves it to `pg_restore --clean`.
-    let recreate = target_plan.drops_existing() && engine != Engine::Postgres;
-    if recreate {
-        engine::drop_database(target, &target.database).await?;
-        rep.log(LogLevel::Info, format!("dropped database {} (drop_existing)", target.database)).await;
-    }
-    if target_plan.creates() || recreate {
+
+    // 2. When the restore may create its database and drops nothing, create it now: if it is new, nothing
+    // but this restore can be harmed, so the chunks are verified as they stream into the tool (one read), and
+    // the database is dropped if any check fails. An existing database (drop_existing, or one that was
+    // there already) is only touched after every chunk has been read and verified (two reads).
+    let mut single_pass = false;
+    if target_plan.creates() && !target_plan.drops_existing() {
         let created = engine::ensure_database(target, &target.database).await?;
         *created_db = created;
         if target_plan.is_scratch() && !created {
@@ -247,6 +242,45 @@ async fn run_inner(
         }
         if created {
             rep.log(LogLevel::Info, format!("created database {}", target.database)).await;
+            let line = "single pass: each chunk is verified as it streams into the new database, which is \
+                        dropped if any check fails";
+            rep.log(LogLevel::Info, line).await;
+            single_pass = true;
+        }
+    }
+    let mut sources = Vec::with_capacity(plan.chunks.len());
+    if single_pass {
+        sources.resize(plan.chunks.len(), 0);
+    } else {
+        let mut whole = Sha256::new();
+        let mut total = 0u64;
+        for c in &plan.chunks {
+            let (src, data) = fetch_any(&stores, &all, c).await?;
+            whole.update(&data);
+            total += data.len() as u64;
+            sources.push(src);
+        }
+        if !hex::encode(whole.finalize()).eq_ignore_ascii_case(&plan.sha256) {
+            return Err(PipelineError::Integrity("the chunks do not add up to the backup's sha256".into()));
+        }
+        let line = format!(
+            "verified {} chunks ({total} bytes) against their sha256 before touching the existing database",
+            plan.chunks.len()
+        );
+        rep.log(LogLevel::Info, line).await;
+        // MariaDB/MySQL: dropping the existing objects is dropping and recreating the database; PostgreSQL
+        // leaves it to `pg_restore --clean`.
+        let recreate = target_plan.drops_existing() && engine != Engine::Postgres;
+        if recreate {
+            engine::drop_database(target, &target.database).await?;
+            rep.log(LogLevel::Info, format!("dropped database {} (drop_existing)", target.database)).await;
+        }
+        if target_plan.creates() || recreate {
+            let created = engine::ensure_database(target, &target.database).await?;
+            *created_db = created;
+            if created {
+                rep.log(LogLevel::Info, format!("created database {}", target.database)).await;
+            }
         }
     }
     if let Some(sql) = &globals_sql {
@@ -266,18 +300,26 @@ async fn run_inner(
     let limit = plan.raw_bytes.unwrap_or(u64::MAX);
     let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK, limit));
     let chunks = &plan.chunks;
+    let whole_sha256 = &plan.sha256;
     let downloader = async move {
+        // Every chunk is checked against its recorded sha256 as it is read (again, after a first pass); the
+        // whole stream against the backup's.
+        let mut whole = Sha256::new();
         for (c, src) in chunks.iter().zip(sources) {
             let mut order = vec![src];
             order.extend(all.iter().copied().filter(|i| *i != src));
             let (_, data) = fetch_any(&stores, &order, c).await?;
+            whole.update(&data);
             let data = match &cipher {
                 Some(k) => Bytes::from(k.open_chunk(c.seq, &data)?),
                 None => data,
             };
             if comp_tx.send(data).await.is_err() {
-                break; // the decompressor stopped; its error explains why
+                return Ok(()); // the decompressor stopped; its error explains why
             }
+        }
+        if !hex::encode(whole.finalize()).eq_ignore_ascii_case(whole_sha256) {
+            return Err(PipelineError::Integrity("the chunks do not add up to the backup's sha256".into()));
         }
         Ok::<(), PipelineError>(())
     };
