@@ -233,6 +233,7 @@ mod tests {
                 chunk_size: 1 << 20,
                 upload_concurrency: 1,
                 compression_workers: 0,
+                adaptive_compression: None,
                 encryption_key_id: None,
                 include_globals: false,
             }),

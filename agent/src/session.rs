@@ -436,6 +436,7 @@ mod tests {
                 chunk_size: 8 << 20,
                 upload_concurrency: 3,
                 compression_workers: 0,
+                adaptive_compression: None,
                 encryption_key_id: None,
                 include_globals: false,
             }),

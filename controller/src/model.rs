@@ -193,8 +193,12 @@ pub struct BackupJob {
     pub max_age_secs: i64,
     /// Strategy.
     pub storage_strategy: Strategy,
-    /// zstd level.
+    /// zstd level (where an adaptive level starts).
     pub compression_level: i32,
+    /// Adaptive compression: lowest level (NULL with `compression_max_level`: a fixed level).
+    pub compression_min_level: Option<i32>,
+    /// Adaptive compression: highest level.
+    pub compression_max_level: Option<i32>,
     /// Enabled for scheduling.
     pub enabled: bool,
     /// Attempts in all (1 = no retry).

@@ -20,6 +20,7 @@ mod m0013_notifications;
 mod m0014_scrub;
 mod m0015_import;
 mod m0016_access;
+mod m0017_adaptive;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0014_scrub::Migration),
             Box::new(m0015_import::Migration),
             Box::new(m0016_access::Migration),
+            Box::new(m0017_adaptive::Migration),
         ]
     }
 }

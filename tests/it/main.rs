@@ -2,6 +2,7 @@
 //! real mTLS agents and real `grpcurl`.
 
 mod access;
+mod adaptive;
 mod alert_rules;
 mod backup_restore;
 mod bad_input;

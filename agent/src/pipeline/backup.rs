@@ -77,7 +77,10 @@ pub async fn run(
 struct PassSettings {
     layout: ObjectLayout,
     chunk_size: usize,
+    /// The starting level (the whole stream's, when fixed).
     level: i32,
+    /// Bounds of an adaptive level.
+    adaptive: Option<dg_common::protocol::LevelBounds>,
     workers: u32,
     concurrency: usize,
     cipher: Option<Arc<ChunkCipher>>,
@@ -118,7 +121,8 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         layout,
         chunk_size: usize::try_from(plan.chunk_size)
             .map_err(|_| PipelineError::Invalid(format!("chunk size {} does not fit this host", plan.chunk_size)))?,
-        level: plan.compression_level,
+        level: plan.adaptive_compression.map_or(plan.compression_level, |b| b.clamp(plan.compression_level)),
+        adaptive: plan.adaptive_compression,
         workers: plan.compression_workers,
         concurrency: plan.upload_concurrency as usize,
         cipher,
@@ -311,7 +315,12 @@ async fn one_pass(
         .spawn()
         .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
     let ids: Vec<_> = targets.iter().map(|t| t.id.to_string()).collect();
-    rep.log(LogLevel::Info, format!("{tool} started (zstd level {}), writing to {}", s.level, ids.join(", "))).await;
+    let level_text = match s.adaptive {
+        Some(b) if s.workers > 0 => format!("zstd level adaptive {}..{}, from {}", b.min, b.max, s.level),
+        Some(_) => format!("zstd level {} (adaptive needs compression workers)", s.level),
+        None => format!("zstd level {}", s.level),
+    };
+    rep.log(LogLevel::Info, format!("{tool} started ({level_text}), writing to {}", ids.join(", "))).await;
     let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
     let stderr_task = tokio::spawn(forward_stderr(
         child.stderr.take(),
@@ -324,7 +333,11 @@ async fn one_pass(
 
     // The compressor thread reads the tool's stdout itself: no async hop and no copy between the pipe and zstd.
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
-    let (level, workers, chunk_size) = (s.level, s.workers, s.chunk_size);
+    let level = match s.adaptive {
+        Some(b) => chunker::Level::Adaptive { start: s.level, min: b.min, max: b.max },
+        None => chunker::Level::Fixed(s.level),
+    };
+    let (workers, chunk_size) = (s.workers, s.chunk_size);
     let sealer: Option<chunker::Sealer> =
         s.cipher.clone().map(|c| Box::new(move |seq, data: Vec<u8>| c.seal(seq, &data)) as chunker::Sealer);
     let compressor =
@@ -343,6 +356,10 @@ async fn one_pass(
         return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
     }
     let totals = comp_res.map_err(|e| PipelineError::Io(std::io::Error::other(e)))??;
+    if s.adaptive.is_some() {
+        let line = format!("adaptive compression: {}", chunker::describe_levels(&totals.levels));
+        rep.log(LogLevel::Info, line).await;
+    }
     if chunks.len() as u32 != totals.chunks {
         return Err(PipelineError::Integrity(format!("{} chunks produced but {} stored", totals.chunks, chunks.len())));
     }

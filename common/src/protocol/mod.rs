@@ -213,6 +213,30 @@ pub const CHUNK_SIZE_RANGE: std::ops::RangeInclusive<u64> = (1 << 20)..=(256 << 
 pub const LEVEL_RANGE: std::ops::RangeInclusive<i32> = 1..=19;
 /// Default zstd level.
 pub const DEFAULT_LEVEL: i32 = 3;
+/// Lowest bound of an adaptive level (zstd's fast modes reach -7 here).
+pub const ADAPTIVE_MIN_RANGE: std::ops::RangeInclusive<i32> = -7..=19;
+
+/// Bounds of an adaptive zstd level, `min <= max`, `min` within [`ADAPTIVE_MIN_RANGE`], `max` within
+/// [`LEVEL_RANGE`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelBounds {
+    /// Lowest level.
+    pub min: i32,
+    /// Highest level.
+    pub max: i32,
+}
+
+impl LevelBounds {
+    /// Bounds that hold, or `None`.
+    pub fn new(min: i32, max: i32) -> Option<Self> {
+        (ADAPTIVE_MIN_RANGE.contains(&min) && LEVEL_RANGE.contains(&max) && min <= max).then_some(Self { min, max })
+    }
+
+    /// `level` moved into the bounds.
+    pub fn clamp(self, level: i32) -> i32 {
+        level.clamp(self.min, self.max)
+    }
+}
 /// Concurrent uploads an agent accepts.
 pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 /// Largest zstd worker count.
@@ -237,6 +261,8 @@ pub struct BackupPlan {
     pub upload_concurrency: u32,
     /// zstd worker threads (0: on the pipeline thread), at most [`MAX_WORKERS`].
     pub compression_workers: u32,
+    /// The level adapts within these bounds, starting at `compression_level`; `None`: fixed.
+    pub adaptive_compression: Option<LevelBounds>,
     /// Agent-held key that wraps the backup's data key; `None`: not encrypted.
     pub encryption_key_id: Option<String>,
     /// PostgreSQL: also store the cluster globals.

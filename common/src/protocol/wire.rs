@@ -8,9 +8,9 @@ use secrecy::ExposeSecret;
 use super::{
     AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkDamage,
     ChunkFault, ChunkRef, ChunkStored, CopyFindings, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE,
-    LogLevel, LogReport, MAX_LOG_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan, Progress,
-    ProtocolError, ProtocolResult, RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult, StorageTarget,
-    StoredObject, Strategy, TargetDatabasePlan, TlsMode, VerifyCopy, VerifyPlan, VerifyResult,
+    LevelBounds, LogLevel, LogReport, MAX_LOG_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan,
+    Progress, ProtocolError, ProtocolResult, RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult,
+    StorageTarget, StoredObject, Strategy, TargetDatabasePlan, TlsMode, VerifyCopy, VerifyPlan, VerifyResult,
 };
 use crate::{
     ids::{DatasourceId, ExecutionId, StorageId},
@@ -305,6 +305,14 @@ fn backup_plan(t: pb::BackupTask, execution: ExecutionRef) -> ProtocolResult<Bac
         chunk_size: t.chunk_size.clamp(*CHUNK_SIZE_RANGE.start(), *CHUNK_SIZE_RANGE.end()),
         upload_concurrency: t.upload_concurrency.clamp(*CONCURRENCY_RANGE.start(), *CONCURRENCY_RANGE.end()),
         compression_workers: t.compression_workers.min(MAX_WORKERS),
+        // Bounds that do not hold are refused, not guessed at.
+        adaptive_compression: t
+            .adaptive_compression
+            .map(|b| {
+                LevelBounds::new(b.min_level, b.max_level)
+                    .ok_or_else(|| ProtocolError::new("adaptive_compression", "bounds out of range or reversed"))
+            })
+            .transpose()?,
         encryption_key_id,
         include_globals: t.include_globals,
     })
@@ -321,6 +329,9 @@ impl From<BackupPlan> for pb::BackupTask {
             chunk_size: p.chunk_size,
             upload_concurrency: p.upload_concurrency,
             compression_workers: p.compression_workers,
+            adaptive_compression: p
+                .adaptive_compression
+                .map(|b| pb::LevelBounds { min_level: b.min, max_level: b.max }),
             encryption_key_id: p.encryption_key_id.unwrap_or_default(),
             include_globals: p.include_globals,
             datasource_id: p.layout.datasource.to_string(),

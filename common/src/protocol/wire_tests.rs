@@ -34,6 +34,7 @@ fn backup(execution: ExecutionRef) -> Assignment {
             chunk_size: 4 << 20,
             upload_concurrency: 2,
             compression_workers: 2,
+            adaptive_compression: Some(super::LevelBounds { min: -1, max: 9 }),
             encryption_key_id: Some("prod.2026".into()),
             include_globals: true,
         }),
@@ -56,7 +57,24 @@ fn a_backup_assignment_round_trips_and_keeps_its_layout() {
     assert_eq!(q.source, p.source);
     assert_eq!(q.storages[0].id, p.storages[0].id);
     assert_eq!(q.encryption_key_id.as_deref(), Some("prod.2026"));
+    assert_eq!(q.adaptive_compression, p.adaptive_compression);
     assert!(!format!("{q:?}").contains("s3cret"), "Debug hides the password");
+}
+
+#[test]
+fn adaptive_bounds_that_do_not_hold_are_refused() {
+    for (min, max) in [(5, 3), (-8, 3), (1, 20), (1, 0)] {
+        let mut w = pb::Assign::from(backup(exec()));
+        let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+        t.adaptive_compression = Some(pb::LevelBounds { min_level: min, max_level: max });
+        let e = Assignment::try_from(w).expect_err("reversed or out-of-range bounds");
+        assert_eq!(e.field, "backup.adaptive_compression", "{min}..{max}");
+    }
+    let mut w = pb::Assign::from(backup(exec()));
+    let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+    t.adaptive_compression = None;
+    let Plan::Backup(p) = Assignment::try_from(w).expect("valid").plan else { panic!("a backup") };
+    assert_eq!(p.adaptive_compression, None, "absent: a fixed level");
 }
 
 #[test]

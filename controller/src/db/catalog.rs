@@ -15,7 +15,8 @@ const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, k
                         keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                         retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at, \
                         retention_mode, keep_hourly, keep_yearly, min_backups, max_age_secs, rpo_secs, labels, \
-                        rpo_breached_since, verify_cron, verify_after_backup, verify_read_rate";
+                        rpo_breached_since, verify_cron, verify_after_backup, verify_read_rate, \
+                        compression_min_level, compression_max_level";
 
 /// Outcome of a guarded deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,9 +228,10 @@ impl Db {
                 "INSERT INTO backup_job (id, name, datasource_id, cron, time_zone, max_backups, keep_daily, \
                  keep_weekly, keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                  retry_backoff_secs, encryption_key_id, include_globals, retention_mode, keep_hourly, keep_yearly, \
-                 min_backups, max_age_secs, rpo_secs, labels, verify_cron, verify_after_backup, verify_read_rate) \
+                 min_backups, max_age_secs, rpo_secs, labels, verify_cron, verify_after_backup, verify_read_rate, \
+                 compression_min_level, compression_max_level) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24, $25, $26) RETURNING {JOB_COLS}"
+                 $21, $22, $23, $24, $25, $26, $27, $28) RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -253,6 +255,7 @@ impl Db {
                  keep_yearly = $19, min_backups = $20, max_age_secs = $21, rpo_secs = $22, labels = $23, \
                  rpo_breached_since = CASE WHEN $22 = 0 THEN NULL ELSE rpo_breached_since END, \
                  verify_cron = $24, verify_after_backup = $25, verify_read_rate = $26, next_run_at = NULL, \
+                 compression_min_level = $27, compression_max_level = $28, \
                  next_verify_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
@@ -457,7 +460,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 7] {
     ]
 }
 
-fn job_values(j: &BackupJob) -> [sea_orm::Value; 26] {
+fn job_values(j: &BackupJob) -> [sea_orm::Value; 28] {
     [
         j.id.into(),
         j.name.clone().into(),
@@ -485,5 +488,7 @@ fn job_values(j: &BackupJob) -> [sea_orm::Value; 26] {
         j.verify_cron.clone().into(),
         j.verify_after_backup.into(),
         j.verify_read_rate.into(),
+        j.compression_min_level.into(),
+        j.compression_max_level.into(),
     ]
 }

@@ -127,6 +127,10 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
         } as i32,
         storage_ids: storage_ids.iter().map(Uuid::to_string).collect(),
         compression_level: j.compression_level,
+        adaptive_compression: j
+            .compression_min_level
+            .zip(j.compression_max_level)
+            .map(|(min_level, max_level)| pb::AdaptiveCompression { min_level, max_level }),
         enabled: j.enabled,
         created_at: Some(ts(j.created_at)),
         retry: Some(pb::RetryPolicy {

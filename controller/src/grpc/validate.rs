@@ -3,7 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use dg_common::error::FieldError;
+use dg_common::{
+    error::FieldError,
+    protocol::{self, LevelBounds},
+};
 use dg_proto::v1 as pb;
 use uuid::Uuid;
 
@@ -230,6 +233,25 @@ fn storage_ids(ids: &[String]) -> V<Vec<Uuid>> {
     Ok(out)
 }
 
+/// Adaptive bounds: 0 means the default (min 1, max 9); `None` when absent or both 0 (off).
+fn adaptive(a: Option<pb::AdaptiveCompression>) -> V<Option<Option<LevelBounds>>> {
+    let Some(a) = a else { return Ok(None) };
+    if a.min_level == 0 && a.max_level == 0 {
+        return Ok(Some(None));
+    }
+    let min = if a.min_level == 0 { 1 } else { a.min_level };
+    let max = if a.max_level == 0 { 9 } else { a.max_level };
+    if !protocol::ADAPTIVE_MIN_RANGE.contains(&min) {
+        return Err(FieldError::new("adaptive_compression.min_level", "must be -7..19"));
+    }
+    if !protocol::LEVEL_RANGE.contains(&max) {
+        return Err(FieldError::new("adaptive_compression.max_level", "must be 1..19"));
+    }
+    LevelBounds::new(min, max)
+        .map(|b| Some(Some(b)))
+        .ok_or_else(|| FieldError::new("adaptive_compression.min_level", "must not be above max_level"))
+}
+
 fn compression(l: i32) -> V<i32> {
     match l {
         0 => Ok(3),
@@ -403,6 +425,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             strategy: strategy(r.storage_strategy)?,
             storage_ids: storage_ids(&r.storage_ids)?,
             compression_level: compression(r.compression_level)?,
+            adaptive_compression: adaptive(r.adaptive_compression)?.flatten(),
             enabled: r.enabled.unwrap_or(true),
             retry_max_attempts,
             retry_backoff_secs,
@@ -435,6 +458,7 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             strategy: r.storage_strategy.map(strategy).transpose()?,
             storage_ids: r.storages.map(|s| storage_ids(&s.storage_ids)).transpose()?,
             compression_level: r.compression_level.map(compression).transpose()?,
+            adaptive_compression: adaptive(r.adaptive_compression)?,
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
             encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
             include_globals: r.include_globals,

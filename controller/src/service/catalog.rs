@@ -5,6 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
+use dg_common::protocol::LevelBounds;
 use uuid::Uuid;
 
 use super::{
@@ -91,6 +92,8 @@ pub struct NewJob {
     pub storage_ids: Vec<Uuid>,
     /// zstd level.
     pub compression_level: i32,
+    /// Adaptive compression bounds (`None`: the fixed level).
+    pub adaptive_compression: Option<LevelBounds>,
     /// Enabled.
     pub enabled: bool,
     /// Retry: attempts in all.
@@ -126,6 +129,8 @@ pub struct JobPatch {
     pub storage_ids: Option<Vec<Uuid>>,
     /// zstd level.
     pub compression_level: Option<i32>,
+    /// Adaptive compression: `Some(None)` turns it off.
+    pub adaptive_compression: Option<Option<LevelBounds>>,
     /// Retry (attempts, backoff secs).
     pub retry: Option<(u32, u32)>,
     /// Encryption key id.
@@ -537,6 +542,8 @@ impl CatalogService {
             max_age_secs: 0,
             storage_strategy: n.strategy,
             compression_level: n.compression_level,
+            compression_min_level: n.adaptive_compression.map(|b| b.min),
+            compression_max_level: n.adaptive_compression.map(|b| b.max),
             enabled: n.enabled,
             retry_max_attempts: to_i32(n.retry_max_attempts),
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
@@ -581,6 +588,9 @@ impl CatalogService {
         }
         if let Some(l) = p.compression_level {
             j.compression_level = l;
+        }
+        if let Some(a) = p.adaptive_compression {
+            (j.compression_min_level, j.compression_max_level) = (a.map(|b| b.min), a.map(|b| b.max));
         }
         if let Some((a, b)) = p.retry {
             (j.retry_max_attempts, j.retry_backoff_secs) = (to_i32(a), to_i32(b));

@@ -208,6 +208,10 @@ impl DispatchTask {
                 .clamp(*protocol::CHUNK_SIZE_RANGE.start(), *protocol::CHUNK_SIZE_RANGE.end()),
             upload_concurrency: clamp(self.settings.upload_concurrency, &protocol::CONCURRENCY_RANGE),
             compression_workers: self.settings.compression_workers.min(protocol::MAX_WORKERS),
+            adaptive_compression: job
+                .compression_min_level
+                .zip(job.compression_max_level)
+                .and_then(|(min, max)| protocol::LevelBounds::new(min, max)),
             encryption_key_id: (!job.encryption_key_id.is_empty()).then(|| job.encryption_key_id.clone()),
             include_globals: job.include_globals,
         })

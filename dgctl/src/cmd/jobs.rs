@@ -125,9 +125,13 @@ pub enum Cmd {
         /// Storage strategy.
         #[arg(long, value_enum)]
         strategy: Option<Strategy>,
-        /// zstd level 1-19.
+        /// zstd level 1-19 (where an adaptive level starts).
         #[arg(long)]
         compression_level: Option<i32>,
+        /// `fixed` (default), `adaptive` (levels 1..9) or `adaptive:MIN..MAX`: the agent picks the highest
+        /// level that keeps up with the dump tool.
+        #[arg(long, value_name = "MODE", value_parser = view::compression_mode)]
+        compression: Option<pb::AdaptiveCompression>,
         /// Create disabled.
         #[arg(long)]
         disabled: bool,
@@ -168,6 +172,9 @@ pub enum Cmd {
         /// New zstd level.
         #[arg(long)]
         compression_level: Option<i32>,
+        /// `fixed`, `adaptive` or `adaptive:MIN..MAX`.
+        #[arg(long, value_name = "MODE", value_parser = view::compression_mode)]
+        compression: Option<pb::AdaptiveCompression>,
         #[command(flatten)]
         retention: RetentionArgs,
         /// Label KEY=VALUE to set (repeatable; merged).
@@ -255,6 +262,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             time_zone,
             strategy,
             compression_level,
+            compression,
             disabled,
             retention,
             max_attempts,
@@ -271,6 +279,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 storage_strategy: strategy.map(|x| pb::StorageStrategy::from(x) as i32).unwrap_or(0),
                 storage_ids: storage_ids(&s, &storages).await?,
                 compression_level: compression_level.unwrap_or(0),
+                adaptive_compression: compression,
                 enabled: Some(!disabled),
                 retry: max_attempts.map(|m| pb::RetryPolicy { max_attempts: m, backoff: None }),
                 encryption_key_id,
@@ -280,7 +289,18 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             };
             output::one(app.format, &view::Job::from(c.create_backup_job(s.req(req)).await?.into_inner()))
         }
-        Cmd::Update { job, name, cron, time_zone, storages, strategy, compression_level, retention, labels } => {
+        Cmd::Update {
+            job,
+            name,
+            cron,
+            time_zone,
+            storages,
+            strategy,
+            compression_level,
+            compression,
+            retention,
+            labels,
+        } => {
             let j = resolve::job(&s, &job).await?;
             let storages = if storages.is_empty() {
                 None
@@ -296,6 +316,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 storage_strategy: strategy.map(|x| pb::StorageStrategy::from(x) as i32),
                 storages,
                 compression_level,
+                adaptive_compression: compression,
                 labels: labels.into_iter().collect(),
                 ..Default::default()
             };

@@ -392,6 +392,15 @@ pub fn job_changes(j: &JobSpec, cur: &pb::BackupJob, ctx: &Ctx) -> CliResult<Vec
     x.opt("time_zone", &cur.time_zone, &j.time_zone);
     x.opt("strategy", strategy_word(cur.storage_strategy()), &j.strategy.map(|s| strategy_word(s.into())));
     x.opt("compression_level", cur.compression_level, &j.compression_level);
+    if let Some(c) = &j.compression {
+        let want = compression(c, &j.name)?;
+        let want = (want.min_level != 0 || want.max_level != 0).then_some(want);
+        x.field(
+            "compression",
+            crate::view::compression_text(cur.adaptive_compression.as_ref()),
+            crate::view::compression_text(want.as_ref()),
+        );
+    }
     x.opt("enabled", cur.enabled, &j.enabled);
     if let Some(r) = &j.retention {
         let want = retention_policy(r, &format!("jobs[{}].retention", j.name))?;
@@ -411,6 +420,11 @@ fn job_storage_ids(j: &JobSpec, ctx: &Ctx) -> CliResult<Vec<String>> {
     j.storages.iter().map(|s| ctx.storage_id(s)).collect()
 }
 
+/// A job's `compression` value, the file's field named when it does not parse.
+fn compression(c: &str, job: &str) -> CliResult<pb::AdaptiveCompression> {
+    crate::view::compression_mode(c).map_err(|e| CliError::Usage(format!("jobs[{job}].compression: {e}")))
+}
+
 /// The create request of a job.
 pub fn job_create(j: &JobSpec, ctx: &Ctx) -> CliResult<pb::CreateBackupJobRequest> {
     let field = format!("jobs[{}]", j.name);
@@ -423,6 +437,7 @@ pub fn job_create(j: &JobSpec, ctx: &Ctx) -> CliResult<pb::CreateBackupJobReques
         storage_strategy: j.strategy.map_or(0, |s| pb::StorageStrategy::from(s) as i32),
         storage_ids: job_storage_ids(j, ctx)?,
         compression_level: j.compression_level.unwrap_or(0),
+        adaptive_compression: j.compression.as_deref().map(|c| compression(c, &j.name)).transpose()?,
         enabled: j.enabled,
         retry: retry_policy(j)?,
         encryption_key_id: j.encryption_key_id.clone().unwrap_or_default(),
@@ -444,6 +459,7 @@ pub fn job_update(j: &JobSpec, id: &str, ctx: &Ctx) -> CliResult<pb::UpdateBacku
         storage_strategy: j.strategy.map(|s| pb::StorageStrategy::from(s) as i32),
         storages: Some(pb::StorageTargets { storage_ids: job_storage_ids(j, ctx)? }),
         compression_level: j.compression_level,
+        adaptive_compression: j.compression.as_deref().map(|c| compression(c, &j.name)).transpose()?,
         retry: retry_policy(j)?,
         encryption_key_id: j.encryption_key_id.clone(),
         include_globals: j.include_globals,

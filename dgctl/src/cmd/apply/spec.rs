@@ -128,6 +128,8 @@ pub struct JobSpec {
     pub time_zone: Option<String>,
     pub strategy: Option<Strategy>,
     pub compression_level: Option<i32>,
+    /// `fixed`, `adaptive` or `adaptive:MIN..MAX`.
+    pub compression: Option<String>,
     pub enabled: Option<bool>,
     pub retention: Option<RetentionSpec>,
     pub retry: Option<RetrySpec>,
