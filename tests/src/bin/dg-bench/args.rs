@@ -36,6 +36,9 @@ pub(crate) struct Args {
     /// Run every step N times, interleaved, and compare medians.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub(crate) runs: u32,
+    /// Skip the comparison backups at fixed level 1 (c1) and with an adaptive level (c2).
+    #[arg(long)]
+    pub(crate) no_level_comparison: bool,
     /// Reuse the source databases if they exist with the same parameters, and keep them.
     #[arg(long)]
     pub(crate) keep_data: bool,

@@ -12,10 +12,10 @@ use dg_tests::{
 };
 
 use crate::{
-    ZSTD_LEVEL,
+    ADAPTIVE_MAX, ADAPTIVE_MIN, ZSTD_LEVEL,
     args::Args,
     created::Created,
-    dg::{dg_backup, dg_drill, dg_restore, dg_verify},
+    dg::{Variant, dg_backup, dg_backup_variant, dg_drill, dg_restore, dg_verify},
     engine::HOST,
     plain::{first_line_of, on_path, pipeline, settle, timed, tool},
     report::{Memory, mib, print_report},
@@ -122,6 +122,9 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
                 dump_alone: Samples::default(),
                 pipeline: Samples::default(),
                 dg_backup: DgSamples::default(),
+                dg_backup_l1: DgSamples::default(),
+                dg_backup_adaptive: DgSamples::default(),
+                adaptive_levels: Vec::new(),
                 plain_restore: Samples::default(),
                 dg_restore: DgSamples::default(),
                 dg_verify: DgSamples::default(),
@@ -219,7 +222,7 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
     let mut ctx = Ctx { clients: &mut clients, agent_id, storage_id: storage.id, dir: run_dir.clone(), rss: &rss };
     for r in &mut reports {
         println!("\n[{}] benchmarking {}", r.label(), r.source.name);
-        if let Err(e) = bench_engine(r, &mut ctx, created, args.runs).await {
+        if let Err(e) = bench_engine(r, &mut ctx, created, args.runs, !args.no_level_comparison).await {
             eprintln!("[{}] error: {e:#}", r.label());
             r.error = Some(format!("{e:#}"));
         }
@@ -236,7 +239,13 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
     Ok(ok)
 }
 
-async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Created, runs: u32) -> anyhow::Result<()> {
+async fn bench_engine(
+    r: &mut EngineReport,
+    ctx: &mut Ctx<'_>,
+    created: &mut Created,
+    runs: u32,
+    levels: bool,
+) -> anyhow::Result<()> {
     let kind = r.kind;
     let k = kind.short();
     let label = r.label();
@@ -290,6 +299,25 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         ))
         .await?
         .into_inner();
+    // (c1) and (c2): the same backup at fixed level 1 and with an adaptive level.
+    let variant_job =
+        |suffix: &str, level: i32, adaptive: Option<pb::AdaptiveCompression>| pb::CreateBackupJobRequest {
+            name: format!("bench-{k}-{sfx}-{suffix}"),
+            datasource_id: ds.id.clone(),
+            storage_ids: vec![ctx.storage_id.clone()],
+            storage_strategy: pb::StorageStrategy::Fallback as i32,
+            compression_level: level,
+            adaptive_compression: adaptive,
+            ..Default::default()
+        };
+    let job_l1 = ctx.clients.jobs.create_backup_job(authed(variant_job("l1", 1, None), &t)).await?.into_inner();
+    let bounds = pb::AdaptiveCompression { min_level: ADAPTIVE_MIN, max_level: ADAPTIVE_MAX };
+    let job_ad = ctx
+        .clients
+        .jobs
+        .create_backup_job(authed(variant_job("adaptive", ZSTD_LEVEL, Some(bounds)), &t))
+        .await?
+        .into_inner();
     let drill = pb::CreateRestoreDrillRequest {
         name: format!("bench-{k}-{sfx}"),
         datasource_id: ds.id.clone(),
@@ -328,6 +356,11 @@ async fn bench_engine(r: &mut EngineReport, ctx: &mut Ctx<'_>, created: &mut Cre
         // (c) DataGuardian backup.
         let backup_id =
             if r.dg_backup.problem.is_none() { dg_backup(r, ctx, &job.id, &tag, dump_bytes).await? } else { None };
+
+        if levels {
+            dg_backup_variant(r, ctx, &job_l1.id, &tag, Variant::Level1).await?;
+            dg_backup_variant(r, ctx, &job_ad.id, &tag, Variant::Adaptive).await?;
+        }
 
         // (d) the plain restore into a fresh database.
         let plain_db = format!("{db}_plain_{sfx}_{round}");

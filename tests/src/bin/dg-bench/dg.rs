@@ -76,6 +76,59 @@ pub(crate) async fn dg_backup(
     Ok(None)
 }
 
+/// Which comparison backup (c1)/(c2) a run records into.
+#[derive(Clone, Copy)]
+pub(crate) enum Variant {
+    /// The same job at fixed level 1.
+    Level1,
+    /// The same job with an adaptive level.
+    Adaptive,
+}
+
+/// (c1)/(c2): another backup of the same source with other compression settings; records time, stored bytes
+/// and (adaptive) the levels the agent reported. The backup is deleted afterwards (untimed).
+pub(crate) async fn dg_backup_variant(
+    r: &mut EngineReport,
+    ctx: &mut Ctx<'_>,
+    job_id: &str,
+    tag: &str,
+    which: Variant,
+) -> anyhow::Result<()> {
+    let t = ctx.clients.token.clone();
+    settle(r.kind).await;
+    ctx.rss.begin();
+    let start = Instant::now();
+    let ex = ctx.clients.jobs.run_now(authed(pb::RunNowRequest { job_id: job_id.into() }, &t)).await?.into_inner();
+    let done = wait_exec(ctx.clients, &ex.id).await?;
+    let wall = start.elapsed().as_secs_f64();
+    let rss = ctx.rss.end();
+    let (label, samples) = match which {
+        Variant::Level1 => ("(c1) DataGuardian backup, fixed level 1", &mut r.dg_backup_l1),
+        Variant::Adaptive => ("(c2) DataGuardian backup, adaptive", &mut r.dg_backup_adaptive),
+    };
+    if done.status != pb::ExecutionStatus::Completed as i32 {
+        println!("{tag} {label} FAILED after {wall:.2} s: {}", done.error);
+        samples.problem = Some(Problem::Failed(done.error.clone()));
+        return Ok(());
+    }
+    samples.wall.push(wall, Some(done.stored_bytes), rss);
+    samples.exec.extend(span(&done));
+    (samples.raw, samples.chunks) = (done.raw_bytes, done.chunk_count);
+    let logs = ctx.clients.logs(&ex.id).await.unwrap_or_default();
+    let levels =
+        logs.lines().find_map(|l| l.split("adaptive compression: ").nth(1)).map(str::to_owned).unwrap_or_default();
+    println!(
+        "{tag} {label}: {wall:.2} s, stored {}{}",
+        mib(done.stored_bytes),
+        if levels.is_empty() { String::new() } else { format!(" ({levels})") }
+    );
+    if matches!(which, Variant::Adaptive) {
+        r.adaptive_levels.push(levels);
+    }
+    let _ = ctx.clients.backups.delete_backup(authed(pb::DeleteBackupRequest { id: ex.id }, &t)).await;
+    Ok(())
+}
+
 /// (e) RestoreBackup with create_database → completed, then the row count.
 pub(crate) async fn dg_restore(
     r: &mut EngineReport,

@@ -37,6 +37,9 @@ use crate::{args::Args, bench::bench, created::Created};
 
 /// zstd level of both the pipeline and the DataGuardian job.
 const ZSTD_LEVEL: i32 = 3;
+/// Bounds of the adaptive comparison backup (c2).
+const ADAPTIVE_MIN: i32 = 1;
+const ADAPTIVE_MAX: i32 = 9;
 
 fn main() -> ExitCode {
     use clap::Parser as _;

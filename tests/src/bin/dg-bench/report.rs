@@ -5,7 +5,7 @@
 use std::{fmt::Write as _, path::Path};
 
 use crate::{
-    ZSTD_LEVEL,
+    ADAPTIVE_MAX, ADAPTIVE_MIN, ZSTD_LEVEL,
     args::Args,
     engine::Kind,
     samples::{DgSamples, EngineReport, Problem, Samples, median, spread},
@@ -135,6 +135,16 @@ pub(crate) fn print_report(
         t.step(&format!("(a) {} > /dev/null", k.dump_tool()), &r.dump_alone);
         t.step(&format!("(b) {} | zstd -{ZSTD_LEVEL} -T2 | tee >(sha256sum) > file", k.dump_tool()), &r.pipeline);
         t.dg("(c) DataGuardian backup, RunNow -> completed", &r.dg_backup, true);
+        if !r.dg_backup_l1.wall.secs.is_empty() || r.dg_backup_l1.problem.is_some() {
+            t.dg("(c1) DataGuardian backup, fixed level 1", &r.dg_backup_l1, true);
+        }
+        if !r.dg_backup_adaptive.wall.secs.is_empty() || r.dg_backup_adaptive.problem.is_some() {
+            t.dg(
+                &format!("(c2) DataGuardian backup, adaptive {ADAPTIVE_MIN}..{ADAPTIVE_MAX}"),
+                &r.dg_backup_adaptive,
+                true,
+            );
+        }
         let restore = match k {
             Kind::Postgres => "(d) pg_restore -d <fresh db> file",
             Kind::Mariadb => "(d) mariadb <fresh db> < file",
@@ -177,6 +187,27 @@ pub(crate) fn print_report(
         let exec_e = if r.dg_restore.problem.is_none() { median(&r.dg_restore.exec) } else { None };
         ratio_line(&mut out, "DG backup execution span / dump alone", exec_b, r.dump_alone.median(), None);
         ratio_line(&mut out, "DG restore execution span / plain restore", exec_e, r.plain_restore.median(), None);
+        let c2 = r.dg_backup_adaptive.median();
+        ratio_line(&mut out, "DG adaptive backup / dump alone (c2)/(a)", c2, r.dump_alone.median(), None);
+        ratio_line(&mut out, "DG adaptive backup / pipeline  (c2)/(b)", c2, r.pipeline.median(), None);
+        let stored = |d: &DgSamples| if d.problem.is_none() { d.wall.bytes.map(|x| x as f64) } else { None };
+        ratio_line(
+            &mut out,
+            "stored: adaptive / level 3     (c2)/(c)",
+            stored(&r.dg_backup_adaptive),
+            stored(&r.dg_backup),
+            None,
+        );
+        ratio_line(
+            &mut out,
+            "stored: adaptive / level 1     (c2)/(c1)",
+            stored(&r.dg_backup_adaptive),
+            stored(&r.dg_backup_l1),
+            None,
+        );
+        for (i, l) in r.adaptive_levels.iter().enumerate() {
+            let _ = writeln!(out, "  adaptive run {}: {l}", i + 1);
+        }
         ratio_line(&mut out, "DG verify / DG backup          (f)/(c)", r.dg_verify.median(), b, None);
         ratio_line(&mut out, "DG drill / DG restore          (g)/(e)", r.dg_drill.median(), e, None);
         let stored = if r.dg_backup.problem.is_none() { r.dg_backup.wall.bytes } else { None };

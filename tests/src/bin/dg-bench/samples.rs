@@ -81,6 +81,12 @@ pub(crate) struct EngineReport {
     pub(crate) dump_alone: Samples,
     pub(crate) pipeline: Samples,
     pub(crate) dg_backup: DgSamples,
+    /// (c1) the same job at fixed level 1.
+    pub(crate) dg_backup_l1: DgSamples,
+    /// (c2) the same job with an adaptive level.
+    pub(crate) dg_backup_adaptive: DgSamples,
+    /// The levels each adaptive backup reported.
+    pub(crate) adaptive_levels: Vec<String>,
     pub(crate) plain_restore: Samples,
     pub(crate) dg_restore: DgSamples,
     pub(crate) dg_verify: DgSamples,
