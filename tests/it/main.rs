@@ -3,6 +3,7 @@
 
 mod access;
 mod adaptive;
+mod agent_process;
 mod alert_rules;
 mod backup_restore;
 mod bad_input;

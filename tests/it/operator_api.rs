@@ -136,6 +136,11 @@ async fn the_operator_api_end_to_end() -> anyhow::Result<()> {
     assert!(!j.enabled);
     let j = c.jobs.enable_backup_job(authed(pb::EnableBackupJobRequest { id: job.id.clone() }, &t)).await?.into_inner();
     assert!(j.enabled && j.retry.expect("retry").max_attempts == 2);
+    // Back to on-demand only: a run the scheduler starts at the next multiple of five minutes would add a
+    // backup the rest of the test does not expect.
+    let upd = pb::UpdateBackupJobRequest { id: job.id.clone(), cron: Some(String::new()), ..Default::default() };
+    let j = c.jobs.update_backup_job(authed(upd, &t)).await?.into_inner();
+    assert!(j.next_runs.is_empty(), "{:?}", j.next_runs);
 
     // Watch a backup from queue to completion.
     let ex = c.jobs.run_now(authed(pb::RunNowRequest { job_id: job.id.clone() }, &t)).await?.into_inner();

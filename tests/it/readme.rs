@@ -694,7 +694,7 @@ async fn readme_grpcurl_commands_run_as_written() -> anyhow::Result<()> {
 }
 
 /// The `dg-agent` binary next to the test executable (built by tests/run.sh).
-fn agent_bin() -> anyhow::Result<std::path::PathBuf> {
+pub(crate) fn agent_bin() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("no parent of the test executable")?;
     [dir.join("dg-agent"), dir.parent().map(|p| p.join("dg-agent")).unwrap_or_default()]

@@ -316,7 +316,7 @@ async fn one_pass(
         .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
     let ids: Vec<_> = targets.iter().map(|t| t.id.to_string()).collect();
     let level_text = match s.adaptive {
-        Some(b) if s.workers > 0 => format!("zstd level adaptive {}..{}, from {}", b.min, b.max, s.level),
+        Some(b) if s.workers > 0 => format!("zstd level adaptive {}..{}", b.min, b.max),
         Some(_) => format!("zstd level {} (adaptive needs compression workers)", s.level),
         None => format!("zstd level {}", s.level),
     };
@@ -334,7 +334,7 @@ async fn one_pass(
     // The compressor thread reads the tool's stdout itself: no async hop and no copy between the pipe and zstd.
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
     let level = match s.adaptive {
-        Some(b) => chunker::Level::Adaptive { start: s.level, min: b.min, max: b.max },
+        Some(b) => chunker::Level::Adaptive { min: b.min, max: b.max },
         None => chunker::Level::Fixed(s.level),
     };
     let (workers, chunk_size) = (s.workers, s.chunk_size);
