@@ -237,10 +237,18 @@ async fn an_rpo_breach_fires_once_per_channel_and_a_backup_recovers_it() -> anyh
     assert_eq!(rx.kinds("/hook", "rpo_breached"), 1, "no second breach yet");
     assert!(rx.hits("/hook").iter().all(|h| h.signature_ok));
 
-    // The deliveries are on record, per channel; the label-filtered channel got none.
+    // The deliveries are on record, per channel; the label-filtered channel got none. A receiver may have the
+    // message a moment before its delivery is marked delivered: wait for the records.
     for ch in [&hook, &slack, &email] {
-        let req = pb::ListDeliveriesRequest { channel_id: ch.id.clone(), ..Default::default() };
-        let ds = c.notifications.list_deliveries(authed(req, &c.token)).await?.into_inner().deliveries;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let ds = loop {
+            let req = pb::ListDeliveriesRequest { channel_id: ch.id.clone(), ..Default::default() };
+            let ds = c.notifications.list_deliveries(authed(req, &c.token)).await?.into_inner().deliveries;
+            if ds.iter().all(|d| d.status == "delivered") || tokio::time::Instant::now() > deadline {
+                break ds;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         assert_eq!(ds.len(), 2, "{} {ds:?}", ch.name);
         assert!(ds.iter().all(|d| d.status == "delivered" && d.attempts == 1), "{ds:?}");
     }
