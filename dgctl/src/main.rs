@@ -6,6 +6,7 @@
 
 mod access_view;
 mod cmd;
+mod compression;
 mod config;
 mod connect;
 mod error;

@@ -265,35 +265,11 @@ pub struct Job {
     pub updated_at: Option<String>,
 }
 
-/// How a job compresses, as `--compression` and the declarative file write it.
-pub fn compression_text(a: Option<&pb::AdaptiveCompression>) -> String {
-    match a {
-        Some(a) => format!("adaptive:{}..{}", a.min_level, a.max_level),
-        None => "fixed".into(),
-    }
-}
-
-/// Parses `fixed`, `adaptive` (levels 1..9) or `adaptive:MIN..MAX`; `fixed` is the message with both
-/// bounds 0, which an update reads as "turn it off".
-pub fn compression_mode(s: &str) -> Result<pb::AdaptiveCompression, String> {
-    let bad = || format!("{s:?}: expected fixed, adaptive or adaptive:MIN..MAX (e.g. adaptive:1..9)");
-    match s.trim() {
-        "fixed" => Ok(pb::AdaptiveCompression { min_level: 0, max_level: 0 }),
-        "adaptive" => Ok(pb::AdaptiveCompression { min_level: 1, max_level: 9 }),
-        other => {
-            let (min, max) = other.strip_prefix("adaptive:").and_then(|r| r.split_once("..")).ok_or_else(bad)?;
-            let min_level = min.trim().parse().map_err(|_| bad())?;
-            let max_level = max.trim().parse().map_err(|_| bad())?;
-            Ok(pb::AdaptiveCompression { min_level, max_level })
-        }
-    }
-}
-
 impl From<pb::BackupJob> for Job {
     fn from(j: pb::BackupJob) -> Self {
         Self {
             storage_strategy: word(j.storage_strategy().as_str_name(), "STORAGE_STRATEGY_"),
-            compression: compression_text(j.adaptive_compression.as_ref()),
+            compression: crate::compression::text(j.adaptive_compression.as_ref()),
             retention: j.retention.as_ref().map(Retention::from),
             retry_max_attempts: j.retry.as_ref().map(|r| r.max_attempts).unwrap_or(1),
             retry_backoff_secs: j.retry.as_ref().and_then(|r| secs(r.backoff.as_ref())),
@@ -779,23 +755,5 @@ impl Row for AuditEvent {
             format!("{} {}", self.target_kind, self.target_id),
             self.outcome.clone(),
         ]
-    }
-}
-
-#[cfg(test)]
-mod compression_tests {
-    use super::*;
-
-    #[test]
-    fn compression_modes_parse_and_print_back() {
-        assert_eq!(compression_mode("fixed").unwrap(), pb::AdaptiveCompression { min_level: 0, max_level: 0 });
-        let a = compression_mode("adaptive").unwrap();
-        assert_eq!((a.min_level, a.max_level), (1, 9));
-        let a = compression_mode("adaptive:-3..12").unwrap();
-        assert_eq!(compression_text(Some(&a)), "adaptive:-3..12");
-        assert_eq!(compression_text(None), "fixed");
-        for bad in ["adaptive:3", "adaptive:a..b", "fast", ""] {
-            assert!(compression_mode(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -13,12 +13,17 @@ pub(crate) fn dgctl_bin() -> anyhow::Result<PathBuf> {
     if let Ok(p) = std::env::var("DGCTL_BIN") {
         return Ok(p.into());
     }
+    workspace_bin("dgctl")
+}
+
+/// A workspace binary next to the test executable (built by tests/run.sh before the tests).
+pub(crate) fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let dir = exe.parent().ok_or_else(|| anyhow::anyhow!("no parent of {}", exe.display()))?;
-    [dir.join("dgctl"), dir.parent().map(|p| p.join("dgctl")).unwrap_or_default()]
+    [dir.join(name), dir.parent().map(|p| p.join(name)).unwrap_or_default()]
         .into_iter()
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow::anyhow!("no dgctl binary near {}: cargo build -p dgctl", exe.display()))
+        .ok_or_else(|| anyhow::anyhow!("no {name} binary near {}: cargo build -p {name}", exe.display()))
 }
 
 pub(crate) struct Ctl {

@@ -695,12 +695,7 @@ async fn readme_grpcurl_commands_run_as_written() -> anyhow::Result<()> {
 
 /// The `dg-agent` binary next to the test executable (built by tests/run.sh).
 pub(crate) fn agent_bin() -> anyhow::Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    let dir = exe.parent().context("no parent of the test executable")?;
-    [dir.join("dg-agent"), dir.parent().map(|p| p.join("dg-agent")).unwrap_or_default()]
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("no dg-agent binary near the test executable: cargo build -p dg-agent")
+    super::dgctl::workspace_bin("dg-agent")
 }
 
 #[tokio::test]

@@ -130,7 +130,7 @@ pub enum Cmd {
         compression_level: Option<i32>,
         /// `fixed` (default), `adaptive` (levels 1..9) or `adaptive:MIN..MAX`: the agent picks the highest
         /// level that keeps up with the dump tool.
-        #[arg(long, value_name = "MODE", value_parser = view::compression_mode)]
+        #[arg(long, value_name = "MODE", value_parser = crate::compression::mode)]
         compression: Option<pb::AdaptiveCompression>,
         /// Create disabled.
         #[arg(long)]
@@ -173,7 +173,7 @@ pub enum Cmd {
         #[arg(long)]
         compression_level: Option<i32>,
         /// `fixed`, `adaptive` or `adaptive:MIN..MAX`.
-        #[arg(long, value_name = "MODE", value_parser = view::compression_mode)]
+        #[arg(long, value_name = "MODE", value_parser = crate::compression::mode)]
         compression: Option<pb::AdaptiveCompression>,
         #[command(flatten)]
         retention: RetentionArgs,

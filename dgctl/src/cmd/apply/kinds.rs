@@ -397,8 +397,8 @@ pub fn job_changes(j: &JobSpec, cur: &pb::BackupJob, ctx: &Ctx) -> CliResult<Vec
         let want = (want.min_level != 0 || want.max_level != 0).then_some(want);
         x.field(
             "compression",
-            crate::view::compression_text(cur.adaptive_compression.as_ref()),
-            crate::view::compression_text(want.as_ref()),
+            crate::compression::text(cur.adaptive_compression.as_ref()),
+            crate::compression::text(want.as_ref()),
         );
     }
     x.opt("enabled", cur.enabled, &j.enabled);
@@ -422,7 +422,7 @@ fn job_storage_ids(j: &JobSpec, ctx: &Ctx) -> CliResult<Vec<String>> {
 
 /// A job's `compression` value, the file's field named when it does not parse.
 fn compression(c: &str, job: &str) -> CliResult<pb::AdaptiveCompression> {
-    crate::view::compression_mode(c).map_err(|e| CliError::Usage(format!("jobs[{job}].compression: {e}")))
+    crate::compression::mode(c).map_err(|e| CliError::Usage(format!("jobs[{job}].compression: {e}")))
 }
 
 /// The create request of a job.
