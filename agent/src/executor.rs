@@ -236,6 +236,7 @@ mod tests {
                 adaptive_compression: None,
                 encryption_key_id: None,
                 include_globals: false,
+                parallel: 1,
             }),
         }
     }

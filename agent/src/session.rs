@@ -439,6 +439,7 @@ mod tests {
                 adaptive_compression: None,
                 encryption_key_id: None,
                 include_globals: false,
+                parallel: 1,
             }),
         })
     }

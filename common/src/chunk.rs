@@ -6,6 +6,7 @@
 use std::{
     collections::BTreeMap,
     io::Write,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -39,6 +40,42 @@ pub struct StreamTotals {
     pub sha256: String,
     /// Raw bytes compressed at each level (one entry for a fixed level).
     pub levels: BTreeMap<i32, u64>,
+    /// The positions of the stream's chunks, in stream order (`0..chunks` unless numbered by [`Positions`]).
+    pub seqs: Vec<u32>,
+}
+
+/// Chunk positions shared by the streams of one backup: every stream takes the next position as it seals a
+/// chunk and hands the chunk on before the next position is taken, so chunks arrive on the shared channel
+/// in position order whatever the number of streams.
+#[derive(Clone, Debug, Default)]
+pub struct Positions(Arc<Mutex<u32>>);
+
+/// A blocking reader over blocks arriving on a channel (e.g. `COPY` output read by an async task), for
+/// [`compress_stream`]. Ends when the channel closes.
+pub struct ChannelReader {
+    rx: mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    /// Reads the blocks sent on `rx`.
+    pub fn new(rx: mpsc::Receiver<Bytes>) -> Self {
+        Self { rx, current: Bytes::new() }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 /// How the compression level is chosen.
@@ -150,7 +187,11 @@ struct ChunkWriter {
     seal: Option<Sealer>,
     buf: Vec<u8>,
     chunk_size: usize,
+    /// Chunks emitted so far.
     seq: u32,
+    /// Positions taken from a shared counter; `None`: this stream's own `0..`.
+    positions: Option<Positions>,
+    seqs: Vec<u32>,
     tx: mpsc::Sender<SealedChunk>,
     total: Sha256,
     stored: u64,
@@ -162,20 +203,34 @@ struct ChunkWriter {
 
 impl ChunkWriter {
     fn seal(&mut self) -> std::io::Result<()> {
-        let mut data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(self.chunk_size));
+        match self.positions.clone() {
+            None => self.emit(self.seq, data),
+            Some(Positions(next)) => {
+                // Held while the chunk is handed on, so the channel sees positions in order.
+                let mut next = next.lock().unwrap_or_else(PoisonError::into_inner);
+                self.emit(*next, data)?;
+                *next += 1;
+                Ok(())
+            }
+        }
+    }
+
+    fn emit(&mut self, seq: u32, mut data: Vec<u8>) -> std::io::Result<()> {
         if let Some(seal) = self.seal.as_mut() {
-            data = seal(self.seq, data);
+            data = seal(seq, data);
         }
         self.total.update(&data);
         self.stored += data.len() as u64;
         let chunk = SealedChunk {
-            seq: self.seq,
+            seq,
             sha256: hex::encode(Sha256::digest(&data)),
             data: Bytes::from(data),
             raw_bytes: self.raw_seen - self.raw_reported,
         };
         self.raw_reported = self.raw_seen;
         self.seq += 1;
+        self.seqs.push(seq);
         let t = Instant::now();
         let r = self
             .tx
@@ -207,8 +262,21 @@ impl Write for ChunkWriter {
 /// (sealed) bytes. Stops with an error when `tx` closes. An adaptive `level` without workers stays at its
 /// lower bound (a single-threaded frame keeps its level).
 pub fn compress(
+    input: impl std::io::Read,
+    tx: mpsc::Sender<SealedChunk>,
+    level: Level,
+    workers: u32,
+    chunk_size: usize,
+    seal: Option<Sealer>,
+) -> std::io::Result<StreamTotals> {
+    compress_stream(input, tx, None, level, workers, chunk_size, seal)
+}
+
+/// [`compress`], numbering the chunks from `positions` when given (one of several streams of a backup).
+pub fn compress_stream(
     mut input: impl std::io::Read,
     tx: mpsc::Sender<SealedChunk>,
+    positions: Option<Positions>,
     level: Level,
     workers: u32,
     chunk_size: usize,
@@ -219,6 +287,8 @@ pub fn compress(
         buf: Vec::with_capacity(chunk_size),
         chunk_size,
         seq: 0,
+        positions,
+        seqs: Vec::new(),
         tx,
         total: Sha256::new(),
         stored: 0,
@@ -278,6 +348,7 @@ pub fn compress(
         chunks: w.seq,
         sha256: hex::encode(w.total.finalize()),
         levels,
+        seqs: w.seqs,
     })
 }
 
@@ -569,5 +640,50 @@ mod tests {
         // A fixed level stays where it is.
         let (t, _) = adaptive_run(std::io::Cursor::new(hex_text(20 << 20)), Level::Fixed(2));
         assert_eq!(t.levels.keys().collect::<Vec<_>>(), [&2]);
+    }
+
+    /// Streams compressed at once from several threads with shared positions: the channel sees positions
+    /// 0, 1, 2… in order, every position belongs to exactly one stream, and each stream's chunks (by its own
+    /// list) decompress to exactly its input.
+    #[test]
+    fn shared_positions_arrive_in_order_and_each_stream_round_trips() {
+        let inputs: Vec<Vec<u8>> = (0..4u8)
+            .map(|i| (0..200_000u32).map(|j| (j.wrapping_mul(2_654_435_761) >> (i + 3)) as u8 ^ i).collect())
+            .collect();
+        let (tx, mut rx) = mpsc::channel(1);
+        let positions = Positions::default();
+        let threads: Vec<_> = inputs
+            .iter()
+            .cloned()
+            .map(|data| {
+                let (tx, positions) = (tx.clone(), positions.clone());
+                let (btx, brx) = mpsc::channel(2);
+                std::thread::spawn(move || {
+                    for part in data.chunks(7000) {
+                        btx.blocking_send(Bytes::copy_from_slice(part)).expect("reader alive");
+                    }
+                });
+                std::thread::spawn(move || {
+                    compress_stream(ChannelReader::new(brx), tx, Some(positions), Level::Fixed(1), 0, 4096, None)
+                        .expect("compress")
+                })
+            })
+            .collect();
+        drop(tx);
+        let mut arrived = Vec::new();
+        while let Some(c) = rx.blocking_recv() {
+            arrived.push(c);
+        }
+        let totals: Vec<StreamTotals> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+        let order: Vec<u32> = arrived.iter().map(|c| c.seq).collect();
+        assert_eq!(order, (0..arrived.len() as u32).collect::<Vec<_>>(), "positions in order on the channel");
+        let mut all: Vec<u32> = totals.iter().flat_map(|t| t.seqs.clone()).collect();
+        all.sort_unstable();
+        assert_eq!(all, order, "every position in exactly one stream");
+        for (t, data) in totals.iter().zip(&inputs) {
+            assert!(t.seqs.windows(2).all(|w| w[0] < w[1]));
+            let parts = t.seqs.iter().map(|s| arrived[*s as usize].data.clone()).collect();
+            assert_eq!(&unchunked(parts).expect("decompress"), data);
+        }
     }
 }

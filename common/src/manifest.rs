@@ -11,8 +11,12 @@ use sha2::{Digest, Sha256};
 
 use crate::ids::{DatasourceId, ExecutionId};
 
-/// Current manifest format version.
-pub const MANIFEST_FORMAT: u32 = 1;
+/// Newest manifest format this build reads: 2, a parallel backup (one with a [`Layout`]).
+pub const MANIFEST_FORMAT: u32 = 2;
+/// Format of a single-stream backup's manifest (unchanged since the first release, so older agents read it).
+pub const SINGLE_STREAM_FORMAT: u32 = 1;
+/// [`Layout::kind`] of a parallel PostgreSQL backup.
+pub const POSTGRES_PARALLEL: &str = "postgres-parallel";
 
 /// The cipher encrypted chunks are sealed with (the manifest's `encryption`).
 pub const CIPHER: &str = "AES-256-GCM";
@@ -112,6 +116,171 @@ pub struct Manifest {
     /// at position `u32::MAX` when encrypted.
     #[serde(default)]
     pub globals: Option<ManifestObject>,
+    /// A parallel backup's streams (format 2); absent for a single stream, whose manifest is written exactly
+    /// as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+/// How a parallel backup's chunks make up its streams. Every chunk belongs to exactly one stream; each
+/// stream is one zstd stream over its chunks in the listed order. The controller records
+/// [`layout_binding`] of it, so a layout rewritten in the bucket is refused like a rewritten chunk list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layout {
+    /// [`POSTGRES_PARALLEL`].
+    pub kind: String,
+    /// Data streams the backup was written with.
+    pub workers: u32,
+    /// The exported snapshot every stream read (informational).
+    pub snapshot: String,
+    /// The source database's encoding, which the `COPY` text is in.
+    pub encoding: String,
+    /// Streams: one pre-data, the data streams, one data-objects, one post-data.
+    pub streams: Vec<Stream>,
+    /// Every sequence's value, read after the snapshot was exported (as `pg_dump` reads them: sequences are
+    /// not transactional, so a value is never behind the rows the snapshot holds).
+    #[serde(default)]
+    pub sequences: Vec<SequenceValue>,
+}
+
+/// A sequence's state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceValue {
+    /// Schema.
+    pub schema: String,
+    /// Sequence.
+    pub name: String,
+    /// `last_value`.
+    pub last_value: i64,
+    /// `is_called`.
+    pub is_called: bool,
+}
+
+/// What a stream holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StreamRole {
+    /// `pg_dump --section=pre-data` in custom format: the schema before the data.
+    PreData,
+    /// Table data: `COPY … TO STDOUT` text output of its segments, one after another.
+    Data,
+    /// `pg_dump --section=data` without any table's or sequence's data: the large objects.
+    DataObjects,
+    /// `pg_dump --section=post-data` in custom format: indexes, constraints, triggers…
+    PostData,
+}
+
+/// One stream of a parallel backup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream {
+    /// What it holds.
+    pub role: StreamRole,
+    /// Its chunks' positions, in stream order.
+    pub chunks: Vec<u32>,
+    /// Uncompressed bytes.
+    pub raw_bytes: u64,
+    /// Hex sha256 of its stored bytes (its chunks in stream order).
+    pub sha256: String,
+    /// A data stream's parts, in order; empty for the other roles.
+    #[serde(default)]
+    pub segments: Vec<Segment>,
+}
+
+/// One table's data, or one page range of it, inside a data stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Schema.
+    pub schema: String,
+    /// Table.
+    pub table: String,
+    /// Columns copied, in order (generated columns are not; none for a table without columns).
+    pub columns: Vec<String>,
+    /// Heap pages read (`[from, to)` by ctid; `to` absent: to the end); absent: the whole table.
+    #[serde(default)]
+    pub pages: Option<PageRange>,
+    /// Uncompressed `COPY` text bytes.
+    pub raw_bytes: u64,
+    /// Rows (lines of the `COPY` text).
+    pub rows: u64,
+}
+
+/// A ctid page range `[from, to)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRange {
+    /// First page.
+    pub from: u64,
+    /// Page after the last; `None`: to the end of the table.
+    pub to: Option<u64>,
+}
+
+/// The binding of a layout that the controller records: hex sha256 of its JSON as written.
+pub fn layout_binding(layout: &Layout) -> String {
+    // Serialising a plain struct of strings and numbers cannot fail.
+    hex::encode(Sha256::digest(serde_json::to_string(layout).unwrap_or_default().as_bytes()))
+}
+
+/// Most characters of a schema, table or column name (PostgreSQL's are at most 63 bytes).
+const MAX_NAME: usize = 256;
+
+impl Layout {
+    /// The layout is whole for a backup of `chunk_count` chunks: one pre-data, one data-objects and one
+    /// post-data stream and at least one data stream, every chunk in exactly one stream, segments only in data streams and adding up to
+    /// their stream, names non-empty and without NUL. `Err` names the first problem.
+    pub fn check(&self, chunk_count: usize) -> Result<(), String> {
+        if self.kind != POSTGRES_PARALLEL {
+            return Err(format!("layout kind {:?} is not supported", self.kind));
+        }
+        let e = &self.encoding;
+        if e.is_empty() || e.len() > 32 || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("layout encoding {e:?} is not an encoding name"));
+        }
+        let count = |r: StreamRole| self.streams.iter().filter(|s| s.role == r).count();
+        let schema = [StreamRole::PreData, StreamRole::DataObjects, StreamRole::PostData];
+        if schema.into_iter().any(|r| count(r) != 1) || count(StreamRole::Data) == 0 {
+            return Err("layout needs one pre-data, one data-objects and one post-data stream and at least one data \
+                        stream"
+                .into());
+        }
+        let mut seen = vec![false; chunk_count];
+        for (i, s) in self.streams.iter().enumerate() {
+            if s.chunks.is_empty() {
+                return Err(format!("layout stream {i} has no chunk"));
+            }
+            for &c in &s.chunks {
+                match seen.get_mut(c as usize) {
+                    None => return Err(format!("layout stream {i} names chunk {c}, beyond the {chunk_count} chunks")),
+                    Some(true) => return Err(format!("layout names chunk {c} twice")),
+                    Some(seen) => *seen = true,
+                }
+            }
+            if s.role != StreamRole::Data && !s.segments.is_empty() {
+                return Err(format!("layout stream {i} is not a data stream but has segments"));
+            }
+            let sum = s.segments.iter().try_fold(0u64, |a, g| a.checked_add(g.raw_bytes));
+            if s.role == StreamRole::Data && sum != Some(s.raw_bytes) {
+                return Err(format!("layout stream {i}: its segments do not add up to its {} bytes", s.raw_bytes));
+            }
+            for g in &s.segments {
+                let names = [&g.schema, &g.table].into_iter().chain(&g.columns);
+                for n in names {
+                    if n.is_empty() || n.len() > MAX_NAME || n.contains('\0') {
+                        return Err(format!("layout stream {i}: name {n:?} is empty, too long or holds NUL"));
+                    }
+                }
+            }
+        }
+        for q in &self.sequences {
+            for n in [&q.schema, &q.name] {
+                if n.is_empty() || n.len() > MAX_NAME || n.contains('\0') {
+                    return Err(format!("layout sequence name {n:?} is empty, too long or holds NUL"));
+                }
+            }
+        }
+        if let Some(c) = seen.iter().position(|s| !s) {
+            return Err(format!("layout leaves chunk {c} out of every stream"));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -154,6 +323,12 @@ impl Manifest {
         if m.format > MANIFEST_FORMAT {
             return Err(ManifestError::UnsupportedFormat(m.format));
         }
+        match (&m.layout, m.format >= MANIFEST_FORMAT) {
+            (None, true) => return Err(ManifestError::Malformed("format 2 without a layout".into())),
+            (Some(_), false) => return Err(ManifestError::Malformed("a layout in a format 1 manifest".into())),
+            (Some(l), true) => l.check(m.chunks.len()).map_err(ManifestError::Malformed)?,
+            (None, false) => {}
+        }
         Ok(m)
     }
 }
@@ -174,7 +349,7 @@ mod tests {
         )
             .prop_map(|((attempt, tool, server, created), (options, level, raw, stored), (chunks, key))| {
                 Manifest {
-                    format: MANIFEST_FORMAT,
+                    format: SINGLE_STREAM_FORMAT,
                     execution_id: ExecutionId::new().to_string(),
                     attempt,
                     datasource_id: DatasourceId::new().to_string(),
@@ -193,6 +368,7 @@ mod tests {
                     wrapped_key: key.as_ref().map(|_| "ab".repeat(30)),
                     encryption_key_id: key,
                     globals: None,
+                    layout: None,
                 }
             })
     }
@@ -220,7 +396,7 @@ mod tests {
 
     fn sample() -> Manifest {
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: SINGLE_STREAM_FORMAT,
             execution_id: ExecutionId::new().to_string(),
             attempt: 1,
             datasource_id: DatasourceId::new().to_string(),
@@ -239,6 +415,7 @@ mod tests {
             wrapped_key: None,
             encryption: None,
             globals: None,
+            layout: None,
         }
     }
 

@@ -199,6 +199,8 @@ pub struct BackupJob {
     pub compression_min_level: Option<i32>,
     /// Adaptive compression: highest level.
     pub compression_max_level: Option<i32>,
+    /// PostgreSQL: parallel streams for table data (1 = one `pg_dump` stream; above 1 only on PostgreSQL).
+    pub parallel: i32,
     /// Enabled for scheduling.
     pub enabled: bool,
     /// Attempts in all (1 = no retry).
@@ -296,6 +298,9 @@ pub struct Execution {
     pub pin_reason: Option<String>,
     /// Registered by a catalog import from a storage's manifest.
     pub imported: bool,
+    /// Hex sha256 of a parallel backup's manifest layout ([`dg_common::manifest::layout_binding`]); `None`
+    /// for a single-stream backup.
+    pub layout_sha256: Option<String>,
 }
 
 /// One stored chunk copy.

@@ -250,6 +250,8 @@ pub struct Job {
     pub compression_level: i32,
     /// `fixed`, or `adaptive:MIN..MAX` (the level starts at compression_level).
     pub compression: String,
+    /// PostgreSQL: parallel streams for table data (1: one pg_dump stream).
+    pub parallel: u32,
     pub retention: Option<Retention>,
     pub retry_max_attempts: u32,
     pub retry_backoff_secs: Option<u64>,
@@ -289,6 +291,7 @@ impl From<pb::BackupJob> for Job {
             enabled: j.enabled,
             storage_ids: j.storage_ids,
             compression_level: j.compression_level,
+            parallel: j.parallel.max(1),
             encryption_key_id: j.encryption_key_id,
             include_globals: j.include_globals,
         }
@@ -392,6 +395,8 @@ pub struct Backup {
     pub pinned: bool,
     pub pin_reason: String,
     pub imported: bool,
+    /// Table data in several streams (restore it; download serves single-stream backups).
+    pub parallel: bool,
     pub warnings: Vec<String>,
     pub copies: Vec<BackupCopy>,
 }
@@ -440,6 +445,7 @@ impl From<pb::Backup> for Backup {
             pinned: b.pinned,
             pin_reason: b.pin_reason,
             imported: b.imported,
+            parallel: b.parallel,
             warnings: b.warnings,
         }
     }

@@ -21,6 +21,7 @@ mod m0014_scrub;
 mod m0015_import;
 mod m0016_access;
 mod m0017_adaptive;
+mod m0018_parallel;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0015_import::Migration),
             Box::new(m0016_access::Migration),
             Box::new(m0017_adaptive::Migration),
+            Box::new(m0018_parallel::Migration),
         ]
     }
 }

@@ -25,6 +25,8 @@ mod metrics;
 mod notifications;
 mod oidc;
 mod operator_api;
+mod parallel;
+mod parallel_job;
 mod protocol;
 mod python_client;
 mod readme;

@@ -124,6 +124,50 @@ impl FakeAgent {
     }
 }
 
+/// Fleet helpers: a session on a chosen replica, and every controller message as it comes.
+impl FakeAgent {
+    /// Like [`FakeAgent::connect`], on `endpoint` (`https://host:port` of one controller replica's agent port)
+    /// instead of the endpoint enrollment recorded, so a fleet can be split between replicas.
+    pub async fn connect_to(&self, endpoint: &str, running: &[(String, u32)]) -> anyhow::Result<FakeSession> {
+        let identity = Identity::from_pem(self.dir.read("cert.pem")?, self.dir.read("key.pem")?);
+        let channel = enroll::channel(endpoint, &self.dir.read("ca.pem")?, Some(identity)).await?;
+        let mut client = AgentSessionServiceClient::new(channel);
+        let (tx, rx) = mpsc::channel(64);
+        let hello = pb::Hello {
+            protocol_version: AGENT_PROTOCOL_VERSION,
+            agent_version: "fake".into(),
+            hostname: "fake-host".into(),
+            tools: vec![],
+            running: running
+                .iter()
+                .map(|(id, attempt)| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
+                .collect(),
+        };
+        tx.send(pb::AgentMessage { report_seq: 0, kind: Some(Kind::Hello(hello)) }).await?;
+        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
+        match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await?? {
+            Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::Welcome(_)) }) => {}
+            other => anyhow::bail!("expected Welcome, got {other:?}"),
+        }
+        Ok(FakeSession { tx, inbound, acks: Vec::new(), aborts: Vec::new() })
+    }
+}
+
+impl FakeSession {
+    /// The next controller message of any kind, Acks and Aborts included (they are returned, not collected,
+    /// and requests are not answered); `None` once the controller ends the stream. Cancel-safe (it polls the
+    /// stream once), so a driver can `select!` on it next to its own timers.
+    pub async fn next_raw(&mut self) -> anyhow::Result<Option<pb::controller_message::Kind>> {
+        loop {
+            match self.inbound.message().await? {
+                None => return Ok(None),
+                Some(pb::ControllerMessage { kind: Some(k) }) => return Ok(Some(k)),
+                Some(pb::ControllerMessage { kind: None }) => {}
+            }
+        }
+    }
+}
+
 impl FakeSession {
     /// Sends one message (no acknowledgement asked).
     pub async fn send(&self, kind: Kind) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@ pub mod my_guard;
 pub mod mysql;
 pub mod observe;
 pub mod pg_guard;
+pub mod pg_parallel;
 pub mod postgres;
 
 use std::{

@@ -202,6 +202,41 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
     })
 }
 
+/// `pg_dump --section=SECTION` (`pre-data`, `post-data`, or `data` without any table's data: sequence values
+/// and large objects) in custom format, uncompressed, reading the exported snapshot `snapshot`: what surrounds
+/// a parallel backup's table data.
+pub async fn dump_section(
+    t: &DatabaseTarget,
+    server: &ServerInfo,
+    tools: &Tools,
+    snapshot: &str,
+    section: &'static str,
+) -> PipelineResult<ToolRun> {
+    let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
+    check_dump_compat(&version, server.major)?;
+    let route = Route::to(t).await?;
+    let creds = passfile(&route, t, tools)?;
+    let mut cmd = command(&path, &route, t, creds.path());
+    cmd.arg("--format=custom")
+        .arg("--compress=0")
+        .arg("--no-password")
+        .arg(format!("--section={section}"))
+        .arg(format!("--snapshot={snapshot}"));
+    if section == "data" {
+        cmd.arg("--exclude-table-data=*.*");
+    }
+    cmd.arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
+    Ok(ToolRun {
+        cmd,
+        tool: tool.into(),
+        version,
+        options: vec!["format=custom".into(), "compress=0".into(), format!("section={section}")],
+        creds,
+        guard: route.into_guard(),
+        counts: Default::default(),
+    })
+}
+
 /// `pg_restore` into the target database from stdin, or from `file` with `jobs` parallel jobs.
 pub async fn restore(
     t: &DatabaseTarget,

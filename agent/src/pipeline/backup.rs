@@ -44,13 +44,13 @@ use crate::{
 };
 
 /// Sealed chunks waiting for an upload slot.
-const CHUNK_QUEUE: usize = 1;
+pub(super) const CHUNK_QUEUE: usize = 1;
 /// Pipe buffer asked for on the dump tool's stdout (Linux caps it at /proc/sys/fs/pipe-max-size).
 const PIPE_SIZE: i32 = 1 << 20;
 
 /// Turns the tool's stdout into a blocking reader for the compressor thread, with a larger pipe buffer so
 /// the tool rarely waits for us.
-fn blocking_pipe(stdout: tokio::process::ChildStdout) -> PipelineResult<std::fs::File> {
+pub(super) fn blocking_pipe(stdout: tokio::process::ChildStdout) -> PipelineResult<std::fs::File> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let fd = stdout.into_owned_fd()?;
     let flags = OFlag::from_bits_truncate(fcntl(&fd, FcntlArg::F_GETFL).map_err(std::io::Error::from)?);
@@ -74,29 +74,48 @@ pub async fn run(
 }
 
 /// Settings of one pass, derived from the plan.
-struct PassSettings {
-    layout: ObjectLayout,
-    chunk_size: usize,
+pub(super) struct PassSettings {
+    pub(super) layout: ObjectLayout,
+    pub(super) chunk_size: usize,
     /// The starting level (the whole stream's, when fixed).
-    level: i32,
+    pub(super) level: i32,
     /// Bounds of an adaptive level.
-    adaptive: Option<dg_common::protocol::LevelBounds>,
-    workers: u32,
-    concurrency: usize,
-    cipher: Option<Arc<ChunkCipher>>,
-    tools: crate::tools::Tools,
+    pub(super) adaptive: Option<dg_common::protocol::LevelBounds>,
+    pub(super) workers: u32,
+    pub(super) concurrency: usize,
+    pub(super) cipher: Option<Arc<ChunkCipher>>,
+    pub(super) tools: crate::tools::Tools,
+    /// Parallel data streams (PostgreSQL; 1: one `pg_dump` stream).
+    pub(super) parallel: u32,
+}
+
+impl PassSettings {
+    /// The level setting of a stream compressed with `workers` threads.
+    pub(super) fn level(&self) -> chunker::Level {
+        match self.adaptive {
+            Some(b) => chunker::Level::Adaptive { min: b.min, max: b.max },
+            None => chunker::Level::Fixed(self.level),
+        }
+    }
+
+    /// What seals a chunk (encryption), when the backup is encrypted.
+    pub(super) fn sealer(&self) -> Option<chunker::Sealer> {
+        self.cipher.clone().map(|c| Box::new(move |seq, data: Vec<u8>| c.seal(seq, &data)) as chunker::Sealer)
+    }
 }
 
 /// What one pass of the dump produced.
-struct PassOutput {
-    chunks: Vec<ManifestChunk>,
-    complete: Vec<OpenStorage>,
-    dropped: Vec<String>,
-    totals: chunker::StreamTotals,
-    tool: String,
-    options: Vec<String>,
-    table_counts: Option<Vec<dg_common::protocol::drill::TableCount>>,
-    count_warning: Option<String>,
+pub(super) struct PassOutput {
+    pub(super) chunks: Vec<ManifestChunk>,
+    pub(super) complete: Vec<OpenStorage>,
+    pub(super) dropped: Vec<String>,
+    pub(super) totals: chunker::StreamTotals,
+    pub(super) tool: String,
+    pub(super) options: Vec<String>,
+    pub(super) table_counts: Option<Vec<dg_common::protocol::drill::TableCount>>,
+    pub(super) count_warning: Option<String>,
+    /// A parallel backup's streams.
+    pub(super) layout: Option<manifest::Layout>,
 }
 
 async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> PipelineResult<BackupResult> {
@@ -127,6 +146,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         concurrency: plan.upload_concurrency as usize,
         cipher,
         tools: ctx.tools.clone(),
+        parallel: plan.parallel,
     };
 
     let out = match plan.strategy {
@@ -171,7 +191,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
     rep.log(LogLevel::Info, "waiting for the controller to acknowledge every chunk").await;
     rep.settled().await;
     let m = Manifest {
-        format: MANIFEST_FORMAT,
+        format: if out.layout.is_some() { MANIFEST_FORMAT } else { manifest::SINGLE_STREAM_FORMAT },
         execution_id: layout.execution.id.to_string(),
         attempt: layout.execution.attempt.0,
         datasource_id: layout.datasource.to_string(),
@@ -190,6 +210,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         wrapped_key: wrapped,
         encryption: settings.cipher.as_ref().map(|_| manifest::CIPHER.to_owned()),
         globals,
+        layout: out.layout,
     };
     let manifest_key = layout.manifest_key();
     let body = Bytes::from(m.to_bytes());
@@ -232,6 +253,7 @@ async fn run_inner(plan: &BackupPlan, rep: &Reporter, ctx: &AgentContext) -> Pip
         wrapped_key_sha256,
         globals,
         table_counts: out.table_counts,
+        layout_sha256: m.layout.as_ref().map(manifest::layout_binding),
     })
 }
 
@@ -297,8 +319,31 @@ async fn probe_storages(
     Ok(usable)
 }
 
-/// Runs the dump tool once, writing every chunk to every target still healthy.
+/// Dumps once, writing every chunk to every target still healthy: in parallel streams when the plan asks
+/// for them and the server allows it, else through one dump tool run.
 async fn one_pass(
+    source: &DatabaseTarget,
+    info: &ServerInfo,
+    targets: &[OpenStorage],
+    s: &PassSettings,
+    rep: &Reporter,
+) -> PipelineResult<PassOutput> {
+    if s.parallel > 1 && source.engine == Engine::Postgres {
+        if info.major >= super::parallel::MIN_SERVER_MAJOR {
+            return super::parallel::one_pass(source, info, targets, s, rep).await;
+        }
+        let line = format!(
+            "parallel backups need PostgreSQL {} or newer (this server is {}): one pg_dump stream",
+            super::parallel::MIN_SERVER_MAJOR,
+            info.version
+        );
+        rep.log(LogLevel::Warn, line).await;
+    }
+    single_stream(source, info, targets, s, rep).await
+}
+
+/// Runs the dump tool once.
+pub(super) async fn single_stream(
     source: &DatabaseTarget,
     info: &ServerInfo,
     targets: &[OpenStorage],
@@ -333,13 +378,7 @@ async fn one_pass(
 
     // The compressor thread reads the tool's stdout itself: no async hop and no copy between the pipe and zstd.
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
-    let level = match s.adaptive {
-        Some(b) => chunker::Level::Adaptive { min: b.min, max: b.max },
-        None => chunker::Level::Fixed(s.level),
-    };
-    let (workers, chunk_size) = (s.workers, s.chunk_size);
-    let sealer: Option<chunker::Sealer> =
-        s.cipher.clone().map(|c| Box::new(move |seq, data: Vec<u8>| c.seal(seq, &data)) as chunker::Sealer);
+    let (level, workers, chunk_size, sealer) = (s.level(), s.workers, s.chunk_size, s.sealer());
     let compressor =
         tokio::task::spawn_blocking(move || chunker::compress(input, chunk_tx, level, workers, chunk_size, sealer));
     let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, rep);
@@ -351,7 +390,7 @@ async fn one_pass(
     let (table_counts, count_warning) = run.counts.finish().await;
     drop(run);
 
-    let (chunks, complete, dropped) = upload_res?;
+    let (chunks, complete, dropped, _) = upload_res?;
     if !status.success() {
         return Err(PipelineError::Tool(tool_failure(&tool, status, &tail)));
     }
@@ -363,14 +402,16 @@ async fn one_pass(
     if chunks.len() as u32 != totals.chunks {
         return Err(PipelineError::Integrity(format!("{} chunks produced but {} stored", totals.chunks, chunks.len())));
     }
-    Ok(PassOutput { chunks, complete, dropped, totals, tool, options, table_counts, count_warning })
+    Ok(PassOutput { chunks, complete, dropped, totals, tool, options, table_counts, count_warning, layout: None })
 }
 
-type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>);
+/// The chunk list (by seq), the storages holding every chunk, a warning per storage dropped on the way, and
+/// the hex sha256 of every chunk's bytes in position order.
+pub(super) type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>, String);
 
-/// Uploads chunks as they come, `concurrency` at a time, to every target still healthy. Returns the chunk
-/// list (by seq), the storages holding every chunk, and a warning per storage dropped on the way.
-async fn upload_all(
+/// Uploads chunks as they come (in position order: see [`chunker::Positions`]), `concurrency` at a time, to
+/// every target still healthy.
+pub(super) async fn upload_all(
     rx: mpsc::Receiver<chunker::SealedChunk>,
     targets: &[OpenStorage],
     layout: &ObjectLayout,
@@ -382,8 +423,18 @@ async fn upload_all(
     let is_failed = |f: &Mutex<Vec<(StorageId, String)>>, id: StorageId| {
         f.lock().map(|f| f.iter().any(|(s, _)| *s == id)).unwrap_or(true)
     };
+    let mut whole = Sha256::new();
+    let mut next_seq = 0u32;
     let mut chunks: Vec<ManifestChunk> = ReceiverStream::new(rx)
         .map(|c| {
+            if c.seq != next_seq {
+                return Err(PipelineError::Integrity(format!("chunk {} arrived where {next_seq} was due", c.seq)));
+            }
+            next_seq += 1;
+            whole.update(&c.data);
+            Ok(c)
+        })
+        .map_ok(|c| {
             let failed = failed.clone();
             let progress = progress.clone();
             async move {
@@ -425,7 +476,7 @@ async fn upload_all(
                 Ok(ManifestChunk { seq: c.seq, key, size: c.data.len() as u64, sha256: c.sha256 })
             }
         })
-        .buffer_unordered(concurrency)
+        .try_buffer_unordered(concurrency)
         .try_collect()
         .await?;
     let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
@@ -435,7 +486,8 @@ async fn upload_all(
         return Err(PipelineError::Storage { storage: "all".into(), message: "every storage failed".into() });
     }
     chunks.sort_by_key(|c| c.seq);
-    Ok((chunks, complete, failed.into_iter().map(|(_, w)| w).collect()))
+    let whole = hex::encode(whole.finalize());
+    Ok((chunks, complete, failed.into_iter().map(|(_, w)| w).collect(), whole))
 }
 
 async fn put_with_retry(s: &OpenStorage, path: &ObjPath, data: Bytes) -> Result<(), object_store::Error> {

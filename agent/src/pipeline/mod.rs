@@ -7,6 +7,7 @@
 //! results; the executor calls them.
 
 pub mod backup;
+pub mod parallel;
 pub mod restore;
 pub mod throttle;
 pub mod trust;

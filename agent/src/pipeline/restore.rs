@@ -130,7 +130,7 @@ async fn fetch_verified(s: &OpenStorage, c: &ChunkRef) -> Result<Bytes, String> 
 }
 
 /// Reads a chunk from the first storage (in `order`) holding an intact copy.
-async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> PipelineResult<(usize, Bytes)> {
+pub(super) async fn fetch_any(stores: &[OpenStorage], order: &[usize], c: &ChunkRef) -> PipelineResult<(usize, Bytes)> {
     let mut reasons = Vec::new();
     for &i in order {
         match fetch_verified(&stores[i], c).await {
@@ -268,9 +268,10 @@ async fn run_inner(
             plan.chunks.len()
         );
         rep.log(LogLevel::Info, line).await;
-        // MariaDB/MySQL: dropping the existing objects is dropping and recreating the database; PostgreSQL
-        // leaves it to `pg_restore --clean`.
-        let recreate = target_plan.drops_existing() && engine != Engine::Postgres;
+        // MariaDB/MySQL and a parallel PostgreSQL backup: dropping the existing objects is dropping and
+        // recreating the database (a parallel backup's schema sections cannot `--clean` each other's objects);
+        // a single-stream PostgreSQL backup leaves it to `pg_restore --clean`.
+        let recreate = target_plan.drops_existing() && (engine != Engine::Postgres || manifest.layout.is_some());
         if recreate {
             engine::drop_database(target, &target.database).await?;
             rep.log(LogLevel::Info, format!("dropped database {} (drop_existing)", target.database)).await;
@@ -291,6 +292,13 @@ async fn run_inner(
         }
     }
     super::test_connection(target, rep).await?;
+
+    if let Some(layout) = &manifest.layout {
+        let src = super::parallel::ChunkSource { stores: &stores, chunks: &plan.chunks, cipher: cipher.as_ref() };
+        let (written, tool) = super::parallel::restore(layout, &src, target, plan.parallel_jobs, ctx, rep).await?;
+        rep.log(LogLevel::Info, format!("restore finished: {written} bytes restored with {tool}")).await;
+        return Ok(RestoreResult { raw_bytes: written, tool_version: tool, observed: None });
+    }
 
     // 3. Stream: download (verify again) -> decrypt -> decompress -> restore tool (or a file first).
     let to_file: Option<PathBuf> = (engine == Engine::Postgres && plan.parallel_jobs > 1)
@@ -413,7 +421,7 @@ async fn run_inner(
 }
 
 /// Runs a prepared tool that reads a file to completion, failing on a non-zero exit.
-async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> PipelineResult<String> {
+pub(super) async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> PipelineResult<String> {
     let tool = format!("{} {}", run.tool, run.version);
     let mut child = run
         .cmd
@@ -433,7 +441,7 @@ async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> 
 }
 
 /// The decompressor's outcome: a stream that is not complete zstd is an integrity failure, not an i/o one.
-fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> PipelineResult<u64> {
+pub(super) fn decompressed(r: Result<std::io::Result<u64>, tokio::task::JoinError>) -> PipelineResult<u64> {
     match r {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(e)) if chunker::is_truncated(&e) => Err(PipelineError::Integrity(e.to_string())),

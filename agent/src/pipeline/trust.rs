@@ -65,7 +65,10 @@ pub fn check_against_record(plan: Record<'_>, m: &Manifest) -> Result<(), String
     if !m.sha256.eq_ignore_ascii_case(plan.sha256) {
         return differs("stream sha256", &m.sha256, &plan.sha256);
     }
-    let Some(RecordedBackup { globals, encryption }) = plan.recorded else {
+    let Some(RecordedBackup { globals, encryption, layout_sha256 }) = plan.recorded else {
+        if m.layout.is_some() {
+            return differs("layout", &"parallel streams", &"one stream (recorded before parallel backups)");
+        }
         if plan.restore_globals {
             return Err("restore_globals: this backup was recorded before the controller recorded its globals; \
                         they are not replayed (restore without restore_globals)"
@@ -112,6 +115,17 @@ pub fn check_against_record(plan: Record<'_>, m: &Manifest) -> Result<(), String
             }
         }
     }
+    match (&m.layout, layout_sha256) {
+        (None, None) => {}
+        (Some(_), None) => return differs("layout", &"parallel streams", &"one stream"),
+        (None, Some(_)) => return differs("layout", &"one stream", &"parallel streams"),
+        (Some(l), Some(recorded)) => {
+            let binding = manifest::layout_binding(l);
+            if !binding.eq_ignore_ascii_case(recorded) {
+                return differs("layout sha256", &binding, recorded);
+            }
+        }
+    }
     Ok(())
 }
 
@@ -119,7 +133,7 @@ pub fn check_against_record(plan: Record<'_>, m: &Manifest) -> Result<(), String
 mod tests {
     use dg_common::{
         ids::StorageId,
-        manifest::{MANIFEST_FORMAT, ManifestChunk, ManifestObject},
+        manifest::{ManifestChunk, ManifestObject, SINGLE_STREAM_FORMAT},
         protocol::{
             ChunkRef, DatabaseTarget, Engine, RecordedEncryption, StorageTarget, StoredObject, TargetDatabasePlan,
             TlsMode,
@@ -173,12 +187,13 @@ mod tests {
                     key_id: "prod".into(),
                     wrapped_key_sha256: manifest::wrapped_key_binding(WRAPPED),
                 }),
+                layout_sha256: None,
             }),
             raw_bytes: Some(100),
             checks: None,
         };
         let m = Manifest {
-            format: MANIFEST_FORMAT,
+            format: SINGLE_STREAM_FORMAT,
             execution_id: "e".into(),
             attempt: 1,
             datasource_id: "d".into(),
@@ -200,6 +215,7 @@ mod tests {
             wrapped_key: Some(WRAPPED.into()),
             encryption: Some(CIPHER.into()),
             globals: Some(ManifestObject { key: globals.key, size: globals.size, sha256: globals.sha256 }),
+            layout: None,
         };
         (plan, m)
     }
@@ -246,7 +262,7 @@ mod tests {
 
         // A record of an unencrypted backup without globals refuses a manifest that adds either.
         let (mut plan, m) = agreeing();
-        plan.recorded = Some(RecordedBackup { globals: None, encryption: None });
+        plan.recorded = Some(RecordedBackup { globals: None, encryption: None, layout_sha256: None });
         let mut plain = m.clone();
         (plain.encryption_key_id, plain.wrapped_key, plain.encryption, plain.globals) = (None, None, None, None);
         assert_eq!(check_manifest(&plan, &plain), Ok(()));
@@ -255,6 +271,72 @@ mod tests {
         plain.encryption_key_id = Some("prod".into());
         let e = check_manifest(&plan, &plain).expect_err("added encryption");
         assert!(e.contains("record: encryption (manifest: prod, recorded: not encrypted)"), "{e}");
+    }
+
+    fn layout(chunks: u32) -> manifest::Layout {
+        use manifest::{Layout, Segment, Stream, StreamRole};
+        let stream = |role, chunks: Vec<u32>, segments: Vec<Segment>| Stream {
+            role,
+            raw_bytes: segments.iter().map(|g| g.raw_bytes).sum::<u64>().max(u64::from(role != StreamRole::Data)),
+            chunks,
+            sha256: sha('l'),
+            segments,
+        };
+        let seg = Segment {
+            schema: "public".into(),
+            table: "t".into(),
+            columns: vec!["id".into()],
+            pages: None,
+            raw_bytes: 10,
+            rows: 5,
+        };
+        Layout {
+            kind: manifest::POSTGRES_PARALLEL.into(),
+            workers: 1,
+            snapshot: "00000003-00000002-1".into(),
+            encoding: "UTF8".into(),
+            sequences: vec![],
+            streams: vec![
+                stream(StreamRole::PreData, vec![0], vec![]),
+                stream(StreamRole::Data, (1..chunks - 2).collect(), vec![seg]),
+                stream(StreamRole::DataObjects, vec![chunks - 2], vec![]),
+                stream(StreamRole::PostData, vec![chunks - 1], vec![]),
+            ],
+        }
+    }
+
+    #[test]
+    fn a_parallel_layout_must_be_the_recorded_one() {
+        let (mut plan, mut m) = agreeing();
+        let more = (3..5).map(|seq| ChunkRef { seq, key: format!("d/e/1/{seq:08}.zst"), size: 10, sha256: sha('a') });
+        plan.chunks.extend(more);
+        m.chunks = plan
+            .chunks
+            .iter()
+            .map(|c| ManifestChunk { seq: c.seq, key: c.key.clone(), size: c.size, sha256: c.sha256.clone() })
+            .collect();
+        let l = layout(m.chunks.len() as u32);
+        assert_eq!(l.check(m.chunks.len()), Ok(()));
+        m.layout = Some(l.clone());
+        let e = check_manifest(&plan, &m).expect_err("a layout the record lacks");
+        assert!(e.contains("record: layout (manifest: parallel streams, recorded: one stream)"), "{e}");
+        plan.recorded.as_mut().expect("recorded").layout_sha256 = Some(manifest::layout_binding(&l));
+        assert_eq!(check_manifest(&plan, &m), Ok(()));
+        // The same chunks put in other streams (or any other change) is another layout.
+        let mut moved = l.clone();
+        let last = moved.streams[1].chunks.pop().expect("a data chunk");
+        moved.streams[3].chunks.insert(0, last);
+        m.layout = Some(moved);
+        let e = check_manifest(&plan, &m).expect_err("moved chunk");
+        assert!(e.contains("record: layout sha256"), "{e}");
+        m.layout = None;
+        let e = check_manifest(&plan, &m).expect_err("layout removed");
+        assert!(e.contains("record: layout (manifest: one stream"), "{e}");
+        // A backup recorded before parallel backups existed has none.
+        plan.recorded = None;
+        plan.restore_globals = false;
+        m.layout = Some(l);
+        assert!(check_manifest(&plan, &m).is_err_and(|e| e.contains("layout")));
     }
 
     #[test]

@@ -257,7 +257,7 @@ mod tests {
 
     use dg_common::{
         ids::StorageId,
-        manifest::{MANIFEST_FORMAT, ManifestChunk},
+        manifest::{ManifestChunk, SINGLE_STREAM_FORMAT},
         protocol::{ChunkRef, RecordedBackup},
     };
     use object_store::{ObjectStore, memory::InMemory};
@@ -287,7 +287,7 @@ mod tests {
         }
         let whole = sha_hex(&data.concat());
         let m = Manifest {
-            format: MANIFEST_FORMAT,
+            format: SINGLE_STREAM_FORMAT,
             execution_id: "e".into(),
             attempt: 1,
             datasource_id: "d".into(),
@@ -309,6 +309,7 @@ mod tests {
             wrapped_key: None,
             encryption: None,
             globals: None,
+            layout: None,
         };
         let bytes = m.to_bytes();
         store.put(&ObjPath::from("d/e/1/manifest.json"), bytes.into()).await.expect("put");
@@ -321,7 +322,7 @@ mod tests {
             copies: vec![VerifyCopy { storage: target, chunks }],
             sha256: whole,
             manifest_key: "d/e/1/manifest.json".into(),
-            recorded: Some(RecordedBackup { globals: None, encryption: None }),
+            recorded: Some(RecordedBackup { globals: None, encryption: None, layout_sha256: None }),
             read_rate_bytes_per_second: 0,
         };
         (OpenStorage { id, store }, plan, data)

@@ -241,6 +241,8 @@ impl LevelBounds {
 pub const CONCURRENCY_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
 /// Largest zstd worker count.
 pub const MAX_WORKERS: u32 = 16;
+/// Parallel streams a PostgreSQL backup may use (1: one `pg_dump` stream).
+pub const PARALLEL_RANGE: std::ops::RangeInclusive<u32> = 1..=16;
 
 /// A backup to run.
 #[derive(Clone, Debug)]
@@ -267,6 +269,9 @@ pub struct BackupPlan {
     pub encryption_key_id: Option<String>,
     /// PostgreSQL: also store the cluster globals.
     pub include_globals: bool,
+    /// PostgreSQL: table data through this many parallel streams read under one exported snapshot, within
+    /// [`PARALLEL_RANGE`]; 1 is one `pg_dump` stream.
+    pub parallel: u32,
 }
 
 /// A stored chunk to read.
@@ -310,6 +315,8 @@ pub struct RecordedBackup {
     pub globals: Option<StoredObject>,
     /// The encryption, when the backup is encrypted.
     pub encryption: Option<RecordedEncryption>,
+    /// A parallel backup's stream layout binding ([`manifest::layout_binding`]); `None` for one stream.
+    pub layout_sha256: Option<String>,
 }
 
 /// What happens to the target database of a restore, decided by the controller.
@@ -538,6 +545,8 @@ pub struct BackupResult {
     pub globals: Option<StoredObject>,
     /// Rows per table at dump time; `None` when they could not be counted (a warning says why).
     pub table_counts: Option<Vec<drill::TableCount>>,
+    /// A parallel backup's stream layout binding ([`manifest::layout_binding`]); `None` for one stream.
+    pub layout_sha256: Option<String>,
 }
 
 /// What a finished restore did.

@@ -8,9 +8,10 @@ use secrecy::ExposeSecret;
 use super::{
     AgentReport, Assignment, Attempt, BackupPlan, BackupResult, CHUNK_SIZE_RANGE, CONCURRENCY_RANGE, ChunkDamage,
     ChunkFault, ChunkRef, ChunkStored, CopyFindings, DEFAULT_LEVEL, DatabaseTarget, Engine, ExecutionRef, LEVEL_RANGE,
-    LevelBounds, LogLevel, LogReport, MAX_LOG_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout, Plan,
-    Progress, ProtocolError, ProtocolResult, RecordedBackup, RecordedEncryption, RestorePlan, RestoreResult,
-    StorageTarget, StoredObject, Strategy, TargetDatabasePlan, TlsMode, VerifyCopy, VerifyPlan, VerifyResult,
+    LevelBounds, LogLevel, LogReport, MAX_LOG_CHARS, MAX_WARNING_CHARS, MAX_WARNINGS, MAX_WORKERS, ObjectLayout,
+    PARALLEL_RANGE, Plan, Progress, ProtocolError, ProtocolResult, RecordedBackup, RecordedEncryption, RestorePlan,
+    RestoreResult, StorageTarget, StoredObject, Strategy, TargetDatabasePlan, TlsMode, VerifyCopy, VerifyPlan,
+    VerifyResult,
 };
 use crate::{
     ids::{DatasourceId, ExecutionId, StorageId},
@@ -91,6 +92,11 @@ impl From<StoredObject> for pb::StoredObject {
     }
 }
 
+/// A parallel backup's layout binding (`layout_sha256`): empty is `None` (a single stream).
+fn layout_sha256_field(s: &str) -> ProtocolResult<Option<String>> {
+    if s.is_empty() { Ok(None) } else { sha256_field("layout_sha256", s).map(Some) }
+}
+
 fn stored_object_field(o: Option<pb::StoredObject>, field: &str) -> ProtocolResult<Option<StoredObject>> {
     o.map(|o| StoredObject::try_from(o).map_err(|e| e.within(field))).transpose()
 }
@@ -101,6 +107,7 @@ impl TryFrom<pb::RecordedBackup> for RecordedBackup {
         Ok(Self {
             globals: stored_object_field(r.globals, "globals")?,
             encryption: encryption_fields(&r.encryption_key_id, &r.wrapped_key_sha256)?,
+            layout_sha256: layout_sha256_field(&r.layout_sha256)?,
         })
     }
 }
@@ -109,7 +116,12 @@ impl From<RecordedBackup> for pb::RecordedBackup {
     fn from(r: RecordedBackup) -> Self {
         let (encryption_key_id, wrapped_key_sha256) =
             r.encryption.map(|e| (e.key_id, e.wrapped_key_sha256)).unwrap_or_default();
-        pb::RecordedBackup { globals: r.globals.map(Into::into), encryption_key_id, wrapped_key_sha256 }
+        pb::RecordedBackup {
+            globals: r.globals.map(Into::into),
+            encryption_key_id,
+            wrapped_key_sha256,
+            layout_sha256: r.layout_sha256.unwrap_or_default(),
+        }
     }
 }
 
@@ -315,7 +327,21 @@ fn backup_plan(t: pb::BackupTask, execution: ExecutionRef) -> ProtocolResult<Bac
             .transpose()?,
         encryption_key_id,
         include_globals: t.include_globals,
+        parallel: parallel_field(t.parallel)?,
     })
+}
+
+/// Parallel streams: 0 (a controller that does not know the field) is one stream; beyond
+/// [`PARALLEL_RANGE`] is refused rather than clamped, as it changes what the backup is.
+fn parallel_field(n: u32) -> ProtocolResult<u32> {
+    match n {
+        0 => Ok(1),
+        n if PARALLEL_RANGE.contains(&n) => Ok(n),
+        n => Err(ProtocolError::new(
+            "parallel",
+            format!("must be {} to {}, not {n}", PARALLEL_RANGE.start(), PARALLEL_RANGE.end()),
+        )),
+    }
 }
 
 impl From<BackupPlan> for pb::BackupTask {
@@ -335,6 +361,7 @@ impl From<BackupPlan> for pb::BackupTask {
             encryption_key_id: p.encryption_key_id.unwrap_or_default(),
             include_globals: p.include_globals,
             datasource_id: p.layout.datasource.to_string(),
+            parallel: p.parallel,
         }
     }
 }
@@ -530,6 +557,7 @@ fn backup_result(b: pb::BackupResult) -> ProtocolResult<BackupResult> {
         } else {
             Some(super::drill::table_counts_of(b.table_counts, "table_counts")?)
         },
+        layout_sha256: layout_sha256_field(&b.layout_sha256)?,
     })
 }
 
@@ -549,6 +577,7 @@ impl From<BackupResult> for pb::BackupResult {
             globals: b.globals.map(Into::into),
             wrapped_key_sha256: b.wrapped_key_sha256.unwrap_or_default(),
             table_counts: b.table_counts.unwrap_or_default().into_iter().map(Into::into).collect(),
+            layout_sha256: b.layout_sha256.unwrap_or_default(),
         }
     }
 }

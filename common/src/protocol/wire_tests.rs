@@ -37,6 +37,7 @@ fn backup(execution: ExecutionRef) -> Assignment {
             adaptive_compression: Some(super::LevelBounds { min: -1, max: 9 }),
             encryption_key_id: Some("prod.2026".into()),
             include_globals: true,
+            parallel: 4,
         }),
     }
 }
@@ -58,6 +59,7 @@ fn a_backup_assignment_round_trips_and_keeps_its_layout() {
     assert_eq!(q.storages[0].id, p.storages[0].id);
     assert_eq!(q.encryption_key_id.as_deref(), Some("prod.2026"));
     assert_eq!(q.adaptive_compression, p.adaptive_compression);
+    assert_eq!(q.parallel, 4);
     assert!(!format!("{q:?}").contains("s3cret"), "Debug hides the password");
 }
 
@@ -75,6 +77,27 @@ fn adaptive_bounds_that_do_not_hold_are_refused() {
     t.adaptive_compression = None;
     let Plan::Backup(p) = Assignment::try_from(w).expect("valid").plan else { panic!("a backup") };
     assert_eq!(p.adaptive_compression, None, "absent: a fixed level");
+}
+
+#[test]
+fn parallel_zero_is_one_stream_and_beyond_the_range_is_refused() {
+    let parallel_of = |n: u32| {
+        let mut w = pb::Assign::from(backup(exec()));
+        let Some(pb::assign::Task::Backup(t)) = w.task.as_mut() else { panic!("a backup") };
+        t.parallel = n;
+        Assignment::try_from(w).map(|a| match a.plan {
+            Plan::Backup(p) => p.parallel,
+            _ => panic!("a backup"),
+        })
+    };
+    assert_eq!(parallel_of(0).expect("an older controller"), 1, "0: one stream");
+    assert_eq!(parallel_of(1).expect("one"), 1);
+    assert_eq!(parallel_of(16).expect("the most"), 16);
+    for n in [17, 1000, u32::MAX] {
+        let e = parallel_of(n).expect_err("beyond the range");
+        assert_eq!(e.field, "backup.parallel", "{n}");
+        assert!(e.to_string().contains("1 to 16"), "{e}");
+    }
 }
 
 #[test]
@@ -142,6 +165,7 @@ fn restore_task() -> pb::RestoreTask {
         recorded: Some(RecordedBackup {
             globals: Some(StoredObject { key: "a/b/1/globals.sql.zst".into(), size: 7, sha256: sha('c') }),
             encryption: Some(RecordedEncryption { key_id: "prod-1".into(), wrapped_key_sha256: sha('d') }),
+            layout_sha256: Some(sha('9')),
         }),
         raw_bytes: Some(1234),
         checks: None,
@@ -167,6 +191,7 @@ fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
     let recorded = p.recorded.expect("recorded");
     assert_eq!(recorded.globals.expect("globals").size, 7);
     assert_eq!(recorded.encryption.expect("encryption").key_id, "prod-1");
+    assert_eq!(recorded.layout_sha256, Some(sha('9')));
     assert_eq!(p.raw_bytes, Some(1234));
 
     // What the controller recorded travels whole, or not at all (a backup recorded before protocol 4).
@@ -182,6 +207,17 @@ fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
     t.recorded.as_mut().expect("recorded").encryption_key_id = String::new();
     let e = Assignment::try_from(restore_assign(t)).expect_err("binding without key");
     assert_eq!(e.field, "restore.recorded.wrapped_key_sha256");
+    // A layout binding is a sha256 or nothing (a single stream).
+    for bad in ["ABCD", "zz", &sha('A'), &"a".repeat(63)] {
+        let mut t = restore_task();
+        t.recorded.as_mut().expect("recorded").layout_sha256 = bad.into();
+        let e = Assignment::try_from(restore_assign(t)).expect_err("layout binding");
+        assert_eq!(e.field, "restore.recorded.layout_sha256", "{bad:?}");
+    }
+    let mut t = restore_task();
+    t.recorded.as_mut().expect("recorded").layout_sha256 = String::new();
+    let Plan::Restore(p) = Assignment::try_from(restore_assign(t)).expect("single").plan else { panic!("a restore") };
+    assert_eq!(p.recorded.expect("recorded").layout_sha256, None, "empty: a single stream");
     let mut t = restore_task();
     t.recorded.as_mut().and_then(|r| r.globals.as_mut()).expect("globals").key = "/etc/passwd".into();
     let e = Assignment::try_from(restore_assign(t)).expect_err("globals key");
@@ -258,6 +294,7 @@ fn reports_round_trip_and_are_validated() {
                     rows: 3,
                     exact: true,
                 }]),
+                layout_sha256: Some(sha('0')),
             },
         },
         AgentReport::RestoreCompleted {
@@ -312,6 +349,30 @@ fn reports_round_trip_and_are_validated() {
         assert_eq!(err.field, "completed.backup.wrapped_key_sha256", "{key_id:?} {wrapped:?}");
     }
     assert!(report_of(completed("", "")).expect("a report").is_ok());
+
+    // A layout binding that is not a sha256 is refused naming the field; empty is a single stream.
+    let with_layout = |layout: &str| {
+        pb::agent_message::Kind::Completed(pb::Completed {
+            execution: Some(e.into()),
+            result: Some(pb::completed::Result::Backup(pb::BackupResult {
+                sha256: sha('d'),
+                manifest_key: "a/b/2/manifest.json".into(),
+                storage_ids: vec![StorageId::new().to_string()],
+                layout_sha256: layout.into(),
+                ..Default::default()
+            })),
+        })
+    };
+    for bad in ["xyz", &sha('F'), &"0".repeat(65)] {
+        let err = report_of(with_layout(bad)).expect("a report").expect_err("layout binding");
+        assert_eq!(err.field, "completed.backup.layout_sha256", "{bad:?}");
+    }
+    let layout_of = |layout: &str| match report_of(with_layout(layout)).expect("a report").expect("valid") {
+        AgentReport::BackupCompleted { result, .. } => result.layout_sha256,
+        other => panic!("a backup result, not {other:?}"),
+    };
+    assert_eq!(layout_of(""), None);
+    assert_eq!(layout_of(&sha('7')), Some(sha('7')));
 }
 
 fn verify_task() -> pb::VerifyTask {
@@ -324,7 +385,7 @@ fn verify_task() -> pb::VerifyTask {
         ],
         sha256: sha('b'),
         manifest_key: "a/b/1/manifest.json".into(),
-        recorded: Some(RecordedBackup { globals: None, encryption: None }),
+        recorded: Some(RecordedBackup { globals: None, encryption: None, layout_sha256: Some(sha('c')) }),
         read_rate_bytes_per_second: 1 << 20,
     })
 }

@@ -16,7 +16,7 @@ const JOB_COLS: &str = "id, name, datasource_id, cron, time_zone, max_backups, k
                         retry_backoff_secs, encryption_key_id, include_globals, created_at, updated_at, \
                         retention_mode, keep_hourly, keep_yearly, min_backups, max_age_secs, rpo_secs, labels, \
                         rpo_breached_since, verify_cron, verify_after_backup, verify_read_rate, \
-                        compression_min_level, compression_max_level";
+                        compression_min_level, compression_max_level, parallel";
 
 /// Outcome of a guarded deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,9 +229,9 @@ impl Db {
                  keep_weekly, keep_monthly, storage_strategy, compression_level, enabled, retry_max_attempts, \
                  retry_backoff_secs, encryption_key_id, include_globals, retention_mode, keep_hourly, keep_yearly, \
                  min_backups, max_age_secs, rpo_secs, labels, verify_cron, verify_after_backup, verify_read_rate, \
-                 compression_min_level, compression_max_level) \
+                 compression_min_level, compression_max_level, parallel) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
-                 $21, $22, $23, $24, $25, $26, $27, $28) RETURNING {JOB_COLS}"
+                 $21, $22, $23, $24, $25, $26, $27, $28, $29) RETURNING {JOB_COLS}"
             ),
             job_values(j),
         )
@@ -255,7 +255,7 @@ impl Db {
                  keep_yearly = $19, min_backups = $20, max_age_secs = $21, rpo_secs = $22, labels = $23, \
                  rpo_breached_since = CASE WHEN $22 = 0 THEN NULL ELSE rpo_breached_since END, \
                  verify_cron = $24, verify_after_backup = $25, verify_read_rate = $26, next_run_at = NULL, \
-                 compression_min_level = $27, compression_max_level = $28, \
+                 compression_min_level = $27, compression_max_level = $28, parallel = $29, \
                  next_verify_at = NULL, updated_at = now() WHERE id = $1 RETURNING {JOB_COLS}"
             ),
             job_values(j),
@@ -460,7 +460,7 @@ fn st_values(s: &Storage) -> [sea_orm::Value; 7] {
     ]
 }
 
-fn job_values(j: &BackupJob) -> [sea_orm::Value; 28] {
+fn job_values(j: &BackupJob) -> [sea_orm::Value; 29] {
     [
         j.id.into(),
         j.name.clone().into(),
@@ -490,5 +490,6 @@ fn job_values(j: &BackupJob) -> [sea_orm::Value; 28] {
         j.verify_read_rate.into(),
         j.compression_min_level.into(),
         j.compression_max_level.into(),
+        j.parallel.into(),
     ]
 }

@@ -10,7 +10,8 @@ use crate::model::{Chunk, Execution, LogLine, Operation, Status};
 pub(super) const EX_COLS: &str = "id, operation, status, job_id, datasource_id, agent_id, attempt, lease_until, created_at, \
                        started_at, finished_at, error, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, \
                        source_backup_id, target_database, options, encryption_key_id, warnings, cancel_requested, deleting, \
-                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason, imported";
+                       agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason, imported, \
+                       layout_sha256";
 
 /// `EX_COLS`, each qualified by the table alias `alias`.
 fn qualified(alias: &str) -> String {
@@ -134,6 +135,8 @@ pub struct BackupOutcome {
     pub globals: Option<(String, i64, String)>,
     /// Rows per table at dump time (JSON list), when the agent counted them.
     pub table_counts: Option<serde_json::Value>,
+    /// Hex sha256 of a parallel backup's manifest layout; `None` for one stream.
+    pub layout_sha256: Option<String>,
 }
 
 /// What the controller recorded for one storage of a backup attempt (see `service::commit`).
@@ -543,7 +546,7 @@ impl Db {
              stored_bytes = $4, chunk_count = $5, sha256 = $6, manifest_key = $7, tool_version = $8, \
              server_version = $9, warnings = $10, encryption_key_id = $11, wrapped_key_sha256 = $12, \
              globals_key = $13, globals_size = $14, globals_sha256 = $15, trust_recorded = true, \
-             table_counts = $16 WHERE id = $1 AND attempt = $2 AND status = 'running'",
+             table_counts = $16, layout_sha256 = $17 WHERE id = $1 AND attempt = $2 AND status = 'running'",
             [
                 id.into(),
                 attempt.into(),
@@ -561,6 +564,7 @@ impl Db {
                 o.globals.as_ref().map(|g| g.1).into(),
                 o.globals.as_ref().map(|g| g.2.clone()).into(),
                 o.table_counts.clone().into(),
+                o.layout_sha256.clone().into(),
             ],
         )
         .await?;

@@ -46,9 +46,9 @@ impl Db {
             "INSERT INTO execution (id, operation, status, job_id, datasource_id, agent_id, attempt, created_at, \
              started_at, finished_at, raw_bytes, stored_bytes, chunk_count, sha256, manifest_key, tool_version, \
              server_version, options, encryption_key_id, wrapped_key_sha256, globals_key, globals_size, \
-             globals_sha256, trust_recorded, imported) \
+             globals_sha256, layout_sha256, trust_recorded, imported) \
              VALUES ($1, 'backup', 'completed', NULL, $2, $3, $4, $5, $5, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-             $14, $15, $16, $17, $18, true, true) ON CONFLICT (id) DO NOTHING",
+             $14, $15, $16, $17, $18, $19, true, true) ON CONFLICT (id) DO NOTHING",
             [
                 b.id.into(),
                 datasource.into(),
@@ -68,6 +68,7 @@ impl Db {
                 gk.into(),
                 gs.into(),
                 gsha.into(),
+                b.layout_sha256.clone().into(),
             ],
         )
         .await?;

@@ -131,6 +131,7 @@ pub fn job(j: &model::BackupJob, storage_ids: &[Uuid]) -> pb::BackupJob {
             .compression_min_level
             .zip(j.compression_max_level)
             .map(|(min_level, max_level)| pb::AdaptiveCompression { min_level, max_level }),
+        parallel: u(j.parallel).max(1),
         enabled: j.enabled,
         created_at: Some(ts(j.created_at)),
         retry: Some(pb::RetryPolicy {
@@ -269,6 +270,7 @@ pub fn backup(
         pinned: e.pinned,
         pin_reason: if e.pinned { e.pin_reason.clone().unwrap_or_default() } else { String::new() },
         imported: e.imported,
+        parallel: e.layout_sha256.is_some(),
         copies: copies.iter().map(backup_copy).collect(),
         table_counts: Vec::new(),
     }

@@ -252,6 +252,19 @@ fn adaptive(a: Option<pb::AdaptiveCompression>) -> V<Option<Option<LevelBounds>>
         .ok_or_else(|| FieldError::new("adaptive_compression.min_level", "must not be above max_level"))
 }
 
+/// Parallel streams: 0 means 1 (one stream); beyond [`protocol::PARALLEL_RANGE`] is refused. Whether the
+/// datasource's engine allows more than one is the service's check (it needs the datasource).
+fn parallel(n: u32) -> V<u32> {
+    match n {
+        0 => Ok(1),
+        n if protocol::PARALLEL_RANGE.contains(&n) => Ok(n),
+        _ => Err(FieldError::new(
+            "parallel",
+            format!("must be {}-{}", protocol::PARALLEL_RANGE.start(), protocol::PARALLEL_RANGE.end()),
+        )),
+    }
+}
+
 fn compression(l: i32) -> V<i32> {
     match l {
         0 => Ok(3),
@@ -426,6 +439,7 @@ impl TryFrom<pb::CreateBackupJobRequest> for NewJob {
             storage_ids: storage_ids(&r.storage_ids)?,
             compression_level: compression(r.compression_level)?,
             adaptive_compression: adaptive(r.adaptive_compression)?.flatten(),
+            parallel: parallel(r.parallel)?,
             enabled: r.enabled.unwrap_or(true),
             retry_max_attempts,
             retry_backoff_secs,
@@ -459,6 +473,7 @@ pub fn job_patch(r: pb::UpdateBackupJobRequest) -> V<(Uuid, JobPatch)> {
             storage_ids: r.storages.map(|s| storage_ids(&s.storage_ids)).transpose()?,
             compression_level: r.compression_level.map(compression).transpose()?,
             adaptive_compression: adaptive(r.adaptive_compression)?,
+            parallel: r.parallel.map(parallel).transpose()?,
             retry: r.retry.map(|p| retry(Some(p))).transpose()?,
             encryption_key_id: r.encryption_key_id.as_deref().map(key_id).transpose()?,
             include_globals: r.include_globals,
@@ -657,6 +672,28 @@ mod tests {
         assert_eq!(field(azure(true, "k", true)), Err("azure.ambient_credentials"));
         assert_eq!(field(s3("k", true)), Err("s3.ambient_credentials"));
         assert_eq!(field(s3("", true)), Ok(()));
+    }
+
+    #[test]
+    fn parallel_zero_is_one_stream_and_beyond_sixteen_is_refused() {
+        let create = |parallel| pb::CreateBackupJobRequest {
+            name: "nightly".into(),
+            datasource_id: Uuid::now_v7().to_string(),
+            storage_ids: vec![Uuid::now_v7().to_string()],
+            parallel,
+            ..Default::default()
+        };
+        let update =
+            |parallel| pb::UpdateBackupJobRequest { id: Uuid::now_v7().to_string(), parallel, ..Default::default() };
+        for (given, stored) in [(0, 1), (1, 1), (4, 4), (16, 16)] {
+            assert_eq!(NewJob::try_from(create(given)).expect("in range").parallel, stored, "{given}");
+            assert_eq!(job_patch(update(Some(given))).expect("in range").1.parallel, Some(stored), "{given}");
+        }
+        assert_eq!(job_patch(update(None)).expect("absent").1.parallel, None, "absent: kept");
+        for n in [17, u32::MAX] {
+            assert_eq!(NewJob::try_from(create(n)).expect_err("out of range").field, "parallel");
+            assert_eq!(job_patch(update(Some(n))).expect_err("out of range").field, "parallel");
+        }
     }
 
     #[test]

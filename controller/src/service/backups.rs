@@ -91,13 +91,20 @@ impl BackupsService {
         }
     }
 
-    /// Streams a backup: the stored zstd stream, or the decompressed dump.
+    /// Streams a single-stream backup: the stored zstd stream, or the decompressed dump.
     pub async fn download(
         &self,
         id: Uuid,
         decompress: bool,
     ) -> ControllerResult<mpsc::Receiver<ControllerResult<Bytes>>> {
         let ex = self.completed_backup(id).await?;
+        // Several streams concatenated are no dump a tool could read: only a restore reassembles them.
+        if ex.layout_sha256.is_some() {
+            return Err(ControllerError::FailedPrecondition(format!(
+                "backup {id} is a parallel backup (its table data is in several streams): download serves \
+                 single-stream backups; restore it instead"
+            )));
+        }
         if decompress && let Some(k) = &ex.encryption_key_id {
             return Err(ControllerError::FailedPrecondition(format!(
                 "decompress: the backup is encrypted with agent key \"{k}\"; download the stored stream instead"

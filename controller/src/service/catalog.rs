@@ -94,6 +94,8 @@ pub struct NewJob {
     pub compression_level: i32,
     /// Adaptive compression bounds (`None`: the fixed level).
     pub adaptive_compression: Option<LevelBounds>,
+    /// Parallel streams, within `PARALLEL_RANGE` (above 1: PostgreSQL only, checked here).
+    pub parallel: u32,
     /// Enabled.
     pub enabled: bool,
     /// Retry: attempts in all.
@@ -131,6 +133,8 @@ pub struct JobPatch {
     pub compression_level: Option<i32>,
     /// Adaptive compression: `Some(None)` turns it off.
     pub adaptive_compression: Option<Option<LevelBounds>>,
+    /// Parallel streams, within `PARALLEL_RANGE`.
+    pub parallel: Option<u32>,
     /// Retry (attempts, backoff secs).
     pub retry: Option<(u32, u32)>,
     /// Encryption key id.
@@ -523,6 +527,7 @@ impl CatalogService {
     /// Creates a job. Local storages must sit on the datasource's agent, which is the one that writes them.
     pub async fn create_job(&self, n: NewJob) -> ControllerResult<(BackupJob, Vec<Uuid>)> {
         let ds = self.datasource(n.datasource_id).await?;
+        check_parallel(&ds, n.parallel)?;
         self.check_targets(&ds, &n.storage_ids).await?;
         let now = Utc::now();
         let mut j = BackupJob {
@@ -544,6 +549,7 @@ impl CatalogService {
             compression_level: n.compression_level,
             compression_min_level: n.adaptive_compression.map(|b| b.min),
             compression_max_level: n.adaptive_compression.map(|b| b.max),
+            parallel: to_i32(n.parallel),
             enabled: n.enabled,
             retry_max_attempts: to_i32(n.retry_max_attempts),
             retry_backoff_secs: to_i32(n.retry_backoff_secs),
@@ -591,6 +597,11 @@ impl CatalogService {
         }
         if let Some(a) = p.adaptive_compression {
             (j.compression_min_level, j.compression_max_level) = (a.map(|b| b.min), a.map(|b| b.max));
+        }
+        if let Some(n) = p.parallel {
+            // Checked against the datasource the job backs up (a job keeps its datasource).
+            check_parallel(&self.datasource(j.datasource_id).await?, n)?;
+            j.parallel = to_i32(n);
         }
         if let Some((a, b)) = p.retry {
             (j.retry_max_attempts, j.retry_backoff_secs) = (to_i32(a), to_i32(b));
@@ -647,6 +658,19 @@ impl CatalogService {
         }
         Ok(out)
     }
+}
+
+/// More than one stream is a PostgreSQL backup (several `COPY` streams under one exported snapshot); the
+/// other engines' dump tools have no such mode.
+fn check_parallel(ds: &Datasource, parallel: u32) -> ControllerResult<()> {
+    if parallel > 1 && ds.engine != Engine::Postgres {
+        return Err(dg_common::error::FieldError::new(
+            "parallel",
+            format!("parallel backups are PostgreSQL only; datasource {} is {}", ds.name, ds.engine),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// Writes a validated policy into the job's retention columns.

@@ -89,6 +89,7 @@ mod tests {
             wrapped_key_sha256: None,
             globals: None,
             table_counts: None,
+            layout_sha256: None,
         }
     }
 

@@ -214,6 +214,13 @@ impl DispatchTask {
                 .and_then(|(min, max)| protocol::LevelBounds::new(min, max)),
             encryption_key_id: (!job.encryption_key_id.is_empty()).then(|| job.encryption_key_id.clone()),
             include_globals: job.include_globals,
+            // Only PostgreSQL has a parallel mode (the catalog refuses more on other engines).
+            parallel: match ds.engine {
+                crate::model::Engine::Postgres => {
+                    clamp(u32::try_from(job.parallel).unwrap_or(1), &protocol::PARALLEL_RANGE)
+                }
+                _ => 1,
+            },
         })
     }
 
@@ -344,7 +351,7 @@ pub fn recorded_backup(backup: &Execution) -> Option<RecordedBackup> {
         (Some(key_id), Some(w)) => Some(RecordedEncryption { key_id: key_id.clone(), wrapped_key_sha256: w.clone() }),
         _ => None,
     };
-    Some(RecordedBackup { globals, encryption })
+    Some(RecordedBackup { globals, encryption, layout_sha256: backup.layout_sha256.clone() })
 }
 
 /// The order a restore reads a backup's complete copies in: the operator's preferred storage first, then the

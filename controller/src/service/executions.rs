@@ -502,6 +502,7 @@ impl ExecutionsService {
             wrapped_key_sha256: r.wrapped_key_sha256,
             globals: r.globals.map(|g| (g.key, i64::try_from(g.size).unwrap_or(i64::MAX), g.sha256)),
             table_counts: r.table_counts.map(|c| serde_json::json!(c)),
+            layout_sha256: r.layout_sha256,
         };
         let layout = Self::layout(ex, attempt);
         let (manifest_key, globals_key) = (layout.manifest_key(), layout.globals_key());

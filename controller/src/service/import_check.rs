@@ -3,11 +3,12 @@
 //! the controller registers it. The manifest is input, not truth: beyond its own sha256 and format (checked
 //! by `Manifest::from_bytes`), every field is validated here — ids match the key it was found at, every
 //! object key is the one the layout gives for that prefix (so none points outside it), sizes are bounded and
-//! add up, checksums are hex sha256, seqs are contiguous from 0, encryption fields come whole. Called by the
-//! import service ([`super::import`]); no I/O.
+//! add up, checksums are hex sha256, seqs are contiguous from 0, encryption fields come whole, a parallel
+//! backup's layout (format 2) is whole and recorded by its binding. Called by the import service
+//! ([`super::import`]); no I/O.
 
 use chrono::{DateTime, Utc};
-use dg_common::manifest::{self, CIPHER, MANIFEST_FORMAT, Manifest};
+use dg_common::manifest::{self, CIPHER, MANIFEST_FORMAT, Manifest, SINGLE_STREAM_FORMAT};
 use uuid::Uuid;
 
 /// Most chunks an imported backup may list (the agent protocol's bound).
@@ -94,6 +95,8 @@ pub struct CheckedBackup {
     pub encryption_key_id: Option<String>,
     /// Binding of the wrapped data key (`manifest::wrapped_key_binding`), when encrypted.
     pub wrapped_key_sha256: Option<String>,
+    /// Binding of a parallel backup's layout (`manifest::layout_binding`); `None` for a single stream.
+    pub layout_sha256: Option<String>,
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -190,6 +193,19 @@ pub fn check_manifest(loc: &ManifestLocation, m: &Manifest, engine: &str) -> Res
         }
         _ => return Err("encryption_key_id, wrapped_key and encryption must be all present or all absent".into()),
     };
+    // `Manifest::from_bytes` checks the same; repeated so this check holds for any manifest it is given.
+    let layout_sha256 = match (&m.layout, m.format) {
+        (None, SINGLE_STREAM_FORMAT) => None,
+        (None, f) => return Err(format!("format {f} needs a layout")),
+        (Some(_), SINGLE_STREAM_FORMAT) => return Err(format!("a layout in a format {SINGLE_STREAM_FORMAT} manifest")),
+        (Some(l), _) => {
+            l.check(m.chunks.len()).map_err(|e| format!("layout: {e}"))?;
+            if m.engine != "postgres" {
+                return Err(format!("layout: a parallel backup of engine {:?}; only PostgreSQL has one", m.engine));
+            }
+            Some(manifest::layout_binding(l))
+        }
+    };
     let text = |s: &str| s.chars().filter(|c| !c.is_control()).take(MAX_TEXT).collect::<String>();
     Ok(CheckedBackup {
         id: loc.execution,
@@ -206,12 +222,13 @@ pub fn check_manifest(loc: &ManifestLocation, m: &Manifest, engine: &str) -> Res
         globals,
         encryption_key_id,
         wrapped_key_sha256,
+        layout_sha256,
     })
 }
 
 #[cfg(test)]
 mod tests {
-    use dg_common::manifest::{ManifestChunk, ManifestObject};
+    use dg_common::manifest::{Layout, ManifestChunk, ManifestObject, POSTGRES_PARALLEL};
 
     use super::*;
 
@@ -223,7 +240,7 @@ mod tests {
     fn good(l: &ManifestLocation) -> Manifest {
         let p = l.prefix();
         Manifest {
-            format: MANIFEST_FORMAT,
+            format: SINGLE_STREAM_FORMAT,
             execution_id: l.execution.to_string(),
             attempt: l.attempt,
             datasource_id: l.datasource.to_string(),
@@ -244,6 +261,7 @@ mod tests {
             wrapped_key: None,
             encryption: None,
             globals: None,
+            layout: None,
         }
     }
 
@@ -287,6 +305,69 @@ mod tests {
         assert_eq!(c.encryption_key_id.as_deref(), Some("k1"));
         assert_eq!(c.wrapped_key_sha256, Some(manifest::wrapped_key_binding("abcd")));
         assert_eq!(c.globals.map(|g| g.1), Some(5));
+    }
+
+    /// A parallel backup's manifest: four chunks, one per stream. The layout is given as the JSON a manifest
+    /// holds, so fields the layout gains with a default do not change this test.
+    fn parallel(l: &ManifestLocation) -> Manifest {
+        let stream = |role: &str, chunk: u32, raw_bytes: u64, segments: serde_json::Value| {
+            serde_json::json!({
+                "role": role, "chunks": [chunk], "raw_bytes": raw_bytes, "sha256": "d".repeat(64),
+                "segments": segments,
+            })
+        };
+        let segment = serde_json::json!({
+            "schema": "public", "table": "t", "columns": ["id", "v"], "raw_bytes": 4, "rows": 2,
+        });
+        let layout: Layout = serde_json::from_value(serde_json::json!({
+            "kind": POSTGRES_PARALLEL,
+            "workers": 1,
+            "snapshot": "00000003-00000002-1",
+            "encoding": "UTF8",
+            "streams": [
+                stream("pre-data", 0, 3, serde_json::json!([])),
+                stream("data", 1, 4, serde_json::json!([segment])),
+                stream("data-objects", 2, 3, serde_json::json!([])),
+                stream("post-data", 3, 3, serde_json::json!([])),
+            ],
+        }))
+        .expect("a layout as a manifest holds it");
+        let p = l.prefix();
+        Manifest {
+            format: MANIFEST_FORMAT,
+            chunks: (0..4)
+                .map(|s| ManifestChunk { seq: s, key: manifest::chunk_key(&p, s), size: 10, sha256: "b".repeat(64) })
+                .collect(),
+            stored_bytes: 40,
+            layout: Some(layout),
+            ..good(l)
+        }
+    }
+
+    #[test]
+    fn a_parallel_manifest_is_recorded_with_its_layout_binding() {
+        let l = loc();
+        let m = parallel(&l);
+        let c = check_manifest(&l, &m, "postgres").expect("a whole layout");
+        assert_eq!(c.layout_sha256, m.layout.as_ref().map(manifest::layout_binding));
+        assert_eq!(c.layout_sha256.as_deref().map(str::len), Some(64));
+        assert_eq!(check_manifest(&l, &good(&l), "postgres").expect("single").layout_sha256, None);
+
+        type Tweak = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(Tweak, &str)> = vec![
+            (Box::new(|m| m.layout = None), "needs a layout"),
+            (Box::new(|m| m.format = SINGLE_STREAM_FORMAT), "a layout in a format 1"),
+            (Box::new(|m| m.layout.as_mut().map_or((), |l| l.streams[1].chunks = vec![3])), "layout:"),
+            (Box::new(|m| m.layout.as_mut().map_or((), |l| l.kind = "other".into())), "layout:"),
+            (Box::new(|m| m.engine = "mysql".into()), "engine"),
+        ];
+        for (tweak, why) in cases {
+            let mut m = parallel(&l);
+            tweak(&mut m);
+            let engine = m.engine.clone();
+            let e = check_manifest(&l, &m, &engine).expect_err(why);
+            assert!(e.contains(why), "{why}: {e}");
+        }
     }
 
     #[test]

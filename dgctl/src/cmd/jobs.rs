@@ -132,6 +132,10 @@ pub enum Cmd {
         /// level that keeps up with the dump tool.
         #[arg(long, value_name = "MODE", value_parser = crate::compression::mode)]
         compression: Option<pb::AdaptiveCompression>,
+        /// PostgreSQL: dump table data through N parallel streams under one snapshot (1-16; default 1, one
+        /// pg_dump stream).
+        #[arg(long, value_name = "N")]
+        parallel: Option<u32>,
         /// Create disabled.
         #[arg(long)]
         disabled: bool,
@@ -175,6 +179,9 @@ pub enum Cmd {
         /// `fixed`, `adaptive` or `adaptive:MIN..MAX`.
         #[arg(long, value_name = "MODE", value_parser = crate::compression::mode)]
         compression: Option<pb::AdaptiveCompression>,
+        /// New parallel stream count (1-16; above 1: PostgreSQL only).
+        #[arg(long, value_name = "N")]
+        parallel: Option<u32>,
         #[command(flatten)]
         retention: RetentionArgs,
         /// Label KEY=VALUE to set (repeatable; merged).
@@ -263,6 +270,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             strategy,
             compression_level,
             compression,
+            parallel,
             disabled,
             retention,
             max_attempts,
@@ -280,6 +288,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 storage_ids: storage_ids(&s, &storages).await?,
                 compression_level: compression_level.unwrap_or(0),
                 adaptive_compression: compression,
+                parallel: parallel.unwrap_or(0),
                 enabled: Some(!disabled),
                 retry: max_attempts.map(|m| pb::RetryPolicy { max_attempts: m, backoff: None }),
                 encryption_key_id,
@@ -298,6 +307,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
             strategy,
             compression_level,
             compression,
+            parallel,
             retention,
             labels,
         } => {
@@ -317,6 +327,7 @@ pub async fn run(app: &App, cmd: Cmd) -> CliResult<()> {
                 storages,
                 compression_level,
                 adaptive_compression: compression,
+                parallel,
                 labels: labels.into_iter().collect(),
                 ..Default::default()
             };

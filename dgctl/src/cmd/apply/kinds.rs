@@ -401,6 +401,8 @@ pub fn job_changes(j: &JobSpec, cur: &pb::BackupJob, ctx: &Ctx) -> CliResult<Vec
             crate::compression::text(want.as_ref()),
         );
     }
+    // 0 is 1 on both sides (one stream; a controller without the field reports 0).
+    x.opt("parallel", cur.parallel.max(1), &j.parallel.map(|n| n.max(1)));
     x.opt("enabled", cur.enabled, &j.enabled);
     if let Some(r) = &j.retention {
         let want = retention_policy(r, &format!("jobs[{}].retention", j.name))?;
@@ -438,6 +440,7 @@ pub fn job_create(j: &JobSpec, ctx: &Ctx) -> CliResult<pb::CreateBackupJobReques
         storage_ids: job_storage_ids(j, ctx)?,
         compression_level: j.compression_level.unwrap_or(0),
         adaptive_compression: j.compression.as_deref().map(|c| compression(c, &j.name)).transpose()?,
+        parallel: j.parallel.unwrap_or(0),
         enabled: j.enabled,
         retry: retry_policy(j)?,
         encryption_key_id: j.encryption_key_id.clone().unwrap_or_default(),
@@ -460,6 +463,7 @@ pub fn job_update(j: &JobSpec, id: &str, ctx: &Ctx) -> CliResult<pb::UpdateBacku
         storages: Some(pb::StorageTargets { storage_ids: job_storage_ids(j, ctx)? }),
         compression_level: j.compression_level,
         adaptive_compression: j.compression.as_deref().map(|c| compression(c, &j.name)).transpose()?,
+        parallel: j.parallel,
         retry: retry_policy(j)?,
         encryption_key_id: j.encryption_key_id.clone(),
         include_globals: j.include_globals,

@@ -130,6 +130,8 @@ pub struct JobSpec {
     pub compression_level: Option<i32>,
     /// `fixed`, `adaptive` or `adaptive:MIN..MAX`.
     pub compression: Option<String>,
+    /// PostgreSQL: parallel streams for table data (1-16; 1 is one pg_dump stream).
+    pub parallel: Option<u32>,
     pub enabled: Option<bool>,
     pub retention: Option<RetentionSpec>,
     pub retry: Option<RetrySpec>,

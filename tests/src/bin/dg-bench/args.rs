@@ -39,6 +39,16 @@ pub(crate) struct Args {
     /// Skip the comparison backups at fixed level 1 (c1) and with an adaptive level (c2).
     #[arg(long)]
     pub(crate) no_level_comparison: bool,
+    /// Stream counts of the parallel comparison (PostgreSQL, the tables and big data sets): a DataGuardian
+    /// job with `parallel: N` against `pg_dump -Fd -jN`, and their restores with N jobs.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) parallel: Vec<u32>,
+    /// Skip the parallel comparison.
+    #[arg(long, conflicts_with = "only_parallel")]
+    pub(crate) no_parallel_comparison: bool,
+    /// Run only the parallel comparison (of the tables and big data sets among --datasets).
+    #[arg(long)]
+    pub(crate) only_parallel: bool,
     /// Reuse the source databases if they exist with the same parameters, and keep them.
     #[arg(long)]
     pub(crate) keep_data: bool,
@@ -60,6 +70,9 @@ mod tests {
         assert_eq!(a.datasets, [Dataset::Pgbench, Dataset::Hard]);
         assert_eq!(a.engines, [Kind::Postgres, Kind::Mariadb]);
         assert_eq!((a.scale, a.runs), (50, 1));
+        assert_eq!(a.parallel, [1, 2, 4]);
+        assert!(Args::try_parse_from(["dg-bench", "--parallel", "0"]).is_err());
+        assert!(Args::try_parse_from(["dg-bench", "--only-parallel", "--no-parallel-comparison"]).is_err());
         let a = Args::try_parse_from(["dg-bench", "--datasets", "big,tables", "--engines", "pg", "--runs", "3"])
             .expect("lists");
         assert_eq!(a.datasets, [Dataset::Big, Dataset::Tables]);

@@ -220,11 +220,32 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
 
     // 3. Per engine.
     let mut ctx = Ctx { clients: &mut clients, agent_id, storage_id: storage.id, dir: run_dir.clone(), rss: &rss };
-    for r in &mut reports {
-        println!("\n[{}] benchmarking {}", r.label(), r.source.name);
-        if let Err(e) = bench_engine(r, &mut ctx, created, args.runs, !args.no_level_comparison).await {
-            eprintln!("[{}] error: {e:#}", r.label());
-            r.error = Some(format!("{e:#}"));
+    if !args.only_parallel {
+        for r in &mut reports {
+            println!("\n[{}] benchmarking {}", r.label(), r.source.name);
+            if let Err(e) = bench_engine(r, &mut ctx, created, args.runs, !args.no_level_comparison).await {
+                eprintln!("[{}] error: {e:#}", r.label());
+                r.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    // The parallel comparison, on the PostgreSQL sources of the tables and big data sets.
+    let mut parallel = Vec::new();
+    let mut parallel_ok = true;
+    if !args.no_parallel_comparison {
+        for r in reports.iter().filter(|r| {
+            r.kind == crate::engine::Kind::Postgres
+                && matches!(r.source.dataset, crate::dataset::Dataset::Tables | crate::dataset::Dataset::Big)
+        }) {
+            println!("\n[{}] parallel comparison on {}", r.label(), r.source.name);
+            let (label, name, rows) = (r.label(), r.source.name.clone(), r.source.rows);
+            match crate::streams::compare(&label, &name, rows, &args.parallel, args.runs, &mut ctx, created).await {
+                Ok(p) => parallel.push(p),
+                Err(e) => {
+                    eprintln!("[{label}] parallel comparison error: {e:#}");
+                    parallel_ok = false;
+                }
+            }
         }
     }
 
@@ -235,8 +256,20 @@ pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<
     let exit = created.stop_agent().await;
     let load_end = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let ok = print_report(args, &reports, &mem, (&load_start, &load_end), &log_path, exit);
-    Ok(ok)
+    let ok = if args.only_parallel {
+        println!(
+            "\nagent memory: idle {}, peak VmHWM {}; load average at start {}, at end {}",
+            mib(mem.idle),
+            mem.hwm.map(mib).unwrap_or_else(|| "?".into()),
+            load_start.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+            load_end.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+        true
+    } else {
+        print_report(args, &reports, &mem, (&load_start, &load_end), &log_path, exit)
+    };
+    crate::streams::print(&parallel);
+    Ok(ok && parallel_ok)
 }
 
 async fn bench_engine(

@@ -275,7 +275,7 @@ pub(crate) async fn dg_drill(r: &mut EngineReport, ctx: &mut Ctx<'_>, drill_id: 
 }
 
 /// Polls the execution every 50 ms until it ends.
-async fn wait_exec(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
+pub(crate) async fn wait_exec(c: &mut Clients, id: &str) -> anyhow::Result<pb::Execution> {
     let deadline = Instant::now() + EXEC_LIMIT;
     loop {
         let e =

@@ -28,6 +28,7 @@ mod report;
 mod rss;
 mod samples;
 mod source;
+mod streams;
 
 use std::process::ExitCode;
 
