@@ -110,8 +110,13 @@ pub(super) async fn one_pass(
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
     let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, rep);
     let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
-    // zstd threads are shared out between the data streams (at least one each when the job uses any).
-    let workers = if s.workers == 0 { 0 } else { (s.workers / streams).max(1) };
+    // The streams are the parallelism: each compresses on its own thread (a multi-threaded zstd context per
+    // stream would cost several MiB each). An adaptive level needs zstd workers, one per stream at least.
+    let workers = match (s.adaptive, streams) {
+        (Some(_), _) => (s.workers / streams).max(1),
+        (None, 1) => s.workers,
+        (None, _) => 0,
+    };
     let producers = async {
         let pre = schema_stream(source, info, s, &snap.id, "pre-data", chunk_tx.clone(), positions.clone(), rep);
         let objects = schema_stream(source, info, s, &snap.id, "data", chunk_tx.clone(), positions.clone(), rep);
@@ -322,8 +327,10 @@ impl ChunkSource<'_> {
     /// Decompressed blocks of `stream` on a channel; the task checks every chunk as it reads it, and the
     /// stream's sha256 and raw size at its end.
     fn open(&self, stream: &Stream) -> (mpsc::Receiver<Bytes>, impl Future<Output = PipelineResult<u64>> + '_) {
-        let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
-        let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(8);
+        // Small queues: several streams are read at once, and each holds a chunk in its download and one
+        // in its decoder besides these.
+        let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(1);
+        let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(2);
         let limit = stream.raw_bytes;
         let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK, limit));
         let seqs = stream.chunks.clone();
