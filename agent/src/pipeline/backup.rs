@@ -48,6 +48,13 @@ pub(super) const CHUNK_QUEUE: usize = 1;
 /// Pipe buffer asked for on the dump tool's stdout (Linux caps it at /proc/sys/fs/pipe-max-size).
 const PIPE_SIZE: i32 = 1 << 20;
 
+/// Asks for a larger pipe buffer on a restore tool's stdin, so that the tool rarely waits for the agent and
+/// the agent wakes less often (best effort: Linux caps it at /proc/sys/fs/pipe-max-size).
+pub(super) fn widen_pipe(stdin: &tokio::process::ChildStdin) {
+    use nix::fcntl::{FcntlArg, fcntl};
+    let _ = fcntl(stdin, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE));
+}
+
 /// Turns the tool's stdout into a blocking reader for the compressor thread, with a larger pipe buffer so
 /// the tool rarely waits for us.
 pub(super) fn blocking_pipe(stdout: tokio::process::ChildStdout) -> PipelineResult<std::fs::File> {

@@ -327,8 +327,7 @@ impl ChunkSource<'_> {
     /// Decompressed blocks of `stream` on a channel; the task checks every chunk as it reads it, and the
     /// stream's sha256 and raw size at its end.
     fn open(&self, stream: &Stream) -> (mpsc::Receiver<Bytes>, impl Future<Output = PipelineResult<u64>> + '_) {
-        // Small queues: several streams are read at once, and each holds a chunk in its download and one
-        // in its decoder besides these.
+        // Small queues: several streams are read at once.
         let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(1);
         let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(2);
         let limit = stream.raw_bytes;
@@ -343,16 +342,20 @@ impl ChunkSource<'_> {
                     let c = self.chunks.get(seq as usize).filter(|c| c.seq == seq).ok_or_else(|| {
                         PipelineError::Integrity(format!("the layout names chunk {seq}, which the record lacks"))
                     })?;
+                    // A queue slot first, then the read: a stream holds at most the chunk in its decoder
+                    // and the one queued (several streams are read at once).
+                    let Ok(slot) = comp_tx.reserve().await else {
+                        return Ok(false); // the consumer stopped; its error explains why
+                    };
                     let (_, data) = super::restore::fetch_any(self.stores, &all, c).await?;
                     whole.update(&data);
                     let data = match self.cipher {
                         Some(k) => Bytes::from(k.open_chunk(c.seq, &data)?),
                         None => data,
                     };
-                    if comp_tx.send(data).await.is_err() {
-                        return Ok(false); // the consumer stopped; its error explains why
-                    }
+                    slot.send(data);
                 }
+                drop(comp_tx);
                 if !hex::encode(whole.finalize()).eq_ignore_ascii_case(&expected) {
                     return Err(PipelineError::Integrity("a stream's chunks do not add up to its sha256".into()));
                 }
@@ -474,6 +477,7 @@ async fn archive_stream(
     let password = vec![target.password.expose_secret().to_owned()];
     let stderr_task = tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), password));
     let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("pg_restore has no stdin".into()))?;
+    super::backup::widen_pipe(&stdin);
     let (mut raw_rx, task) = src.open(stream);
     let writer = async move {
         while let Some(block) = raw_rx.recv().await {

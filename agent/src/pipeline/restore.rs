@@ -384,6 +384,7 @@ async fn run_inner(
             vec![target.password.expose_secret().to_owned()],
         ));
         let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
+        super::backup::widen_pipe(&stdin);
         let writer = async move {
             let mut n = 0u64;
             while let Some(block) = raw_rx.recv().await {

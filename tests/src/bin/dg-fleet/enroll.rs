@@ -77,7 +77,7 @@ pub(crate) async fn enroll(
                 let id = enroll_one(&api, &agent_endpoint, ca, &token, source, &dir, index, retried_ref)
                     .await
                     .with_context(|| format!("enroll agent #{index} from {source}"))?;
-                Ok::<_, anyhow::Error>(FakeAgent::of(&id, &dir)?)
+                FakeAgent::of(&id, &dir)
             }
         })
         .buffered(in_flight)

@@ -17,7 +17,7 @@ use dg_tests::fake_agent::{FakeAgent, FakeSession, exec_ref};
 use futures::StreamExt as _;
 use tokio::{sync::mpsc, time::Instant};
 
-use crate::stats::heartbeat_offset;
+use crate::stats::{first_heartbeat_in, heartbeat_offset};
 
 /// A controller message a subscribed session received, and when.
 #[derive(Debug)]
@@ -35,7 +35,7 @@ enum Cmd {
     /// Heartbeat with this list from now on (and once at once).
     Running(Vec<(String, u32)>),
     /// Send a numbered report.
-    Send(Kind, u64),
+    Send(Box<Kind>, u64),
     /// Hand controller messages to this sink (none: handle them alone).
     Subscribe(Option<Sink>),
 }
@@ -59,6 +59,8 @@ pub(crate) struct Broke {
 /// The open sessions, by identity index.
 pub(crate) struct Fleet {
     interval: Duration,
+    /// The common start every session's heartbeat phase counts from.
+    epoch: Instant,
     sessions: Vec<Option<mpsc::Sender<Cmd>>>,
     shared: Arc<Shared>,
     next_seq: AtomicU64,
@@ -66,7 +68,13 @@ pub(crate) struct Fleet {
 
 impl Fleet {
     pub(crate) fn new(interval: Duration) -> Self {
-        Self { interval, sessions: Vec::new(), shared: Arc::default(), next_seq: AtomicU64::new(1) }
+        Self {
+            interval,
+            epoch: Instant::now(),
+            sessions: Vec::new(),
+            shared: Arc::default(),
+            next_seq: AtomicU64::new(1),
+        }
     }
 
     /// Open sessions.
@@ -120,6 +128,8 @@ impl Fleet {
             sink: None,
             running: Vec::new(),
             interval: self.interval,
+            first_heartbeat: Instant::now()
+                + first_heartbeat_in(self.epoch.elapsed(), heartbeat_offset(index, self.interval), self.interval),
             shared: self.shared.clone(),
         };
         tokio::spawn(driver.run());
@@ -164,7 +174,7 @@ impl Fleet {
 
     /// Session `index` sends a report numbered `seq` (acknowledged by the controller).
     pub(crate) async fn send(&self, index: usize, kind: Kind, seq: u64) -> anyhow::Result<()> {
-        self.command(index, Cmd::Send(kind, seq)).await
+        self.command(index, Cmd::Send(Box::new(kind), seq)).await
     }
 
     /// Closes every session (their drivers end, the streams close).
@@ -196,13 +206,13 @@ struct Driver {
     sink: Option<Sink>,
     running: Vec<(String, u32)>,
     interval: Duration,
+    first_heartbeat: Instant,
     shared: Arc<Shared>,
 }
 
 impl Driver {
     async fn run(mut self) {
-        let first = Instant::now() + heartbeat_offset(self.index, self.interval);
-        let mut tick = tokio::time::interval_at(first, self.interval);
+        let mut tick = tokio::time::interval_at(self.first_heartbeat, self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end = loop {
             tokio::select! {
@@ -216,7 +226,7 @@ impl Driver {
                         }
                     }
                     Some(Cmd::Send(kind, seq)) => {
-                        if let Err(e) = self.session.send_numbered(kind, seq).await {
+                        if let Err(e) = self.session.send_numbered(*kind, seq).await {
                             break Some(e);
                         }
                     }
@@ -266,8 +276,11 @@ impl Driver {
                     // Nobody waits for it (a probe that gave up): end it, so the agent is free again.
                     CKind::Assign(a) => {
                         self.shared.unasked_assigns.fetch_add(1, Ordering::Relaxed);
-                        let failed =
-                            pb::Failed { execution: Some(exec_ref(&a)), error: "not expected".into(), cancelled: false };
+                        let failed = pb::Failed {
+                            execution: Some(exec_ref(&a)),
+                            error: "not expected".into(),
+                            cancelled: false,
+                        };
                         self.session.send(Kind::Failed(failed)).await
                     }
                     _ => Ok(()),

@@ -235,14 +235,15 @@ pub(crate) fn print_summary(args: &Args, configs: &[ConfigReport]) {
         if !with_chunks.is_empty() {
             println!("\n  chunk reports acknowledged per second (concurrent sessions: rate)");
             for s in with_chunks {
-                let rates: Vec<String> = s.chunks.iter().map(|r| format!("{}: {:.0}/s", r.sessions, r.per_sec())).collect();
+                let rates: Vec<String> =
+                    s.chunks.iter().map(|r| format!("{}: {:.0}/s", r.sessions, r.per_sec())).collect();
                 println!("  {:>8}  {}", s.sessions, rates.join(", "));
             }
         }
-        if let Some(last) = c.steps.iter().rev().find(|s| s.sessions > 0 && s.window.is_some()) {
-            if let Some(w) = &last.window {
-                println!("\n  at {} sessions: {}", last.sessions, heartbeat_share(w, idle));
-            }
+        if let Some(last) = c.steps.iter().rev().find(|s| s.sessions > 0 && s.window.is_some())
+            && let Some(w) = &last.window
+        {
+            println!("\n  at {} sessions: {}", last.sessions, heartbeat_share(w, idle));
         }
         match &c.stepper.broke {
             Some((n, e)) => println!("\n  held {} sessions; BROKE stepping to {n}: {e}", c.stepper.held),

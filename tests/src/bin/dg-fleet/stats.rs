@@ -96,6 +96,19 @@ pub(crate) fn heartbeat_offset(index: usize, interval: Duration) -> Duration {
     interval.mul_f64((index as f64 * GOLDEN_FRACTION).fract())
 }
 
+/// How long from now until the first heartbeat of a session whose phase is `offset` within the interval,
+/// counted from the fleet's common start `since_start` ago: sessions opened at different moments still keep
+/// their phases, so the spread holds however long the fleet took to open.
+pub(crate) fn first_heartbeat_in(since_start: Duration, offset: Duration, interval: Duration) -> Duration {
+    if interval.is_zero() {
+        return Duration::ZERO;
+    }
+    let phase = offset.as_nanos() % interval.as_nanos();
+    let now = since_start.as_nanos() % interval.as_nanos();
+    let wait = (phase + interval.as_nanos() - now) % interval.as_nanos();
+    Duration::from_nanos(u64::try_from(wait).unwrap_or(0))
+}
+
 /// Source address of enrollment `index`: `per_address` enrollments per loopback address 127.10.x.y
 /// (y in 1..=254), because the controller budgets enrollments per client address (a burst, then one every
 /// two seconds) and a fleet on one address would take hours to enroll.
@@ -173,6 +186,23 @@ mod tests {
             offsets.push(interval + offsets[0]); // wrap around
             let widest = offsets.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default();
             assert!(widest <= interval.mul_f64(2.7 / n as f64), "n={n}: widest gap {widest:?}");
+        }
+    }
+
+    #[test]
+    fn a_late_session_keeps_its_phase() {
+        let (i, s) = (Duration::from_secs(10), Duration::from_secs);
+        assert_eq!(first_heartbeat_in(s(0), s(3), i), s(3));
+        assert_eq!(first_heartbeat_in(s(2), s(3), i), s(1));
+        assert_eq!(first_heartbeat_in(s(3), s(3), i), s(0));
+        assert_eq!(first_heartbeat_in(s(4), s(3), i), s(9));
+        assert_eq!(first_heartbeat_in(s(127), s(3), i), s(6), "many intervals later");
+        assert_eq!(first_heartbeat_in(s(5), s(0), i), s(5));
+        assert_eq!(first_heartbeat_in(s(5), s(3), Duration::ZERO), Duration::ZERO);
+        for late in 0..50 {
+            let wait = first_heartbeat_in(Duration::from_millis(late * 777), Duration::from_millis(1234), i);
+            assert!(wait < i);
+            assert_eq!((late * 777 + wait.as_millis() as u64) % 10_000, 1234);
         }
     }
 

@@ -177,7 +177,11 @@ pub(crate) async fn latency(
         match wait_event(&mut rx, fleet, t0 + ASSIGN_TIMEOUT, mine).await? {
             Some(Event { at, kind: CKind::Assign(a), .. }) => {
                 let took = at - t0;
-                if w.index % replicas == 0 { same.push(took) } else { other.push(took) }
+                if w.index.is_multiple_of(replicas) {
+                    same.push(took)
+                } else {
+                    other.push(took)
+                }
                 finish(fleet, &mut rx, w.index, &a).await?;
             }
             _ => {
@@ -288,7 +292,11 @@ async fn flood(
         match tokio::time::timeout_at(limit, rx.recv()).await {
             Ok(Some(Event { at, kind: CKind::Ack(k), .. })) => {
                 in_flight -= 1;
-                if k.retry_later { retry_later += 1 } else { acked += 1 }
+                if k.retry_later {
+                    retry_later += 1
+                } else {
+                    acked += 1
+                }
                 last = at;
             }
             Ok(Some(Event { kind: CKind::Abort(x), .. })) => {

@@ -229,7 +229,14 @@ fn config_text(args: &Args, db_url: &str, master_key: &str, redis_url: &str, api
 
 /// Starts one controller with a clean environment (no `DG_*` variable of this shell leaks into its
 /// configuration) and waits until both its ports listen.
-async fn spawn(bin: &Path, config: &Path, log: &Path, rust_log: &str, api: u16, agent: u16) -> anyhow::Result<Controller> {
+async fn spawn(
+    bin: &Path,
+    config: &Path,
+    log: &Path,
+    rust_log: &str,
+    api: u16,
+    agent: u16,
+) -> anyhow::Result<Controller> {
     let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
     let mut cmd = Command::new(bin);
     cmd.arg("--config").arg(config).arg("serve").env_clear();
