@@ -232,7 +232,7 @@ pub(crate) fn print(reports: &[Report]) {
         }
         let first = r.rows.first().and_then(|f| f.dg_backup.median());
         let last = r.rows.last().and_then(|l| l.dg_backup.median());
-        if let (Some(a), Some(b), Some(n)) = (first, last, r.rows.last().map(|l| l.n)) {
+        if let (Some(a), Some(b), Some(n), true) = (first, last, r.rows.last().map(|l| l.n), r.rows.len() > 1) {
             println!("DataGuardian backup speed-up from N = {} to N = {n}: {:.2}x", r.rows[0].n, a / b);
         }
     }
