@@ -22,6 +22,7 @@ mod m0015_import;
 mod m0016_access;
 mod m0017_adaptive;
 mod m0018_parallel;
+mod m0019_dispatch_indexes;
 
 /// The ordered list of migrations.
 pub struct Migrator;
@@ -48,6 +49,7 @@ impl MigratorTrait for Migrator {
             Box::new(m0016_access::Migration),
             Box::new(m0017_adaptive::Migration),
             Box::new(m0018_parallel::Migration),
+            Box::new(m0019_dispatch_indexes::Migration),
         ]
     }
 }
