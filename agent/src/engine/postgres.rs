@@ -172,6 +172,24 @@ pub fn command(tool: &std::path::Path, route: &Route, t: &DatabaseTarget, passfi
 /// `pg_dump` of the target database in custom format, uncompressed (the pipeline compresses), after checking
 /// that this `pg_dump` can dump that server.
 pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> PipelineResult<ToolRun> {
+    let mut run = pg_dump(t, server, tools, &[]).await?;
+    // Exact counts in the snapshot the dump reads, counted beside the dump: the exporting transaction stays
+    // open (held by the counting task's result) until the dump has ended. Export refused: the dump runs on
+    // its own snapshot, without counts.
+    let counts = match super::observe::pg_export_snapshot(t).await {
+        Ok(hold) => {
+            run.cmd.arg(format!("--snapshot={}", hold.snapshot));
+            super::RowCounts::counting(tokio::spawn(super::observe::pg_count_in(hold, t.clone())))
+        }
+        Err(e) => super::RowCounts::refused(e),
+    };
+    run.counts = counts;
+    Ok(run)
+}
+
+/// `pg_dump` of the target database in custom format, uncompressed, with `extra` options before the
+/// database, after checking that this `pg_dump` can dump that server.
+async fn pg_dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools, extra: &[String]) -> PipelineResult<ToolRun> {
     let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
     check_dump_compat(&version, server.major)?;
     let route = Route::to(t).await?;
@@ -180,17 +198,8 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
     cmd.arg("--format=custom")
         .arg("--compress=0")
         .arg("--no-password")
+        .args(extra)
         .arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    // Exact counts in the snapshot the dump reads, counted beside the dump: the exporting transaction stays
-    // open (held by the counting task's result) until the dump has ended. Export refused: the dump runs on
-    // its own snapshot, without counts.
-    let counts = match super::observe::pg_export_snapshot(t).await {
-        Ok(hold) => {
-            cmd.arg(format!("--snapshot={}", hold.snapshot));
-            super::RowCounts::counting(tokio::spawn(super::observe::pg_count_in(hold, t.clone())))
-        }
-        Err(e) => super::RowCounts::refused(e),
-    };
     Ok(ToolRun {
         cmd,
         tool: tool.into(),
@@ -198,13 +207,13 @@ pub async fn dump(t: &DatabaseTarget, server: &ServerInfo, tools: &Tools) -> Pip
         options: vec!["format=custom".into(), "compress=0".into()],
         creds,
         guard: route.into_guard(),
-        counts,
+        counts: Default::default(),
     })
 }
 
-/// `pg_dump --section=SECTION` (`pre-data`, `post-data`, or `data` without any table's data: sequence values
-/// and large objects) in custom format, uncompressed, reading the exported snapshot `snapshot`: what surrounds
-/// a parallel backup's table data.
+/// `pg_dump --section=SECTION` (`pre-data`, `post-data`, or `data` without any table's or sequence's data:
+/// the large objects), reading the exported snapshot `snapshot`: what surrounds a parallel backup's table
+/// data.
 pub async fn dump_section(
     t: &DatabaseTarget,
     server: &ServerInfo,
@@ -212,29 +221,13 @@ pub async fn dump_section(
     snapshot: &str,
     section: &'static str,
 ) -> PipelineResult<ToolRun> {
-    let (tool, path, version) = find_tool(tools, &["pg_dump"]).await?;
-    check_dump_compat(&version, server.major)?;
-    let route = Route::to(t).await?;
-    let creds = passfile(&route, t, tools)?;
-    let mut cmd = command(&path, &route, t, creds.path());
-    cmd.arg("--format=custom")
-        .arg("--compress=0")
-        .arg("--no-password")
-        .arg(format!("--section={section}"))
-        .arg(format!("--snapshot={snapshot}"));
+    let mut extra = vec![format!("--section={section}"), format!("--snapshot={snapshot}")];
     if section == "data" {
-        cmd.arg("--exclude-table-data=*.*");
+        extra.push("--exclude-table-data=*.*".into());
     }
-    cmd.arg(format!("--dbname=dbname={}", conninfo_value(&t.database)));
-    Ok(ToolRun {
-        cmd,
-        tool: tool.into(),
-        version,
-        options: vec!["format=custom".into(), "compress=0".into(), format!("section={section}")],
-        creds,
-        guard: route.into_guard(),
-        counts: Default::default(),
-    })
+    let mut run = pg_dump(t, server, tools, &extra).await?;
+    run.options.push(format!("section={section}"));
+    Ok(run)
 }
 
 /// `pg_restore` into the target database from stdin, or from `file` with `jobs` parallel jobs.
