@@ -33,7 +33,7 @@ use dg_common::{
     protocol::{BackupPlan, BackupResult, DatabaseTarget, Engine, LogLevel, ObjectLayout, StoredObject, Strategy},
 };
 
-use super::{forward_stderr, tool_failure};
+use super::tool_failure;
 use crate::{
     context::AgentContext,
     engine::{self, ServerInfo},
@@ -359,13 +359,10 @@ pub(super) async fn single_stream(
 ) -> PipelineResult<PassOutput> {
     let mut run = engine::dump(source, info, &s.tools).await?;
     let tool = format!("{} {}", run.tool, run.version);
-    let mut child = run
-        .cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
+    let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
+    let (stdin, stdout) = (std::process::Stdio::null(), std::process::Stdio::piped());
+    let secret = source.password.expose_secret();
+    let (mut child, stderr_task) = super::start_tool(&mut run, stdin, stdout, tool_name, rep, secret)?;
     let ids: Vec<_> = targets.iter().map(|t| t.id.to_string()).collect();
     let level_text = match s.adaptive {
         Some(b) if s.workers > 0 => format!("zstd level adaptive {}..{}", b.min, b.max),
@@ -373,13 +370,6 @@ pub(super) async fn single_stream(
         None => format!("zstd level {}", s.level),
     };
     rep.log(LogLevel::Info, format!("{tool} started ({level_text}), writing to {}", ids.join(", "))).await;
-    let tool_name: &'static str = if run.tool.starts_with("pg_") { "pg_dump" } else { "dump" };
-    let stderr_task = tokio::spawn(forward_stderr(
-        child.stderr.take(),
-        tool_name,
-        rep.clone(),
-        vec![source.password.expose_secret().to_owned()],
-    ));
     let stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("dump tool has no stdout".into()))?;
     let input = blocking_pipe(stdout)?;
 
@@ -388,7 +378,7 @@ pub(super) async fn single_stream(
     let (level, workers, chunk_size, sealer) = (s.level(), s.workers, s.chunk_size, s.sealer());
     let compressor =
         tokio::task::spawn_blocking(move || chunker::compress(input, chunk_tx, level, workers, chunk_size, sealer));
-    let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, rep);
+    let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, false, rep);
     let (upload_res, comp_res) = tokio::join!(uploader, compressor);
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
@@ -412,17 +402,19 @@ pub(super) async fn single_stream(
     Ok(PassOutput { chunks, complete, dropped, totals, tool, options, table_counts, count_warning, layout: None })
 }
 
-/// The chunk list (by seq), the storages holding every chunk, a warning per storage dropped on the way, and
-/// the hex sha256 of every chunk's bytes in position order.
-pub(super) type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>, String);
+/// The chunk list (by seq), the storages holding every chunk, a warning per storage dropped on the way, and,
+/// when asked for, the hex sha256 of every chunk's bytes in position order.
+pub(super) type Uploaded = (Vec<ManifestChunk>, Vec<OpenStorage>, Vec<String>, Option<String>);
 
 /// Uploads chunks as they come (in position order: see [`chunker::Positions`]), `concurrency` at a time, to
-/// every target still healthy.
+/// every target still healthy; hashes the whole sequence when `hash_whole` (a single stream's compressor
+/// hashes its own output, so only a parallel backup asks).
 pub(super) async fn upload_all(
     rx: mpsc::Receiver<chunker::SealedChunk>,
     targets: &[OpenStorage],
     layout: &ObjectLayout,
     concurrency: usize,
+    hash_whole: bool,
     rep: &Reporter,
 ) -> PipelineResult<Uploaded> {
     let failed: Arc<Mutex<Vec<(StorageId, String)>>> = Arc::default();
@@ -430,7 +422,7 @@ pub(super) async fn upload_all(
     let is_failed = |f: &Mutex<Vec<(StorageId, String)>>, id: StorageId| {
         f.lock().map(|f| f.iter().any(|(s, _)| *s == id)).unwrap_or(true)
     };
-    let mut whole = Sha256::new();
+    let mut whole = hash_whole.then(Sha256::new);
     let mut next_seq = 0u32;
     let mut chunks: Vec<ManifestChunk> = ReceiverStream::new(rx)
         .map(|c| {
@@ -438,7 +430,9 @@ pub(super) async fn upload_all(
                 return Err(PipelineError::Integrity(format!("chunk {} arrived where {next_seq} was due", c.seq)));
             }
             next_seq += 1;
-            whole.update(&c.data);
+            if let Some(h) = whole.as_mut() {
+                h.update(&c.data);
+            }
             Ok(c)
         })
         .map_ok(|c| {
@@ -493,7 +487,7 @@ pub(super) async fn upload_all(
         return Err(PipelineError::Storage { storage: "all".into(), message: "every storage failed".into() });
     }
     chunks.sort_by_key(|c| c.seq);
-    let whole = hex::encode(whole.finalize());
+    let whole = whole.map(|h| hex::encode(h.finalize()));
     Ok((chunks, complete, failed.into_iter().map(|(_, w)| w).collect(), whole))
 }
 

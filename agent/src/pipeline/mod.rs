@@ -13,13 +13,21 @@ pub mod throttle;
 pub mod trust;
 pub mod verify;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::process::Stdio;
+
+use bytes::Bytes;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    process::{Child, ChildStdin},
+    sync::mpsc,
+    task::JoinHandle,
+};
 
 use dg_common::protocol::{DatabaseTarget, LogLevel};
 
 use crate::{
-    engine::{self, ServerInfo},
-    error::PipelineResult,
+    engine::{self, ServerInfo, ToolRun},
+    error::{PipelineError, PipelineResult},
     report::Reporter,
 };
 
@@ -48,6 +56,53 @@ pub async fn forward_stderr(
         tail.push_back(line);
     }
     tail.into_iter().collect()
+}
+
+/// Starts a prepared tool with the given stdin and stdout, its stderr forwarded to the execution log under
+/// `label` with `secret` redacted; the task returns the stderr's last lines once the tool has closed it.
+pub fn start_tool(
+    run: &mut ToolRun,
+    stdin: Stdio,
+    stdout: Stdio,
+    label: &'static str,
+    rep: &Reporter,
+    secret: &str,
+) -> PipelineResult<(Child, JoinHandle<Vec<String>>)> {
+    let mut child = run
+        .cmd
+        .stdin(stdin)
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
+    let stderr = tokio::spawn(forward_stderr(child.stderr.take(), label, rep.clone(), vec![secret.to_owned()]));
+    Ok((child, stderr))
+}
+
+/// Writes every block from `blocks` into a restore tool's stdin (widened, see [`backup::widen_pipe`]), then
+/// closes it; returns the bytes written.
+pub async fn feed(mut stdin: ChildStdin, mut blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
+    backup::widen_pipe(&stdin);
+    let mut n = 0u64;
+    while let Some(block) = blocks.recv().await {
+        stdin.write_all(&block).await?;
+        n += block.len() as u64;
+    }
+    stdin.shutdown().await?;
+    Ok(n)
+}
+
+/// Writes every block from `blocks` into a new file at `path` and syncs it (an archive staged for a tool that
+/// needs a file); returns the bytes written.
+pub async fn stage(path: &std::path::Path, mut blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
+    let mut f = tokio::fs::File::create(path).await?;
+    let mut n = 0u64;
+    while let Some(block) = blocks.recv().await {
+        f.write_all(&block).await?;
+        n += block.len() as u64;
+    }
+    f.sync_all().await?;
+    Ok(n)
 }
 
 /// Tests the connection to the target's database and logs the server version and round trip.

@@ -32,7 +32,7 @@ use bytes::{Bytes, BytesMut};
 use futures::{TryStreamExt, future::try_join_all};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio::sync::mpsc;
 
 use dg_common::{
     chunk::{self as chunker, ChannelReader, Positions, SealedChunk, StreamTotals},
@@ -42,7 +42,7 @@ use dg_common::{
 
 use super::{
     backup::{CHUNK_QUEUE, PassOutput, PassSettings, blocking_pipe, upload_all},
-    forward_stderr, tool_failure,
+    tool_failure,
 };
 use crate::{
     engine::{self, ServerInfo, pg_parallel},
@@ -108,7 +108,7 @@ pub(super) async fn one_pass(
 
     let positions = Positions::default();
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_QUEUE);
-    let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, rep);
+    let uploader = upload_all(chunk_rx, targets, &s.layout, s.concurrency, true, rep);
     let queue = Arc::new(Mutex::new(VecDeque::from(parts)));
     // The streams are the parallelism: each compresses on its own thread (a multi-threaded zstd context per
     // stream would cost several MiB each). An adaptive level needs zstd workers, one per stream at least.
@@ -143,7 +143,7 @@ pub(super) async fn one_pass(
         raw_bytes: 0,
         stored_bytes: 0,
         chunks: 0,
-        sha256: whole,
+        sha256: whole.unwrap_or_default(),
         levels: BTreeMap::new(),
         seqs: Vec::new(),
     };
@@ -216,19 +216,9 @@ async fn schema_stream(
 ) -> PipelineResult<StreamOut> {
     let mut run = engine::postgres::dump_section(source, info, &s.tools, snapshot, section).await?;
     let tool = format!("{} {}", run.tool, run.version);
-    let mut child = run
-        .cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
-    let stderr_task = tokio::spawn(forward_stderr(
-        child.stderr.take(),
-        "pg_dump",
-        rep.clone(),
-        vec![source.password.expose_secret().to_owned()],
-    ));
+    let (stdin, stdout) = (std::process::Stdio::null(), std::process::Stdio::piped());
+    let secret = source.password.expose_secret();
+    let (mut child, stderr_task) = super::start_tool(&mut run, stdin, stdout, "pg_dump", rep, secret)?;
     let stdout = child.stdout.take().ok_or_else(|| PipelineError::Tool("pg_dump has no stdout".into()))?;
     let input = blocking_pipe(stdout)?;
     // The schema is small: one thread, the job's (lowest) level.
@@ -431,16 +421,8 @@ pub(super) async fn restore(
     std::fs::create_dir_all(&ctx.work_dir)?;
     let path = ctx.work_dir.join(format!("restore-{}-post.dump", rep.execution().id));
     let staged = async {
-        let (mut raw_rx, task) = src.open(post);
-        let file_writer = async {
-            let mut f = tokio::fs::File::create(&path).await?;
-            while let Some(block) = raw_rx.recv().await {
-                f.write_all(&block).await?;
-            }
-            f.sync_all().await?;
-            Ok::<(), std::io::Error>(())
-        };
-        let (read, written) = tokio::join!(task, file_writer);
+        let (raw_rx, task) = src.open(post);
+        let (read, written) = tokio::join!(task, super::stage(&path, raw_rx));
         let n = read?;
         written?;
         let mut run = engine::restore(target, false, Some(&path), jobs, &ctx.tools).await?;
@@ -467,26 +449,12 @@ async fn archive_stream(
 ) -> PipelineResult<(u64, String)> {
     let mut run = engine::restore(target, false, None, 1, &ctx.tools).await?;
     let tool = format!("{} {}", run.tool, run.version);
-    let mut child = run
-        .cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
-    let password = vec![target.password.expose_secret().to_owned()];
-    let stderr_task = tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), password));
-    let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("pg_restore has no stdin".into()))?;
-    super::backup::widen_pipe(&stdin);
-    let (mut raw_rx, task) = src.open(stream);
-    let writer = async move {
-        while let Some(block) = raw_rx.recv().await {
-            stdin.write_all(&block).await?;
-        }
-        stdin.shutdown().await?;
-        Ok::<(), std::io::Error>(())
-    };
-    let (read, written) = tokio::join!(task, writer);
+    let (stdin, stdout) = (std::process::Stdio::piped(), std::process::Stdio::null());
+    let secret = target.password.expose_secret();
+    let (mut child, stderr_task) = super::start_tool(&mut run, stdin, stdout, "restore", rep, secret)?;
+    let stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("pg_restore has no stdin".into()))?;
+    let (raw_rx, task) = src.open(stream);
+    let (read, written) = tokio::join!(task, super::feed(stdin, raw_rx));
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
     drop(run);

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
-use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use dg_common::{
@@ -25,7 +25,7 @@ use dg_common::{
     protocol::{ChunkRef, Engine, LogLevel, RestorePlan, RestoreResult},
 };
 
-use super::{forward_stderr, tool_failure, trust};
+use super::{tool_failure, trust};
 use crate::{
     context::AgentContext,
     engine,
@@ -304,7 +304,7 @@ async fn run_inner(
     let to_file: Option<PathBuf> = (engine == Engine::Postgres && plan.parallel_jobs > 1)
         .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution().id)));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
-    let (raw_tx, mut raw_rx) = mpsc::channel::<Bytes>(8);
+    let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(8);
     let limit = plan.raw_bytes.unwrap_or(u64::MAX);
     let decompressor = tokio::task::spawn_blocking(move || chunker::decompress(comp_rx, raw_tx, BLOCK, limit));
     let chunks = &plan.chunks;
@@ -334,17 +334,7 @@ async fn run_inner(
 
     let result = if let Some(path) = to_file {
         std::fs::create_dir_all(&ctx.work_dir)?;
-        let file_writer = async {
-            let mut f = tokio::fs::File::create(&path).await?;
-            let mut n = 0u64;
-            while let Some(block) = raw_rx.recv().await {
-                f.write_all(&block).await?;
-                n += block.len() as u64;
-            }
-            f.sync_all().await?;
-            Ok::<u64, std::io::Error>(n)
-        };
-        let (down_res, write_res, dec_res) = tokio::join!(downloader, file_writer, decompressor);
+        let (down_res, write_res, dec_res) = tokio::join!(downloader, super::stage(&path, raw_rx), decompressor);
         let staged = async {
             down_res?;
             decompressed(dec_res)?;
@@ -369,33 +359,12 @@ async fn run_inner(
                 rep.log(LogLevel::Warn, line).await;
             }
         }
-        let mut child = run
-            .cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
+        let (stdin, stdout) = (std::process::Stdio::piped(), std::process::Stdio::null());
+        let secret = target.password.expose_secret();
+        let (mut child, stderr_task) = super::start_tool(&mut run, stdin, stdout, "restore", rep, secret)?;
         rep.log(LogLevel::Info, format!("{tool} started")).await;
-        let stderr_task = tokio::spawn(forward_stderr(
-            child.stderr.take(),
-            "restore",
-            rep.clone(),
-            vec![target.password.expose_secret().to_owned()],
-        ));
-        let mut stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
-        super::backup::widen_pipe(&stdin);
-        let writer = async move {
-            let mut n = 0u64;
-            while let Some(block) = raw_rx.recv().await {
-                stdin.write_all(&block).await?;
-                n += block.len() as u64;
-            }
-            stdin.shutdown().await?;
-            drop(stdin);
-            Ok::<u64, std::io::Error>(n)
-        };
-        let (down_res, write_res, dec_res) = tokio::join!(downloader, writer, decompressor);
+        let stdin = child.stdin.take().ok_or_else(|| PipelineError::Tool("restore tool has no stdin".into()))?;
+        let (down_res, write_res, dec_res) = tokio::join!(downloader, super::feed(stdin, raw_rx), decompressor);
         let status = child.wait().await?;
         let tail = stderr_task.await.unwrap_or_default();
         drop(run);
@@ -424,15 +393,8 @@ async fn run_inner(
 /// Runs a prepared tool that reads a file to completion, failing on a non-zero exit.
 pub(super) async fn run_tool(run: &mut engine::ToolRun, rep: &Reporter, password: &str) -> PipelineResult<String> {
     let tool = format!("{} {}", run.tool, run.version);
-    let mut child = run
-        .cmd
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| PipelineError::Tool(format!("cannot start {}: {e}", run.tool)))?;
-    let stderr_task =
-        tokio::spawn(forward_stderr(child.stderr.take(), "restore", rep.clone(), vec![password.to_owned()]));
+    let (stdin, stdout) = (std::process::Stdio::null(), std::process::Stdio::null());
+    let (mut child, stderr_task) = super::start_tool(run, stdin, stdout, "restore", rep, password)?;
     let status = child.wait().await?;
     let tail = stderr_task.await.unwrap_or_default();
     if !status.success() {
