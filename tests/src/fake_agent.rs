@@ -99,28 +99,8 @@ impl FakeAgent {
 
     /// Opens a session: Hello (listing `running`, as (execution id, attempt)), then waits for Welcome.
     pub async fn connect(&self, running: &[(String, u32)]) -> anyhow::Result<FakeSession> {
-        let mut client = self.client().await?;
-        let (tx, rx) = mpsc::channel(64);
-        tx.send(pb::AgentMessage {
-            report_seq: 0,
-            kind: Some(Kind::Hello(pb::Hello {
-                protocol_version: AGENT_PROTOCOL_VERSION,
-                agent_version: "fake".into(),
-                hostname: "fake-host".into(),
-                tools: vec![],
-                running: running
-                    .iter()
-                    .map(|(id, attempt)| pb::ExecutionRef { execution_id: id.clone(), attempt: *attempt })
-                    .collect(),
-            })),
-        })
-        .await?;
-        let mut inbound = client.session(ReceiverStream::new(rx)).await?.into_inner();
-        match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await?? {
-            Some(pb::ControllerMessage { kind: Some(pb::controller_message::Kind::Welcome(_)) }) => {}
-            other => anyhow::bail!("expected Welcome, got {other:?}"),
-        }
-        Ok(FakeSession { tx, inbound, acks: Vec::new(), aborts: Vec::new() })
+        let endpoint = self.dir.load()?.agent_endpoint;
+        self.connect_to(&endpoint, running).await
     }
 }
 
