@@ -16,7 +16,7 @@ use crate::{
     args::Args,
     created::Created,
     dg::{Variant, dg_backup, dg_backup_variant, dg_drill, dg_restore, dg_verify},
-    engine::HOST,
+    engine::{HOST, Kind},
     plain::{first_line_of, on_path, pipeline, settle, timed, tool},
     report::{Memory, mib, print_report},
     rss::{RssSampler, proc_status_bytes},
@@ -30,6 +30,26 @@ pub(crate) struct Ctx<'a> {
     pub(crate) storage_id: String,
     pub(crate) dir: PathBuf,
     pub(crate) rss: &'a RssSampler,
+}
+
+impl Ctx<'_> {
+    /// Creates the datasource `name` for the bench database `db` of `kind` on the loopback server, bound to
+    /// the bench agent (untimed set-up).
+    pub(crate) async fn datasource(&mut self, kind: Kind, db: &str, name: String) -> anyhow::Result<pb::Datasource> {
+        let req = pb::CreateDatasourceRequest {
+            name,
+            engine: kind.pb() as i32,
+            host: HOST.into(),
+            port: u32::from(kind.port()),
+            database: db.into(),
+            username: kind.user().into(),
+            tls_mode: pb::TlsMode::Disable as i32,
+            agent_id: self.agent_id.clone(),
+            ..Default::default()
+        };
+        let token = &self.clients.token;
+        Ok(self.clients.datasources.create_datasource(authed(req, token)).await?.into_inner())
+    }
 }
 
 pub(crate) async fn bench(args: &Args, created: &mut Created) -> anyhow::Result<bool> {
@@ -288,25 +308,7 @@ async fn bench_engine(
     let t = ctx.clients.token.clone();
 
     // The DataGuardian side, configured once (untimed).
-    let ds = ctx
-        .clients
-        .datasources
-        .create_datasource(authed(
-            pb::CreateDatasourceRequest {
-                name: format!("bench-{k}-{sfx}"),
-                engine: kind.pb() as i32,
-                host: HOST.into(),
-                port: u32::from(kind.port()),
-                database: db.clone(),
-                username: kind.user().into(),
-                tls_mode: pb::TlsMode::Disable as i32,
-                agent_id: ctx.agent_id.clone(),
-                ..Default::default()
-            },
-            &t,
-        ))
-        .await?
-        .into_inner();
+    let ds = ctx.datasource(kind, &db, format!("bench-{k}-{sfx}")).await?;
     let test =
         ctx.clients.datasources.test_datasource(authed(pb::TestDatasourceRequest { id: ds.id.clone() }, &t)).await?;
     let test = test.into_inner();

@@ -56,25 +56,7 @@ pub(crate) async fn compare(
     let kind = Kind::Postgres;
     let t = ctx.clients.token.clone();
     let sfx = suffix();
-    let ds = ctx
-        .clients
-        .datasources
-        .create_datasource(authed(
-            pb::CreateDatasourceRequest {
-                name: format!("bench-par-{sfx}"),
-                engine: kind.pb() as i32,
-                host: HOST.into(),
-                port: u32::from(kind.port()),
-                database: db.into(),
-                username: kind.user().into(),
-                tls_mode: pb::TlsMode::Disable as i32,
-                agent_id: ctx.agent_id.clone(),
-                ..Default::default()
-            },
-            &t,
-        ))
-        .await?
-        .into_inner();
+    let ds = ctx.datasource(kind, db, format!("bench-par-{sfx}")).await?;
     let mut jobs = Vec::new();
     for &n in ns {
         let req = pb::CreateBackupJobRequest {
