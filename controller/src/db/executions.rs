@@ -13,11 +13,6 @@ pub(super) const EX_COLS: &str = "id, operation, status, job_id, datasource_id, 
                        agent_listed, trust_recorded, globals_key, globals_size, globals_sha256, wrapped_key_sha256, pinned, pin_reason, imported, \
                        layout_sha256";
 
-/// `EX_COLS`, each qualified by the table alias `alias`.
-fn qualified(alias: &str) -> String {
-    EX_COLS.split(',').map(|c| format!("{alias}.{}", c.trim())).collect::<Vec<_>>().join(", ")
-}
-
 /// A new execution.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
@@ -304,21 +299,35 @@ impl Db {
         fetch_all(&self.conn, &sql, values).await
     }
 
-    /// The oldest queued executions for an agent: those whose datasource is bound to it now (not the agent
-    /// recorded at queue time: work follows its datasource when it is rebound), none while it is revoked.
-    pub async fn queued_for_agent(&self, agent_id: Uuid, limit: i64) -> Result<Vec<Execution>, DbErr> {
-        fetch_all(
+    /// The next execution for each of `agents` that runs nothing now: the oldest queued one whose datasource
+    /// is bound to that agent (not the agent recorded at queue time: work follows its datasource when it is
+    /// rebound), none for a revoked agent; as (execution, agent), oldest first. One statement for the whole
+    /// fleet a replica holds, whose cost follows the queued work, not the number of agents.
+    pub async fn next_for_idle_agents(&self, agents: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Next {
+            id: Uuid,
+            agent: Uuid,
+        }
+        if agents.is_empty() {
+            return Ok(Vec::new());
+        }
+        let list = serde_json::Value::Array(agents.iter().map(|a| serde_json::json!(a)).collect());
+        let rows: Vec<Next> = fetch_all(
             &self.conn,
-            &format!(
-                "SELECT {} FROM execution e JOIN datasource d ON d.id = e.datasource_id \
-                 JOIN agent a ON a.id = d.agent_id \
-                 WHERE d.agent_id = $1 AND a.revoked_at IS NULL AND e.status = 'queued' \
-                 AND (e.not_before IS NULL OR e.not_before <= now()) ORDER BY e.created_at LIMIT $2",
-                qualified("e")
-            ),
-            [agent_id.into(), limit.into()],
+            "SELECT id, agent FROM ( \
+                SELECT DISTINCT ON (d.agent_id) e.id, d.agent_id AS agent, e.created_at \
+                FROM execution e JOIN datasource d ON d.id = e.datasource_id JOIN agent a ON a.id = d.agent_id \
+                WHERE e.status = 'queued' AND (e.not_before IS NULL OR e.not_before <= now()) \
+                AND a.revoked_at IS NULL \
+                AND d.agent_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb)) \
+                AND NOT EXISTS (SELECT 1 FROM execution r WHERE r.agent_id = d.agent_id AND r.status = 'running') \
+                ORDER BY d.agent_id, e.created_at, e.id) next \
+             ORDER BY created_at, id",
+            [list.into()],
         )
-        .await
+        .await?;
+        Ok(rows.into_iter().map(|n| (n.id, n.agent)).collect())
     }
 
     /// Queued executions whose datasource's agent is revoked get `waiting_reason` (`agent <id>` followed by

@@ -101,16 +101,14 @@ impl DispatchTask {
         if !self.coord.is_up() {
             return Ok(()); // paused while Redis is down; queued work waits in PostgreSQL
         }
-        for agent in self.sessions.registry().connected() {
-            if !self.db.running_for_agent(agent).await?.is_empty() {
-                continue;
-            }
-            for queued in self.db.queued_for_agent(agent, 1).await? {
-                let Some(claimed) = self.db.claim(queued.id, agent, self.settings.lease_secs).await? else {
-                    continue; // another replica claimed it, or the datasource was rebound or its agent revoked
-                };
-                self.assign(claimed).await?;
-            }
+        // One statement for every idle agent connected here, whatever the fleet's size; each claim is then a
+        // compare-and-set of its own.
+        let connected = self.sessions.registry().connected();
+        for (id, agent) in self.db.next_for_idle_agents(&connected).await? {
+            let Some(claimed) = self.db.claim(id, agent, self.settings.lease_secs).await? else {
+                continue; // another replica claimed it, or the datasource was rebound or its agent revoked
+            };
+            self.assign(claimed).await?;
         }
         Ok(())
     }
