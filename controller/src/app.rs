@@ -217,6 +217,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         metrics.clone(),
         ender.clone(),
     );
+    let (heartbeats, heartbeat_task) = crate::service::heartbeats::Heartbeats::new(db.clone());
     let ctx = Ctx {
         access: crate::service::access::AccessService::new(
             db.clone(),
@@ -233,6 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             Duration::from_secs(config.agent_cert_ttl_secs),
             agent_endpoint,
             api_endpoint,
+            heartbeats,
         ),
         catalog: catalog.clone(),
         retention: RetentionService::new(db.clone()),
@@ -355,6 +357,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         ender: ender.clone(),
     };
     tracker.spawn(dispatch.run(cancel.clone()));
+    tracker.spawn(heartbeat_task.run(cancel.clone()));
     tracker.spawn(ReaperTask::new(db.clone(), ender, lease_secs, config.heartbeat_interval()).run(cancel.clone()));
     tracker.spawn(RedisWatchTask::new(coord.clone(), metrics.clone()).run(cancel.clone()));
     let relay = RelayTask::new(redis_conn.clone(), coord.replica().to_owned(), sessions, waker_for_relay);

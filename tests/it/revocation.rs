@@ -286,3 +286,56 @@ async fn a_certificate_superseded_by_a_renewal_is_refused_and_its_open_session_e
     cluster.stop().await;
     Ok(())
 }
+
+/// The last heartbeat the controller recorded for an agent, as (seconds, nanos).
+async fn last_heartbeat(c: &mut Clients, id: &str) -> anyhow::Result<(i64, i32)> {
+    let a = c.agents.get_agent(authed(pb::GetAgentRequest { id: id.into() }, &c.token)).await?.into_inner();
+    let t = a.last_heartbeat_at.ok_or_else(|| anyhow::anyhow!("agent {id} has no heartbeat recorded"))?;
+    Ok((t.seconds, t.nanos))
+}
+
+/// Heartbeats arriving together are written in one statement; each session still gets its own answer: the
+/// session of a superseded certificate ends, the others stay open and their agents' liveness moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_written_together_are_answered_each_on_its_own() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start().await?;
+    let mut c = cluster.clients().await?;
+    let mut agents = Vec::new();
+    for _ in 0..4 {
+        agents.push(FakeAgent::enroll(&cluster, &mut c).await?);
+    }
+    let mut sessions = Vec::new();
+    for a in &agents {
+        sessions.push(a.connect(&[]).await?);
+    }
+    agents[0].renew(&cluster).await?.map_err(|e| anyhow::anyhow!("renewal refused: {e}"))?;
+    let mut before = Vec::new();
+    for a in &agents[1..] {
+        before.push(last_heartbeat(&mut c, &a.id).await?);
+    }
+
+    // The same moment for all four.
+    futures::future::try_join_all(sessions.iter().map(|s| s.heartbeat(&[]))).await?;
+    let (_, code) = heartbeat_until_closed(&mut sessions[0], HEARTBEAT + SLACK).await?;
+    assert_eq!(code, Some(Code::PermissionDenied), "the superseded certificate's session ends");
+    for s in &mut sessions[1..] {
+        s.drain(Duration::from_millis(300)).await?;
+    }
+    for (a, was) in agents[1..].iter().zip(before) {
+        let now = last_heartbeat(&mut c, &a.id).await?;
+        assert!(now > was, "agent {}: heartbeat recorded at {now:?}, not after {was:?}", a.id);
+    }
+    // And they go on heartbeating, together again, without being cut off.
+    for _ in 0..2 {
+        futures::future::try_join_all(sessions[1..].iter().map(|s| s.heartbeat(&[]))).await?;
+        for s in &mut sessions[1..] {
+            s.drain(Duration::from_millis(300)).await?;
+        }
+    }
+    for a in &agents[1..] {
+        c.wait_agent_status(&a.id, pb::AgentStatus::Online, WAIT).await?;
+    }
+
+    cluster.stop().await;
+    Ok(())
+}

@@ -1,5 +1,7 @@
 //! Persistence of agents, join tokens and issued certificates.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sea_orm::{DbErr, TransactionTrait};
 use uuid::Uuid;
@@ -17,6 +19,15 @@ pub struct AgentStanding {
     pub revoked: bool,
     /// `sha256:<hex>` of its current certificate (`None`: enrolled before certificates were tracked).
     pub current_cert_sha256: Option<String>,
+}
+
+/// What a heartbeat read back: the agent's standing, and whether an execution runs on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// Revoked or not, and the certificate it must present.
+    pub standing: AgentStanding,
+    /// An execution is running on it.
+    pub busy: bool,
 }
 
 /// A certificate to record.
@@ -169,17 +180,38 @@ impl Db {
         .map(|_| ())
     }
 
-    /// Heartbeat: refreshes the liveness of a non-revoked agent and returns its standing (revoked, current
-    /// certificate), read in the same statement; `None` for an unknown agent.
-    pub async fn agent_heartbeat(&self, id: Uuid) -> Result<Option<AgentStanding>, DbErr> {
-        fetch_one(
+    /// Heartbeats of several agents in one statement: refreshes the liveness of each non-revoked one and
+    /// returns, read in the same statement, each one's standing (revoked, current certificate) and whether an
+    /// execution runs on it; unknown agents are absent from the answer.
+    pub async fn agents_heartbeat(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Heartbeat>, DbErr> {
+        #[derive(sea_orm::FromQueryResult)]
+        struct Row {
+            id: Uuid,
+            revoked: bool,
+            current_cert_sha256: Option<String>,
+            busy: bool,
+        }
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let list = serde_json::Value::Array(ids.iter().map(|a| serde_json::json!(a)).collect());
+        let rows: Vec<Row> = fetch_all(
             &self.conn,
             "UPDATE agent SET last_heartbeat_at = CASE WHEN revoked_at IS NULL THEN now() ELSE last_heartbeat_at END, \
-             connected = (revoked_at IS NULL) WHERE id = $1 \
-             RETURNING revoked_at IS NOT NULL AS revoked, current_cert_sha256",
-            [id.into()],
+             connected = (revoked_at IS NULL) \
+             WHERE id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb)) \
+             RETURNING id, revoked_at IS NOT NULL AS revoked, current_cert_sha256, \
+             EXISTS (SELECT 1 FROM execution e WHERE e.agent_id = agent.id AND e.status = 'running') AS busy",
+            [list.into()],
         )
-        .await
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let standing = AgentStanding { revoked: r.revoked, current_cert_sha256: r.current_cert_sha256 };
+                (r.id, Heartbeat { standing, busy: r.busy })
+            })
+            .collect())
     }
 
     /// An agent's standing (revoked, current certificate); `None` for an unknown agent.

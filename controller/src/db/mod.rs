@@ -28,7 +28,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use self::{
     access::{NewScopeRule, NewToken, OidcUser, UserChange},
-    agents::{AgentStanding, IssuedCert},
+    agents::{AgentStanding, Heartbeat, IssuedCert},
     auth::{ADMIN_ROLE_ID, PrincipalRow},
     catalog::Deletion,
     drills::{DrillRecord, GoodBackup, RunningRun},

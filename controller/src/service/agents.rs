@@ -125,6 +125,7 @@ pub struct AgentsService {
     agent_endpoint: String,
     api_endpoint: String,
     enroll_limits: super::login_limit::EnrollLimits,
+    heartbeats: super::heartbeats::Heartbeats,
 }
 
 impl AgentsService {
@@ -137,8 +138,19 @@ impl AgentsService {
         cert_ttl: Duration,
         agent_endpoint: String,
         api_endpoint: String,
+        heartbeats: super::heartbeats::Heartbeats,
     ) -> Self {
-        Self { db, pki, sessions, ender, cert_ttl, agent_endpoint, api_endpoint, enroll_limits: Default::default() }
+        Self {
+            db,
+            pki,
+            sessions,
+            ender,
+            cert_ttl,
+            agent_endpoint,
+            api_endpoint,
+            enroll_limits: Default::default(),
+            heartbeats,
+        }
     }
 
     /// Creates a one-time join token.
@@ -274,11 +286,13 @@ impl AgentsService {
         Ok(self.db.agent_connected(id, hostname, version, tools).await?)
     }
 
-    /// Heartbeat of a session opened with the certificate `presented`: records liveness and refuses (so the
-    /// session closes) when the agent is revoked or the certificate was superseded.
-    pub async fn heartbeat(&self, id: Uuid, presented: &str) -> Result<(), HeartbeatError> {
-        let standing = self.db.agent_heartbeat(id).await.map_err(|e| HeartbeatError::Failed(e.into()))?;
-        admission(standing.as_ref(), presented).map_err(HeartbeatError::Refused)
+    /// Heartbeat of a session opened with the certificate `presented`: records liveness (with the other
+    /// sessions' heartbeats of the moment, see [`super::heartbeats`]) and refuses (so the session closes) when
+    /// the agent is revoked or the certificate was superseded. Returns whether an execution runs on the agent.
+    pub async fn heartbeat(&self, id: Uuid, presented: &str) -> Result<bool, HeartbeatError> {
+        let read = self.heartbeats.beat(id).await.map_err(HeartbeatError::Failed)?;
+        admission(read.as_ref().map(|h| &h.standing), presented).map_err(HeartbeatError::Refused)?;
+        Ok(read.is_some_and(|h| h.busy))
     }
 
     /// Session closed.

@@ -14,6 +14,7 @@ pub mod drills;
 pub mod executions;
 pub mod gauges;
 pub mod health;
+pub mod heartbeats;
 pub mod import;
 pub mod import_check;
 pub mod login_limit;

@@ -169,16 +169,20 @@ async fn handle(env: &SessionEnv, agent: AgentId, cert: &str, m: pb::AgentMessag
     match kind {
         Kind::Heartbeat(h) => {
             let running = wire::running_of(h.running).map_err(|e| ControllerError::Protocol(e.within("heartbeat")))?;
-            match env.agents.heartbeat(agent.0, cert).await {
-                Ok(()) => {}
+            let busy = match env.agents.heartbeat(agent.0, cert).await {
+                Ok(busy) => busy,
                 Err(HeartbeatError::Refused(r)) => return Ok(Flow::End(r)),
                 Err(HeartbeatError::Failed(e)) => return Err(e),
-            }
+            };
             env.coord.set_presence(agent.0, env.settings.heartbeat * 3).await;
-            let s = &env.settings;
-            // An assignment gets one heartbeat interval (plus delivery slack) to show up in the agent's list.
-            let grace = i64::try_from(s.heartbeat.as_secs()).unwrap_or(10) * 2 + 1;
-            env.executions.heartbeat(agent, &running, s.lease_secs, grace).await?;
+            // An idle agent that lists nothing has no lease to extend and no attempt to reconcile (one claimed
+            // after the heartbeat was read is within its grace anyway).
+            if busy || !running.is_empty() {
+                let s = &env.settings;
+                // An assignment gets one heartbeat interval (plus delivery slack) to show up in the agent's list.
+                let grace = i64::try_from(s.heartbeat.as_secs()).unwrap_or(10) * 2 + 1;
+                env.executions.heartbeat(agent, &running, s.lease_secs, grace).await?;
+            }
         }
         Kind::Response(r) => env.rpc.on_response(r),
         Kind::Hello(_) => return Err(FieldError::new("hello", "sent twice").into()),

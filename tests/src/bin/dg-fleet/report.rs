@@ -12,7 +12,7 @@ use crate::{
     workload::{ChunkRun, LatencyRun},
 };
 
-/// The table every heartbeat updates (`Db::agent_heartbeat`).
+/// The table every heartbeat updates (`Db::agents_heartbeat`, a batch of them per statement).
 pub(crate) const HEARTBEAT_TABLE: &str = "agent";
 
 /// Figures of one step.
@@ -258,7 +258,7 @@ pub(crate) fn print_summary(args: &Args, configs: &[ConfigReport]) {
     }
     println!(
         "\nTargets: 10,000 sessions under 2 GiB controller RSS, RunNow -> Assign p99 < 50 ms. The heartbeat row write \
-         is `UPDATE agent SET last_heartbeat_at ...` (controller db/agents.rs Db::agent_heartbeat, from \
-         AgentsService::heartbeat, per Heartbeat in grpc/agent/task.rs)."
+         is `UPDATE agent SET last_heartbeat_at ...` (controller db/agents.rs Db::agents_heartbeat: one statement \
+         per batch of the heartbeats arriving within 50 ms, service/heartbeats.rs)."
     );
 }
