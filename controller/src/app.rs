@@ -217,7 +217,15 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
         metrics.clone(),
         ender.clone(),
     );
-    let (heartbeats, heartbeat_task) = crate::service::heartbeats::Heartbeats::new(db.clone());
+    let (agents, heartbeat_task) = AgentsService::new(
+        db.clone(),
+        pki.clone(),
+        sessions.clone(),
+        ender.clone(),
+        Duration::from_secs(config.agent_cert_ttl_secs),
+        agent_endpoint,
+        api_endpoint,
+    );
     let ctx = Ctx {
         access: crate::service::access::AccessService::new(
             db.clone(),
@@ -226,16 +234,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningController> {
             &config.protected_labels,
         ),
         auth: auth.clone(),
-        agents: AgentsService::new(
-            db.clone(),
-            pki.clone(),
-            sessions.clone(),
-            ender.clone(),
-            Duration::from_secs(config.agent_cert_ttl_secs),
-            agent_endpoint,
-            api_endpoint,
-            heartbeats,
-        ),
+        agents,
         catalog: catalog.clone(),
         retention: RetentionService::new(db.clone()),
         import: ImportService::new(db.clone(), key.clone()),

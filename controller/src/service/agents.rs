@@ -129,7 +129,7 @@ pub struct AgentsService {
 }
 
 impl AgentsService {
-    /// New service.
+    /// New service, and the task that writes its sessions' heartbeats (run it until shutdown).
     pub fn new(
         db: Db,
         pki: Arc<Pki>,
@@ -138,9 +138,9 @@ impl AgentsService {
         cert_ttl: Duration,
         agent_endpoint: String,
         api_endpoint: String,
-        heartbeats: super::heartbeats::Heartbeats,
-    ) -> Self {
-        Self {
+    ) -> (Self, super::heartbeats::HeartbeatTask) {
+        let (heartbeats, task) = super::heartbeats::Heartbeats::new(db.clone());
+        let service = Self {
             db,
             pki,
             sessions,
@@ -150,7 +150,8 @@ impl AgentsService {
             api_endpoint,
             enroll_limits: Default::default(),
             heartbeats,
-        }
+        };
+        (service, task)
     }
 
     /// Creates a one-time join token.
