@@ -299,32 +299,33 @@ impl Db {
         fetch_all(&self.conn, &sql, values).await
     }
 
-    /// The next execution for each of `agents` that runs nothing now: the oldest queued one whose datasource
-    /// is bound to that agent (not the agent recorded at queue time: work follows its datasource when it is
-    /// rebound), none for a revoked agent; as (execution, agent), oldest first. One statement for the whole
-    /// fleet a replica holds, whose cost follows the queued work, not the number of agents.
-    pub async fn next_for_idle_agents(&self, agents: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>, DbErr> {
+    /// The next execution of every agent that runs nothing now and has queued work: the oldest queued one
+    /// whose datasource is bound to that agent (not the agent recorded at queue time: work follows its
+    /// datasource when it is rebound), none for a revoked agent; as (execution, agent), oldest first. One
+    /// statement whose cost follows the queued work, not the fleet: the oldest queued execution of each
+    /// datasource first, then an index lookup of its datasource and agent (the `LIMIT 1` keeps the planner
+    /// from hashing the whole `datasource` and `agent` tables).
+    pub async fn next_for_idle_agents(&self) -> Result<Vec<(Uuid, Uuid)>, DbErr> {
         #[derive(sea_orm::FromQueryResult)]
         struct Next {
             id: Uuid,
             agent: Uuid,
         }
-        if agents.is_empty() {
-            return Ok(Vec::new());
-        }
-        let list = serde_json::Value::Array(agents.iter().map(|a| serde_json::json!(a)).collect());
         let rows: Vec<Next> = fetch_all(
             &self.conn,
             "SELECT id, agent FROM ( \
-                SELECT DISTINCT ON (d.agent_id) e.id, d.agent_id AS agent, e.created_at \
-                FROM execution e JOIN datasource d ON d.id = e.datasource_id JOIN agent a ON a.id = d.agent_id \
-                WHERE e.status = 'queued' AND (e.not_before IS NULL OR e.not_before <= now()) \
-                AND a.revoked_at IS NULL \
-                AND d.agent_id IN (SELECT value::uuid FROM jsonb_array_elements_text($1::jsonb)) \
-                AND NOT EXISTS (SELECT 1 FROM execution r WHERE r.agent_id = d.agent_id AND r.status = 'running') \
-                ORDER BY d.agent_id, e.created_at, e.id) next \
+                SELECT DISTINCT ON (x.agent) h.id, x.agent, h.created_at FROM ( \
+                    SELECT DISTINCT ON (e.datasource_id) e.id, e.datasource_id, e.created_at FROM execution e \
+                    WHERE e.status = 'queued' AND (e.not_before IS NULL OR e.not_before <= now()) \
+                    ORDER BY e.datasource_id, e.created_at, e.id) h \
+                CROSS JOIN LATERAL ( \
+                    SELECT d.agent_id AS agent FROM datasource d JOIN agent a ON a.id = d.agent_id \
+                    WHERE d.id = h.datasource_id AND a.revoked_at IS NULL \
+                    AND NOT EXISTS (SELECT 1 FROM execution r WHERE r.agent_id = d.agent_id AND r.status = 'running') \
+                    LIMIT 1) x \
+                ORDER BY x.agent, h.created_at, h.id) next \
              ORDER BY created_at, id",
-            [list.into()],
+            [],
         )
         .await?;
         Ok(rows.into_iter().map(|n| (n.id, n.agent)).collect())

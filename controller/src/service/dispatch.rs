@@ -5,7 +5,9 @@
 //! both are checked in the claim itself, so they hold without Redis. Queued work whose datasource's agent is
 //! revoked waits, and its log says why once ([`WAITING_FOR_REBIND`]).
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
+
+use uuid::Uuid;
 
 use dg_common::{
     protocol::{
@@ -16,7 +18,7 @@ use dg_common::{
 };
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::{
     attempts::{AttemptEnder, EndCause},
@@ -78,6 +80,7 @@ impl DispatchTask {
     pub async fn run(self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut marked_at: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -85,31 +88,52 @@ impl DispatchTask {
                 _ = self.waker.notified() => {},
                 _ = tick.tick() => {},
             }
-            if let Err(e) = self.round().await {
+            // Waiting reasons are marked every two seconds, however often wake-ups come.
+            let mark = marked_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(2));
+            if mark {
+                marked_at = Some(tokio::time::Instant::now());
+            }
+            if let Err(e) = self.round(mark).await {
                 warn!(error = %e, "dispatch round failed");
             }
         }
     }
 
-    async fn round(&self) -> ControllerResult<()> {
+    async fn round(&self, mark: bool) -> ControllerResult<()> {
+        let started = std::time::Instant::now();
         // PostgreSQL only, so the reason shows while Redis is down too; each execution is marked (and its log
-        // written) once, by whichever replica gets there first.
-        let waiting = self.db.mark_waiting_for_revoked_agents(WAITING_FOR_REBIND).await?;
-        if waiting > 0 {
-            info!(executions = waiting, "queued work waits: its datasource's agent is revoked");
+        // written) once, by whichever replica gets there first. Every two seconds only: a report, not work.
+        if mark {
+            let waiting = self.db.mark_waiting_for_revoked_agents(WAITING_FOR_REBIND).await?;
+            if waiting > 0 {
+                info!(executions = waiting, "queued work waits: its datasource's agent is revoked");
+            }
         }
         if !self.coord.is_up() {
             return Ok(()); // paused while Redis is down; queued work waits in PostgreSQL
         }
-        // One statement for every idle agent connected here, whatever the fleet's size; each claim is then a
-        // compare-and-set of its own.
-        let connected = self.sessions.registry().connected();
-        for (id, agent) in self.db.next_for_idle_agents(&connected).await? {
+        let marked = started.elapsed();
+        // One statement for every idle agent with queued work, whatever the fleet's size; those connected
+        // here are claimed, each a compare-and-set of its own.
+        let here: HashSet<Uuid> = self.sessions.registry().connected().into_iter().collect();
+        let next: Vec<_> =
+            self.db.next_for_idle_agents().await?.into_iter().filter(|(_, a)| here.contains(a)).collect();
+        let found = started.elapsed();
+        let n = next.len();
+        for (id, agent) in next {
             let Some(claimed) = self.db.claim(id, agent, self.settings.lease_secs).await? else {
                 continue; // another replica claimed it, or the datasource was rebound or its agent revoked
             };
             self.assign(claimed).await?;
         }
+        debug!(
+            connected = here.len(),
+            assigned = n,
+            mark_ms = marked.as_secs_f64() * 1e3,
+            find_ms = (found - marked).as_secs_f64() * 1e3,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "dispatch round"
+        );
         Ok(())
     }
 
