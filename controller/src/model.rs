@@ -414,8 +414,8 @@ pub struct RestoreOptions {
     pub verification: bool,
     /// Storage to read first.
     pub source_storage_id: Option<Uuid>,
-    /// PostgreSQL parallel restore jobs.
-    pub parallel_jobs: u32,
+    /// PostgreSQL parallel restore jobs; `None`: as the backup was taken.
+    pub parallel_jobs: Option<u32>,
     /// PostgreSQL: replay the globals first.
     pub restore_globals: bool,
     /// A restore drill's checks (verification restores only): observed before the scratch database is dropped.

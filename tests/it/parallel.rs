@@ -184,7 +184,8 @@ async fn a_parallel_backup_is_one_consistent_snapshot_and_restores_with_any_work
     // Restored with three loaders and with one into new databases, and with two over an existing database
     // (drop_existing: verified first, then the database is recreated): the same consistent state.
     let mut seen = Vec::new();
-    for (jobs, existing) in [(3, false), (1, false), (2, true)] {
+    // parallel_jobs unset (0): as the backup was taken, four loaders.
+    for (jobs, existing) in [(3, false), (1, false), (2, true), (0, false)] {
         let dst = if existing { TestDb::create("parallel_over").await? } else { TestDb::reserve("parallel_dst") };
         if existing {
             dst.connect().await?.execute("CREATE TABLE leftover (x int); CREATE TABLE accounts (id int)").await?;
@@ -202,7 +203,8 @@ async fn a_parallel_backup_is_one_consistent_snapshot_and_restores_with_any_work
             .await?;
         let rlogs = c.logs(&r.id).await?;
         assert_eq!(r.status, pb::ExecutionStatus::Completed as i32, "{}\n{rlogs}", r.error);
-        assert!(rlogs.contains(&format!("with {jobs} parallel COPY connections")), "{rlogs}");
+        let loaders = if jobs == 0 { 4 } else { jobs };
+        assert!(rlogs.contains(&format!("with {loaders} parallel COPY connections")), "{rlogs}");
         assert_eq!(rlogs.contains("before touching the existing database"), existing, "{rlogs}");
         seen.push(check_restored(&src, &dst, committed).await?);
         if existing {

@@ -294,14 +294,16 @@ async fn run_inner(
     super::test_connection(target, rep).await?;
 
     if let Some(layout) = &manifest.layout {
+        let jobs = plan.parallel_jobs.unwrap_or(layout.workers);
         let src = super::parallel::ChunkSource { stores: &stores, chunks: &plan.chunks, cipher: cipher.as_ref() };
-        let (written, tool) = super::parallel::restore(layout, &src, target, plan.parallel_jobs, ctx, rep).await?;
+        let (written, tool) = super::parallel::restore(layout, &src, target, jobs, ctx, rep).await?;
         rep.log(LogLevel::Info, format!("restore finished: {written} bytes restored with {tool}")).await;
         return Ok(RestoreResult { raw_bytes: written, tool_version: tool, observed: None });
     }
 
     // 3. Stream: download (verify again) -> decrypt -> decompress -> restore tool (or a file first).
-    let to_file: Option<PathBuf> = (engine == Engine::Postgres && plan.parallel_jobs > 1)
+    let jobs = plan.parallel_jobs.unwrap_or(1);
+    let to_file: Option<PathBuf> = (engine == Engine::Postgres && jobs > 1)
         .then(|| ctx.work_dir.join(format!("restore-{}.dump", rep.execution().id)));
     let (comp_tx, comp_rx) = mpsc::channel::<Bytes>(2);
     let (raw_tx, raw_rx) = mpsc::channel::<Bytes>(8);
@@ -339,10 +341,10 @@ async fn run_inner(
             down_res?;
             decompressed(dec_res)?;
             let written = write_res?;
-            let line = format!("archive staged ({written} bytes); pg_restore with {} jobs", plan.parallel_jobs);
+            let line = format!("archive staged ({written} bytes); pg_restore with {jobs} jobs");
             rep.log(LogLevel::Info, line).await;
             let drop_existing = target_plan.drops_existing();
-            let mut run = engine::restore(target, drop_existing, Some(&path), plan.parallel_jobs, &ctx.tools).await?;
+            let mut run = engine::restore(target, drop_existing, Some(&path), jobs, &ctx.tools).await?;
             run_tool(&mut run, rep, target.password.expose_secret()).await.map(|tool| (written, tool))
         };
         let r = staged.await;

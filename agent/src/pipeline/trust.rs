@@ -179,7 +179,7 @@ mod tests {
             sha256: sha('s'),
             source_engine: Engine::Postgres,
             manifest_key: "d/e/1/manifest.json".into(),
-            parallel_jobs: 1,
+            parallel_jobs: Some(1),
             restore_globals: true,
             recorded: Some(RecordedBackup {
                 globals: Some(globals.clone()),

@@ -384,8 +384,9 @@ pub struct RestorePlan {
     pub source_engine: Engine,
     /// Manifest object key (encryption details).
     pub manifest_key: String,
-    /// PostgreSQL parallel restore jobs (1: stream from a pipe).
-    pub parallel_jobs: u32,
+    /// PostgreSQL parallel restore jobs (1: stream from a pipe); `None`: as the backup was taken (a parallel
+    /// backup's worker count, one job for a single stream).
+    pub parallel_jobs: Option<u32>,
     /// PostgreSQL: replay the stored globals first.
     pub restore_globals: bool,
     /// What the controller recorded at backup time; `None` for a backup recorded before it recorded these

@@ -160,7 +160,7 @@ fn restore_task() -> pb::RestoreTask {
         sha256: sha('b'),
         source_engine: Engine::Postgres,
         manifest_key: "a/b/1/manifest.json".into(),
-        parallel_jobs: 4,
+        parallel_jobs: Some(4),
         restore_globals: false,
         recorded: Some(RecordedBackup {
             globals: Some(StoredObject { key: "a/b/1/globals.sql.zst".into(), size: 7, sha256: sha('c') }),
@@ -187,7 +187,13 @@ fn restore_plans_round_trip_and_chunks_must_be_in_order_with_safe_keys() {
     let Plan::Restore(p) = a.plan else { panic!("a restore") };
     assert_eq!(p.target_plan, TargetDatabasePlan::CreateIfMissing { drop_existing: true });
     assert_eq!(p.chunks.len(), 3);
-    assert_eq!(p.parallel_jobs, 4);
+    assert_eq!(p.parallel_jobs, Some(4));
+    let mut unset = restore_task();
+    unset.parallel_jobs = 0;
+    let Plan::Restore(as_taken) = Assignment::try_from(restore_assign(unset)).expect("valid").plan else {
+        panic!("a restore")
+    };
+    assert_eq!(as_taken.parallel_jobs, None, "0 on the wire: as the backup was taken");
     let recorded = p.recorded.expect("recorded");
     assert_eq!(recorded.globals.expect("globals").size, 7);
     assert_eq!(recorded.encryption.expect("encryption").key_id, "prod-1");

@@ -507,7 +507,7 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             return Err(FieldError::new("confirm_target_database", "is required: repeat the target database name"));
         }
         if r.parallel_jobs > 16 {
-            return Err(FieldError::new("parallel_jobs", "must be 1-16"));
+            return Err(FieldError::new("parallel_jobs", "must be 1-16 (0 or unset: as the backup was taken)"));
         }
         if r.verification_mode && !r.target_database.is_empty() {
             return Err(FieldError::new(
@@ -528,7 +528,7 @@ impl TryFrom<pb::RestoreBackupRequest> for RestoreRequest {
             confirm_target_database: r.confirm_target_database,
             source_storage_id: opt_id("source_storage_id", &r.source_storage_id)?,
             verification_mode: r.verification_mode,
-            parallel_jobs: r.parallel_jobs.max(1),
+            parallel_jobs: (r.parallel_jobs > 0).then_some(r.parallel_jobs),
             restore_globals: r.restore_globals,
             scratch_database: None,
             drill: None,

@@ -294,7 +294,7 @@ impl DispatchTask {
             sha256: backup.sha256.clone().unwrap_or_default(),
             source_engine: source_ds.engine.into(),
             manifest_key: backup.manifest_key.clone().unwrap_or_default(),
-            parallel_jobs: options.parallel_jobs.max(1),
+            parallel_jobs: options.parallel_jobs,
             restore_globals: options.restore_globals,
             recorded: recorded_backup(&backup),
             raw_bytes: u64::try_from(backup.raw_bytes).ok().filter(|n| *n > 0),

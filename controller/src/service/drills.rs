@@ -241,7 +241,7 @@ impl DrillService {
             confirm_target_database: String::new(),
             source_storage_id: None,
             verification_mode: true,
-            parallel_jobs: 1,
+            parallel_jobs: None,
             restore_globals: false,
             scratch_database: Some(scratch.clone()),
             drill: Some(checks(&drill)),

@@ -52,8 +52,8 @@ pub struct RestoreRequest {
     pub source_storage_id: Option<Uuid>,
     /// Restore into a temporary database and drop it afterwards.
     pub verification_mode: bool,
-    /// PostgreSQL parallel restore jobs.
-    pub parallel_jobs: u32,
+    /// PostgreSQL parallel restore jobs; `None`: as the backup was taken.
+    pub parallel_jobs: Option<u32>,
     /// PostgreSQL: replay the globals first.
     pub restore_globals: bool,
     /// Verification mode: the scratch database's name (default `dg_verify_<random>`).
@@ -257,7 +257,7 @@ impl ExecutionsService {
                         drop_existing: r.drop_existing && !r.verification_mode,
                         verification: r.verification_mode,
                         source_storage_id: r.source_storage_id,
-                        parallel_jobs: r.parallel_jobs.max(1),
+                        parallel_jobs: r.parallel_jobs,
                         restore_globals: r.restore_globals,
                         drill: r.drill.clone().filter(|_| r.verification_mode),
                     }
