@@ -13,7 +13,7 @@
 //! Per engine, in this order: a dump to a file (reference, and the input of the plain restore), (a) the dump
 //! alone into /dev/null, (b) the shell pipeline dump | zstd -3 -T2 | tee >(sha256sum) > file, (c) a
 //! DataGuardian backup to a local storage (RunNow → completed), (d) the plain restore from the dump file into
-//! a fresh database, (e) a DataGuardian restore into a fresh database (RestoreBackup → completed). The
+//! a fresh database (CREATE DATABASE inside the timing, as (e) creates its own), (e) a DataGuardian restore into a fresh database (RestoreBackup → completed). The
 //! controller runs in this process; the agent is the release binary in its own process, so its memory can be
 //! read from /proc.
 
