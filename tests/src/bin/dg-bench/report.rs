@@ -146,8 +146,8 @@ pub(crate) fn print_report(
             );
         }
         let restore = match k {
-            Kind::Postgres => "(d) pg_restore -d <fresh db> file",
-            Kind::Mariadb => "(d) mariadb <fresh db> < file",
+            Kind::Postgres => "(d) CREATE DATABASE + pg_restore -d db file",
+            Kind::Mariadb => "(d) CREATE DATABASE + mariadb db < file",
         };
         t.step(restore, &r.plain_restore);
         t.dg("(e) DataGuardian restore (create_database), call -> completed", &r.dg_restore, false);
