@@ -55,6 +55,9 @@ pub enum ControllerError {
     Protocol(#[from] dg_common::protocol::ProtocolError),
 }
 
+/// What a caller is told when PostgreSQL is unreachable or the pool is exhausted.
+pub const DB_UNAVAILABLE: &str = "the controller database is unavailable; retry later";
+
 impl From<DbErr> for ControllerError {
     fn from(e: DbErr) -> Self {
         match e.sql_err() {
@@ -65,9 +68,7 @@ impl From<DbErr> for ControllerError {
                 ControllerError::FailedPrecondition("a referenced object does not exist or is still in use".into())
             }
             // PostgreSQL is unreachable or the pool is exhausted: a retry later can succeed.
-            _ if db_unreachable(&e) => {
-                ControllerError::Unavailable("the controller database is unavailable; retry later".into())
-            }
+            _ if db_unreachable(&e) => ControllerError::Unavailable(DB_UNAVAILABLE.into()),
             _ => ControllerError::Database(e),
         }
     }

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::{
     db::{Db, Heartbeat},
-    error::{ControllerError, db_unreachable},
+    error::{ControllerError, DB_UNAVAILABLE, db_unreachable},
 };
 
 /// How long a heartbeat waits for others to be written with it.
@@ -94,7 +94,7 @@ impl HeartbeatTask {
                 let text = e.to_string();
                 for b in batch {
                     let err = if unreachable {
-                        ControllerError::Unavailable("the controller database is unavailable; retry later".into())
+                        ControllerError::Unavailable(DB_UNAVAILABLE.into())
                     } else {
                         ControllerError::Database(sea_orm::DbErr::Custom(text.clone()))
                     };
