@@ -5,9 +5,7 @@
 //! both are checked in the claim itself, so they hold without Redis. Queued work whose datasource's agent is
 //! revoked waits, and its log says why once ([`WAITING_FOR_REBIND`]).
 
-use std::{collections::HashSet, time::Duration};
-
-use uuid::Uuid;
+use std::time::Duration;
 
 use dg_common::{
     protocol::{
@@ -115,9 +113,9 @@ impl DispatchTask {
         let marked = started.elapsed();
         // One statement for every idle agent with queued work, whatever the fleet's size; those connected
         // here are claimed, each a compare-and-set of its own.
-        let here: HashSet<Uuid> = self.sessions.registry().connected().into_iter().collect();
+        let registry = self.sessions.registry();
         let next: Vec<_> =
-            self.db.next_for_idle_agents().await?.into_iter().filter(|(_, a)| here.contains(a)).collect();
+            self.db.next_for_idle_agents().await?.into_iter().filter(|(_, a)| registry.holds(*a)).collect();
         let found = started.elapsed();
         let n = next.len();
         for (id, agent) in next {
@@ -127,8 +125,7 @@ impl DispatchTask {
             self.assign(claimed).await?;
         }
         debug!(
-            connected = here.len(),
-            assigned = n,
+            candidates = n,
             mark_ms = marked.as_secs_f64() * 1e3,
             find_ms = (found - marked).as_secs_f64() * 1e3,
             total_ms = started.elapsed().as_secs_f64() * 1e3,

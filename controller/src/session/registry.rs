@@ -69,6 +69,11 @@ impl AgentRegistry {
         self.lock().get(&agent).cloned()
     }
 
+    /// Whether an agent has a session on this replica.
+    pub fn holds(&self, agent: Uuid) -> bool {
+        self.lock().contains_key(&agent)
+    }
+
     /// Agents with a session on this replica.
     pub fn connected(&self) -> Vec<Uuid> {
         self.lock().keys().copied().collect()
