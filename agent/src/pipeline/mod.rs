@@ -17,7 +17,7 @@ use std::process::Stdio;
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader},
     process::{Child, ChildStdin},
     sync::mpsc,
     task::JoinHandle,
@@ -81,27 +81,28 @@ pub fn start_tool(
 
 /// Writes every block from `blocks` into a restore tool's stdin (widened, see [`backup::widen_pipe`]), then
 /// closes it; returns the bytes written.
-pub async fn feed(mut stdin: ChildStdin, mut blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
+pub async fn feed(mut stdin: ChildStdin, blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
     backup::widen_pipe(&stdin);
-    let mut n = 0u64;
-    while let Some(block) = blocks.recv().await {
-        stdin.write_all(&block).await?;
-        n += block.len() as u64;
-    }
+    let n = write_blocks(&mut stdin, blocks).await?;
     stdin.shutdown().await?;
     Ok(n)
 }
 
 /// Writes every block from `blocks` into a new file at `path` and syncs it (an archive staged for a tool that
 /// needs a file); returns the bytes written.
-pub async fn stage(path: &std::path::Path, mut blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
+pub async fn stage(path: &std::path::Path, blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
     let mut f = tokio::fs::File::create(path).await?;
+    let n = write_blocks(&mut f, blocks).await?;
+    f.sync_all().await?;
+    Ok(n)
+}
+
+async fn write_blocks(w: &mut (impl AsyncWrite + Unpin), mut blocks: mpsc::Receiver<Bytes>) -> std::io::Result<u64> {
     let mut n = 0u64;
     while let Some(block) = blocks.recv().await {
-        f.write_all(&block).await?;
+        w.write_all(&block).await?;
         n += block.len() as u64;
     }
-    f.sync_all().await?;
     Ok(n)
 }
 
